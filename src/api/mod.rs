@@ -1,0 +1,42 @@
+//! The gRPC surface: request validation, the record and cluster services, and
+//! the one mapping from internal errors to gRPC status codes.
+//!
+//! Flow of a mutation: validate the request (limits, key rules) → stamp the
+//! leader's clock into a `state::Command` → `raft.client_write` → the outcome
+//! of `state::Store::apply` comes back → `MutationResponse` or a status.
+//! Reads check consistency (ReadIndex, lease, or none) and then read the local
+//! table directly.
+//!
+//! A node that is not the leader answers a mutation (and a LINEARIZABLE or
+//! LEASE read) with `UNAVAILABLE` and the leader's address in the
+//! `x-inflight-leader` metadata key, so clients can follow it.
+
+mod cluster;
+mod errors;
+mod records;
+mod validate;
+
+pub use cluster::{node_status, status_json, ClusterService};
+pub use errors::{ApiError, LEADER_ADDR_KEY, LEADER_ID_KEY};
+pub use records::RecordService;
+pub use validate::Limits;
+
+use crate::pb;
+use crate::state::{Record, RecordState};
+
+/// Converts a stored record to its wire form.
+pub fn record_to_pb(key: String, r: Record) -> pb::Record {
+    pb::Record {
+        key,
+        value: r.value.to_vec(),
+        version: r.version,
+        create_revision: r.create_revision,
+        mod_revision: r.mod_revision,
+        state: match r.state {
+            RecordState::Live => pb::RecordState::Live,
+            RecordState::Completed => pb::RecordState::Completed,
+        } as i32,
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+    }
+}

@@ -1,0 +1,213 @@
+//! Client commands: each is one call through `crate::client` and a printout.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::json;
+
+use super::{Command, MemberCommand};
+use crate::api::status_json;
+use crate::client::Client;
+use crate::pb;
+
+/// How long `status` waits for each member before calling it unreachable.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn fail(e: tonic::Status) -> ExitCode {
+    eprintln!("error: {:?}: {}", e.code(), e.message());
+    ExitCode::FAILURE
+}
+
+fn record_json(r: &pb::Record) -> serde_json::Value {
+    let value = match std::str::from_utf8(&r.value) {
+        Ok(s) => json!({"value": s}),
+        Err(_) => json!({"value_base64": base64::engine::general_purpose::STANDARD.encode(&r.value)}),
+    };
+    let mut v = json!({
+        "key": r.key,
+        "version": r.version,
+        "create_revision": r.create_revision,
+        "mod_revision": r.mod_revision,
+        "state": pb::RecordState::try_from(r.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
+        "created_at_ms": r.created_at_ms,
+        "updated_at_ms": r.updated_at_ms,
+    });
+    if let (Some(obj), Some(val)) = (v.as_object_mut(), value.as_object()) {
+        obj.extend(val.clone());
+    }
+    v
+}
+
+fn print_record(r: &pb::Record) {
+    let state = pb::RecordState::try_from(r.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+    println!("{}", String::from_utf8_lossy(&r.value));
+    eprintln!(
+        "# key={} version={} state={} create_revision={} mod_revision={}",
+        r.key, r.version, state, r.create_revision, r.mod_revision
+    );
+}
+
+fn print_mutation(what: &str, m: &pb::MutationResponse) {
+    match &m.record {
+        Some(r) => println!("{what} {} (version {}, revision {})", r.key, r.version, m.revision),
+        None => println!("{what} (revision {})", m.revision),
+    }
+}
+
+pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
+    let client = match Client::new(endpoints.to_vec()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let result = match cmd {
+        Command::Insert { key, value } => client.insert(&key, value).await.map(|m| print_mutation("inserted", &m)),
+        Command::Update { key, value, if_version } => client
+            .update(&key, value, if_version)
+            .await
+            .map(|m| print_mutation("updated", &m)),
+        Command::Delete { key, if_version } => client.delete(&key, if_version).await.map(|m| print_mutation("deleted", &m)),
+        Command::Complete { key, value, if_version } => client
+            .complete(&key, value.map(String::into_bytes), if_version)
+            .await
+            .map(|m| print_mutation("completed", &m)),
+        Command::Get { key, consistency, json } => client.get(&key, consistency.into()).await.map(|g| {
+            if let Some(r) = &g.record {
+                if json {
+                    let mut v = record_json(r);
+                    v["revision"] = json!(g.revision);
+                    println!("{v}");
+                } else {
+                    print_record(r);
+                }
+            }
+        }),
+        Command::Scan { prefix, limit, after, consistency, json } => {
+            client.scan(&prefix, limit, &after, consistency.into()).await.map(|page| {
+                if json {
+                    let records: Vec<_> = page.records.iter().map(record_json).collect();
+                    println!("{}", json!({"records": records, "more": page.more, "revision": page.revision}));
+                } else {
+                    for r in &page.records {
+                        println!("{}\t{}", r.key, String::from_utf8_lossy(&r.value));
+                    }
+                    if page.more {
+                        if let Some(last) = page.records.last() {
+                            eprintln!("# more records: continue with --after {}", last.key);
+                        }
+                    }
+                }
+            })
+        }
+        Command::Status { json } => return status(&client, json).await,
+        Command::Member(m) => member(&client, m).await,
+        Command::Serve(_) | Command::Dev(_) => unreachable!("handled by cli::run"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status> {
+    let list = match cmd {
+        MemberCommand::List { json } => {
+            let l = client.member_list().await?;
+            if json {
+                let members: Vec<_> = l
+                    .members
+                    .iter()
+                    .map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter}))
+                    .collect();
+                println!("{}", json!({"members": members, "leader_id": l.leader_id}));
+                return Ok(());
+            }
+            l
+        }
+        MemberCommand::AddLearner { id, address } => client.add_learner(id, &address).await?,
+        MemberCommand::Promote { id } => client.promote(id).await?,
+    };
+    println!("{:<4} {:<22} {:<8} LEADER", "ID", "ADDRESS", "VOTER");
+    for m in &list.members {
+        println!(
+            "{:<4} {:<22} {:<8} {}",
+            m.id,
+            m.address,
+            m.voter,
+            if m.id == list.leader_id { "*" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Asks every member (found through any reachable endpoint) for its status,
+/// each with its own timeout, so a dead member shows as unreachable quickly.
+async fn status(client: &Client, json_out: bool) -> ExitCode {
+    let mut addrs: Vec<(u64, String)> = Vec::new();
+    for ep in client.endpoints() {
+        if let Ok(s) = client.node_status(ep, STATUS_TIMEOUT).await {
+            if let Ok(members) = member_addresses(ep).await {
+                addrs = members;
+            }
+            if addrs.is_empty() {
+                addrs.push((s.id, ep.clone()));
+            }
+            break;
+        }
+    }
+    if addrs.is_empty() {
+        addrs = client.endpoints().iter().map(|e| (0, e.clone())).collect();
+    }
+    let asks = addrs.iter().map(|(id, a)| {
+        let client = client.clone();
+        let (id, a) = (*id, a.clone());
+        async move { (id, a.clone(), client.node_status(&a, STATUS_TIMEOUT).await) }
+    });
+    let rows = futures::future::join_all(asks).await;
+    let reachable = rows.iter().filter(|r| r.2.is_ok()).count();
+    if json_out {
+        let members: Vec<_> = rows
+            .iter()
+            .map(|(id, addr, r)| match r {
+                Ok(s) => {
+                    let mut v = status_json(s);
+                    v["reachable"] = json!(true);
+                    v
+                }
+                Err(e) => json!({"id": id, "address": addr, "reachable": false, "error": e.message()}),
+            })
+            .collect();
+        println!("{}", json!({ "members": members }));
+    } else {
+        println!(
+            "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10} {:>9}",
+            "ID", "ADDRESS", "ROLE", "TERM", "LAST_LOG", "APPLIED", "RECORDS"
+        );
+        for (id, addr, r) in &rows {
+            match r {
+                Ok(s) => println!(
+                    "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10} {:>9}",
+                    s.id, s.address, s.role, s.term, s.last_log_index, s.applied_index, s.records
+                ),
+                Err(e) => println!("{:<4} {:<22} unreachable ({})", id, addr, e.message()),
+            }
+        }
+    }
+    if reachable == 0 {
+        eprintln!("error: no member answered");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn member_addresses(endpoint: &str) -> Result<Vec<(u64, String)>, tonic::Status> {
+    let one = Client::with_options(
+        [endpoint.to_string()],
+        crate::client::ClientOptions {
+            request_timeout: STATUS_TIMEOUT,
+            retry_for: Duration::ZERO,
+        },
+    )?;
+    let l = one.member_list().await?;
+    Ok(l.members.into_iter().map(|m| (m.id, m.address)).collect())
+}

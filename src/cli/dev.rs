@@ -1,0 +1,189 @@
+//! `inflight dev`: a local cluster in one command.
+//!
+//! Starts N `inflight serve` child processes (disk durability, data under
+//! `--dir`), prints their endpoints, waits for a leader, and on Ctrl-C or
+//! SIGTERM stops every node with SIGTERM (SIGKILL after a grace period).
+//! Children are tied to this process with PR_SET_PDEATHSIG, so killing `dev`
+//! hard does not leave orphans behind.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::client::Client;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Where node data and logs go.
+    #[arg(long, default_value = ".inflight-dev")]
+    pub dir: PathBuf,
+    /// gRPC port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 7001)]
+    pub grpc_port: u16,
+    /// HTTP port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 8001)]
+    pub http_port: u16,
+}
+
+fn spawn_node(exe: &PathBuf, args: &DevArgs, id: u16, initial: &str) -> std::io::Result<Child> {
+    let data = args.dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&data)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.dir.join(format!("node-{id}.log")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("--id")
+        .arg(id.to_string())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", args.grpc_port + id - 1))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", args.http_port + id - 1))
+        .arg("--initial-cluster")
+        .arg(initial)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; the closure touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+}
+
+pub async fn run(args: DevArgs) -> ExitCode {
+    if args.nodes == 0 || args.nodes > 9 {
+        eprintln!("error: --nodes: between 1 and 9");
+        return ExitCode::from(2);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find the inflight binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ids: Vec<u16> = (1..=args.nodes).collect();
+    let endpoints: Vec<String> = ids
+        .iter()
+        .map(|id| format!("127.0.0.1:{}", args.grpc_port + id - 1))
+        .collect();
+    let initial = ids
+        .iter()
+        .zip(&endpoints)
+        .map(|(id, e)| format!("{id}={e}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for id in &ids {
+        match spawn_node(&exe, &args, *id, &initial) {
+            Ok(c) => children.push((*id, c)),
+            Err(e) => {
+                eprintln!("error: starting node {id}: {e}");
+                for (_, c) in &children {
+                    terminate(c);
+                }
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "inflight dev: {}-node cluster, disk durability, data in {}",
+        args.nodes,
+        args.dir.display()
+    );
+    for (id, ep) in ids.iter().zip(&endpoints) {
+        println!(
+            "  node {id}: grpc {ep}  http http://127.0.0.1:{}  log {}",
+            args.http_port + id - 1,
+            args.dir.join(format!("node-{id}.log")).display()
+        );
+    }
+    println!("export INFLIGHT_ENDPOINTS={}", endpoints.join(","));
+
+    let watcher = async {
+        let Ok(client) = Client::new(endpoints.clone()) else { return };
+        for _ in 0..100 {
+            if let Ok(l) = client.member_list().await {
+                if l.leader_id != 0 {
+                    println!("leader: node {}. Ctrl-C stops every node.", l.leader_id);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("no leader yet; see the node logs. Ctrl-C stops every node.");
+    };
+
+    let stop = crate::node::stop_signal();
+    tokio::pin!(stop);
+    let mut announced = false;
+    let watcher = watcher;
+    tokio::pin!(watcher);
+    let mut failed = false;
+    loop {
+        let mut exits = Vec::new();
+        for (id, c) in children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                exits.push((*id, status));
+            }
+        }
+        for (id, status) in exits {
+            eprintln!("node {id} exited ({status}); see {}", args.dir.join(format!("node-{id}.log")).display());
+            children.retain(|(i, _)| *i != id);
+            failed = true;
+        }
+        if children.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = &mut watcher, if !announced => announced = true,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    println!("stopping {} node(s)...", children.len());
+    for (_, c) in &children {
+        terminate(c);
+    }
+    for (id, c) in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {id} did not stop within 10s; killing it");
+                let _ = c.kill().await;
+            }
+        }
+    }
+    println!("stopped.");
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,290 @@
+//! The `inflight` command line: `serve` and `dev` run nodes; every other
+//! command is a thin call through `crate::client`.
+
+mod commands;
+mod dev;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::Limits;
+use crate::node::ServeOptions;
+use crate::raft::bootstrap::RaftSettings;
+use crate::raft::Durability;
+
+#[derive(Parser, Debug)]
+#[command(name = "inflight", version, about = "A Raft-replicated, in-memory store for in-flight operations")]
+pub struct Cli {
+    /// Cluster endpoints (HOST:PORT, comma-separated) for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "INFLIGHT_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
+    pub endpoints: Vec<String>,
+
+    /// Log format of `serve` and `dev`.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Run a local cluster of child processes (3 nodes by default).
+    Dev(dev::DevArgs),
+    /// One row per member: role, term, log and applied index.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a record; fails if the key exists.
+    Insert { key: String, value: String },
+    /// Replace the value of a LIVE record.
+    Update {
+        key: String,
+        value: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Read one record.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List records under a prefix, in key order.
+    Scan {
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this key.
+        #[arg(long, default_value = "")]
+        after: String,
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a LIVE record without hand-off.
+    Delete {
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Freeze a record (optionally with a final value).
+    Complete {
+        key: String,
+        value: Option<String>,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Cluster membership.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Members with their addresses and whether they vote.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node as a non-voting learner.
+    AddLearner { id: u64, address: String },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+impl From<ConsistencyArg> for crate::pb::Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        match c {
+            ConsistencyArg::Linearizable => crate::pb::Consistency::Linearizable,
+            ConsistencyArg::Lease => crate::pb::Consistency::Lease,
+            ConsistencyArg::Stale => crate::pb::Consistency::Stale,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's id (1 or more), unique in the cluster.
+    #[arg(long)]
+    pub id: u64,
+    /// Where the Raft log, vote and snapshots live.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// gRPC address for clients and peers.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+    /// Address others use to reach this node (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// HTTP address for /livez, /readyz and /status.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// The initial voters: ID=HOST:PORT,... (the lowest id initializes the cluster once).
+    #[arg(long, conflicts_with = "join")]
+    pub initial_cluster: Option<String>,
+    /// Join an existing cluster as a learner through these endpoints.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    #[arg(long, value_enum, default_value = "disk")]
+    pub durability: Durability,
+    /// Build a snapshot every N applied log entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = crate::api::Limits::default().max_value_bytes)]
+    pub max_value_bytes: usize,
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Election timeout range MIN..MAX in milliseconds.
+    #[arg(long, default_value = "400..800", value_parser = parse_range)]
+    pub election_timeout_ms: (u64, u64),
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once("..").ok_or("expected MIN..MAX")?;
+    let a: u64 = a.trim().parse().map_err(|e| format!("MIN: {e}"))?;
+    let b: u64 = b.trim().parse().map_err(|e| format!("MAX: {e}"))?;
+    if a == 0 || b <= a {
+        return Err("need 0 < MIN < MAX".into());
+    }
+    Ok((a, b))
+}
+
+/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster: {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--initial-cluster: {id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("--initial-cluster: node ids start at 1".into());
+        }
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("--initial-cluster: node {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("--initial-cluster: no members given".into());
+    }
+    Ok(out)
+}
+
+impl ServeArgs {
+    pub fn into_options(self) -> Result<ServeOptions, String> {
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => BTreeMap::new(),
+        };
+        if initial_cluster.is_empty() && self.join.is_empty() {
+            return Err("give --initial-cluster (a new or restarting cluster member) or --join (a new node)".into());
+        }
+        if !initial_cluster.is_empty() && !initial_cluster.contains_key(&self.id) {
+            return Err(format!("--initial-cluster does not list this node's --id {}", self.id));
+        }
+        if self.snapshot_every == 0 {
+            return Err("--snapshot-every: must be at least 1".into());
+        }
+        let advertise = self.advertise.clone().unwrap_or_else(|| self.listen.to_string());
+        Ok(ServeOptions {
+            raft: RaftSettings {
+                id: self.id,
+                data_dir: self.data_dir,
+                advertise,
+                durability: self.durability,
+                snapshot_every: self.snapshot_every,
+                heartbeat_ms: self.heartbeat_ms,
+                election_timeout_ms: self.election_timeout_ms,
+            },
+            listen: self.listen,
+            http: self.http,
+            initial_cluster,
+            join: self.join,
+            limits: Limits {
+                max_value_bytes: self.max_value_bytes,
+            },
+        })
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(cli.log_format);
+            let opts = match args.into_options() {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::node::serve(opts).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dev(args) => dev::run(args).await,
+        other => commands::run(&cli.endpoints, other).await,
+    }
+}

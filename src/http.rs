@@ -1,0 +1,70 @@
+//! The operator HTTP port: `/livez`, `/readyz`, `/status`.
+//!
+//! `/livez` answers as long as the process serves HTTP. `/readyz` is 200 only
+//! when this node knows a leader, is a voter and has applied its log to within
+//! `READY_LAG` entries; `?verbose` lists each check. `/status` is the same
+//! JSON as `inflight status --json` for this node.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::node_status;
+use crate::raft::bootstrap::RaftNode;
+
+/// How far applied may trail the local log for the node to count as caught up.
+pub const READY_LAG: u64 = 1_000;
+
+pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Receiver<bool>) {
+    let app = Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(node);
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn status(State(node): State<RaftNode>) -> impl IntoResponse {
+    Json(status_json(&node))
+}
+
+fn status_json(node: &RaftNode) -> serde_json::Value {
+    crate::api::status_json(&node_status(node))
+}
+
+#[derive(serde::Deserialize)]
+struct ReadyQuery {
+    verbose: Option<String>,
+}
+
+async fn readyz(State(node): State<RaftNode>, Query(q): Query<ReadyQuery>) -> impl IntoResponse {
+    let s = node_status(&node);
+    let lag = s.last_log_index.saturating_sub(s.applied_index);
+    let checks = [
+        ("leader", s.leader_id != 0, format!("leader {}", s.leader_id)),
+        ("voter", s.role != "learner", format!("role {}", s.role)),
+        ("caught_up", lag <= READY_LAG, format!("applied lags the log by {lag} entries")),
+    ];
+    let ok = checks.iter().all(|(_, pass, _)| *pass);
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if q.verbose.is_some() {
+        let body: Vec<_> = checks
+            .iter()
+            .map(|(name, pass, detail)| json!({"check": name, "ok": pass, "detail": detail}))
+            .collect();
+        return (code, Json(json!({"ready": ok, "checks": body}))).into_response();
+    }
+    (code, if ok { "ok\n" } else { "not ready\n" }).into_response()
+}

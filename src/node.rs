@@ -1,0 +1,178 @@
+//! One `inflight serve` process: storage, Raft, the gRPC and HTTP listeners,
+//! cluster bootstrap or join, and a clean shutdown on SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{ClusterService, Limits, RecordService};
+use crate::client::Client;
+use crate::pb;
+use crate::raft::bootstrap::{RaftNode, RaftSettings};
+use crate::raft::peer_service::PeerService;
+
+/// Everything `inflight serve` needs to run a node.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub raft: RaftSettings,
+    pub listen: SocketAddr,
+    pub http: Option<SocketAddr>,
+    /// id → address of every initial voter (empty when joining).
+    pub initial_cluster: BTreeMap<u64, String>,
+    /// Endpoints of an existing cluster to join as a learner.
+    pub join: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Resolves when the process is asked to stop.
+pub async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(o.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", o.listen))?;
+    let http_listener = match o.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--http: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let node = RaftNode::start(&o.raft).await?;
+    tracing::info!(
+        id = node.id,
+        grpc = %o.listen,
+        http = ?o.http,
+        durability = node.durability.as_str(),
+        data_dir = %o.raft.data_dir.display(),
+        "node started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
+    let records = pb::in_flight_server::InFlightServer::new(RecordService::new(
+        node.raft.clone(),
+        node.store.clone(),
+        o.limits,
+    ))
+    .max_decoding_message_size(max_msg.max(16 << 20));
+    let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone()));
+    let peers = pb::raft_server::RaftServer::new(PeerService::new(node.raft.clone()))
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(records)
+            .add_service(cluster)
+            .add_service(peers)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            }),
+    );
+    let http = http_listener.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stop_rx.clone())));
+    tokio::spawn(log_leader_changes(node.clone()));
+
+    if !o.initial_cluster.is_empty() {
+        node.initialize_if_first(&o.initial_cluster).await?;
+    }
+    if !o.join.is_empty() {
+        if node.log.is_pristine() {
+            tokio::spawn(join(node.clone(), o.join.clone(), stop_rx.clone()));
+        } else {
+            tracing::info!("--join ignored: this node already has Raft state and rejoins on its own");
+        }
+    }
+
+    let mut grpc = grpc;
+    tokio::select! {
+        _ = stop_signal() => tracing::info!("stop signal received; shutting down"),
+        r = &mut grpc => {
+            r.context("gRPC server task")?.context("gRPC server")?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    if let Some(h) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Asks an existing cluster to add this node as a learner, until it does.
+async fn join(node: RaftNode, endpoints: Vec<String>, mut stop: watch::Receiver<bool>) {
+    let client = match Client::new(endpoints.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "--join: bad endpoints");
+            return;
+        }
+    };
+    loop {
+        match client.add_learner(node.id, &node.advertise).await {
+            Ok(_) => {
+                tracing::info!(id = node.id, via = ?endpoints, "joined the cluster as a learner");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e.message(), code = ?e.code(), "join failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One log line per leader change seen by this node.
+async fn log_leader_changes(node: RaftNode) {
+    let mut rx = node.raft.metrics();
+    let mut last: Option<u64> = None;
+    loop {
+        let (leader, term) = {
+            let m = rx.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if leader != last {
+            match leader {
+                Some(l) => tracing::info!(leader = l, term, "leader changed"),
+                None => tracing::info!(term, "no leader"),
+            }
+            last = leader;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Consensus: openraft glued to our storage, network and state machine.
+//!
+//! openraft runs the Raft protocol (elections, replication, commit, snapshots);
+//! this module supplies what it asks the application for:
+//!
+//! - `log_store`: the Raft log and the vote. In `disk` durability they go
+//!   through `wal` (append-only segment files with a CRC per record, group
+//!   commit, torn-tail recovery) and a separately fsynced vote file, so a
+//!   restarted node remembers every entry it acknowledged and every vote it
+//!   cast. In `memory` durability nothing touches disk.
+//! - `state_machine`: feeds committed entries to `crate::state::Store` and
+//!   builds, stores and installs snapshots.
+//! - `network` / `peer_service`: peer RPCs over tonic, both directions.
+//! - `bootstrap`: assembling one node, and the rules for initializing a
+//!   cluster exactly once.
+//!
+//! Raft guarantees that an entry acknowledged as committed is in the logs of a
+//! majority and will be in the log of every future leader. That guarantee is
+//! only as good as the storage under it: a node must never forget an entry or
+//! a vote it reported as persisted. That is why `append` completes its
+//! callback only after fsync, and why the vote has its own file.
+
+pub mod bootstrap;
+pub mod log_store;
+pub mod network;
+pub mod peer_service;
+pub mod state_machine;
+mod wal;
+
+use crate::state::{Command, Outcome};
+
+openraft::declare_raft_types!(
+    /// The Raft type configuration of inflight.
+    pub TypeConfig:
+        D = Command,
+        R = Option<Outcome>,
+        Node = openraft::BasicNode,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type SnapshotData = Vec<u8>;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachineStore>;
+
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
+pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Durability of the Raft log, vote and snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Vote and log entries are fsynced before they count; snapshots are files.
+    Disk,
+    /// Nothing on disk. A restarted node must rejoin under a new id.
+    Memory,
+}
+
+impl Durability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Durability::Disk => "disk",
+            Durability::Memory => "memory",
+        }
+    }
+}

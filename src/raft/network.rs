@@ -1,0 +1,228 @@
+//! Outgoing peer RPCs: openraft's `RaftNetworkV2` over tonic.
+//!
+//! One HTTP/2 channel per peer address, created lazily and shared by every
+//! replication stream to that peer. Each channel has a connect timeout and
+//! HTTP/2 keepalive pings, so a link that silently drops packets is noticed
+//! within seconds instead of wedging a stream forever; unary calls also carry
+//! openraft's per-RPC deadline. A peer that cannot be reached is reported as
+//! `Unreachable`, which makes openraft back off instead of spinning.
+//!
+//! Replication uses `StreamAppend`, one bidirectional gRPC stream per
+//! follower: append requests go out back to back without waiting for each
+//! response (pipelining), and the follower answers in order.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::codec;
+use crate::pb::raft_client::RaftClient;
+use crate::pb::{RaftMessage, SnapshotChunk};
+
+/// Size of the pieces a snapshot is streamed in.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// HTTP/2 settings shared by every peer channel (and by the client library).
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20)))
+}
+
+/// Creates (and caches) the channels to peers.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerNetwork {
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = endpoint(addr)
+            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+            .connect_lazy();
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            client: self
+                .channel(&node.addr)
+                .map(|c| RaftClient::new(c).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    #[allow(dead_code)]
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PeerError(String);
+
+fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&PeerError(msg.into())))
+}
+
+fn network(msg: impl Into<String>) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&PeerError(msg.into())))
+}
+
+/// Transport failures mean the peer is unreachable (back off); anything else is
+/// a network error on a reachable peer.
+fn from_status(s: tonic::Status) -> RPCError<TypeConfig> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(format!("{}: {}", s.code(), s.message()))
+        }
+        _ => network(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+fn message<T: Serialize>(value: &T, timeout: Option<Duration>) -> Result<tonic::Request<RaftMessage>, RPCError<TypeConfig>> {
+    let payload = codec::encode(value).map_err(|e| network(e.to_string()))?;
+    let mut req = tonic::Request::new(RaftMessage { payload });
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    Ok(req)
+}
+
+fn reply<T: DeserializeOwned>(resp: tonic::Response<RaftMessage>) -> Result<T, RPCError<TypeConfig>> {
+    codec::decode(&resp.into_inner().payload).map_err(|e| network(format!("bad reply from peer: {e}")))
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = message(&rpc, Some(option.hard_ttl()))?;
+        reply(self.client()?.append_entries(req).await.map_err(from_status)?)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            // An entry that cannot be encoded goes out empty; the peer rejects it
+            // and openraft restarts replication from a known point.
+            let outgoing = input.map(|req| RaftMessage {
+                payload: codec::encode(&req).unwrap_or_default(),
+            });
+            let responses = client.stream_append(outgoing).await.map_err(from_status)?.into_inner();
+            let results = responses.map(|item| {
+                let msg = item.map_err(from_status)?;
+                codec::decode::<StreamAppendResult<TypeConfig>>(&msg.payload)
+                    .map_err(|e| network(format!("bad stream-append reply from peer: {e}")))
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = message(&rpc, Some(option.hard_ttl()))?;
+        reply(self.client()?.vote(req).await.map_err(from_status)?)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = message(&rpc, Some(option.hard_ttl()))?;
+        reply(self.client()?.pre_vote(req).await.map_err(from_status)?)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let meta = codec::encode(&(vote, &snapshot.meta)).map_err(|e| network(e.to_string()))?;
+        let data = Arc::new(snapshot.snapshot);
+        let total = data.len();
+        let chunks = futures::stream::iter(
+            std::iter::once(SnapshotChunk { meta, data: Vec::new() }).chain(
+                (0..total.div_ceil(SNAPSHOT_CHUNK))
+                    .map(move |i| SnapshotChunk {
+                        meta: Vec::new(),
+                        data: data[i * SNAPSHOT_CHUNK..((i + 1) * SNAPSHOT_CHUNK).min(total)].to_vec(),
+                    }),
+            ),
+        );
+        let send = client.install_snapshot(chunks);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            resp = send => {
+                let resp = resp.map_err(from_status)?;
+                Ok(reply(resp)?)
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = message(&req, Some(option.hard_ttl()))?;
+        reply(self.client()?.transfer_leader(req).await.map_err(from_status)?)
+    }
+}

@@ -1,0 +1,132 @@
+//! Incoming peer RPCs: the `inflight.v1.Raft` gRPC service.
+//!
+//! Each call decodes an openraft message, hands it to the local Raft node and
+//! encodes the answer. A payload that does not decode is refused with
+//! `INVALID_ARGUMENT` (and ends a stream); it never reaches openraft. A
+//! received snapshot is checked (magic, checksum, format) before openraft is
+//! asked to install it.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::state_machine::decode_snapshot;
+use super::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::codec;
+use crate::pb::{RaftMessage, SnapshotChunk};
+
+/// Snapshots larger than this are refused (a peer would have to hold them in memory).
+const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
+
+pub struct PeerService {
+    raft: Raft,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft) -> Self {
+        PeerService { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
+    codec::decode(&req.into_inner().payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = codec::encode(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+fn stopped(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft node stopped: {e}"))
+}
+
+#[tonic::async_trait]
+impl crate::pb::raft_server::Raft for PeerService {
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.vote(rpc).await.map_err(stopped)?)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.pre_vote(rpc).await.map_err(stopped)?)
+    }
+
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.append_entries(rpc).await.map_err(stopped)?)
+    }
+
+    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // The input ends at the first message that fails to arrive or decode;
+        // openraft then sees the stream close and the leader reconnects.
+        let input = req
+            .into_inner()
+            .take_while(|m| futures::future::ready(m.is_ok()))
+            .filter_map(|m| async move {
+                let m = m.ok()?;
+                match codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream-append: undecodable request; closing stream");
+                        None
+                    }
+                }
+            });
+        let output = self.raft.stream_append(Box::pin(input)).map(|r| match r {
+            Ok(result) => codec::encode(&result)
+                .map(|payload| RaftMessage { payload })
+                .map_err(|e| Status::internal(e.to_string())),
+            Err(fatal) => Err(stopped(fatal)),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut chunks = req.into_inner();
+        let first = chunks
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta)
+            .map_err(|e| Status::invalid_argument(format!("snapshot meta: {e}")))?;
+        let mut data = first.data;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot exceeds the limit of {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let (body_meta, _) = decode_snapshot(&data).map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
+        if body_meta.last_log_id != meta.last_log_id {
+            return Err(Status::invalid_argument("snapshot: meta does not match the snapshot content"));
+        }
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+            .await
+            .map_err(stopped)?;
+        encode(&resp)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.handle_transfer_leader(rpc).await.map_err(stopped)?)
+    }
+}
