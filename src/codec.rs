@@ -61,7 +61,10 @@ mod tests {
         let mut bytes = encode(&v).unwrap();
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
         bytes.push(0);
-        assert!(matches!(decode::<(u64, String)>(&bytes), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<(u64, String)>(&bytes),
+            Err(CodecError::Trailing(1))
+        ));
     }
 
     #[test]

@@ -53,12 +53,24 @@ async fn readyz(State(node): State<RaftNode>, Query(q): Query<ReadyQuery>) -> im
     let s = node_status(&node);
     let lag = s.last_log_index.saturating_sub(s.applied_index);
     let checks = [
-        ("leader", s.leader_id != 0, format!("leader {}", s.leader_id)),
+        (
+            "leader",
+            s.leader_id != 0,
+            format!("leader {}", s.leader_id),
+        ),
         ("voter", s.role != "learner", format!("role {}", s.role)),
-        ("caught_up", lag <= READY_LAG, format!("applied lags the log by {lag} entries")),
+        (
+            "caught_up",
+            lag <= READY_LAG,
+            format!("applied lags the log by {lag} entries"),
+        ),
     ];
     let ok = checks.iter().all(|(_, pass, _)| *pass);
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     if q.verbose.is_some() {
         let body: Vec<_> = checks
             .iter()

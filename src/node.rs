@@ -35,13 +35,14 @@ pub async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -98,7 +99,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             }),
     );
-    let http = http_listener.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stop_rx.clone())));
+    let http =
+        http_listener.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stop_rx.clone())));
     tokio::spawn(log_leader_changes(node.clone()));
 
     if !o.initial_cluster.is_empty() {
@@ -108,7 +110,9 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         if node.log.is_pristine() {
             tokio::spawn(join(node.clone(), o.join.clone(), stop_rx.clone()));
         } else {
-            tracing::info!("--join ignored: this node already has Raft state and rejoins on its own");
+            tracing::info!(
+                "--join ignored: this node already has Raft state and rejoins on its own"
+            );
         }
     }
 
@@ -146,7 +150,9 @@ async fn join(node: RaftNode, endpoints: Vec<String>, mut stop: watch::Receiver<
                 tracing::info!(id = node.id, via = ?endpoints, "joined the cluster as a learner");
                 return;
             }
-            Err(e) => tracing::warn!(error = %e.message(), code = ?e.code(), "join failed; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), code = ?e.code(), "join failed; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {},

@@ -32,14 +32,20 @@ async fn all_nodes_killed_and_restarted_keep_every_acknowledged_record() {
         client.insert(&key, format!("v{i}")).await.expect("insert");
         let mut version = 1;
         if i % 3 == 0 {
-            client.update(&key, format!("v{i}-2"), Some(1)).await.expect("update");
+            client
+                .update(&key, format!("v{i}-2"), Some(1))
+                .await
+                .expect("update");
             version = 2;
             expected.insert(key, (format!("v{i}-2"), version));
         } else {
             expected.insert(key, (format!("v{i}"), version));
         }
     }
-    let before = c.status(c.wait_leader(Duration::from_secs(5)).await).await.unwrap();
+    let before = c
+        .status(c.wait_leader(Duration::from_secs(5)).await)
+        .await
+        .unwrap();
 
     // SIGKILL, not SIGTERM: nothing gets a chance to flush on the way out.
     for id in 1..=3 {
@@ -57,15 +63,28 @@ async fn all_nodes_killed_and_restarted_keep_every_acknowledged_record() {
         .into_iter()
         .map(|r| (r.key, (String::from_utf8(r.value).unwrap(), r.version)))
         .collect();
-    assert!(got == expected, "records after a full restart differ from the acknowledged writes");
+    assert!(
+        got == expected,
+        "records after a full restart differ from the acknowledged writes"
+    );
     let after = c.status(leader).await.unwrap();
-    assert!(after.applied_index >= before.applied_index, "no committed entry was lost");
+    assert!(
+        after.applied_index >= before.applied_index,
+        "no committed entry was lost"
+    );
     for id in 1..=3 {
-        c.wait_applied(id, before.applied_index, Duration::from_secs(20)).await;
-        assert!(read_all(&c, id, "call/").await == expected, "node {id} after restart");
+        c.wait_applied(id, before.applied_index, Duration::from_secs(20))
+            .await;
+        assert!(
+            read_all(&c, id, "call/").await == expected,
+            "node {id} after restart"
+        );
     }
     // And the cluster still takes writes.
-    client.insert("call/after-restart", "x").await.expect("insert after restart");
+    client
+        .insert("call/after-restart", "x")
+        .await
+        .expect("insert after restart");
 }
 
 enum Damage {
@@ -79,12 +98,16 @@ async fn damaged_tail_is_detected_and_node_catches_up(damage: Damage) {
     let mut c = Cluster::start(ClusterOptions::default()).await;
     let client = c.client();
     for i in 0..200 {
-        client.insert(&format!("k/{i:03}"), format!("v{i}")).await.expect("insert");
+        client
+            .insert(&format!("k/{i:03}"), format!("v{i}"))
+            .await
+            .expect("insert");
     }
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let victim = (1..=3).find(|i| *i != leader).unwrap();
     let applied = c.status(leader).await.unwrap().applied_index;
-    c.wait_applied(victim, applied, Duration::from_secs(10)).await;
+    c.wait_applied(victim, applied, Duration::from_secs(10))
+        .await;
     c.kill(victim);
 
     let seg = last_segment(&c.wal_dir(victim));
@@ -102,38 +125,57 @@ async fn damaged_tail_is_detected_and_node_catches_up(damage: Damage) {
 
     // More writes while the node is down, so it has something to catch up on.
     for i in 200..300 {
-        client.insert(&format!("k/{i:03}"), format!("v{i}")).await.expect("insert");
+        client
+            .insert(&format!("k/{i:03}"), format!("v{i}"))
+            .await
+            .expect("insert");
     }
     c.restart(victim);
-    let line = wait_for(Duration::from_secs(10), "the WAL recovery log line", || async {
-        c.log_text(victim)
-            .lines()
-            .find(|l| l.contains("wal recovery"))
-            .map(str::to_string)
-    })
+    let line = wait_for(
+        Duration::from_secs(10),
+        "the WAL recovery log line",
+        || async {
+            c.log_text(victim)
+                .lines()
+                .find(|l| l.contains("wal recovery"))
+                .map(str::to_string)
+        },
+    )
     .await;
     let expect_kind = match damage {
         Damage::Torn => "torn write",
         Damage::Corrupt => "corrupt record (checksum mismatch)",
     };
-    assert!(line.contains(expect_kind), "recovery line names the damage: {line}");
-    assert!(line.contains("kept the"), "recovery line says what was kept: {line}");
+    assert!(
+        line.contains(expect_kind),
+        "recovery line names the damage: {line}"
+    );
+    assert!(
+        line.contains("kept the"),
+        "recovery line says what was kept: {line}"
+    );
     assert_eq!(
         c.log_text(victim).matches("wal recovery").count(),
         1,
         "one line, not one per record"
     );
     let leader_applied = c.status(leader).await.unwrap().applied_index;
-    c.wait_applied(victim, leader_applied, Duration::from_secs(20)).await;
+    c.wait_applied(victim, leader_applied, Duration::from_secs(20))
+        .await;
     let got = read_all(&c, victim, "k/").await;
-    assert_eq!(got.len(), 300, "the damaged node serves every record after catching up");
+    assert_eq!(
+        got.len(),
+        300,
+        "the damaged node serves every record after catching up"
+    );
     for i in 0..300 {
         assert_eq!(got[&format!("k/{i:03}")].0, format!("v{i}"));
     }
     // And a second restart is clean: the repaired log has no damage left.
     c.stop(victim);
     c.restart(victim);
-    c.wait_applied(victim, leader_applied, Duration::from_secs(20)).await;
+    c.wait_applied(victim, leader_applied, Duration::from_secs(20))
+        .await;
     assert_eq!(c.log_text(victim).matches("wal recovery").count(), 1);
 }
 

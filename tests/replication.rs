@@ -12,7 +12,12 @@ use inflight::client::{Client, Consistency};
 use tokio::sync::Mutex;
 
 /// Writes `count` records `prefix{i}` with `workers` concurrent tasks; returns key → value.
-async fn write_many(client: &Client, prefix: &str, count: usize, workers: usize) -> BTreeMap<String, String> {
+async fn write_many(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    workers: usize,
+) -> BTreeMap<String, String> {
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
     for w in 0..workers {
@@ -36,13 +41,22 @@ async fn write_many(client: &Client, prefix: &str, count: usize, workers: usize)
 
 /// Checks node `id` holds exactly `expected` under `prefix`, read from its own state.
 async fn assert_node_has(c: &Cluster, id: u64, prefix: &str, expected: &BTreeMap<String, String>) {
-    let records = c.scan_all(&c.node_client(id), prefix, Consistency::Stale).await;
+    let records = c
+        .scan_all(&c.node_client(id), prefix, Consistency::Stale)
+        .await;
     let got: BTreeMap<String, String> = records
         .into_iter()
         .map(|r| (r.key, String::from_utf8(r.value).expect("utf8")))
         .collect();
-    assert_eq!(got.len(), expected.len(), "node {id}: record count under {prefix}");
-    assert!(got == *expected, "node {id}: records under {prefix} differ from the acknowledged writes");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "node {id}: record count under {prefix}"
+    );
+    assert!(
+        got == *expected,
+        "node {id}: records under {prefix} differ from the acknowledged writes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -55,19 +69,29 @@ async fn acknowledged_write_is_readable_on_every_node_once_applied() {
         let key = format!("call/{i}");
         let value = format!("{{\"status\":\"ringing\",\"i\":{i}}}");
         let m = client.insert(&key, value.clone()).await.expect("insert");
-        assert!(m.revision > last_revision, "revisions grow with every write");
+        assert!(
+            m.revision > last_revision,
+            "revisions grow with every write"
+        );
         last_revision = m.revision;
         expected.insert(key, value);
     }
     for id in 1..=3 {
-        c.wait_applied(id, last_revision, Duration::from_secs(10)).await;
+        c.wait_applied(id, last_revision, Duration::from_secs(10))
+            .await;
         let node = c.node_client(id);
         for (k, v) in &expected {
-            let g = node.get(k, Consistency::Stale).await.expect("stale get on node");
+            let g = node
+                .get(k, Consistency::Stale)
+                .await
+                .expect("stale get on node");
             let r = g.record.expect("record");
             assert_eq!(String::from_utf8(r.value).unwrap(), *v, "node {id} key {k}");
             assert_eq!(r.version, 1);
-            assert!(g.revision >= last_revision, "node {id} reports its applied revision");
+            assert!(
+                g.revision >= last_revision,
+                "node {id} reports its applied revision"
+            );
         }
     }
 }
@@ -91,13 +115,17 @@ async fn leader_killed_abruptly_new_leader_elected_and_no_acknowledged_write_los
             .into_iter()
             .map(|r| (r.key, String::from_utf8(r.value).unwrap()))
             .collect();
-        assert!(got == *expected, "every acknowledged write under {prefix} survives the leader's death");
+        assert!(
+            got == *expected,
+            "every acknowledged write under {prefix} survives the leader's death"
+        );
     }
 
     // The old leader comes back as a follower and converges.
     c.restart(old);
     let leader_applied = c.status(new).await.expect("leader status").applied_index;
-    c.wait_applied(old, leader_applied, Duration::from_secs(20)).await;
+    c.wait_applied(old, leader_applied, Duration::from_secs(20))
+        .await;
     assert_node_has(&c, old, "before/", &before).await;
     assert_node_has(&c, old, "after/", &after).await;
 }
@@ -122,8 +150,12 @@ async fn stopped_follower_catches_up_after_10000_writes() {
     );
 
     c.restart(follower);
-    c.wait_applied(follower, leader_status.applied_index, Duration::from_secs(60))
-        .await;
+    c.wait_applied(
+        follower,
+        leader_status.applied_index,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_node_has(&c, follower, "sms/", &written).await;
 }
 
@@ -138,16 +170,27 @@ async fn joining_node_receives_snapshot_and_is_promoted_to_voter() {
     let written = write_many(&client, "call/", 2_000, 16).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let leader_status = c.status(leader).await.unwrap();
-    assert!(leader_status.snapshot_index > 0, "the leader has a snapshot to send");
+    assert!(
+        leader_status.snapshot_index > 0,
+        "the leader has a snapshot to send"
+    );
 
     c.add_joiner(4);
-    let members = wait_for(Duration::from_secs(20), "node 4 listed as a learner", || async {
-        let l = client.member_list().await.ok()?;
-        l.members.iter().find(|m| m.id == 4 && !m.voter).map(|_| l.clone())
-    })
+    let members = wait_for(
+        Duration::from_secs(20),
+        "node 4 listed as a learner",
+        || async {
+            let l = client.member_list().await.ok()?;
+            l.members
+                .iter()
+                .find(|m| m.id == 4 && !m.voter)
+                .map(|_| l.clone())
+        },
+    )
     .await;
     assert_eq!(members.members.len(), 4);
-    c.wait_applied(4, leader_status.applied_index, Duration::from_secs(30)).await;
+    c.wait_applied(4, leader_status.applied_index, Duration::from_secs(30))
+        .await;
     let s4 = c.status(4).await.expect("node 4 status");
     assert!(
         c.log_text(4).contains("installed snapshot from leader"),
@@ -158,10 +201,15 @@ async fn joining_node_receives_snapshot_and_is_promoted_to_voter() {
 
     client.promote(4).await.expect("promote");
     let l = client.member_list().await.expect("members");
-    assert!(l.members.iter().any(|m| m.id == 4 && m.voter), "node 4 votes now");
-    wait_for(Duration::from_secs(10), "node 4 to see itself as a follower", || async {
-        (c.status(4).await?.role == "follower").then_some(())
-    })
+    assert!(
+        l.members.iter().any(|m| m.id == 4 && m.voter),
+        "node 4 votes now"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "node 4 to see itself as a follower",
+        || async { (c.status(4).await?.role == "follower").then_some(()) },
+    )
     .await;
     // A write after promotion reaches node 4 too.
     let m = client.insert("call/after-join", "x").await.expect("insert");

@@ -93,7 +93,10 @@ pub fn role_name(state: ServerState, is_voter: bool) -> &'static str {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
         Ok(Response::new(node_status(&self.node)))
     }
 
@@ -114,7 +117,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let host_port = r.address.rsplit_once(':');
         if !host_port.is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-            return Err(ApiError::invalid(format!("address: {:?} is not HOST:PORT", r.address)).into());
+            return Err(
+                ApiError::invalid(format!("address: {:?} is not HOST:PORT", r.address)).into(),
+            );
         }
         let existing = self.members();
         if let Some(m) = existing.members.iter().find(|m| m.id == r.id) {
@@ -130,18 +135,32 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         self.node
             .raft
-            .add_learner(r.id, Node { addr: r.address.clone() }, false)
+            .add_learner(
+                r.id,
+                Node {
+                    addr: r.address.clone(),
+                },
+                false,
+            )
             .await
             .map_err(ApiError::from)?;
         tracing::info!(id = r.id, address = %r.address, "membership: added learner");
         Ok(Response::new(self.members()))
     }
 
-    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
         let id = req.into_inner().id;
         let existing = self.members();
         match existing.members.iter().find(|m| m.id == id) {
-            None => return Err(ApiError::NotFound(format!("id: node {id} is not a member; add it as a learner first")).into()),
+            None => {
+                return Err(ApiError::NotFound(format!(
+                    "id: node {id} is not a member; add it as a learner first"
+                ))
+                .into())
+            }
             Some(m) if m.voter => return Ok(Response::new(existing)),
             Some(_) => {}
         }

@@ -99,7 +99,9 @@ impl From<ApiError> for Status {
             ApiError::Rejected(r) => match r {
                 Rejection::NotFound { .. } => Status::not_found(msg),
                 Rejection::AlreadyExists { .. } => Status::already_exists(msg),
-                Rejection::VersionMismatch { .. } | Rejection::NotLive { .. } => Status::failed_precondition(msg),
+                Rejection::VersionMismatch { .. } | Rejection::NotLive { .. } => {
+                    Status::failed_precondition(msg)
+                }
             },
             ApiError::NotLeader { leader } => {
                 let mut s = Status::new(Code::Unavailable, msg);

@@ -27,12 +27,19 @@ fn now_ms() -> u64 {
 
 impl RecordService {
     pub fn new(raft: Raft, store: Arc<Store>, limits: Limits) -> Self {
-        RecordService { raft, store, limits }
+        RecordService {
+            raft,
+            store,
+            limits,
+        }
     }
 
     /// Proposes `op` through Raft and turns the applied outcome into a response.
     async fn propose(&self, op: Op) -> Result<Response<pb::MutationResponse>, Status> {
-        let cmd = Command { at_ms: now_ms(), op };
+        let cmd = Command {
+            at_ms: now_ms(),
+            op,
+        };
         let resp = self.raft.client_write(cmd).await.map_err(ApiError::from)?;
         let applied = resp
             .data
@@ -63,7 +70,10 @@ impl RecordService {
 
 #[tonic::async_trait]
 impl pb::in_flight_server::InFlight for RecordService {
-    async fn insert(&self, req: Request<pb::InsertRequest>) -> Result<Response<pb::MutationResponse>, Status> {
+    async fn insert(
+        &self,
+        req: Request<pb::InsertRequest>,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
         let r = req.into_inner();
         self.limits.key(&r.key)?;
         self.limits.value("value", &r.value)?;
@@ -74,7 +84,10 @@ impl pb::in_flight_server::InFlight for RecordService {
         .await
     }
 
-    async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::MutationResponse>, Status> {
+    async fn update(
+        &self,
+        req: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
         let r = req.into_inner();
         self.limits.key(&r.key)?;
         self.limits.value("value", &r.value)?;
@@ -97,11 +110,16 @@ impl pb::in_flight_server::InFlight for RecordService {
                 record: Some(record_to_pb(r.key, rec)),
                 revision,
             })),
-            None => Err(ApiError::Rejected(crate::state::Rejection::NotFound { key: r.key }).into()),
+            None => {
+                Err(ApiError::Rejected(crate::state::Rejection::NotFound { key: r.key }).into())
+            }
         }
     }
 
-    async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let r = req.into_inner();
         self.limits.prefix("prefix", &r.prefix)?;
         self.limits.prefix("after_key", &r.after_key)?;
@@ -111,13 +129,20 @@ impl pb::in_flight_server::InFlight for RecordService {
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
         let page = self.store.scan(&r.prefix, after, limit);
         Ok(Response::new(pb::ScanResponse {
-            records: page.records.into_iter().map(|(k, v)| record_to_pb(k, v)).collect(),
+            records: page
+                .records
+                .into_iter()
+                .map(|(k, v)| record_to_pb(k, v))
+                .collect(),
             more: page.more,
             revision,
         }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::MutationResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
         let r = req.into_inner();
         self.limits.key(&r.key)?;
         self.limits.if_version(r.if_version)?;
@@ -128,7 +153,10 @@ impl pb::in_flight_server::InFlight for RecordService {
         .await
     }
 
-    async fn complete(&self, req: Request<pb::CompleteRequest>) -> Result<Response<pb::MutationResponse>, Status> {
+    async fn complete(
+        &self,
+        req: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
         let r = req.into_inner();
         self.limits.key(&r.key)?;
         if let Some(v) = &r.value {

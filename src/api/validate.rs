@@ -39,7 +39,9 @@ impl Limits {
 
     pub fn if_version(&self, v: Option<u64>) -> Result<(), ApiError> {
         if v == Some(0) {
-            return Err(ApiError::invalid("if_version: versions start at 1; 0 never matches a record"));
+            return Err(ApiError::invalid(
+                "if_version: versions start at 1; 0 never matches a record",
+            ));
         }
         Ok(())
     }
@@ -73,7 +75,9 @@ fn key_rule(field: &str, key: &str, may_be_empty: bool) -> Result<(), ApiError> 
         )));
     }
     if let Some(pos) = key.bytes().position(|b| b == 0) {
-        return Err(ApiError::invalid(format!("{field}: contains a NUL byte at offset {pos}")));
+        return Err(ApiError::invalid(format!(
+            "{field}: contains a NUL byte at offset {pos}"
+        )));
     }
     Ok(())
 }
@@ -88,14 +92,27 @@ mod tests {
         assert!(l.key("call/1").is_ok());
         assert!(l.key(&"k".repeat(512)).is_ok());
         let e = l.key(&"k".repeat(513)).unwrap_err().to_string();
-        assert!(e.contains("key") && e.contains("513") && e.contains("512"), "{e}");
-        assert!(l.key("").unwrap_err().to_string().contains("must not be empty"));
-        assert!(l.key("a\0b").unwrap_err().to_string().contains("NUL byte at offset 1"));
+        assert!(
+            e.contains("key") && e.contains("513") && e.contains("512"),
+            "{e}"
+        );
+        assert!(l
+            .key("")
+            .unwrap_err()
+            .to_string()
+            .contains("must not be empty"));
+        assert!(l
+            .key("a\0b")
+            .unwrap_err()
+            .to_string()
+            .contains("NUL byte at offset 1"));
     }
 
     #[test]
     fn value_and_scan_limits() {
-        let l = Limits { max_value_bytes: 10 };
+        let l = Limits {
+            max_value_bytes: 10,
+        };
         assert!(l.value("value", &[0; 10]).is_ok());
         let e = l.value("value", &[0; 11]).unwrap_err().to_string();
         assert_eq!(e, "value: 11 bytes exceeds the limit of 10 bytes");

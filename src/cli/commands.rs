@@ -22,7 +22,9 @@ fn fail(e: tonic::Status) -> ExitCode {
 fn record_json(r: &pb::Record) -> serde_json::Value {
     let value = match std::str::from_utf8(&r.value) {
         Ok(s) => json!({"value": s}),
-        Err(_) => json!({"value_base64": base64::engine::general_purpose::STANDARD.encode(&r.value)}),
+        Err(_) => {
+            json!({"value_base64": base64::engine::general_purpose::STANDARD.encode(&r.value)})
+        }
     };
     let mut v = json!({
         "key": r.key,
@@ -40,7 +42,9 @@ fn record_json(r: &pb::Record) -> serde_json::Value {
 }
 
 fn print_record(r: &pb::Record) {
-    let state = pb::RecordState::try_from(r.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+    let state = pb::RecordState::try_from(r.state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN");
     println!("{}", String::from_utf8_lossy(&r.value));
     eprintln!(
         "# key={} version={} state={} create_revision={} mod_revision={}",
@@ -50,7 +54,10 @@ fn print_record(r: &pb::Record) {
 
 fn print_mutation(what: &str, m: &pb::MutationResponse) {
     match &m.record {
-        Some(r) => println!("{what} {} (version {}, revision {})", r.key, r.version, m.revision),
+        Some(r) => println!(
+            "{what} {} (version {}, revision {})",
+            r.key, r.version, m.revision
+        ),
         None => println!("{what} (revision {})", m.revision),
     }
 }
@@ -61,17 +68,35 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
         Err(e) => return fail(e),
     };
     let result = match cmd {
-        Command::Insert { key, value } => client.insert(&key, value).await.map(|m| print_mutation("inserted", &m)),
-        Command::Update { key, value, if_version } => client
+        Command::Insert { key, value } => client
+            .insert(&key, value)
+            .await
+            .map(|m| print_mutation("inserted", &m)),
+        Command::Update {
+            key,
+            value,
+            if_version,
+        } => client
             .update(&key, value, if_version)
             .await
             .map(|m| print_mutation("updated", &m)),
-        Command::Delete { key, if_version } => client.delete(&key, if_version).await.map(|m| print_mutation("deleted", &m)),
-        Command::Complete { key, value, if_version } => client
+        Command::Delete { key, if_version } => client
+            .delete(&key, if_version)
+            .await
+            .map(|m| print_mutation("deleted", &m)),
+        Command::Complete {
+            key,
+            value,
+            if_version,
+        } => client
             .complete(&key, value.map(String::into_bytes), if_version)
             .await
             .map(|m| print_mutation("completed", &m)),
-        Command::Get { key, consistency, json } => client.get(&key, consistency.into()).await.map(|g| {
+        Command::Get {
+            key,
+            consistency,
+            json,
+        } => client.get(&key, consistency.into()).await.map(|g| {
             if let Some(r) = &g.record {
                 if json {
                     let mut v = record_json(r);
@@ -82,11 +107,22 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
                 }
             }
         }),
-        Command::Scan { prefix, limit, after, consistency, json } => {
-            client.scan(&prefix, limit, &after, consistency.into()).await.map(|page| {
+        Command::Scan {
+            prefix,
+            limit,
+            after,
+            consistency,
+            json,
+        } => client
+            .scan(&prefix, limit, &after, consistency.into())
+            .await
+            .map(|page| {
                 if json {
                     let records: Vec<_> = page.records.iter().map(record_json).collect();
-                    println!("{}", json!({"records": records, "more": page.more, "revision": page.revision}));
+                    println!(
+                        "{}",
+                        json!({"records": records, "more": page.more, "revision": page.revision})
+                    );
                 } else {
                     for r in &page.records {
                         println!("{}\t{}", r.key, String::from_utf8_lossy(&r.value));
@@ -97,8 +133,7 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
                         }
                     }
                 }
-            })
-        }
+            }),
         Command::Status { json } => return status(&client, json).await,
         Command::Member(m) => member(&client, m).await,
         Command::Serve(_) | Command::Dev(_) => unreachable!("handled by cli::run"),
@@ -174,7 +209,9 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
                     v["reachable"] = json!(true);
                     v
                 }
-                Err(e) => json!({"id": id, "address": addr, "reachable": false, "error": e.message()}),
+                Err(e) => {
+                    json!({"id": id, "address": addr, "reachable": false, "error": e.message()})
+                }
             })
             .collect();
         println!("{}", json!({ "members": members }));

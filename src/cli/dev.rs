@@ -127,7 +127,9 @@ pub async fn run(args: DevArgs) -> ExitCode {
     println!("export INFLIGHT_ENDPOINTS={}", endpoints.join(","));
 
     let watcher = async {
-        let Ok(client) = Client::new(endpoints.clone()) else { return };
+        let Ok(client) = Client::new(endpoints.clone()) else {
+            return;
+        };
         for _ in 0..100 {
             if let Ok(l) = client.member_list().await {
                 if l.leader_id != 0 {
@@ -154,7 +156,10 @@ pub async fn run(args: DevArgs) -> ExitCode {
             }
         }
         for (id, status) in exits {
-            eprintln!("node {id} exited ({status}); see {}", args.dir.join(format!("node-{id}.log")).display());
+            eprintln!(
+                "node {id} exited ({status}); see {}",
+                args.dir.join(format!("node-{id}.log")).display()
+            );
             children.retain(|(i, _)| *i != id);
             failed = true;
         }

@@ -17,7 +17,11 @@ use crate::raft::bootstrap::RaftSettings;
 use crate::raft::Durability;
 
 #[derive(Parser, Debug)]
-#[command(name = "inflight", version, about = "A Raft-replicated, in-memory store for in-flight operations")]
+#[command(
+    name = "inflight",
+    version,
+    about = "A Raft-replicated, in-memory store for in-flight operations"
+)]
 pub struct Cli {
     /// Cluster endpoints (HOST:PORT, comma-separated) for client commands.
     #[arg(
@@ -134,6 +138,11 @@ impl From<ConsistencyArg> for crate::pb::Consistency {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// A TOML file of serve settings, keyed by flag name (`id = 1`,
+    /// `data_dir = "..."`, `initial_cluster = "1=...,2=..."`). Flags on the
+    /// command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// This node's id (1 or more), unique in the cluster.
     #[arg(long)]
     pub id: u64,
@@ -215,12 +224,19 @@ impl ServeArgs {
             return Err("give --initial-cluster (a new or restarting cluster member) or --join (a new node)".into());
         }
         if !initial_cluster.is_empty() && !initial_cluster.contains_key(&self.id) {
-            return Err(format!("--initial-cluster does not list this node's --id {}", self.id));
+            return Err(format!(
+                "--initial-cluster does not list this node's --id {}",
+                self.id
+            ));
         }
+        let _ = &self.config; // already spliced into the arguments by `expand_config`
         if self.snapshot_every == 0 {
             return Err("--snapshot-every: must be at least 1".into());
         }
-        let advertise = self.advertise.clone().unwrap_or_else(|| self.listen.to_string());
+        let advertise = self
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string());
         Ok(ServeOptions {
             raft: RaftSettings {
                 id: self.id,
@@ -243,8 +259,9 @@ impl ServeArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn")
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -256,9 +273,76 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Splices the settings of `serve --config FILE` into the arguments, before
+/// the ones given on the command line (so those win).
+fn expand_config(args: Vec<String>) -> Result<Vec<String>, String> {
+    use clap::CommandFactory;
+    let Some(serve) = args.iter().position(|a| a == "serve") else {
+        return Ok(args);
+    };
+    let mut path = None;
+    for (i, a) in args.iter().enumerate().skip(serve + 1) {
+        if a == "--config" {
+            path = Some(args.get(i + 1).ok_or("--config: needs a file")?.clone());
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else { return Ok(args) };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {path}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("--config {path}: {e}"))?;
+    let cmd = Cli::command();
+    let serve_cmd = cmd.find_subcommand("serve").ok_or("no serve command")?;
+    let known: Vec<String> = serve_cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let mut extra = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if flag == "config" || !known.contains(&flag) {
+            return Err(format!("--config {path}: unknown setting `{key}`"));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => {
+                return Err(format!(
+                    "--config {path}: `{key}` = {other} is not a string, number or list"
+                ))
+            }
+        };
+        extra.push(format!("--{flag}"));
+        extra.push(value);
+    }
+    let mut out = args[..=serve].to_vec();
+    out.extend(extra);
+    out.extend(args[serve + 1..].iter().cloned());
+    Ok(out)
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let args = match expand_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -283,7 +367,6 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

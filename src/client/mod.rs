@@ -65,7 +65,10 @@ impl Client {
         Self::with_options(endpoints, ClientOptions::default())
     }
 
-    pub fn with_options(endpoints: impl IntoIterator<Item = impl Into<String>>, opts: ClientOptions) -> Result<Client> {
+    pub fn with_options(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        opts: ClientOptions,
+    ) -> Result<Client> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .map(Into::into)
@@ -73,11 +76,14 @@ impl Client {
             .filter(|e| !e.is_empty())
             .collect();
         if endpoints.is_empty() {
-            return Err(Status::invalid_argument("endpoints: at least one HOST:PORT is needed"));
+            return Err(Status::invalid_argument(
+                "endpoints: at least one HOST:PORT is needed",
+            ));
         }
         for e in &endpoints {
-            crate::raft::network::endpoint(e)
-                .map_err(|err| Status::invalid_argument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))?;
+            crate::raft::network::endpoint(e).map_err(|err| {
+                Status::invalid_argument(format!("endpoints: {e:?} is not HOST:PORT: {err}"))
+            })?;
         }
         Ok(Client {
             inner: Arc::new(Inner {
@@ -134,7 +140,11 @@ impl Client {
         let mut redirects = 0;
         loop {
             let target = self.target();
-            let attempt = tokio::time::timeout(self.inner.opts.request_timeout, call(self.channel(&target)?)).await;
+            let attempt = tokio::time::timeout(
+                self.inner.opts.request_timeout,
+                call(self.channel(&target)?),
+            )
+            .await;
             let status = match attempt {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(s)) => s,
@@ -173,7 +183,11 @@ impl Client {
         }
     }
 
-    pub async fn insert(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<pb::MutationResponse> {
+    pub async fn insert(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<pb::MutationResponse> {
         let req = pb::InsertRequest {
             key: key.into(),
             value: value.into(),
@@ -266,8 +280,12 @@ impl Client {
     }
 
     pub async fn member_list(&self) -> Result<pb::MemberListResponse> {
-        self.retrying(|ch| async move { ClusterClient::new(ch).member_list(pb::MemberListRequest {}).await })
-            .await
+        self.retrying(|ch| async move {
+            ClusterClient::new(ch)
+                .member_list(pb::MemberListRequest {})
+                .await
+        })
+        .await
     }
 
     pub async fn add_learner(&self, id: u64, address: &str) -> Result<pb::MemberListResponse> {
@@ -283,8 +301,12 @@ impl Client {
     }
 
     pub async fn promote(&self, id: u64) -> Result<pb::MemberListResponse> {
-        self.retrying(|ch| async move { ClusterClient::new(ch).promote(pb::PromoteRequest { id }).await })
-            .await
+        self.retrying(|ch| async move {
+            ClusterClient::new(ch)
+                .promote(pb::PromoteRequest { id })
+                .await
+        })
+        .await
     }
 
     /// The status of one node, asked once, with `timeout`; no retries, no redirects.
@@ -294,7 +316,9 @@ impl Client {
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, ClusterClient::new(ch).status(req)).await {
             Ok(r) => r.map(Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {timeout:?}"))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "{addr} did not answer within {timeout:?}"
+            ))),
         }
     }
 }

@@ -113,13 +113,17 @@ impl RaftNode {
         let (log, sm) = match s.durability {
             Durability::Disk => {
                 let raft_dir = s.data_dir.join("raft");
-                let log = LogStore::open(&raft_dir).with_context(|| format!("opening the Raft log in {}", raft_dir.display()))?;
+                let log = LogStore::open(&raft_dir)
+                    .with_context(|| format!("opening the Raft log in {}", raft_dir.display()))?;
                 let snap_dir = s.data_dir.join("snapshots");
                 let sm = StateMachineStore::open(store.clone(), &snap_dir)
                     .with_context(|| format!("opening snapshots in {}", snap_dir.display()))?;
                 (log, sm)
             }
-            Durability::Memory => (LogStore::in_memory(), StateMachineStore::in_memory(store.clone())),
+            Durability::Memory => (
+                LogStore::in_memory(),
+                StateMachineStore::in_memory(store.clone()),
+            ),
         };
 
         let config = Config {
@@ -136,9 +140,15 @@ impl RaftNode {
         .validate()
         .context("invalid Raft settings")?;
 
-        let raft = Raft::new(s.id, Arc::new(config), PeerNetwork::default(), log.clone(), sm.clone())
-            .await
-            .context("starting the Raft node")?;
+        let raft = Raft::new(
+            s.id,
+            Arc::new(config),
+            PeerNetwork::default(),
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .context("starting the Raft node")?;
         Ok(RaftNode {
             id: s.id,
             advertise: s.advertise.clone(),
@@ -152,7 +162,10 @@ impl RaftNode {
 
     /// Initializes a new cluster with `members` if this node is the one that
     /// should (the lowest id) and its store is pristine. Returns whether it did.
-    pub async fn initialize_if_first(&self, members: &BTreeMap<NodeId, String>) -> anyhow::Result<bool> {
+    pub async fn initialize_if_first(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+    ) -> anyhow::Result<bool> {
         let Some((&lowest, _)) = members.first_key_value() else {
             return Ok(false);
         };
@@ -162,8 +175,14 @@ impl RaftNode {
         if lowest != self.id || !self.log.is_pristine() {
             return Ok(false);
         }
-        let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, a)| (*id, Node { addr: a.clone() })).collect();
-        self.raft.initialize(nodes).await.context("initializing the cluster")?;
+        let nodes: BTreeMap<NodeId, Node> = members
+            .iter()
+            .map(|(id, a)| (*id, Node { addr: a.clone() }))
+            .collect();
+        self.raft
+            .initialize(nodes)
+            .await
+            .context("initializing the cluster")?;
         tracing::info!(members = ?members, "initialized a new cluster");
         Ok(true)
     }

@@ -106,7 +106,9 @@ fn read_vote_file(path: &Path) -> io::Result<Option<Vote>> {
     if crc32fast::hash(body).to_le_bytes() != crc {
         return Err(bad("checksum mismatch"));
     }
-    codec::decode(body).map(Some).map_err(|e| bad(&e.to_string()))
+    codec::decode(body)
+        .map(Some)
+        .map_err(|e| bad(&e.to_string()))
 }
 
 fn write_vote_file(path: &Path, vote: &Vote) -> io::Result<()> {
@@ -144,7 +146,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let m = self.inner.mem.lock();
-        let last = m.entries.last_key_value().map(|(_, e)| e.log_id).or(m.purged);
+        let last = m
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(m.purged);
         Ok(LogState {
             last_purged_log_id: m.purged,
             last_log_id: last,
@@ -178,7 +184,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.inner.mem.lock().committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

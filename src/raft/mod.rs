@@ -67,3 +67,6 @@ impl Durability {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,8 +21,8 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use parking_lot::Mutex;
@@ -76,9 +76,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         PeerClient {
             target,
-            client: self
-                .channel(&node.addr)
-                .map(|c| RaftClient::new(c).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)),
+            client: self.channel(&node.addr).map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20)
+            }),
         }
     }
 }
@@ -113,7 +115,10 @@ fn from_status(s: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
-fn message<T: Serialize>(value: &T, timeout: Option<Duration>) -> Result<tonic::Request<RaftMessage>, RPCError<TypeConfig>> {
+fn message<T: Serialize>(
+    value: &T,
+    timeout: Option<Duration>,
+) -> Result<tonic::Request<RaftMessage>, RPCError<TypeConfig>> {
     let payload = codec::encode(value).map_err(|e| network(e.to_string()))?;
     let mut req = tonic::Request::new(RaftMessage { payload });
     if let Some(t) = timeout {
@@ -122,8 +127,11 @@ fn message<T: Serialize>(value: &T, timeout: Option<Duration>) -> Result<tonic::
     Ok(req)
 }
 
-fn reply<T: DeserializeOwned>(resp: tonic::Response<RaftMessage>) -> Result<T, RPCError<TypeConfig>> {
-    codec::decode(&resp.into_inner().payload).map_err(|e| network(format!("bad reply from peer: {e}")))
+fn reply<T: DeserializeOwned>(
+    resp: tonic::Response<RaftMessage>,
+) -> Result<T, RPCError<TypeConfig>> {
+    codec::decode(&resp.into_inner().payload)
+        .map_err(|e| network(format!("bad reply from peer: {e}")))
 }
 
 impl PeerClient {
@@ -141,16 +149,30 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let req = message(&rpc, Some(option.hard_ttl()))?;
-        reply(self.client()?.append_entries(req).await.map_err(from_status)?)
+        reply(
+            self.client()?
+                .append_entries(req)
+                .await
+                .map_err(from_status)?,
+        )
     }
 
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
         _option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
     where
-        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
     {
         Box::pin(async move {
             let mut client = self.client()?;
@@ -159,7 +181,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let outgoing = input.map(|req| RaftMessage {
                 payload: codec::encode(&req).unwrap_or_default(),
             });
-            let responses = client.stream_append(outgoing).await.map_err(from_status)?.into_inner();
+            let responses = client
+                .stream_append(outgoing)
+                .await
+                .map_err(from_status)?
+                .into_inner();
             let results = responses.map(|item| {
                 let msg = item.map_err(from_status)?;
                 codec::decode::<StreamAppendResult<TypeConfig>>(&msg.payload)
@@ -199,12 +225,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let data = Arc::new(snapshot.snapshot);
         let total = data.len();
         let chunks = futures::stream::iter(
-            std::iter::once(SnapshotChunk { meta, data: Vec::new() }).chain(
-                (0..total.div_ceil(SNAPSHOT_CHUNK))
-                    .map(move |i| SnapshotChunk {
-                        meta: Vec::new(),
-                        data: data[i * SNAPSHOT_CHUNK..((i + 1) * SNAPSHOT_CHUNK).min(total)].to_vec(),
-                    }),
+            std::iter::once(SnapshotChunk {
+                meta,
+                data: Vec::new(),
+            })
+            .chain(
+                (0..total.div_ceil(SNAPSHOT_CHUNK)).map(move |i| SnapshotChunk {
+                    meta: Vec::new(),
+                    data: data[i * SNAPSHOT_CHUNK..((i + 1) * SNAPSHOT_CHUNK).min(total)].to_vec(),
+                }),
             ),
         );
         let send = client.install_snapshot(chunks);
@@ -223,6 +252,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         let req = message(&req, Some(option.hard_ttl()))?;
-        reply(self.client()?.transfer_leader(req).await.map_err(from_status)?)
+        reply(
+            self.client()?
+                .transfer_leader(req)
+                .await
+                .map_err(from_status)?,
+        )
     }
 }

@@ -33,7 +33,8 @@ impl PeerService {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    codec::decode(&req.into_inner().payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+    codec::decode(&req.into_inner().payload)
+        .map_err(|e| Status::invalid_argument(format!("payload: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -57,7 +58,10 @@ impl crate::pb::raft_server::Raft for PeerService {
         encode(&self.raft.pre_vote(rpc).await.map_err(stopped)?)
     }
 
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
         encode(&self.raft.append_entries(rpc).await.map_err(stopped)?)
     }
@@ -113,20 +117,38 @@ impl crate::pb::raft_server::Raft for PeerService {
             }
             data.extend_from_slice(&chunk.data);
         }
-        let (body_meta, _) = decode_snapshot(&data).map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
+        let (body_meta, _) = decode_snapshot(&data)
+            .map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
         if body_meta.last_log_id != meta.last_log_id {
-            return Err(Status::invalid_argument("snapshot: meta does not match the snapshot content"));
+            return Err(Status::invalid_argument(
+                "snapshot: meta does not match the snapshot content",
+            ));
         }
         let resp = self
             .raft
-            .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
             .await
             .map_err(stopped)?;
         encode(&resp)
     }
 
-    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> = decode(req)?;
-        encode(&self.raft.handle_transfer_leader(rpc).await.map_err(stopped)?)
+        encode(
+            &self
+                .raft
+                .handle_transfer_leader(rpc)
+                .await
+                .map_err(stopped)?,
+        )
     }
 }

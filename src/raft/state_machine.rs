@@ -128,7 +128,10 @@ impl StateMachineStore {
             None => Some(bytes.clone()),
         };
         let mut cur = self.inner.current.lock();
-        let newer = cur.as_ref().map(|c| c.meta.last_log_id < meta.last_log_id).unwrap_or(true);
+        let newer = cur
+            .as_ref()
+            .map(|c| c.meta.last_log_id < meta.last_log_id)
+            .unwrap_or(true);
         if newer {
             *cur = Some(CurrentSnapshot {
                 meta: meta.clone(),
@@ -158,9 +161,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let (meta, body): (SnapshotMeta, SnapshotBody) = codec::decode(payload).map_err(|e| e.to_string())?;
+    let (meta, body): (SnapshotMeta, SnapshotBody) =
+        codec::decode(payload).map_err(|e| e.to_string())?;
     if body.format != SNAPSHOT_FORMAT {
-        return Err(format!("unknown snapshot format {} (this build reads {SNAPSHOT_FORMAT})", body.format));
+        return Err(format!(
+            "unknown snapshot format {} (this build reads {SNAPSHOT_FORMAT})",
+            body.format
+        ));
     }
     Ok((meta, body))
 }
@@ -253,7 +260,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let bytes = Arc::new(snapshot);
         let sm = self.clone();
         let meta = meta.clone();
@@ -288,6 +299,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             (None, None) => return Ok(None),
         };
-        Ok(Some(Snapshot { meta, snapshot: data }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: data,
+        }))
     }
 }

@@ -72,7 +72,9 @@ fn frame<T: serde::Serialize>(buf: &mut Vec<u8>, tag: u8, body: &T) -> io::Resul
     Ok(())
 }
 
-pub(crate) fn entry_frames<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> io::Result<Vec<u8>> {
+pub(crate) fn entry_frames<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     for e in entries {
         frame(&mut buf, TAG_ENTRY, e)?;
@@ -128,7 +130,11 @@ enum FrameError {
 
 /// Replays the records of one segment into `state`; returns how many bytes are
 /// valid and, if it stopped early, why.
-fn replay_segment(bytes: &[u8], state: &mut Recovered, max_index: &mut u64) -> (usize, Option<FrameError>) {
+fn replay_segment(
+    bytes: &[u8],
+    state: &mut Recovered,
+    max_index: &mut u64,
+) -> (usize, Option<FrameError>) {
     let mut pos = 0;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -138,7 +144,12 @@ fn replay_segment(bytes: &[u8], state: &mut Recovered, max_index: &mut u64) -> (
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len == 0 || len > MAX_FRAME {
-            return (pos, Some(FrameError::Corrupt(format!("impossible frame length {len}"))));
+            return (
+                pos,
+                Some(FrameError::Corrupt(format!(
+                    "impossible frame length {len}"
+                ))),
+            );
         }
         if rest.len() < FRAME_HEADER + len {
             return (pos, Some(FrameError::Torn("partial frame body")));
@@ -148,14 +159,21 @@ fn replay_segment(bytes: &[u8], state: &mut Recovered, max_index: &mut u64) -> (
             return (pos, Some(FrameError::Corrupt("checksum mismatch".into())));
         }
         if let Err(e) = apply_record(payload, state, max_index) {
-            return (pos, Some(FrameError::Corrupt(format!("undecodable record: {e}"))));
+            return (
+                pos,
+                Some(FrameError::Corrupt(format!("undecodable record: {e}"))),
+            );
         }
         pos += FRAME_HEADER + len;
     }
     (pos, None)
 }
 
-fn apply_record(payload: &[u8], st: &mut Recovered, max_index: &mut u64) -> Result<(), codec::CodecError> {
+fn apply_record(
+    payload: &[u8],
+    st: &mut Recovered,
+    max_index: &mut u64,
+) -> Result<(), codec::CodecError> {
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
         TAG_BASE => {
@@ -191,7 +209,11 @@ fn apply_record(payload: &[u8], st: &mut Recovered, max_index: &mut u64) -> Resu
         TAG_COMMITTED => {
             st.committed = codec::decode(body)?;
         }
-        other => return Err(codec::CodecError::Decode(format!("unknown record tag {other}"))),
+        other => {
+            return Err(codec::CodecError::Decode(format!(
+                "unknown record tag {other}"
+            )))
+        }
     }
     Ok(())
 }
@@ -242,7 +264,10 @@ impl Wal {
                     FrameError::Torn(w) => format!("torn write ({w})"),
                     FrameError::Corrupt(w) => format!("corrupt record ({w})"),
                 };
-                OpenOptions::new().write(true).open(path)?.set_len(valid as u64)?;
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(valid as u64)?;
                 cut = Some(format!(
                     "{what} in {} at offset {valid}: kept the {valid} valid bytes before it, discarded {} bytes and {later} later segment(s)",
                     path.display(),
@@ -269,7 +294,11 @@ impl Wal {
         let mut expect = st.entries.first_key_value().map(|(i, _)| *i);
         if let (Some(first), true) = (expect, st.purged.is_some()) {
             if first != first_expected {
-                tracing::warn!(first, first_expected, "wal recovery: gap after the purge point; dropping entries");
+                tracing::warn!(
+                    first,
+                    first_expected,
+                    "wal recovery: gap after the purge point; dropping entries"
+                );
                 st.entries.clear();
                 expect = None;
             }
@@ -284,17 +313,30 @@ impl Wal {
                 next += 1;
             }
             if let Some(g) = gap {
-                tracing::warn!(at = g, "wal recovery: gap in log indexes; keeping the contiguous prefix");
+                tracing::warn!(
+                    at = g,
+                    "wal recovery: gap in log indexes; keeping the contiguous prefix"
+                );
                 st.entries.split_off(&g);
             }
         }
         // Committed may only point at entries we still have (or the purge point).
-        let last = st.entries.last_key_value().map(|(_, e)| e.log_id).or(st.purged);
+        let last = st
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(st.purged);
         if st.committed.map(|c| c.index) > last.map(|l| l.index) {
             st.committed = last;
         }
 
-        let writer = Writer::start(dir.to_path_buf(), segments, segment_bytes, st.purged, st.committed)?;
+        let writer = Writer::start(
+            dir.to_path_buf(),
+            segments,
+            segment_bytes,
+            st.purged,
+            st.committed,
+        )?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -495,7 +537,10 @@ impl Writer {
         if self.size >= self.segment_bytes {
             let seq = self.segments.last().map(|s| s.seq + 1).unwrap_or(1);
             let path = segment_path(&self.dir, seq);
-            let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
             let mut buf = Vec::new();
             frame(&mut buf, TAG_BASE, &(self.purged, self.committed))?;
             file.write_all(&buf)?;

@@ -108,7 +108,8 @@ impl Store {
                         state: RecordState::Live,
                     };
                     let key_arc: Arc<str> = Arc::from(key.as_str());
-                    self.bytes.fetch_add(record.footprint(key), Ordering::Relaxed);
+                    self.bytes
+                        .fetch_add(record.footprint(key), Ordering::Relaxed);
                     self.order.write().insert(key_arc.clone());
                     self.records.insert(key_arc, record.clone());
                     Ok(Applied {
@@ -209,7 +210,11 @@ impl Store {
         let order = self.order.read();
         order
             .iter()
-            .filter_map(|k| self.records.get(k.as_ref()).map(|r| (k.to_string(), r.value().clone())))
+            .filter_map(|k| {
+                self.records
+                    .get(k.as_ref())
+                    .map(|r| (k.to_string(), r.value().clone()))
+            })
             .collect()
     }
 
@@ -262,7 +267,14 @@ mod tests {
     fn insert_then_update_bumps_version_and_mod_revision() {
         let s = Store::new();
         let a = s.apply(3, &insert("call/1", "ringing")).unwrap();
-        assert_eq!((a.record.version, a.record.create_revision, a.record.mod_revision), (1, 3, 3));
+        assert_eq!(
+            (
+                a.record.version,
+                a.record.create_revision,
+                a.record.mod_revision
+            ),
+            (1, 3, 3)
+        );
         let u = s
             .apply(
                 5,
@@ -276,7 +288,14 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!((u.record.version, u.record.create_revision, u.record.mod_revision), (2, 3, 5));
+        assert_eq!(
+            (
+                u.record.version,
+                u.record.create_revision,
+                u.record.mod_revision
+            ),
+            (2, 3, 5)
+        );
         assert_eq!(u.record.updated_at_ms, 2_000);
         assert_eq!(u.record.created_at_ms, 1_000);
         assert_eq!(s.revision(), 5);
@@ -286,21 +305,55 @@ mod tests {
     fn insert_of_existing_key_is_rejected_in_any_state() {
         let s = Store::new();
         s.apply(1, &insert("k", "a")).unwrap();
-        s.apply(2, &cmd(Op::Complete { key: "k".into(), value: None, if_version: None }))
-            .unwrap();
+        s.apply(
+            2,
+            &cmd(Op::Complete {
+                key: "k".into(),
+                value: None,
+                if_version: None,
+            }),
+        )
+        .unwrap();
         let e = s.apply(3, &insert("k", "b")).unwrap_err();
-        assert!(matches!(e, Rejection::AlreadyExists { state: RecordState::Completed, version: 2, .. }));
+        assert!(matches!(
+            e,
+            Rejection::AlreadyExists {
+                state: RecordState::Completed,
+                version: 2,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn completed_record_is_immutable() {
         let s = Store::new();
         s.apply(1, &insert("k", "a")).unwrap();
-        s.apply(2, &cmd(Op::Complete { key: "k".into(), value: Some(Bytes::from_static(b"final")), if_version: Some(1) }))
-            .unwrap();
-        let up = s.apply(3, &cmd(Op::Update { key: "k".into(), value: Bytes::new(), if_version: None }));
+        s.apply(
+            2,
+            &cmd(Op::Complete {
+                key: "k".into(),
+                value: Some(Bytes::from_static(b"final")),
+                if_version: Some(1),
+            }),
+        )
+        .unwrap();
+        let up = s.apply(
+            3,
+            &cmd(Op::Update {
+                key: "k".into(),
+                value: Bytes::new(),
+                if_version: None,
+            }),
+        );
         assert!(matches!(up, Err(Rejection::NotLive { .. })));
-        let del = s.apply(4, &cmd(Op::Delete { key: "k".into(), if_version: None }));
+        let del = s.apply(
+            4,
+            &cmd(Op::Delete {
+                key: "k".into(),
+                if_version: None,
+            }),
+        );
         assert!(matches!(del, Err(Rejection::NotLive { .. })));
         assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"final"));
     }
@@ -309,10 +362,30 @@ mod tests {
     fn version_guard_mismatch_changes_nothing() {
         let s = Store::new();
         s.apply(1, &insert("k", "a")).unwrap();
-        let e = s.apply(2, &cmd(Op::Update { key: "k".into(), value: Bytes::from_static(b"b"), if_version: Some(7) }));
-        assert_eq!(e.unwrap_err(), Rejection::VersionMismatch { key: "k".into(), expected: 7, actual: 1 });
+        let e = s.apply(
+            2,
+            &cmd(Op::Update {
+                key: "k".into(),
+                value: Bytes::from_static(b"b"),
+                if_version: Some(7),
+            }),
+        );
+        assert_eq!(
+            e.unwrap_err(),
+            Rejection::VersionMismatch {
+                key: "k".into(),
+                expected: 7,
+                actual: 1
+            }
+        );
         assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"a"));
-        let d = s.apply(3, &cmd(Op::Delete { key: "k".into(), if_version: Some(2) }));
+        let d = s.apply(
+            3,
+            &cmd(Op::Delete {
+                key: "k".into(),
+                if_version: Some(2),
+            }),
+        );
         assert!(d.is_err());
         assert!(s.get("k").is_some());
     }
@@ -320,7 +393,10 @@ mod tests {
     #[test]
     fn scan_pages_in_key_order_within_prefix() {
         let s = Store::new();
-        for (i, k) in ["sms/3", "call/2", "call/1", "call/10", "callx"].iter().enumerate() {
+        for (i, k) in ["sms/3", "call/2", "call/1", "call/10", "callx"]
+            .iter()
+            .enumerate()
+        {
             s.apply(i as u64 + 1, &insert(k, "v")).unwrap();
         }
         let p = s.scan("call/", None, 2);
@@ -338,7 +414,14 @@ mod tests {
         let s = Store::new();
         s.apply(1, &insert("a", "1")).unwrap();
         s.apply(2, &insert("b", "22")).unwrap();
-        s.apply(3, &cmd(Op::Delete { key: "a".into(), if_version: None })).unwrap();
+        s.apply(
+            3,
+            &cmd(Op::Delete {
+                key: "a".into(),
+                if_version: None,
+            }),
+        )
+        .unwrap();
         let t = Store::new();
         t.restore(s.export(), s.revision());
         assert_eq!(t.export(), s.export());

@@ -23,13 +23,23 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_inflight");
 /// Finds a free loopback port outside the ephemeral range, so parallel tests
 /// and outgoing connections do not collide with it.
 pub fn free_port() -> u16 {
+    free_port_block(1)
+}
+
+/// `n` consecutive free loopback ports; returns the first. Ports handed out
+/// are never handed out again by this process, so tests running in parallel
+/// threads get disjoint ports; the process id spreads test binaries apart.
+pub fn free_port_block(n: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    let base = (std::process::id() % 500) as u16 * 20;
     loop {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
-        let port = 20_000 + (base - 20_000 + offset) % 10_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let offset = NEXT.fetch_add(n, Ordering::Relaxed) % 10_000;
+        let first = 20_000 + (base + offset) % 10_000;
+        if first + n > 30_000 {
+            continue;
+        }
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", first + i)).is_ok()) {
+            return first;
         }
     }
 }
@@ -89,7 +99,10 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `opts.nodes` nodes as one initial cluster and waits for a leader.
     pub async fn start(opts: ClusterOptions) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("inflight-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("inflight-test-")
+            .tempdir()
+            .expect("tempdir");
         let mut nodes = BTreeMap::new();
         for id in 1..=opts.nodes {
             let grpc = format!("127.0.0.1:{}", free_port());
@@ -202,30 +215,37 @@ impl Cluster {
 
     /// Waits until a running node reports a leader that every running node agrees on.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
-        wait_for(timeout, "a leader agreed on by every running node", || async {
-            let mut leader = None;
-            for (id, n) in &self.nodes {
-                if n.child.is_none() {
-                    continue;
+        wait_for(
+            timeout,
+            "a leader agreed on by every running node",
+            || async {
+                let mut leader = None;
+                for (id, n) in &self.nodes {
+                    if n.child.is_none() {
+                        continue;
+                    }
+                    let s = self.status(*id).await?;
+                    if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                        return None;
+                    }
+                    leader = Some(s.leader_id);
                 }
-                let s = self.status(*id).await?;
-                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
-                    return None;
-                }
-                leader = Some(s.leader_id);
-            }
-            let l = leader?;
-            // The leader itself must be running and say so.
-            (self.nodes.get(&l)?.child.is_some() && self.status(l).await?.role == "leader").then_some(l)
-        })
+                let l = leader?;
+                // The leader itself must be running and say so.
+                (self.nodes.get(&l)?.child.is_some() && self.status(l).await?.role == "leader")
+                    .then_some(l)
+            },
+        )
         .await
     }
 
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
-        wait_for(timeout, &format!("node {id} to apply index {index}"), || async {
-            (self.status(id).await?.applied_index >= index).then_some(())
-        })
+        wait_for(
+            timeout,
+            &format!("node {id} to apply index {index}"),
+            || async { (self.status(id).await?.applied_index >= index).then_some(()) },
+        )
         .await
     }
 
@@ -250,10 +270,15 @@ impl Cluster {
             loop {
                 match c.try_wait() {
                     Ok(Some(status)) => {
-                        assert!(status.success(), "node {id} exited with {status} on SIGTERM");
+                        assert!(
+                            status.success(),
+                            "node {id} exited with {status} on SIGTERM"
+                        );
                         break;
                     }
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
                     _ => {
                         let _ = c.kill();
                         panic!("node {id} did not stop within 15s of SIGTERM");
@@ -284,7 +309,12 @@ impl Cluster {
     }
 
     /// Reads every record under `prefix` from node `id` at `consistency`, all pages.
-    pub async fn scan_all(&self, client: &Client, prefix: &str, consistency: Consistency) -> Vec<pb::Record> {
+    pub async fn scan_all(
+        &self,
+        client: &Client,
+        prefix: &str,
+        consistency: Consistency,
+    ) -> Vec<pb::Record> {
         let mut out = Vec::new();
         let mut after = String::new();
         loop {

@@ -1,0 +1,228 @@
+//! The README's quick start, run as a newcomer would: `inflight dev` in one
+//! process, `inflight insert` / `get` / `status` from another.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port_block, BIN};
+
+fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .output()
+        .expect("run inflight")
+}
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port_block(6);
+    let http = grpc + 3;
+    let out_path = dir.path().join("dev.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut dev = Command::new(BIN)
+        .args(["dev", "--dir"])
+        .arg(dir.path().join("cluster"))
+        .args([
+            "--grpc-port",
+            &grpc.to_string(),
+            "--http-port",
+            &http.to_string(),
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "dev to report a leader", || {
+        output().contains("leader: node")
+    });
+    let endpoints = (0..3)
+        .map(|i| format!("127.0.0.1:{}", grpc + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(
+        output().contains(&format!("export INFLIGHT_ENDPOINTS={endpoints}")),
+        "{}",
+        output()
+    );
+
+    let ins = cli(&endpoints, &["insert", "call/1", r#"{"status":"ringing"}"#]);
+    assert!(
+        ins.status.success(),
+        "insert: {}",
+        String::from_utf8_lossy(&ins.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ins.stdout).contains("inserted call/1 (version 1"));
+
+    let get = cli(&endpoints, &["get", "call/1"]);
+    assert!(
+        get.status.success(),
+        "get: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        r#"{"status":"ringing"}"#
+    );
+
+    let json = cli(&endpoints, &["get", "call/1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("--json prints JSON");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["state"], "LIVE");
+
+    let missing = cli(&endpoints, &["get", "call/2"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+
+    let status = cli(&endpoints, &["status", "--json"]);
+    assert!(status.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let members = v["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    assert_eq!(members.iter().filter(|m| m["role"] == "leader").count(), 1);
+    assert!(members.iter().all(|m| m["reachable"] == true), "{v}");
+    let leader = members.iter().find(|m| m["role"] == "leader").unwrap();
+    assert!(
+        leader["applied_index"].as_u64() >= Some(2),
+        "the insert is applied on the leader: {v}"
+    );
+    let table = cli(&endpoints, &["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("ID"), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        4,
+        "header and one row per node: {text}"
+    );
+
+    // SIGTERM stops every node and dev itself.
+    unsafe {
+        libc::kill(dev.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = dev.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop: {}", output());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "dev exit status {status}: {}", output());
+    assert!(output().contains("stopped."));
+    for i in 0..3 {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", grpc + i)).is_ok(),
+            "node {} released its port",
+            i + 1
+        );
+        let log = std::fs::read_to_string(
+            dir.path()
+                .join("cluster")
+                .join(format!("node-{}.log", i + 1)),
+        )
+        .unwrap();
+        assert!(
+            log.contains("stopped"),
+            "node {} shut down cleanly: {log}",
+            i + 1
+        );
+    }
+}
+
+fn serve(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run inflight serve")
+}
+
+#[test]
+fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let port = free_port_block(1);
+    let addr = format!("127.0.0.1:{port}");
+    let cluster = format!("1={addr}");
+    // A memory-mode node, configured from a file, runs and is stopped.
+    let cfg = dir.path().join("inflight.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "id = 1\ndata_dir = {:?}\nlisten = {addr:?}\ninitial_cluster = {cluster:?}\ndurability = \"memory\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut first = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client_ok = || {
+        Command::new(BIN)
+            .args(["--endpoints", &addr, "insert", "k", "v"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the config-file node to take a write",
+        client_ok,
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    let files: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        vec!["node.id".to_string()],
+        "memory durability writes only the id marker"
+    );
+
+    // The same id in memory mode must not come back: its votes are gone.
+    let again = serve(&["--config", cfg.to_str().unwrap()]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already ran with --durability memory") && err.contains("new --id"),
+        "{err}"
+    );
+
+    // Another id on this data directory is refused, naming the owner.
+    let other = serve(&[
+        "--id",
+        "2",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--initial-cluster",
+        &format!("2={addr}"),
+    ]);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("belongs to node 1, not node 2"));
+
+    // Unknown settings in the config file are named.
+    std::fs::write(&cfg, "id = 3\nelection_timeout = \"1s\"\n").unwrap();
+    let bad = serve(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown setting `election_timeout`"));
+}
