@@ -76,12 +76,9 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
-    let records = pb::in_flight_server::InFlightServer::new(RecordService::new(
-        node.raft.clone(),
-        node.store.clone(),
-        o.limits,
-    ))
-    .max_decoding_message_size(max_msg.max(16 << 20));
+    let records =
+        pb::in_flight_server::InFlightServer::new(RecordService::new(node.clone(), o.limits))
+            .max_decoding_message_size(max_msg.max(16 << 20));
     let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone()));
     let peers = pb::raft_server::RaftServer::new(PeerService::new(node.raft.clone()))
         .max_decoding_message_size(256 << 20)
@@ -102,9 +99,22 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let http =
         http_listener.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stop_rx.clone())));
     tokio::spawn(log_leader_changes(node.clone()));
+    {
+        let node = node.clone();
+        tokio::spawn(async move { node.await_recovery().await });
+    }
 
     if !o.initial_cluster.is_empty() {
-        node.initialize_if_first(&o.initial_cluster).await?;
+        if let Some(peer) = initialized_peer(&node, &o.initial_cluster).await {
+            tracing::warn!(
+                peer,
+                "this node's store is empty but a peer already belongs to an initialized cluster; not \
+                 initializing another one. If this node lost its data, it has also forgotten its votes: \
+                 remove it from the membership and add it back under a new id with --join"
+            );
+        } else {
+            node.initialize_if_first(&o.initial_cluster).await?;
+        }
     }
     if !o.join.is_empty() {
         if node.log.is_pristine() {
@@ -133,6 +143,29 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// For a pristine node about to initialize the cluster: is any other initial
+/// member already part of an initialized cluster? (Then this node lost its
+/// data, and initializing would create a second cluster beside the first.)
+async fn initialized_peer(node: &RaftNode, members: &BTreeMap<u64, String>) -> Option<u64> {
+    if members.keys().next() != Some(&node.id) || !node.log.is_pristine() {
+        return None;
+    }
+    let peers: Vec<String> = members
+        .iter()
+        .filter(|(id, _)| **id != node.id)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let client = Client::new(peers.clone()).ok()?;
+    for addr in &peers {
+        if let Ok(s) = client.node_status(addr, Duration::from_millis(500)).await {
+            if s.term > 0 || s.last_log_index > 0 {
+                return Some(s.id);
+            }
+        }
+    }
+    None
 }
 
 /// Asks an existing cluster to add this node as a learner, until it does.

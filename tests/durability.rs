@@ -188,3 +188,45 @@ async fn torn_wal_tail_is_cut_logged_once_and_node_catches_up() {
 async fn corrupt_wal_tail_is_cut_logged_once_and_node_catches_up() {
     damaged_tail_is_detected_and_node_catches_up(Damage::Corrupt).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wiped_lowest_id_node_does_not_initialize_a_second_cluster() {
+    let mut c = Cluster::start(ClusterOptions::default()).await;
+    let client = c.client();
+    for i in 0..50 {
+        client
+            .insert(&format!("k/{i:02}"), "v")
+            .await
+            .expect("insert");
+    }
+    c.kill(1);
+    std::fs::remove_dir_all(&c.nodes[&1].data_dir).unwrap();
+    c.restart(1);
+    wait_for(
+        Duration::from_secs(10),
+        "node 1 to refuse to initialize",
+        || async {
+            c.log_text(1)
+                .contains("not initializing another one")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        c.log_text(1).matches("initialized a new cluster").count(),
+        1,
+        "only the very first start initialized"
+    );
+    // Node 1 is still a member, so the leader brings it back up to date.
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let applied = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(1, applied, Duration::from_secs(20)).await;
+    assert_eq!(read_all(&c, 1, "k/").await.len(), 50);
+    for id in 1..=3 {
+        let s = c.status(id).await.unwrap();
+        assert_eq!(
+            s.leader_id, leader,
+            "node {id} follows the one cluster's leader"
+        );
+    }
+}

@@ -9,12 +9,18 @@ use tonic::{Request, Response, Status};
 
 use super::{record_to_pb, ApiError, Limits};
 use crate::pb;
+use crate::raft::bootstrap::RaftNode;
 use crate::raft::Raft;
 use crate::state::{Command, Op, Store};
+
+/// A scan page stops once its values reach this many bytes (it always holds
+/// at least one record), so pages of large values stay a sane message size.
+pub const SCAN_PAGE_BYTES: usize = 4 << 20;
 
 pub struct RecordService {
     raft: Raft,
     store: Arc<Store>,
+    node: RaftNode,
     limits: Limits,
 }
 
@@ -26,10 +32,11 @@ fn now_ms() -> u64 {
 }
 
 impl RecordService {
-    pub fn new(raft: Raft, store: Arc<Store>, limits: Limits) -> Self {
+    pub fn new(node: RaftNode, limits: Limits) -> Self {
         RecordService {
-            raft,
-            store,
+            raft: node.raft.clone(),
+            store: node.store.clone(),
+            node,
             limits,
         }
     }
@@ -62,7 +69,15 @@ impl RecordService {
             pb::Consistency::Lease => {
                 self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await?;
             }
-            pb::Consistency::Stale => {}
+            pb::Consistency::Stale => {
+                if !self.node.is_recovered() {
+                    return Err(ApiError::Unavailable(
+                        "node is still replaying its log after a restart; a local read could be older than one \
+                         it served before. Retry, or read from another node"
+                            .into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -127,7 +142,7 @@ impl pb::in_flight_server::InFlight for RecordService {
         self.read_barrier(r.consistency).await?;
         let revision = self.store.revision();
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
-        let page = self.store.scan(&r.prefix, after, limit);
+        let page = self.store.scan(&r.prefix, after, limit, SCAN_PAGE_BYTES);
         Ok(Response::new(pb::ScanResponse {
             records: page
                 .records

@@ -30,6 +30,15 @@ pub use crate::pb::Consistency;
 
 pub type Result<T> = std::result::Result<T, Status>;
 
+/// Largest response the client accepts (a scan page of large values, or one value).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+fn records(ch: Channel) -> InFlightClient<Channel> {
+    InFlightClient::new(ch)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Deadline of one attempt.
@@ -194,7 +203,7 @@ impl Client {
         };
         self.retrying(|ch| {
             let req = req.clone();
-            async move { InFlightClient::new(ch).insert(req).await }
+            async move { records(ch).insert(req).await }
         })
         .await
     }
@@ -212,7 +221,7 @@ impl Client {
         };
         self.retrying(|ch| {
             let req = req.clone();
-            async move { InFlightClient::new(ch).update(req).await }
+            async move { records(ch).update(req).await }
         })
         .await
     }
@@ -224,7 +233,7 @@ impl Client {
         };
         self.retrying(|ch| {
             let req = req.clone();
-            async move { InFlightClient::new(ch).get(req).await }
+            async move { records(ch).get(req).await }
         })
         .await
     }
@@ -244,7 +253,7 @@ impl Client {
         };
         self.retrying(|ch| {
             let req = req.clone();
-            async move { InFlightClient::new(ch).scan(req).await }
+            async move { records(ch).scan(req).await }
         })
         .await
     }
@@ -256,7 +265,7 @@ impl Client {
         };
         self.retrying(|ch| {
             let req = req.clone();
-            async move { InFlightClient::new(ch).delete(req).await }
+            async move { records(ch).delete(req).await }
         })
         .await
     }
@@ -274,7 +283,7 @@ impl Client {
         };
         self.retrying(|ch| {
             let req = req.clone();
-            async move { InFlightClient::new(ch).complete(req).await }
+            async move { records(ch).complete(req).await }
         })
         .await
     }

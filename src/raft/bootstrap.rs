@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -48,6 +49,10 @@ pub struct RaftNode {
     pub store: Arc<Store>,
     pub sm: StateMachineStore,
     pub log: LogStore,
+    /// Set once the state machine has applied everything the cluster had
+    /// committed when this node started. Until then local (STALE) reads could
+    /// show an older state than this node served before a restart.
+    pub recovered: Arc<AtomicBool>,
 }
 
 const ID_FILE: &str = "node.id";
@@ -157,7 +162,24 @@ impl RaftNode {
             store,
             sm,
             log,
+            recovered: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    pub fn is_recovered(&self) -> bool {
+        self.recovered.load(Ordering::Acquire)
+    }
+
+    /// Waits (as long as it takes) for the state machine to catch up with the
+    /// cluster's commit point, then marks the node recovered.
+    pub async fn await_recovery(&self) {
+        match self.raft.wait_for_recovery(None).await {
+            Ok(m) => {
+                self.recovered.store(true, Ordering::Release);
+                tracing::info!(applied = ?m.last_applied.map(|l| l.index), "state machine caught up with the cluster");
+            }
+            Err(e) => tracing::warn!(error = %e, "waiting for recovery stopped"),
+        }
     }
 
     /// Initializes a new cluster with `members` if this node is the one that

@@ -62,8 +62,15 @@ impl Store {
     }
 
     /// Records whose key starts with `prefix` and sorts after `after` (exclusive),
-    /// in key order, at most `limit`.
-    pub fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> ScanPage {
+    /// in key order, at most `limit`, and no more once their values reach
+    /// `max_bytes` (but always at least one).
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> ScanPage {
         let order = self.order.read();
         let start: Bound<&str> = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
@@ -71,15 +78,17 @@ impl Store {
         };
         let mut records = Vec::with_capacity(limit.min(1024));
         let mut more = false;
+        let mut bytes = 0;
         for key in order.range::<str, _>((start, Bound::Unbounded)) {
             if !key.starts_with(prefix) {
                 break;
             }
-            if records.len() == limit {
+            if records.len() == limit || (bytes >= max_bytes && !records.is_empty()) {
                 more = true;
                 break;
             }
             if let Some(r) = self.records.get(key.as_ref()) {
+                bytes += r.value.len();
                 records.push((key.to_string(), r.value().clone()));
             }
         }
@@ -399,14 +408,18 @@ mod tests {
         {
             s.apply(i as u64 + 1, &insert(k, "v")).unwrap();
         }
-        let p = s.scan("call/", None, 2);
+        let p = s.scan("call/", None, 2, usize::MAX);
         let keys: Vec<_> = p.records.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["call/1", "call/10"]);
         assert!(p.more);
-        let p2 = s.scan("call/", Some("call/10"), 2);
+        let p2 = s.scan("call/", Some("call/10"), 2, usize::MAX);
         let keys: Vec<_> = p2.records.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["call/2"]);
         assert!(!p2.more);
+        // A byte budget ends the page early, but never before one record.
+        let p3 = s.scan("call/", None, 10, 1);
+        assert_eq!(p3.records.len(), 1);
+        assert!(p3.more);
     }
 
     #[test]
