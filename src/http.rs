@@ -1,8 +1,9 @@
 //! The operator HTTP port: `/livez`, `/readyz`, `/status`.
 //!
 //! `/livez` answers as long as the process serves HTTP. `/readyz` is 200 only
-//! when this node knows a leader, is a voter and has applied its log to within
-//! `READY_LAG` entries; `?verbose` lists each check. `/status` is the same
+//! when this node knows a leader, is a voter, has applied its log to within
+//! `READY_LAG` entries and has recovered after a restart; `?verbose` lists
+//! each check. `/status` is the same
 //! JSON as `inflight status --json` for this node.
 
 use axum::extract::{Query, State};
@@ -63,6 +64,11 @@ async fn readyz(State(node): State<RaftNode>, Query(q): Query<ReadyQuery>) -> im
             "caught_up",
             lag <= READY_LAG,
             format!("applied lags the log by {lag} entries"),
+        ),
+        (
+            "recovered",
+            s.recovered,
+            "applied what the cluster committed before this node started".into(),
         ),
     ];
     let ok = checks.iter().all(|(_, pass, _)| *pass);

@@ -11,11 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{ClusterService, Limits, RecordService};
+use crate::api::{ClusterService, Limits, RecordService, Retention};
 use crate::client::Client;
 use crate::pb;
 use crate::raft::bootstrap::{RaftNode, RaftSettings};
+use crate::raft::expirer::{self, ExpirySettings};
 use crate::raft::peer_service::PeerService;
+use crate::state::WindowLimits;
 
 /// Everything `inflight serve` needs to run a node.
 #[derive(Clone, Debug)]
@@ -28,6 +30,9 @@ pub struct ServeOptions {
     /// Endpoints of an existing cluster to join as a learner.
     pub join: Vec<String>,
     pub limits: Limits,
+    pub retention: Retention,
+    pub expiry: ExpirySettings,
+    pub watch_window: WindowLimits,
 }
 
 /// Resolves when the process is asked to stop.
@@ -65,6 +70,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         None => None,
     };
     let node = RaftNode::start(&o.raft).await?;
+    node.store.events().set_limits(o.watch_window);
     tracing::info!(
         id = node.id,
         grpc = %o.listen,
@@ -76,13 +82,19 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
-    let records =
-        pb::in_flight_server::InFlightServer::new(RecordService::new(node.clone(), o.limits))
-            .max_decoding_message_size(max_msg.max(16 << 20));
+    let records = pb::in_flight_server::InFlightServer::new(RecordService::new(
+        node.clone(),
+        o.limits,
+        o.retention,
+    ))
+    .max_decoding_message_size(max_msg.max(16 << 20));
     let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone()));
-    let peers = pb::raft_server::RaftServer::new(PeerService::new(node.raft.clone()))
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20);
+    let peers = pb::raft_server::RaftServer::new(PeerService::new(
+        node.raft.clone(),
+        node.leader_contact.clone(),
+    ))
+    .max_decoding_message_size(256 << 20)
+    .max_encoding_message_size(256 << 20);
     let mut grpc_stop = stop_rx.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -99,6 +111,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let http =
         http_listener.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stop_rx.clone())));
     tokio::spawn(log_leader_changes(node.clone()));
+    tokio::spawn(expirer::run(node.clone(), o.expiry, stop_rx.clone()));
     {
         let node = node.clone();
         tokio::spawn(async move { node.await_recovery().await });

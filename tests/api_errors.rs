@@ -178,6 +178,7 @@ async fn follower_answers_mutation_with_unavailable_and_the_leader_address() {
         .insert(pb::InsertRequest {
             key: "call/9".into(),
             value: b"x".to_vec(),
+            ..Default::default()
         })
         .await
         .expect_err("a follower does not accept writes");
@@ -194,6 +195,7 @@ async fn follower_answers_mutation_with_unavailable_and_the_leader_address() {
         .get(pb::GetRequest {
             key: "call/9".into(),
             consistency: pb::Consistency::Linearizable as i32,
+            ..Default::default()
         })
         .await
         .expect_err("linearizable reads go to the leader");
@@ -202,6 +204,7 @@ async fn follower_answers_mutation_with_unavailable_and_the_leader_address() {
         .get(pb::GetRequest {
             key: "call/9".into(),
             consistency: pb::Consistency::Stale as i32,
+            ..Default::default()
         })
         .await
         .expect_err("nothing there");

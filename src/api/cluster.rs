@@ -59,6 +59,7 @@ pub fn node_status(node: &RaftNode) -> pb::NodeStatus {
         records: node.store.len() as u64,
         snapshot_index: node.sm.snapshot_index().unwrap_or(0),
         durability: node.durability.as_str().into(),
+        recovered: node.is_recovered(),
     }
 }
 
@@ -76,6 +77,7 @@ pub fn status_json(s: &pb::NodeStatus) -> serde_json::Value {
         "records": s.records,
         "snapshot_index": s.snapshot_index,
         "durability": s.durability,
+        "recovered": s.recovered,
     })
 }
 

@@ -5,12 +5,14 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::raft::TypeConfig;
-use crate::state::Rejection;
+use crate::state::{Failure, Rejection};
 
 /// Metadata key carrying the leader's address on `UNAVAILABLE` answers.
 pub const LEADER_ADDR_KEY: &str = "x-inflight-leader";
 /// Metadata key carrying the leader's node id alongside its address.
 pub const LEADER_ID_KEY: &str = "x-inflight-leader-id";
+/// Metadata key carrying the index of the op that failed a batch.
+pub const FAILED_OP_KEY: &str = "x-inflight-failed-op";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,6 +22,9 @@ pub enum ApiError {
     /// The state machine refused the command (deterministic on every replica).
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// One op of a batch was refused, so none was applied.
+    #[error("ops[{index}]: {rejection}")]
+    BatchRejected { index: usize, rejection: Rejection },
     /// This node cannot serve the request; the leader (if known) can.
     #[error("not the leader{}", leader_hint(.leader))]
     NotLeader { leader: Option<(u64, String)> },
@@ -47,6 +52,18 @@ fn leader_hint(leader: &Option<(u64, String)>) -> String {
 impl ApiError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         ApiError::InvalidArgument(msg.into())
+    }
+
+    /// The error for a failed command; batches name the failing op.
+    pub fn from_failure(f: Failure, batch: bool) -> Self {
+        if batch {
+            ApiError::BatchRejected {
+                index: f.index,
+                rejection: f.rejection,
+            }
+        } else {
+            ApiError::Rejected(f.rejection)
+        }
     }
 
     fn forward(f: &ForwardToLeader<TypeConfig>) -> Self {
@@ -91,18 +108,30 @@ impl From<RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> for ApiError
     }
 }
 
+fn rejection_status(r: &Rejection, msg: String) -> Status {
+    match r {
+        Rejection::NotFound { .. } => Status::not_found(msg),
+        Rejection::AlreadyExists { .. } => Status::already_exists(msg),
+        Rejection::VersionMismatch { .. } | Rejection::NotLive { .. } => {
+            Status::failed_precondition(msg)
+        }
+        Rejection::RequestIdReused { .. } => Status::invalid_argument(msg),
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let msg = e.to_string();
         match e {
             ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
-            ApiError::Rejected(r) => match r {
-                Rejection::NotFound { .. } => Status::not_found(msg),
-                Rejection::AlreadyExists { .. } => Status::already_exists(msg),
-                Rejection::VersionMismatch { .. } | Rejection::NotLive { .. } => {
-                    Status::failed_precondition(msg)
+            ApiError::Rejected(r) => rejection_status(&r, msg),
+            ApiError::BatchRejected { index, rejection } => {
+                let mut s = rejection_status(&rejection, msg);
+                if let Ok(v) = MetadataValue::try_from(index.to_string().as_str()) {
+                    s.metadata_mut().insert(FAILED_OP_KEY, v);
                 }
-            },
+                s
+            }
             ApiError::NotLeader { leader } => {
                 let mut s = Status::new(Code::Unavailable, msg);
                 if let Some((id, addr)) = leader {

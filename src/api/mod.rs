@@ -15,10 +15,11 @@ mod cluster;
 mod errors;
 mod records;
 mod validate;
+mod watch;
 
 pub use cluster::{node_status, status_json, ClusterService};
-pub use errors::{ApiError, LEADER_ADDR_KEY, LEADER_ID_KEY};
-pub use records::RecordService;
+pub use errors::{ApiError, FAILED_OP_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
+pub use records::{RecordService, Retention};
 pub use validate::Limits;
 
 use crate::pb;
@@ -35,8 +36,10 @@ pub fn record_to_pb(key: String, r: Record) -> pb::Record {
         state: match r.state {
             RecordState::Live => pb::RecordState::Live,
             RecordState::Completed => pb::RecordState::Completed,
+            RecordState::Expired => pb::RecordState::Expired,
         } as i32,
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
+        expires_at_ms: r.expires_at_ms,
     }
 }

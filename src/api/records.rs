@@ -1,67 +1,117 @@
 //! `inflight.v1.InFlight`: the record API.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{ReadPolicy, ServerState};
 use tonic::{Request, Response, Status};
 
+use super::watch::{watch_stream, WatchStream};
 use super::{record_to_pb, ApiError, Limits};
+use crate::codec;
 use crate::pb;
 use crate::raft::bootstrap::RaftNode;
-use crate::raft::Raft;
-use crate::state::{Command, Op, Store};
+use crate::raft::{leader_clock_ms, Raft};
+use crate::state::{Action, Applied, Command, Op, RequestTag, Store, TtlChange};
 
 /// A scan page stops once its values reach this many bytes (it always holds
 /// at least one record), so pages of large values stay a sane message size.
 pub const SCAN_PAGE_BYTES: usize = 4 << 20;
+
+/// How long the cluster remembers request ids. Set by the leader's flags and
+/// carried in every tagged command, so all replicas forget at the same point.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub window_ms: u64,
+    pub max_ids: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            window_ms: 10 * 60 * 1000,
+            max_ids: 100_000,
+        }
+    }
+}
 
 pub struct RecordService {
     raft: Raft,
     store: Arc<Store>,
     node: RaftNode,
     limits: Limits,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    retention: Retention,
 }
 
 impl RecordService {
-    pub fn new(node: RaftNode, limits: Limits) -> Self {
+    pub fn new(node: RaftNode, limits: Limits, retention: Retention) -> Self {
         RecordService {
             raft: node.raft.clone(),
             store: node.store.clone(),
             node,
             limits,
+            retention,
         }
     }
 
-    /// Proposes `op` through Raft and turns the applied outcome into a response.
-    async fn propose(&self, op: Op) -> Result<Response<pb::MutationResponse>, Status> {
+    /// Proposes `ops` as one log entry and returns one `Applied` per op.
+    async fn propose(
+        &self,
+        ops: Vec<Op>,
+        request_id: String,
+        batch: bool,
+    ) -> Result<Vec<Applied>, ApiError> {
+        let request = if request_id.is_empty() {
+            None
+        } else {
+            self.limits.request_id(&request_id)?;
+            Some(RequestTag {
+                id: request_id,
+                fingerprint: codec::fingerprint(&ops)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+                window_ms: self.retention.window_ms,
+                max_ids: self.retention.max_ids,
+            })
+        };
         let cmd = Command {
-            at_ms: now_ms(),
-            op,
+            at_ms: leader_clock_ms(),
+            request,
+            action: Action::Ops(ops),
         };
         let resp = self.raft.client_write(cmd).await.map_err(ApiError::from)?;
-        let applied = resp
+        let outcome = resp
             .data
-            .ok_or_else(|| ApiError::Internal("a client command produced no outcome".into()))?
-            .map_err(ApiError::from)?;
-        Ok(Response::new(pb::MutationResponse {
-            revision: applied.revision,
-            record: Some(record_to_pb(applied.key, applied.record)),
-        }))
+            .ok_or_else(|| ApiError::Internal("a client command produced no outcome".into()))?;
+        outcome.map_err(|f| ApiError::from_failure(f, batch))
+    }
+
+    async fn propose_one(
+        &self,
+        op: Op,
+        request_id: String,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
+        let applied = self.propose(vec![op], request_id, false).await?;
+        let a = applied
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal("an op produced no result".into()))?;
+        Ok(Response::new(mutation_response(a)))
     }
 
     /// Makes the local state fit for a read at the requested consistency.
-    async fn read_barrier(&self, consistency: i32) -> Result<(), ApiError> {
+    async fn read_barrier(
+        &self,
+        consistency: i32,
+        max_staleness_ms: Option<u64>,
+    ) -> Result<(), ApiError> {
         let c = pb::Consistency::try_from(consistency)
             .map_err(|_| ApiError::invalid(format!("consistency: unknown value {consistency}")))?;
+        if max_staleness_ms.is_some() && c != pb::Consistency::Stale {
+            return Err(ApiError::invalid(
+                "max_staleness_ms: only applies to STALE reads",
+            ));
+        }
         match c {
             pb::Consistency::Linearizable => {
                 self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
@@ -77,9 +127,132 @@ impl RecordService {
                             .into(),
                     ));
                 }
+                if let Some(max) = max_staleness_ms {
+                    self.check_staleness(max)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// A leader is as fresh as its last quorum acknowledgement; a follower as
+    /// its last contact from a leader.
+    fn check_staleness(&self, max: u64) -> Result<(), ApiError> {
+        let (state, quorum_ack) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.state,
+                m.last_quorum_acked
+                    .as_ref()
+                    .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
+            )
+        };
+        let (staleness, source) = match state {
+            ServerState::Leader => (quorum_ack, "confirmed its leadership with a quorum"),
+            _ => (
+                self.node.leader_contact.millis_since(),
+                "heard from the leader",
+            ),
+        };
+        match staleness {
+            Some(s) if s <= max => Ok(()),
+            Some(s) => Err(ApiError::Unavailable(format!(
+                "max_staleness_ms: this node last {source} {s} ms ago, more than {max} ms; read from another node"
+            ))),
+            None => Err(ApiError::Unavailable(format!(
+                "max_staleness_ms: this node has not {source} since it started; read from another node"
+            ))),
+        }
+    }
+
+    fn insert_op(&self, r: pb::InsertRequest, at: &str) -> Result<Op, ApiError> {
+        self.limits.key(&format!("{at}key"), &r.key)?;
+        self.limits.value(&format!("{at}value"), &r.value)?;
+        self.limits.ttl(&format!("{at}ttl_ms"), r.ttl_ms)?;
+        Ok(Op::Insert {
+            key: r.key,
+            value: Bytes::from(r.value),
+            ttl_ms: r.ttl_ms,
+        })
+    }
+
+    fn update_op(&self, r: pb::UpdateRequest, at: &str) -> Result<Op, ApiError> {
+        self.limits.key(&format!("{at}key"), &r.key)?;
+        self.limits.value(&format!("{at}value"), &r.value)?;
+        self.limits
+            .if_version(&format!("{at}if_version"), r.if_version)?;
+        self.limits.ttl(&format!("{at}ttl_ms"), r.ttl_ms)?;
+        let ttl = match (r.ttl_ms, r.clear_ttl) {
+            (Some(_), true) => {
+                return Err(ApiError::invalid(format!(
+                    "{at}clear_ttl: cannot be combined with {at}ttl_ms"
+                )))
+            }
+            (Some(t), false) => TtlChange::Set(t),
+            (None, true) => TtlChange::Clear,
+            (None, false) => TtlChange::Keep,
+        };
+        Ok(Op::Update {
+            key: r.key,
+            value: Bytes::from(r.value),
+            if_version: r.if_version,
+            ttl,
+        })
+    }
+
+    fn delete_op(&self, r: pb::DeleteRequest, at: &str) -> Result<Op, ApiError> {
+        self.limits.key(&format!("{at}key"), &r.key)?;
+        self.limits
+            .if_version(&format!("{at}if_version"), r.if_version)?;
+        Ok(Op::Delete {
+            key: r.key,
+            if_version: r.if_version,
+        })
+    }
+
+    fn complete_op(&self, r: pb::CompleteRequest, at: &str) -> Result<Op, ApiError> {
+        self.limits.key(&format!("{at}key"), &r.key)?;
+        if let Some(v) = &r.value {
+            self.limits.value(&format!("{at}value"), v)?;
+        }
+        self.limits
+            .if_version(&format!("{at}if_version"), r.if_version)?;
+        Ok(Op::Complete {
+            key: r.key,
+            value: r.value.map(Bytes::from),
+            if_version: r.if_version,
+        })
+    }
+
+    fn batch_op(&self, op: pb::BatchOp, i: usize) -> Result<Op, ApiError> {
+        let at = format!("ops[{i}].");
+        let (own_id, op) = match op.op {
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "ops[{i}]: empty op (set insert, update, delete or complete)"
+                )))
+            }
+            Some(pb::batch_op::Op::Insert(r)) => (r.request_id.clone(), self.insert_op(r, &at)?),
+            Some(pb::batch_op::Op::Update(r)) => (r.request_id.clone(), self.update_op(r, &at)?),
+            Some(pb::batch_op::Op::Delete(r)) => (r.request_id.clone(), self.delete_op(r, &at)?),
+            Some(pb::batch_op::Op::Complete(r)) => {
+                (r.request_id.clone(), self.complete_op(r, &at)?)
+            }
+        };
+        if !own_id.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "{at}request_id: set request_id on the batch, not on its ops"
+            )));
+        }
+        Ok(op)
+    }
+}
+
+fn mutation_response(a: Applied) -> pb::MutationResponse {
+    pb::MutationResponse {
+        revision: a.revision,
+        record: Some(record_to_pb(a.key, a.record)),
     }
 }
 
@@ -90,13 +263,9 @@ impl pb::in_flight_server::InFlight for RecordService {
         req: Request<pb::InsertRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         let r = req.into_inner();
-        self.limits.key(&r.key)?;
-        self.limits.value("value", &r.value)?;
-        self.propose(Op::Insert {
-            key: r.key,
-            value: Bytes::from(r.value),
-        })
-        .await
+        let id = r.request_id.clone();
+        let op = self.insert_op(r, "")?;
+        self.propose_one(op, id).await
     }
 
     async fn update(
@@ -104,21 +273,56 @@ impl pb::in_flight_server::InFlight for RecordService {
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         let r = req.into_inner();
-        self.limits.key(&r.key)?;
-        self.limits.value("value", &r.value)?;
-        self.limits.if_version(r.if_version)?;
-        self.propose(Op::Update {
-            key: r.key,
-            value: Bytes::from(r.value),
-            if_version: r.if_version,
-        })
-        .await
+        let id = r.request_id.clone();
+        let op = self.update_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
+        let r = req.into_inner();
+        let id = r.request_id.clone();
+        let op = self.delete_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    async fn complete(
+        &self,
+        req: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::MutationResponse>, Status> {
+        let r = req.into_inner();
+        let id = r.request_id.clone();
+        let op = self.complete_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    async fn batch(
+        &self,
+        req: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let r = req.into_inner();
+        self.limits.batch_len(r.ops.len())?;
+        let ops = r
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| self.batch_op(op, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.limits.batch_bytes(&ops)?;
+        let applied = self.propose(ops, r.request_id, true).await?;
+        let revision = applied.first().map(|a| a.revision).unwrap_or(0);
+        Ok(Response::new(pb::BatchResponse {
+            results: applied.into_iter().map(mutation_response).collect(),
+            revision,
+        }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
-        self.limits.key(&r.key)?;
-        self.read_barrier(r.consistency).await?;
+        self.limits.key("key", &r.key)?;
+        self.read_barrier(r.consistency, r.max_staleness_ms).await?;
         let revision = self.store.revision();
         match self.store.get(&r.key) {
             Some(rec) => Ok(Response::new(pb::GetResponse {
@@ -139,7 +343,7 @@ impl pb::in_flight_server::InFlight for RecordService {
         self.limits.prefix("prefix", &r.prefix)?;
         self.limits.prefix("after_key", &r.after_key)?;
         let limit = self.limits.scan_limit(r.limit)?;
-        self.read_barrier(r.consistency).await?;
+        self.read_barrier(r.consistency, r.max_staleness_ms).await?;
         let revision = self.store.revision();
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
         let page = self.store.scan(&r.prefix, after, limit, SCAN_PAGE_BYTES);
@@ -154,35 +358,14 @@ impl pb::in_flight_server::InFlight for RecordService {
         }))
     }
 
-    async fn delete(
-        &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::MutationResponse>, Status> {
-        let r = req.into_inner();
-        self.limits.key(&r.key)?;
-        self.limits.if_version(r.if_version)?;
-        self.propose(Op::Delete {
-            key: r.key,
-            if_version: r.if_version,
-        })
-        .await
-    }
+    type WatchStream = WatchStream;
 
-    async fn complete(
+    async fn watch(
         &self,
-        req: Request<pb::CompleteRequest>,
-    ) -> Result<Response<pb::MutationResponse>, Status> {
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
-        self.limits.key(&r.key)?;
-        if let Some(v) = &r.value {
-            self.limits.value("value", v)?;
-        }
-        self.limits.if_version(r.if_version)?;
-        self.propose(Op::Complete {
-            key: r.key,
-            value: r.value.map(Bytes::from),
-            if_version: r.if_version,
-        })
-        .await
+        self.limits.prefix("prefix", &r.prefix)?;
+        Ok(Response::new(watch_stream(self.store.clone(), r)?))
     }
 }

@@ -6,6 +6,10 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+pub const MAX_BATCH_OPS: usize = 1_000;
+/// The longest TTL accepted: 30 days.
+pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// Limits a node enforces on requests.
 #[derive(Clone, Copy, Debug)]
@@ -22,8 +26,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn key(&self, key: &str) -> Result<(), ApiError> {
-        key_rule("key", key, false)
+    pub fn key(&self, field: &str, key: &str) -> Result<(), ApiError> {
+        key_rule(field, key, false)
     }
 
     pub fn value(&self, field: &str, value: &[u8]) -> Result<(), ApiError> {
@@ -37,11 +41,61 @@ impl Limits {
         Ok(())
     }
 
-    pub fn if_version(&self, v: Option<u64>) -> Result<(), ApiError> {
+    pub fn if_version(&self, field: &str, v: Option<u64>) -> Result<(), ApiError> {
         if v == Some(0) {
-            return Err(ApiError::invalid(
-                "if_version: versions start at 1; 0 never matches a record",
-            ));
+            return Err(ApiError::invalid(format!(
+                "{field}: versions start at 1; 0 never matches a record"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn ttl(&self, field: &str, ttl_ms: Option<u64>) -> Result<(), ApiError> {
+        match ttl_ms {
+            Some(0) => Err(ApiError::invalid(format!("{field}: must be at least 1 ms"))),
+            Some(t) if t > MAX_TTL_MS => Err(ApiError::invalid(format!(
+                "{field}: {t} ms exceeds the limit of {MAX_TTL_MS} ms (30 days)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn request_id(&self, id: &str) -> Result<(), ApiError> {
+        if id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(ApiError::invalid(format!(
+                "request_id: {} bytes exceeds the limit of {MAX_REQUEST_ID_BYTES} bytes",
+                id.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn batch_len(&self, n: usize) -> Result<(), ApiError> {
+        match n {
+            0 => Err(ApiError::invalid("ops: a batch needs at least one op")),
+            n if n > MAX_BATCH_OPS => Err(ApiError::invalid(format!(
+                "ops: {n} ops exceeds the limit of {MAX_BATCH_OPS} per batch"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A batch is one log entry: its values together obey four times the value limit.
+    pub fn batch_bytes(&self, ops: &[crate::state::Op]) -> Result<(), ApiError> {
+        use crate::state::Op;
+        let total: usize = ops
+            .iter()
+            .map(|op| match op {
+                Op::Insert { value, .. } | Op::Update { value, .. } => value.len(),
+                Op::Complete { value, .. } => value.as_ref().map_or(0, |v| v.len()),
+                Op::Delete { .. } => 0,
+            })
+            .sum();
+        let limit = self.max_value_bytes.saturating_mul(4);
+        if total > limit {
+            return Err(ApiError::invalid(format!(
+                "ops: values total {total} bytes, over the batch limit of {limit} bytes"
+            )));
         }
         Ok(())
     }
@@ -89,20 +143,20 @@ mod tests {
     #[test]
     fn key_limits_name_field_and_limit() {
         let l = Limits::default();
-        assert!(l.key("call/1").is_ok());
-        assert!(l.key(&"k".repeat(512)).is_ok());
-        let e = l.key(&"k".repeat(513)).unwrap_err().to_string();
+        assert!(l.key("key", "call/1").is_ok());
+        assert!(l.key("key", &"k".repeat(512)).is_ok());
+        let e = l.key("key", &"k".repeat(513)).unwrap_err().to_string();
         assert!(
             e.contains("key") && e.contains("513") && e.contains("512"),
             "{e}"
         );
         assert!(l
-            .key("")
+            .key("key", "")
             .unwrap_err()
             .to_string()
             .contains("must not be empty"));
         assert!(l
-            .key("a\0b")
+            .key("key", "a\0b")
             .unwrap_err()
             .to_string()
             .contains("NUL byte at offset 1"));
@@ -118,6 +172,18 @@ mod tests {
         assert_eq!(e, "value: 11 bytes exceeds the limit of 10 bytes");
         assert_eq!(l.scan_limit(0).unwrap(), DEFAULT_SCAN_LIMIT as usize);
         assert!(l.scan_limit(MAX_SCAN_LIMIT + 1).is_err());
-        assert!(l.if_version(Some(0)).is_err());
+        assert!(l.if_version("if_version", Some(0)).is_err());
+        assert!(l.ttl("ttl_ms", Some(0)).is_err());
+        assert!(l
+            .ttl("ttl_ms", Some(MAX_TTL_MS + 1))
+            .unwrap_err()
+            .to_string()
+            .contains("30 days"));
+        assert!(l
+            .request_id(&"r".repeat(129))
+            .unwrap_err()
+            .to_string()
+            .contains("128"));
+        assert!(l.batch_len(0).is_err() && l.batch_len(MAX_BATCH_OPS + 1).is_err());
     }
 }

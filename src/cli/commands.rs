@@ -34,6 +34,7 @@ fn record_json(r: &pb::Record) -> serde_json::Value {
         "state": pb::RecordState::try_from(r.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
         "created_at_ms": r.created_at_ms,
         "updated_at_ms": r.updated_at_ms,
+        "expires_at_ms": r.expires_at_ms,
     });
     if let (Some(obj), Some(val)) = (v.as_object_mut(), value.as_object()) {
         obj.extend(val.clone());
@@ -62,59 +63,106 @@ fn print_mutation(what: &str, m: &pb::MutationResponse) {
     }
 }
 
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis().max(1) as u64)
+}
+
 pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
     let client = match Client::new(endpoints.to_vec()) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     let result = match cmd {
-        Command::Insert { key, value } => client
-            .insert(&key, value)
+        Command::Insert {
+            key,
+            value,
+            ttl,
+            id,
+        } => client
+            .send_insert(pb::InsertRequest {
+                key,
+                value: value.into_bytes(),
+                ttl_ms: ms(ttl),
+                request_id: id.request_id.unwrap_or_default(),
+            })
             .await
             .map(|m| print_mutation("inserted", &m)),
         Command::Update {
             key,
             value,
             if_version,
+            ttl,
+            clear_ttl,
+            id,
         } => client
-            .update(&key, value, if_version)
+            .send_update(pb::UpdateRequest {
+                key,
+                value: value.into_bytes(),
+                if_version,
+                ttl_ms: ms(ttl),
+                clear_ttl,
+                request_id: id.request_id.unwrap_or_default(),
+            })
             .await
             .map(|m| print_mutation("updated", &m)),
-        Command::Delete { key, if_version } => client
-            .delete(&key, if_version)
+        Command::Delete {
+            key,
+            if_version,
+            id,
+        } => client
+            .send_delete(pb::DeleteRequest {
+                key,
+                if_version,
+                request_id: id.request_id.unwrap_or_default(),
+            })
             .await
             .map(|m| print_mutation("deleted", &m)),
         Command::Complete {
             key,
             value,
             if_version,
+            id,
         } => client
-            .complete(&key, value.map(String::into_bytes), if_version)
+            .send_complete(pb::CompleteRequest {
+                key,
+                value: value.map(String::into_bytes),
+                if_version,
+                request_id: id.request_id.unwrap_or_default(),
+            })
             .await
             .map(|m| print_mutation("completed", &m)),
-        Command::Get {
-            key,
-            consistency,
-            json,
-        } => client.get(&key, consistency.into()).await.map(|g| {
-            if let Some(r) = &g.record {
-                if json {
-                    let mut v = record_json(r);
-                    v["revision"] = json!(g.revision);
-                    println!("{v}");
-                } else {
-                    print_record(r);
+        Command::Get { key, read, json } => client
+            .send_get(pb::GetRequest {
+                key,
+                consistency: crate::pb::Consistency::from(read.consistency) as i32,
+                max_staleness_ms: ms(read.max_staleness),
+            })
+            .await
+            .map(|g| {
+                if let Some(r) = &g.record {
+                    if json {
+                        let mut v = record_json(r);
+                        v["revision"] = json!(g.revision);
+                        println!("{v}");
+                    } else {
+                        print_record(r);
+                    }
                 }
-            }
-        }),
+            }),
         Command::Scan {
             prefix,
             limit,
             after,
-            consistency,
+            read,
             json,
         } => client
-            .scan(&prefix, limit, &after, consistency.into())
+            .send_scan(pb::ScanRequest {
+                prefix,
+                limit,
+                after_key: after,
+                consistency: crate::pb::Consistency::from(read.consistency) as i32,
+                max_staleness_ms: ms(read.max_staleness),
+            })
             .await
             .map(|page| {
                 if json {
@@ -134,6 +182,13 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
                     }
                 }
             }),
+        Command::Batch { file, id, json } => batch(&client, &file, id.request_id, json).await,
+        Command::Watch {
+            prefix,
+            from_revision,
+            json,
+            progress,
+        } => watch(&client, prefix, from_revision, json, progress).await,
         Command::Status { json } => return status(&client, json).await,
         Command::Member(m) => member(&client, m).await,
         Command::Serve(_) | Command::Dev(_) => unreachable!("handled by cli::run"),
@@ -141,6 +196,178 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// Parses the batch file format (see `inflight batch --help`).
+pub fn parse_batch(text: &str) -> Result<Vec<pb::BatchOp>, String> {
+    use pb::batch_op::Op;
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("batch: not a JSON array: {e}"))?;
+    let mut ops = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = |name: &str| item.get(name);
+        let text_of = |name: &str| -> Result<Option<String>, String> {
+            match field(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                // A JSON value given as such is stored as its JSON text.
+                Some(other) => Ok(Some(other.to_string())),
+            }
+        };
+        let key = match field("key").and_then(|v| v.as_str()) {
+            Some(k) => k.to_string(),
+            None => return Err(format!("batch[{i}]: missing \"key\"")),
+        };
+        let if_version = match field("if_version") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or(format!("batch[{i}].if_version: not a number"))?,
+            ),
+        };
+        let ttl_ms = match text_of("ttl")? {
+            None => None,
+            Some(t) => Some(
+                humantime::parse_duration(&t)
+                    .map_err(|e| format!("batch[{i}].ttl: {e}"))?
+                    .as_millis()
+                    .max(1) as u64,
+            ),
+        };
+        let value = text_of("value")?;
+        let op = match field("op").and_then(|v| v.as_str()) {
+            Some("insert") => Op::Insert(pb::InsertRequest {
+                key,
+                value: value
+                    .ok_or(format!("batch[{i}]: insert needs \"value\""))?
+                    .into_bytes(),
+                ttl_ms,
+                request_id: String::new(),
+            }),
+            Some("update") => Op::Update(pb::UpdateRequest {
+                key,
+                value: value
+                    .ok_or(format!("batch[{i}]: update needs \"value\""))?
+                    .into_bytes(),
+                if_version,
+                ttl_ms,
+                clear_ttl: field("clear_ttl")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+                request_id: String::new(),
+            }),
+            Some("delete") => Op::Delete(pb::DeleteRequest {
+                key,
+                if_version,
+                request_id: String::new(),
+            }),
+            Some("complete") => Op::Complete(pb::CompleteRequest {
+                key,
+                value: value.map(String::into_bytes),
+                if_version,
+                request_id: String::new(),
+            }),
+            other => {
+                return Err(format!(
+                    "batch[{i}].op: {other:?} is not one of insert, update, delete, complete"
+                ))
+            }
+        };
+        ops.push(pb::BatchOp { op: Some(op) });
+    }
+    Ok(ops)
+}
+
+async fn batch(
+    client: &Client,
+    file: &str,
+    request_id: Option<String>,
+    json_out: bool,
+) -> Result<(), tonic::Status> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| tonic::Status::invalid_argument(format!("stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| tonic::Status::invalid_argument(format!("{file}: {e}")))?
+    };
+    let ops = parse_batch(&text).map_err(tonic::Status::invalid_argument)?;
+    let resp = client
+        .batch(pb::BatchRequest {
+            ops,
+            request_id: request_id.unwrap_or_default(),
+        })
+        .await?;
+    if json_out {
+        let results: Vec<_> = resp
+            .results
+            .iter()
+            .filter_map(|m| m.record.as_ref().map(record_json))
+            .collect();
+        println!("{}", json!({"revision": resp.revision, "results": results}));
+    } else {
+        println!(
+            "applied {} ops at revision {}",
+            resp.results.len(),
+            resp.revision
+        );
+    }
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    prefix: String,
+    from: u64,
+    json_out: bool,
+    progress: bool,
+) -> Result<(), tonic::Status> {
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            prefix,
+            from_revision: from,
+            progress_interval_ms: 0,
+        })
+        .await?;
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        if msg.progress {
+            if progress {
+                if json_out {
+                    println!("{}", json!({"progress": true, "revision": msg.revision}));
+                } else {
+                    println!("# progress: revision {}", msg.revision);
+                }
+            }
+            continue;
+        }
+        for e in &msg.events {
+            let kind = pb::EventType::try_from(e.r#type)
+                .map(|t| t.as_str_name().trim_start_matches("EVENT_TYPE_"))
+                .unwrap_or("UNKNOWN");
+            let Some(r) = &e.record else { continue };
+            if json_out {
+                let mut v = record_json(r);
+                v["event"] = json!(kind);
+                v["revision"] = json!(e.revision);
+                println!("{v}");
+            } else {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    e.revision,
+                    kind,
+                    r.key,
+                    String::from_utf8_lossy(&r.value)
+                );
+            }
+        }
     }
 }
 

@@ -8,13 +8,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::Limits;
+use crate::api::{Limits, Retention};
 use crate::node::ServeOptions;
 use crate::raft::bootstrap::RaftSettings;
+use crate::raft::expirer::{ExpiredMode, ExpirySettings};
 use crate::raft::Durability;
+use crate::state::WindowLimits;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,19 +62,35 @@ pub enum Command {
         json: bool,
     },
     /// Create a record; fails if the key exists.
-    Insert { key: String, value: String },
+    Insert {
+        key: String,
+        value: String,
+        /// Expire the record this long after the insert (e.g. 30s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        id: RequestIdArg,
+    },
     /// Replace the value of a LIVE record.
     Update {
         key: String,
         value: String,
         #[arg(long)]
         if_version: Option<u64>,
+        /// Reset the deadline to this long from now.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "clear_ttl")]
+        ttl: Option<Duration>,
+        /// Remove the deadline.
+        #[arg(long)]
+        clear_ttl: bool,
+        #[command(flatten)]
+        id: RequestIdArg,
     },
     /// Read one record.
     Get {
         key: String,
-        #[arg(long, value_enum, default_value = "linearizable")]
-        consistency: ConsistencyArg,
+        #[command(flatten)]
+        read: ReadArgs,
         #[arg(long)]
         json: bool,
     },
@@ -83,8 +102,8 @@ pub enum Command {
         /// Continue after this key.
         #[arg(long, default_value = "")]
         after: String,
-        #[arg(long, value_enum, default_value = "linearizable")]
-        consistency: ConsistencyArg,
+        #[command(flatten)]
+        read: ReadArgs,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +112,8 @@ pub enum Command {
         key: String,
         #[arg(long)]
         if_version: Option<u64>,
+        #[command(flatten)]
+        id: RequestIdArg,
     },
     /// Freeze a record (optionally with a final value).
     Complete {
@@ -100,6 +121,32 @@ pub enum Command {
         value: Option<String>,
         #[arg(long)]
         if_version: Option<u64>,
+        #[command(flatten)]
+        id: RequestIdArg,
+    },
+    /// Apply several mutations atomically, from a JSON file (or - for stdin):
+    /// [{"op":"insert","key":"k","value":"v","ttl":"30s"},
+    ///  {"op":"update","key":"k","value":"v2","if_version":1},
+    ///  {"op":"delete","key":"x"}, {"op":"complete","key":"y","value":"done"}]
+    Batch {
+        file: String,
+        #[command(flatten)]
+        id: RequestIdArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream change events under a prefix until interrupted.
+    Watch {
+        prefix: String,
+        /// Start from this revision (events still in the node's window).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+        /// Print each event as a JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Print progress notifications too.
+        #[arg(long)]
+        progress: bool,
     },
     /// Cluster membership.
     #[command(subcommand)]
@@ -117,6 +164,23 @@ pub enum MemberCommand {
     AddLearner { id: u64, address: String },
     /// Make a learner a voter.
     Promote { id: u64 },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RequestIdArg {
+    /// Name this mutation for deduplication: a retry with the same id is
+    /// answered, not applied again (default: a fresh UUIDv7).
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: ConsistencyArg,
+    /// STALE reads: refuse if the serving node last heard from the leader longer ago (e.g. 500ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_staleness: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -178,6 +242,25 @@ pub struct ServeArgs {
     /// Election timeout range MIN..MAX in milliseconds.
     #[arg(long, default_value = "400..800", value_parser = parse_range)]
     pub election_timeout_ms: (u64, u64),
+    /// What a LIVE record becomes when its TTL passes: kept as EXPIRED for
+    /// hand-off, or dropped.
+    #[arg(long, value_enum, default_value = "handoff")]
+    pub expired: ExpiredMode,
+    /// At most this many records expired per second (spread over 100 ms batches).
+    #[arg(long, default_value_t = 5_000)]
+    pub expire_rate: u32,
+    /// How long request ids are remembered for deduplicating retries.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub request_id_window: std::time::Duration,
+    /// At most this many request ids are remembered.
+    #[arg(long, default_value_t = 100_000)]
+    pub request_id_max: u32,
+    /// Watch: how many recent events each node keeps for resuming watches.
+    #[arg(long, default_value_t = 100_000)]
+    pub watch_window_events: usize,
+    /// Watch: how old the oldest kept event may be.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub watch_window_age: std::time::Duration,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -230,6 +313,12 @@ impl ServeArgs {
             ));
         }
         let _ = &self.config; // already spliced into the arguments by `expand_config`
+        if self.expire_rate == 0 {
+            return Err("--expire-rate: must be at least 1".into());
+        }
+        if self.request_id_max == 0 || self.request_id_window.is_zero() {
+            return Err("--request-id-window and --request-id-max: must be positive".into());
+        }
         if self.snapshot_every == 0 {
             return Err("--snapshot-every: must be at least 1".into());
         }
@@ -253,6 +342,18 @@ impl ServeArgs {
             join: self.join,
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
+            },
+            retention: Retention {
+                window_ms: self.request_id_window.as_millis() as u64,
+                max_ids: self.request_id_max,
+            },
+            expiry: ExpirySettings {
+                rate_per_sec: self.expire_rate,
+                mode: self.expired,
+            },
+            watch_window: WindowLimits {
+                max_events: self.watch_window_events,
+                max_age_ms: self.watch_window_age.as_millis() as u64,
             },
         })
     }

@@ -1,15 +1,18 @@
 //! The Rust client library.
 //!
 //! A `Client` holds a list of endpoints and remembers which one is the leader.
-//! Every call goes to the leader if one is known, else to the next endpoint in
-//! turn. When a node answers `UNAVAILABLE` with the leader's address in
-//! `x-inflight-leader`, the client follows it at once; when a node is down,
-//! times out or knows no leader, the client tries the next endpoint after an
-//! exponential backoff with jitter, until `ClientOptions::retry_for` has
-//! passed. Other errors (NOT_FOUND, FAILED_PRECONDITION, ...) return at once.
+//! Mutations and LINEARIZABLE/LEASE reads go to the leader if one is known,
+//! else to the next endpoint in turn; STALE reads go to the endpoints in
+//! turn, so followers share that load. When a node answers `UNAVAILABLE` with
+//! the leader's address in `x-inflight-leader`, the client follows it at once;
+//! when a node is down, times out or knows no leader, the client tries the
+//! next endpoint after an exponential backoff with jitter, until
+//! `ClientOptions::retry_for` has passed. Other errors return at once.
 //!
-//! Caveat until idempotency tokens land: a mutation retried after a timeout
-//! may already have been applied by the first attempt.
+//! Every mutation carries a request id: the caller's, or a time-ordered
+//! UUIDv7 made at the first attempt. Retries (after a timeout, a leader
+//! change, or an `UNKNOWN` outcome) reuse it, so the cluster applies the
+//! mutation at most once and answers a retry with the first attempt's result.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rand::Rng;
 use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
+use tonic::{Code, Response, Status, Streaming};
 
 use crate::api::LEADER_ADDR_KEY;
 use crate::pb;
@@ -39,6 +42,17 @@ fn records(ch: Channel) -> InFlightClient<Channel> {
         .max_encoding_message_size(MAX_RESPONSE_BYTES)
 }
 
+/// A new request id: UUIDv7, so ids sort by creation time.
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn ensure_id(id: &mut String) {
+    if id.is_empty() {
+        *id = new_request_id();
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Deadline of one attempt.
@@ -54,6 +68,15 @@ impl Default for ClientOptions {
             retry_for: Duration::from_secs(20),
         }
     }
+}
+
+/// Where a call should go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The leader, as far as known.
+    Leader,
+    /// Any node (STALE reads, watches).
+    Any,
 }
 
 #[derive(Clone)]
@@ -121,12 +144,18 @@ impl Client {
         Ok(c)
     }
 
-    fn target(&self) -> String {
-        if let Some(l) = self.inner.leader.lock().clone() {
-            return l;
+    fn target(&self, route: Route) -> String {
+        if route == Route::Leader {
+            if let Some(l) = self.inner.leader.lock().clone() {
+                return l;
+            }
         }
         let n = self.inner.endpoints.len();
-        self.inner.endpoints[self.inner.next.load(Ordering::Relaxed) % n].clone()
+        let i = match route {
+            Route::Leader => self.inner.next.load(Ordering::Relaxed),
+            Route::Any => self.inner.next.fetch_add(1, Ordering::Relaxed),
+        };
+        self.inner.endpoints[i % n].clone()
     }
 
     fn rotate(&self, failed: &str) {
@@ -137,9 +166,9 @@ impl Client {
         self.inner.next.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Runs `call` against the leader (or the next endpoint), following
+    /// Runs `call` against the leader (or another endpoint), following
     /// redirects and retrying retryable failures until `retry_for` passes.
-    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>>>,
@@ -148,7 +177,7 @@ impl Client {
         let mut backoff = Duration::from_millis(20);
         let mut redirects = 0;
         loop {
-            let target = self.target();
+            let target = self.target(route);
             let attempt = tokio::time::timeout(
                 self.inner.opts.request_timeout,
                 call(self.channel(&target)?),
@@ -178,7 +207,8 @@ impl Client {
                         _ => self.rotate(&target),
                     }
                 }
-                Code::DeadlineExceeded => self.rotate(&target),
+                // Safe to retry: every call made here is a read or carries a request id.
+                Code::DeadlineExceeded | Code::Unknown => self.rotate(&target),
                 _ => return Err(status),
             }
             redirects = 0;
@@ -192,16 +222,25 @@ impl Client {
         }
     }
 
+    // ----- mutations -------------------------------------------------------
+
     pub async fn insert(
         &self,
         key: &str,
         value: impl Into<Vec<u8>>,
     ) -> Result<pb::MutationResponse> {
-        let req = pb::InsertRequest {
+        self.send_insert(pb::InsertRequest {
             key: key.into(),
             value: value.into(),
-        };
-        self.retrying(|ch| {
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Insert with every option (TTL, request id). An empty request id gets a fresh one.
+    pub async fn send_insert(&self, mut req: pb::InsertRequest) -> Result<pb::MutationResponse> {
+        ensure_id(&mut req.request_id);
+        self.retrying(Route::Leader, |ch| {
             let req = req.clone();
             async move { records(ch).insert(req).await }
         })
@@ -214,24 +253,100 @@ impl Client {
         value: impl Into<Vec<u8>>,
         if_version: Option<u64>,
     ) -> Result<pb::MutationResponse> {
-        let req = pb::UpdateRequest {
+        self.send_update(pb::UpdateRequest {
             key: key.into(),
             value: value.into(),
             if_version,
-        };
-        self.retrying(|ch| {
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn send_update(&self, mut req: pb::UpdateRequest) -> Result<pb::MutationResponse> {
+        ensure_id(&mut req.request_id);
+        self.retrying(Route::Leader, |ch| {
             let req = req.clone();
             async move { records(ch).update(req).await }
         })
         .await
     }
 
+    pub async fn delete(&self, key: &str, if_version: Option<u64>) -> Result<pb::MutationResponse> {
+        self.send_delete(pb::DeleteRequest {
+            key: key.into(),
+            if_version,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn send_delete(&self, mut req: pb::DeleteRequest) -> Result<pb::MutationResponse> {
+        ensure_id(&mut req.request_id);
+        self.retrying(Route::Leader, |ch| {
+            let req = req.clone();
+            async move { records(ch).delete(req).await }
+        })
+        .await
+    }
+
+    pub async fn complete(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        if_version: Option<u64>,
+    ) -> Result<pb::MutationResponse> {
+        self.send_complete(pb::CompleteRequest {
+            key: key.into(),
+            value,
+            if_version,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn send_complete(
+        &self,
+        mut req: pb::CompleteRequest,
+    ) -> Result<pb::MutationResponse> {
+        ensure_id(&mut req.request_id);
+        self.retrying(Route::Leader, |ch| {
+            let req = req.clone();
+            async move { records(ch).complete(req).await }
+        })
+        .await
+    }
+
+    /// Several mutations applied atomically (all or none).
+    pub async fn batch(&self, mut req: pb::BatchRequest) -> Result<pb::BatchResponse> {
+        ensure_id(&mut req.request_id);
+        self.retrying(Route::Leader, |ch| {
+            let req = req.clone();
+            async move { records(ch).batch(req).await }
+        })
+        .await
+    }
+
+    // ----- reads -----------------------------------------------------------
+
+    fn read_route(consistency: i32) -> Route {
+        if consistency == Consistency::Stale as i32 {
+            Route::Any
+        } else {
+            Route::Leader
+        }
+    }
+
     pub async fn get(&self, key: &str, consistency: Consistency) -> Result<pb::GetResponse> {
-        let req = pb::GetRequest {
+        self.send_get(pb::GetRequest {
             key: key.into(),
             consistency: consistency as i32,
-        };
-        self.retrying(|ch| {
+            max_staleness_ms: None,
+        })
+        .await
+    }
+
+    pub async fn send_get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
+        self.retrying(Self::read_route(req.consistency), |ch| {
             let req = req.clone();
             async move { records(ch).get(req).await }
         })
@@ -245,51 +360,39 @@ impl Client {
         after_key: &str,
         consistency: Consistency,
     ) -> Result<pb::ScanResponse> {
-        let req = pb::ScanRequest {
+        self.send_scan(pb::ScanRequest {
             prefix: prefix.into(),
             limit,
             after_key: after_key.into(),
             consistency: consistency as i32,
-        };
-        self.retrying(|ch| {
+            max_staleness_ms: None,
+        })
+        .await
+    }
+
+    pub async fn send_scan(&self, req: pb::ScanRequest) -> Result<pb::ScanResponse> {
+        self.retrying(Self::read_route(req.consistency), |ch| {
             let req = req.clone();
             async move { records(ch).scan(req).await }
         })
         .await
     }
 
-    pub async fn delete(&self, key: &str, if_version: Option<u64>) -> Result<pb::MutationResponse> {
-        let req = pb::DeleteRequest {
-            key: key.into(),
-            if_version,
-        };
-        self.retrying(|ch| {
+    /// Opens a watch on some node (any node serves watches from its own state).
+    /// The stream ends with an error status when the server cancels it; resume
+    /// with `from_revision` = the last revision seen + 1.
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<Streaming<pb::WatchResponse>> {
+        self.retrying(Route::Any, |ch| {
             let req = req.clone();
-            async move { records(ch).delete(req).await }
+            async move { records(ch).watch(req).await }
         })
         .await
     }
 
-    pub async fn complete(
-        &self,
-        key: &str,
-        value: Option<Vec<u8>>,
-        if_version: Option<u64>,
-    ) -> Result<pb::MutationResponse> {
-        let req = pb::CompleteRequest {
-            key: key.into(),
-            value,
-            if_version,
-        };
-        self.retrying(|ch| {
-            let req = req.clone();
-            async move { records(ch).complete(req).await }
-        })
-        .await
-    }
+    // ----- cluster ---------------------------------------------------------
 
     pub async fn member_list(&self) -> Result<pb::MemberListResponse> {
-        self.retrying(|ch| async move {
+        self.retrying(Route::Leader, |ch| async move {
             ClusterClient::new(ch)
                 .member_list(pb::MemberListRequest {})
                 .await
@@ -302,7 +405,7 @@ impl Client {
             id,
             address: address.into(),
         };
-        self.retrying(|ch| {
+        self.retrying(Route::Leader, |ch| {
             let req = req.clone();
             async move { ClusterClient::new(ch).add_learner(req).await }
         })
@@ -310,7 +413,7 @@ impl Client {
     }
 
     pub async fn promote(&self, id: u64) -> Result<pb::MemberListResponse> {
-        self.retrying(|ch| async move {
+        self.retrying(Route::Leader, |ch| async move {
             ClusterClient::new(ch)
                 .promote(pb::PromoteRequest { id })
                 .await

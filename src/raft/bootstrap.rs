@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -53,6 +53,41 @@ pub struct RaftNode {
     /// committed when this node started. Until then local (STALE) reads could
     /// show an older state than this node served before a restart.
     pub recovered: Arc<AtomicBool>,
+    /// When this node last received replication traffic from a leader.
+    pub leader_contact: Arc<LeaderContact>,
+}
+
+/// The last time a leader's append (or heartbeat) reached this node: how a
+/// follower knows how stale its local state may be.
+#[derive(Debug)]
+pub struct LeaderContact {
+    epoch: std::time::Instant,
+    /// ms since `epoch` of the last contact + 1 (0 = never).
+    last: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            epoch: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last contact; `None` if there was none.
+    pub fn millis_since(&self) -> Option<u64> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some((self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(t)),
+        }
+    }
 }
 
 const ID_FILE: &str = "node.id";
@@ -163,6 +198,7 @@ impl RaftNode {
             sm,
             log,
             recovered: Arc::new(AtomicBool::new(false)),
+            leader_contact: Arc::new(LeaderContact::default()),
         })
     }
 

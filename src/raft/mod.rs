@@ -21,6 +21,7 @@
 //! callback only after fsync, and why the vote has its own file.
 
 pub mod bootstrap;
+pub mod expirer;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
@@ -48,6 +49,15 @@ pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// The leader's wall clock in ms since the Unix epoch: the time stamped into
+/// commands. Replicas never read their own clock while applying.
+pub fn leader_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Durability of the Raft log, vote and snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

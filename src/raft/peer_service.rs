@@ -14,6 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
+use super::bootstrap::LeaderContact;
 use super::state_machine::decode_snapshot;
 use super::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::codec;
@@ -24,11 +27,12 @@ const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
 
 pub struct PeerService {
     raft: Raft,
+    contact: Arc<LeaderContact>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft) -> Self {
-        PeerService { raft }
+    pub fn new(raft: Raft, contact: Arc<LeaderContact>) -> Self {
+        PeerService { raft, contact }
     }
 }
 
@@ -63,7 +67,9 @@ impl crate::pb::raft_server::Raft for PeerService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        encode(&self.raft.append_entries(rpc).await.map_err(stopped)?)
+        let resp = self.raft.append_entries(rpc).await.map_err(stopped)?;
+        self.contact.touch();
+        encode(&resp)
     }
 
     type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
@@ -87,12 +93,21 @@ impl crate::pb::raft_server::Raft for PeerService {
                     }
                 }
             });
-        let output = self.raft.stream_append(Box::pin(input)).map(|r| match r {
-            Ok(result) => codec::encode(&result)
-                .map(|payload| RaftMessage { payload })
-                .map_err(|e| Status::internal(e.to_string())),
-            Err(fatal) => Err(stopped(fatal)),
-        });
+        let contact = self.contact.clone();
+        let output = self
+            .raft
+            .stream_append(Box::pin(input))
+            .map(move |r| match r {
+                Ok(result) => {
+                    if result.is_ok() {
+                        contact.touch();
+                    }
+                    codec::encode(&result)
+                        .map(|payload| RaftMessage { payload })
+                        .map_err(|e| Status::internal(e.to_string()))
+                }
+                Err(fatal) => Err(stopped(fatal)),
+            });
         Ok(Response::new(Box::pin(output)))
     }
 

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec;
-use crate::state::{Record, SnapshotBody, Store, SNAPSHOT_FORMAT};
+use crate::state::{SnapshotBody, Store, SNAPSHOT_FORMAT};
 
 const MAGIC: &[u8; 8] = b"IFSNAP1\n";
 
@@ -105,7 +105,7 @@ impl StateMachineStore {
 
     fn restore(&self, meta: SnapshotMeta, body: SnapshotBody, bytes: Option<Arc<Vec<u8>>>) {
         let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.inner.store.restore(body.records, revision);
+        self.inner.store.restore(body, revision);
         *self.inner.applied.lock() = (meta.last_log_id, meta.last_membership.clone());
         *self.inner.current.lock() = Some(CurrentSnapshot { meta, bytes });
     }
@@ -175,23 +175,21 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
 pub struct SnapshotBuilder {
     sm: StateMachineStore,
     meta: SnapshotMeta,
-    records: Option<Vec<(String, Record)>>,
+    body: Option<SnapshotBody>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let records = self.records.take().unwrap_or_default();
+        let body = self
+            .body
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let meta = self.meta.clone();
         let sm = self.sm.clone();
-        let count = records.len();
+        let count = body.records.len();
         let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-            let body = SnapshotBody {
-                format: SNAPSHOT_FORMAT,
-                revision: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-                records,
-            };
             let bytes = Arc::new(encode_snapshot(&meta, &body)?);
             sm.keep(&meta, &bytes)?;
             Ok(Arc::try_unwrap(bytes).unwrap_or_else(|a| (*a).clone()))
@@ -256,7 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_log_id: last_applied,
                 last_membership: membership,
             },
-            records: Some(self.inner.store.export()),
+            body: Some(self.inner.store.export()),
         }
     }
 

@@ -53,13 +53,14 @@ async fn memory_log_store_passes_openraft_storage_suite() {
 fn normal(index: u64, key: &str) -> Entry {
     Entry::new_normal(
         log_id::<TypeConfig>(1, 1, index),
-        Command {
-            at_ms: index,
-            op: Op::Insert {
+        Command::op(
+            index,
+            Op::Insert {
                 key: key.into(),
                 value: bytes::Bytes::from(format!("value-{index}")),
+                ttl_ms: None,
             },
-        },
+        ),
     )
 }
 

@@ -5,13 +5,49 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{Record, RecordState};
 
-/// One client mutation as it travels through the log.
+/// One log entry's worth of client intent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// The proposing leader's wall clock (ms since the Unix epoch). Replicas use
     /// this, never their own clock, so apply stays deterministic.
     pub at_ms: u64,
-    pub op: Op,
+    /// Names the logical request for deduplication of retries.
+    pub request: Option<RequestTag>,
+    pub action: Action,
+}
+
+/// Identity of a client request, and how long the cluster remembers ids.
+///
+/// The retention bounds travel with every tagged command (set by the
+/// proposing leader) so that every replica forgets ids at exactly the same
+/// point in the log; a per-node setting could make replicas disagree on
+/// whether a retry is a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTag {
+    pub id: String,
+    /// Hash of the request body (the encoded action), so that a reused id
+    /// with a different body is told apart from a retry.
+    pub fingerprint: u64,
+    pub window_ms: u64,
+    pub max_ids: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Client mutations, applied atomically: all or none.
+    Ops(Vec<Op>),
+    /// Proposed by the leader for LIVE records whose deadline passed.
+    /// `drop` removes them instead of keeping them EXPIRED for hand-off.
+    Expire { keys: Vec<String>, drop: bool },
+}
+
+/// What a TTL-capable update does to the record's deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TtlChange {
+    Keep,
+    /// Deadline = command time + this many ms.
+    Set(u64),
+    Clear,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,11 +55,13 @@ pub enum Op {
     Insert {
         key: String,
         value: Bytes,
+        ttl_ms: Option<u64>,
     },
     Update {
         key: String,
         value: Bytes,
         if_version: Option<u64>,
+        ttl: TtlChange,
     },
     Delete {
         key: String,
@@ -45,17 +83,35 @@ impl Op {
             | Op::Complete { key, .. } => key,
         }
     }
-}
 
-impl std::fmt::Display for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match &self.op {
+    pub fn name(&self) -> &'static str {
+        match self {
             Op::Insert { .. } => "insert",
             Op::Update { .. } => "update",
             Op::Delete { .. } => "delete",
             Op::Complete { .. } => "complete",
-        };
-        write!(f, "{name}({})", self.op.key())
+        }
+    }
+}
+
+impl Command {
+    /// A single client op.
+    pub fn op(at_ms: u64, op: Op) -> Command {
+        Command {
+            at_ms,
+            request: None,
+            action: Action::Ops(vec![op]),
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.action {
+            Action::Ops(ops) if ops.len() == 1 => write!(f, "{}({})", ops[0].name(), ops[0].key()),
+            Action::Ops(ops) => write!(f, "batch({} ops)", ops.len()),
+            Action::Expire { keys, .. } => write!(f, "expire({} keys)", keys.len()),
+        }
     }
 }
 
@@ -87,7 +143,17 @@ pub enum Rejection {
     },
     #[error("record {key:?} is {} and immutable; it leaves memory once handed off", state.as_str())]
     NotLive { key: String, state: RecordState },
+    #[error("request_id: {id:?} was already used for a different request; use a new id for a new request")]
+    RequestIdReused { id: String },
 }
 
-/// The response carried back to the proposer through openraft.
-pub type Outcome = Result<Applied, Rejection>;
+/// Which op of a command failed, and why. Nothing of the command was applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub index: usize,
+    pub rejection: Rejection,
+}
+
+/// The response carried back to the proposer through openraft: one `Applied`
+/// per op (or per expired key), or the first failure.
+pub type Outcome = Result<Vec<Applied>, Failure>;

@@ -1,25 +1,43 @@
 //! The state machine: what a record is and how a committed command changes it.
 //!
 //! Everything here is deterministic. `Store::apply` is a pure function of the
-//! current table and one command: it reads no clock (the leader stamps the time
-//! into the command before proposing it), does no I/O and draws no random
-//! numbers, so every replica that applies the same log reaches the same table.
-//! Errors produced by `apply` (a missing key, a version mismatch) are part of
-//! that determinism: they are outcomes every replica computes identically, not
-//! failures of the replica.
+//! current state and one command: it reads no clock (the leader stamps the
+//! time into the command before proposing it), does no I/O and draws no
+//! random numbers, so every replica that applies the same log reaches the
+//! same state. Errors produced by `apply` (a missing key, a version mismatch)
+//! are part of that determinism: they are outcomes every replica computes
+//! identically, not failures of the replica.
 //!
-//! The table is a `DashMap` for point reads that run on the RPC threads while
-//! the single apply task writes, plus an ordered key index for `Scan`.
+//! The state is:
+//! - the table: a `DashMap` for point reads that run on the RPC threads while
+//!   the single apply task writes, plus an ordered key index for `Scan`;
+//! - the TTL index: LIVE records by deadline, so the leader finds due records
+//!   in O(log n) and expiry never scans the table;
+//! - recent request ids with their outcomes, so a retried mutation is
+//!   answered, not applied twice;
+//! - the event window for `Watch` (local to each node, see `events`).
 //!
-//! What does not live here: Raft bookkeeping (last applied log id, membership),
-//! snapshot files, and the network. The `raft` module glues those to this one.
+//! A command is a list of ops applied atomically (a single-op RPC is a list
+//! of one), or a leader-proposed expiry of due records.
+//!
+//! What does not live here: Raft bookkeeping (last applied log id,
+//! membership), snapshot files, and the network. The `raft` module glues
+//! those to this one.
 
 mod command;
+mod events;
 mod record;
+mod requests;
 mod snapshot;
 mod table;
+#[cfg(test)]
+mod tests;
 
-pub use command::{Applied, Command, Op, Outcome, Rejection};
+pub use command::{
+    Action, Applied, Command, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
+};
+pub use events::{Compacted, Event, EventKind, EventLog, WindowLimits, LIVE_BUFFER};
 pub use record::{Record, RecordState};
+pub use requests::Remembered;
 pub use snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
 pub use table::{ScanPage, Store};

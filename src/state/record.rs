@@ -10,6 +10,8 @@ pub enum RecordState {
     Live,
     /// The operation finished; the record is immutable and waits for hand-off.
     Completed,
+    /// The record's deadline passed while it was LIVE; immutable, waits for hand-off.
+    Expired,
 }
 
 impl RecordState {
@@ -17,6 +19,7 @@ impl RecordState {
         match self {
             RecordState::Live => "LIVE",
             RecordState::Completed => "COMPLETED",
+            RecordState::Expired => "EXPIRED",
         }
     }
 }
@@ -34,6 +37,9 @@ pub struct Record {
     /// Leader timestamps (ms since the Unix epoch) of the insert and the last change.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Deadline (leader clock, ms since the Unix epoch) after which a LIVE
+    /// record is expired by the leader.
+    pub expires_at_ms: Option<u64>,
     pub state: RecordState,
 }
 
@@ -41,5 +47,13 @@ impl Record {
     /// Approximate heap bytes this record and its key hold, for memory accounting.
     pub fn footprint(&self, key: &str) -> usize {
         key.len() + self.value.len() + std::mem::size_of::<Record>()
+    }
+
+    /// The deadline the TTL index tracks: only LIVE records expire.
+    pub fn live_deadline(&self) -> Option<u64> {
+        match self.state {
+            RecordState::Live => self.expires_at_ms,
+            _ => None,
+        }
     }
 }

@@ -1,15 +1,18 @@
-//! The record table and the apply function.
+//! The record table, its indexes, and the apply function.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
-use super::command::{Applied, Command, Op, Outcome, Rejection};
+use super::command::{Action, Applied, Command, Failure, Op, Outcome, Rejection, TtlChange};
+use super::events::{Event, EventKind, EventLog};
 use super::record::{Record, RecordState};
+use super::requests::{Remembered, RequestTable};
+use super::snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
 
 /// The replicated table. Readers (RPC threads) and the one apply task share it.
 #[derive(Default)]
@@ -17,6 +20,11 @@ pub struct Store {
     records: DashMap<Arc<str>, Record>,
     /// Keys in order, for `scan`. Shares the key allocation with `records`.
     order: RwLock<BTreeSet<Arc<str>>>,
+    /// LIVE records with a deadline, by deadline: O(log n) per change, and the
+    /// leader finds due records without scanning the table.
+    deadlines: Mutex<BTreeSet<(u64, Arc<str>)>>,
+    requests: Mutex<RequestTable>,
+    events: EventLog,
     /// The log index of the last applied entry: the cluster revision as this node sees it.
     revision: AtomicU64,
     /// Approximate bytes held by records (keys, values, metadata).
@@ -33,6 +41,10 @@ pub struct ScanPage {
 impl Store {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     pub fn revision(&self) -> u64 {
@@ -55,6 +67,10 @@ impl Store {
 
     pub fn memory_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn remembered_requests(&self) -> usize {
+        self.requests.lock().len()
     }
 
     pub fn get(&self, key: &str) -> Option<Record> {
@@ -95,350 +111,298 @@ impl Store {
         ScanPage { records, more }
     }
 
+    /// Keys of LIVE records whose deadline is at or before `now_ms`, earliest
+    /// first, at most `limit`. The leader proposes `Expire` for these.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<String> {
+        self.deadlines
+            .lock()
+            .iter()
+            .take_while(|(d, _)| *d <= now_ms)
+            .take(limit)
+            .map(|(_, k)| k.to_string())
+            .collect()
+    }
+
     /// Applies one committed command at log `index`. Deterministic: the outcome
-    /// depends only on the table and the command.
+    /// depends only on the table, the remembered request ids and the command.
     pub fn apply(&self, index: u64, cmd: &Command) -> Outcome {
-        let outcome = match &cmd.op {
-            Op::Insert { key, value } => {
-                if let Some(existing) = self.records.get(key.as_str()) {
-                    Err(Rejection::AlreadyExists {
-                        key: key.clone(),
-                        state: existing.state,
-                        version: existing.version,
-                    })
-                } else {
-                    let record = Record {
-                        value: value.clone(),
-                        version: 1,
-                        create_revision: index,
-                        mod_revision: index,
-                        created_at_ms: cmd.at_ms,
-                        updated_at_ms: cmd.at_ms,
-                        state: RecordState::Live,
-                    };
-                    let key_arc: Arc<str> = Arc::from(key.as_str());
-                    self.bytes
-                        .fetch_add(record.footprint(key), Ordering::Relaxed);
-                    self.order.write().insert(key_arc.clone());
-                    self.records.insert(key_arc, record.clone());
-                    Ok(Applied {
-                        key: key.clone(),
-                        record,
-                        revision: index,
-                    })
+        let outcome = match &cmd.request {
+            None => self.apply_action(index, cmd),
+            Some(tag) => {
+                let mut requests = self.requests.lock();
+                requests.evict(cmd.at_ms, tag.window_ms, tag.max_ids);
+                match requests.get(&tag.id) {
+                    // A retry: answer what the first attempt got, change nothing.
+                    Some(seen) if seen.fingerprint == tag.fingerprint => seen.outcome.clone(),
+                    Some(_) => Err(Failure {
+                        index: 0,
+                        rejection: Rejection::RequestIdReused { id: tag.id.clone() },
+                    }),
+                    None => {
+                        let outcome = self.apply_action(index, cmd);
+                        requests.remember(Remembered {
+                            id: tag.id.clone(),
+                            fingerprint: tag.fingerprint,
+                            at_ms: cmd.at_ms,
+                            outcome: outcome.clone(),
+                        });
+                        outcome
+                    }
                 }
             }
-            Op::Update {
-                key,
-                value,
-                if_version,
-            } => self.modify(key, *if_version, index, cmd.at_ms, |r| {
-                r.value = value.clone();
-            }),
-            Op::Complete {
-                key,
-                value,
-                if_version,
-            } => self.modify(key, *if_version, index, cmd.at_ms, |r| {
-                if let Some(v) = value {
-                    r.value = v.clone();
-                }
-                r.state = RecordState::Completed;
-            }),
-            Op::Delete { key, if_version } => self.delete(key, *if_version, index),
         };
         self.advance_revision(index);
         outcome
     }
 
-    /// Changes a LIVE record in place after checking its guard.
-    fn modify(
-        &self,
-        key: &str,
-        if_version: Option<u64>,
-        index: u64,
-        at_ms: u64,
-        change: impl FnOnce(&mut Record),
-    ) -> Outcome {
-        let Some(mut entry) = self.records.get_mut(key) else {
-            return Err(Rejection::NotFound { key: key.into() });
-        };
-        let record = entry.value_mut();
-        check_version(key, record, if_version)?;
-        if record.state != RecordState::Live {
-            return Err(Rejection::NotLive {
-                key: key.into(),
-                state: record.state,
+    fn apply_action(&self, index: u64, cmd: &Command) -> Outcome {
+        match &cmd.action {
+            Action::Ops(ops) => self.apply_ops(index, cmd.at_ms, ops),
+            Action::Expire { keys, drop } => Ok(self.expire(index, cmd.at_ms, keys, *drop)),
+        }
+    }
+
+    /// All ops or none: each is checked against the table as changed by the
+    /// ops before it (staged), and the table is touched only if all pass.
+    fn apply_ops(&self, index: u64, at_ms: u64, ops: &[Op]) -> Outcome {
+        let mut staged: Vec<(String, Option<Record>)> = Vec::new();
+        let mut slot: HashMap<&str, usize> = HashMap::new();
+        let mut applied = Vec::with_capacity(ops.len());
+        let mut kinds = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let key = op.key();
+            let current = match slot.get(key) {
+                Some(&s) => staged[s].1.clone(),
+                None => self.get(key),
+            };
+            let (new, kind, record) =
+                plan(op, current.as_ref(), index, at_ms).map_err(|rejection| Failure {
+                    index: i,
+                    rejection,
+                })?;
+            match slot.get(key) {
+                Some(&s) => staged[s].1 = new,
+                None => {
+                    slot.insert(key, staged.len());
+                    staged.push((key.to_string(), new));
+                }
+            }
+            applied.push(Applied {
+                key: key.to_string(),
+                record,
+                revision: index,
+            });
+            kinds.push(kind);
+        }
+        for (key, new) in staged {
+            self.commit(&key, new);
+        }
+        let events = applied
+            .iter()
+            .zip(kinds)
+            .map(|(a, kind)| Event {
+                kind,
+                revision: index,
+                key: a.key.clone(),
+                record: a.record.clone(),
+                at_ms,
+            })
+            .collect();
+        self.events.push(events);
+        Ok(applied)
+    }
+
+    /// Expires the given keys that are LIVE with a deadline at or before the
+    /// entry's time. Others (refreshed, completed, gone) are skipped.
+    fn expire(&self, index: u64, at_ms: u64, keys: &[String], drop: bool) -> Vec<Applied> {
+        let mut applied = Vec::new();
+        let mut events = Vec::new();
+        for key in keys {
+            let Some(mut rec) = self.get(key) else {
+                continue;
+            };
+            if rec.live_deadline().is_none_or(|d| d > at_ms) {
+                continue;
+            }
+            rec.state = RecordState::Expired;
+            rec.version += 1;
+            rec.mod_revision = index;
+            rec.updated_at_ms = at_ms;
+            self.commit(key, if drop { None } else { Some(rec.clone()) });
+            events.push(Event {
+                kind: EventKind::Expired,
+                revision: index,
+                key: key.clone(),
+                record: rec.clone(),
+                at_ms,
+            });
+            applied.push(Applied {
+                key: key.clone(),
+                record: rec,
+                revision: index,
             });
         }
-        let before = record.footprint(key);
-        change(record);
-        record.version += 1;
-        record.mod_revision = index;
-        record.updated_at_ms = at_ms;
-        let after = record.footprint(key);
-        self.bytes.fetch_add(after, Ordering::Relaxed);
-        self.bytes.fetch_sub(before, Ordering::Relaxed);
-        Ok(Applied {
-            key: key.into(),
-            record: record.clone(),
-            revision: index,
-        })
+        self.events.push(events);
+        applied
     }
 
-    fn delete(&self, key: &str, if_version: Option<u64>, index: u64) -> Outcome {
-        {
-            let Some(existing) = self.records.get(key) else {
-                return Err(Rejection::NotFound { key: key.into() });
-            };
-            check_version(key, existing.value(), if_version)?;
-            if existing.state != RecordState::Live {
-                return Err(Rejection::NotLive {
-                    key: key.into(),
-                    state: existing.state,
-                });
+    /// Writes a key's new state (`None` removes it) and keeps the indexes and
+    /// the byte count in step.
+    fn commit(&self, key: &str, new: Option<Record>) {
+        let new_deadline = new.as_ref().and_then(Record::live_deadline);
+        let new_bytes = new.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
+        let (key_arc, old) = match new {
+            Some(rec) => match self.records.get_mut(key) {
+                Some(mut e) => (e.key().clone(), Some(std::mem::replace(e.value_mut(), rec))),
+                None => {
+                    let k: Arc<str> = Arc::from(key);
+                    self.order.write().insert(k.clone());
+                    self.records.insert(k.clone(), rec);
+                    (k, None)
+                }
+            },
+            None => match self.records.remove(key) {
+                Some((k, r)) => {
+                    self.order.write().remove(key);
+                    (k, Some(r))
+                }
+                None => return,
+            },
+        };
+        let old_deadline = old.as_ref().and_then(Record::live_deadline);
+        if old_deadline != new_deadline {
+            let mut d = self.deadlines.lock();
+            if let Some(t) = old_deadline {
+                d.remove(&(t, key_arc.clone()));
+            }
+            if let Some(t) = new_deadline {
+                d.insert((t, key_arc));
             }
         }
-        let (_, record) = self
-            .records
-            .remove(key)
-            .ok_or_else(|| Rejection::NotFound { key: key.into() })?;
-        self.order.write().remove(key);
-        self.bytes
-            .fetch_sub(record.footprint(key), Ordering::Relaxed);
-        Ok(Applied {
-            key: key.into(),
-            record,
-            revision: index,
-        })
+        let old_bytes = old.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
+        self.bytes.fetch_add(new_bytes, Ordering::Relaxed);
+        self.bytes.fetch_sub(old_bytes, Ordering::Relaxed);
     }
 
-    /// Every record in key order: the content of a snapshot. Must be called while
-    /// no apply is running (openraft asks for a snapshot builder between applies).
-    pub fn export(&self) -> Vec<(String, Record)> {
+    /// The snapshot content. Must be called while no apply is running
+    /// (openraft asks for a snapshot builder between applies).
+    pub fn export(&self) -> SnapshotBody {
         let order = self.order.read();
-        order
+        let records = order
             .iter()
             .filter_map(|k| {
                 self.records
                     .get(k.as_ref())
                     .map(|r| (k.to_string(), r.value().clone()))
             })
-            .collect()
+            .collect();
+        SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            revision: self.revision(),
+            records,
+            requests: self.requests.lock().export(),
+        }
     }
 
-    /// Replaces the whole table with a snapshot's content.
-    pub fn restore(&self, records: Vec<(String, Record)>, revision: u64) {
+    /// Replaces the whole state with a snapshot's content.
+    pub fn restore(&self, body: SnapshotBody, revision: u64) {
         let mut order = self.order.write();
+        let mut deadlines = self.deadlines.lock();
         self.records.clear();
         order.clear();
+        deadlines.clear();
         let mut bytes = 0;
-        for (key, record) in records {
+        for (key, record) in body.records {
             bytes += record.footprint(&key);
             let key: Arc<str> = Arc::from(key);
             order.insert(key.clone());
+            if let Some(d) = record.live_deadline() {
+                deadlines.insert((d, key.clone()));
+            }
             self.records.insert(key, record);
         }
+        self.requests.lock().restore(body.requests);
         self.bytes.store(bytes, Ordering::Relaxed);
+        self.events.reset(revision);
         self.advance_revision(revision);
     }
 }
 
-fn check_version(key: &str, record: &Record, if_version: Option<u64>) -> Result<(), Rejection> {
-    match if_version {
-        Some(expected) if expected != record.version => Err(Rejection::VersionMismatch {
-            key: key.into(),
-            expected,
-            actual: record.version,
-        }),
-        _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-
-    use super::*;
-
-    fn cmd(op: Op) -> Command {
-        Command { at_ms: 1_000, op }
-    }
-
-    fn insert(key: &str, v: &str) -> Command {
-        cmd(Op::Insert {
-            key: key.into(),
-            value: Bytes::from(v.to_string()),
-        })
-    }
-
-    #[test]
-    fn insert_then_update_bumps_version_and_mod_revision() {
-        let s = Store::new();
-        let a = s.apply(3, &insert("call/1", "ringing")).unwrap();
-        assert_eq!(
-            (
-                a.record.version,
-                a.record.create_revision,
-                a.record.mod_revision
-            ),
-            (1, 3, 3)
-        );
-        let u = s
-            .apply(
-                5,
-                &Command {
-                    at_ms: 2_000,
-                    op: Op::Update {
-                        key: "call/1".into(),
-                        value: Bytes::from_static(b"answered"),
-                        if_version: Some(1),
-                    },
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            (
-                u.record.version,
-                u.record.create_revision,
-                u.record.mod_revision
-            ),
-            (2, 3, 5)
-        );
-        assert_eq!(u.record.updated_at_ms, 2_000);
-        assert_eq!(u.record.created_at_ms, 1_000);
-        assert_eq!(s.revision(), 5);
-    }
-
-    #[test]
-    fn insert_of_existing_key_is_rejected_in_any_state() {
-        let s = Store::new();
-        s.apply(1, &insert("k", "a")).unwrap();
-        s.apply(
-            2,
-            &cmd(Op::Complete {
-                key: "k".into(),
-                value: None,
-                if_version: None,
-            }),
-        )
-        .unwrap();
-        let e = s.apply(3, &insert("k", "b")).unwrap_err();
-        assert!(matches!(
-            e,
-            Rejection::AlreadyExists {
-                state: RecordState::Completed,
-                version: 2,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn completed_record_is_immutable() {
-        let s = Store::new();
-        s.apply(1, &insert("k", "a")).unwrap();
-        s.apply(
-            2,
-            &cmd(Op::Complete {
-                key: "k".into(),
-                value: Some(Bytes::from_static(b"final")),
-                if_version: Some(1),
-            }),
-        )
-        .unwrap();
-        let up = s.apply(
-            3,
-            &cmd(Op::Update {
-                key: "k".into(),
-                value: Bytes::new(),
-                if_version: None,
-            }),
-        );
-        assert!(matches!(up, Err(Rejection::NotLive { .. })));
-        let del = s.apply(
-            4,
-            &cmd(Op::Delete {
-                key: "k".into(),
-                if_version: None,
-            }),
-        );
-        assert!(matches!(del, Err(Rejection::NotLive { .. })));
-        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"final"));
-    }
-
-    #[test]
-    fn version_guard_mismatch_changes_nothing() {
-        let s = Store::new();
-        s.apply(1, &insert("k", "a")).unwrap();
-        let e = s.apply(
-            2,
-            &cmd(Op::Update {
-                key: "k".into(),
-                value: Bytes::from_static(b"b"),
-                if_version: Some(7),
-            }),
-        );
-        assert_eq!(
-            e.unwrap_err(),
-            Rejection::VersionMismatch {
-                key: "k".into(),
-                expected: 7,
-                actual: 1
-            }
-        );
-        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"a"));
-        let d = s.apply(
-            3,
-            &cmd(Op::Delete {
-                key: "k".into(),
-                if_version: Some(2),
-            }),
-        );
-        assert!(d.is_err());
-        assert!(s.get("k").is_some());
-    }
-
-    #[test]
-    fn scan_pages_in_key_order_within_prefix() {
-        let s = Store::new();
-        for (i, k) in ["sms/3", "call/2", "call/1", "call/10", "callx"]
-            .iter()
-            .enumerate()
-        {
-            s.apply(i as u64 + 1, &insert(k, "v")).unwrap();
+/// What `op` does to a key whose current state is `current`: the new state
+/// (`None` = removed), the event it makes, and the record to report.
+fn plan(
+    op: &Op,
+    current: Option<&Record>,
+    index: u64,
+    at_ms: u64,
+) -> Result<(Option<Record>, EventKind, Record), Rejection> {
+    let key = op.key();
+    if let Op::Insert { value, ttl_ms, .. } = op {
+        if let Some(existing) = current {
+            return Err(Rejection::AlreadyExists {
+                key: key.into(),
+                state: existing.state,
+                version: existing.version,
+            });
         }
-        let p = s.scan("call/", None, 2, usize::MAX);
-        let keys: Vec<_> = p.records.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["call/1", "call/10"]);
-        assert!(p.more);
-        let p2 = s.scan("call/", Some("call/10"), 2, usize::MAX);
-        let keys: Vec<_> = p2.records.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["call/2"]);
-        assert!(!p2.more);
-        // A byte budget ends the page early, but never before one record.
-        let p3 = s.scan("call/", None, 10, 1);
-        assert_eq!(p3.records.len(), 1);
-        assert!(p3.more);
+        let rec = Record {
+            value: value.clone(),
+            version: 1,
+            create_revision: index,
+            mod_revision: index,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            expires_at_ms: ttl_ms.map(|t| at_ms.saturating_add(t)),
+            state: RecordState::Live,
+        };
+        return Ok((Some(rec.clone()), EventKind::Inserted, rec));
     }
-
-    #[test]
-    fn export_restore_round_trip_and_memory_accounting() {
-        let s = Store::new();
-        s.apply(1, &insert("a", "1")).unwrap();
-        s.apply(2, &insert("b", "22")).unwrap();
-        s.apply(
-            3,
-            &cmd(Op::Delete {
-                key: "a".into(),
-                if_version: None,
-            }),
-        )
-        .unwrap();
-        let t = Store::new();
-        t.restore(s.export(), s.revision());
-        assert_eq!(t.export(), s.export());
-        assert_eq!(t.memory_bytes(), s.memory_bytes());
-        assert_eq!(t.revision(), 3);
+    let Some(cur) = current else {
+        return Err(Rejection::NotFound { key: key.into() });
+    };
+    let if_version = match op {
+        Op::Update { if_version, .. }
+        | Op::Delete { if_version, .. }
+        | Op::Complete { if_version, .. } => *if_version,
+        Op::Insert { .. } => None,
+    };
+    if let Some(expected) = if_version {
+        if expected != cur.version {
+            return Err(Rejection::VersionMismatch {
+                key: key.into(),
+                expected,
+                actual: cur.version,
+            });
+        }
+    }
+    if cur.state != RecordState::Live {
+        return Err(Rejection::NotLive {
+            key: key.into(),
+            state: cur.state,
+        });
+    }
+    let mut rec = cur.clone();
+    rec.version += 1;
+    rec.mod_revision = index;
+    rec.updated_at_ms = at_ms;
+    match op {
+        Op::Update { value, ttl, .. } => {
+            rec.value = value.clone();
+            match ttl {
+                TtlChange::Keep => {}
+                TtlChange::Set(t) => rec.expires_at_ms = Some(at_ms.saturating_add(*t)),
+                TtlChange::Clear => rec.expires_at_ms = None,
+            }
+            Ok((Some(rec.clone()), EventKind::Updated, rec))
+        }
+        Op::Complete { value, .. } => {
+            if let Some(v) = value {
+                rec.value = v.clone();
+            }
+            rec.state = RecordState::Completed;
+            Ok((Some(rec.clone()), EventKind::Completed, rec))
+        }
+        Op::Delete { .. } => Ok((None, EventKind::Deleted, cur.clone())),
+        Op::Insert { .. } => unreachable!("handled above"),
     }
 }

@@ -239,12 +239,16 @@ impl Cluster {
         .await
     }
 
-    /// Waits until node `id` has applied at least `index`.
+    /// Waits until node `id` has applied at least `index` and, after a
+    /// restart, has recovered (so it serves STALE reads).
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
         wait_for(
             timeout,
             &format!("node {id} to apply index {index}"),
-            || async { (self.status(id).await?.applied_index >= index).then_some(()) },
+            || async {
+                let s = self.status(id).await?;
+                (s.applied_index >= index && s.recovered).then_some(())
+            },
         )
         .await
     }
@@ -318,10 +322,10 @@ impl Cluster {
         let mut out = Vec::new();
         let mut after = String::new();
         loop {
-            let page = client
-                .scan(prefix, 10_000, &after, consistency)
-                .await
-                .expect("scan");
+            let page = match client.scan(prefix, 10_000, &after, consistency).await {
+                Ok(p) => p,
+                Err(e) => panic!("scan of {prefix:?} via {:?}: {e}", client.endpoints()),
+            };
             let more = page.more;
             if let Some(last) = page.records.last() {
                 after = last.key.clone();

@@ -1,0 +1,221 @@
+//! `Watch`: streaming change events from this node's event window.
+//!
+//! Guarantees, per stream: events in revision order, whole revisions per
+//! message, no gaps and no duplicates (the backlog is copied and the live
+//! feed subscribed under one lock). After `progress_interval_ms` without
+//! events the stream gets a progress message carrying the node's applied
+//! revision, once every event up to it has been sent.
+//!
+//! A watcher can neither stall apply nor grow memory without bound: the live
+//! feed is a bounded broadcast that apply never waits on, and each stream has
+//! a bounded outgoing queue. A watcher that falls `LIVE_BUFFER` events behind,
+//! or does not read for `STUCK_AFTER`, is cancelled with `RESOURCE_EXHAUSTED`
+//! and a message saying from which revision to resume.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::record_to_pb;
+use crate::pb;
+use crate::state::{Event, EventKind, Store};
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+const DEFAULT_PROGRESS: Duration = Duration::from_millis(5_000);
+/// Events per message, at most (a larger revision still goes out whole).
+const EVENTS_PER_MESSAGE: usize = 256;
+/// Messages queued for one stream before the watcher counts as slow.
+const QUEUE: usize = 64;
+/// A watcher that accepts nothing for this long is cancelled.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+fn event_to_pb(e: &Event) -> pb::Event {
+    let kind = match e.kind {
+        EventKind::Inserted => pb::EventType::Inserted,
+        EventKind::Updated => pb::EventType::Updated,
+        EventKind::Deleted => pb::EventType::Deleted,
+        EventKind::Completed => pb::EventType::Completed,
+        EventKind::Expired => pb::EventType::Expired,
+    };
+    pb::Event {
+        r#type: kind as i32,
+        revision: e.revision,
+        record: Some(record_to_pb(e.key.clone(), e.record.clone())),
+    }
+}
+
+pub fn watch_stream(store: Arc<Store>, req: pb::WatchRequest) -> Result<WatchStream, Status> {
+    let (backlog, live) = store
+        .events()
+        .subscribe(req.from_revision)
+        .map_err(|c| Status::out_of_range(c.to_string()))?;
+    let progress = match req.progress_interval_ms {
+        0 => DEFAULT_PROGRESS,
+        ms => Duration::from_millis(ms.into()),
+    };
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let w = Watcher {
+        store,
+        prefix: req.prefix,
+        tx,
+        sent_through: req.from_revision.saturating_sub(1),
+        progress,
+    };
+    tokio::spawn(w.run(backlog, live));
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+struct Watcher {
+    store: Arc<Store>,
+    prefix: String,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    /// Every event up to this revision has been sent (or filtered out).
+    sent_through: u64,
+    progress: Duration,
+}
+
+enum Sent {
+    Ok,
+    /// The client went away or is stuck; the stream is over.
+    Done,
+}
+
+impl Watcher {
+    async fn run(mut self, backlog: Vec<Arc<Event>>, mut live: broadcast::Receiver<Arc<Event>>) {
+        let mut pending: Vec<Arc<Event>> = backlog;
+        loop {
+            if !pending.is_empty() {
+                if let Sent::Done = self.send_events(std::mem::take(&mut pending)).await {
+                    return;
+                }
+            }
+            let first = tokio::select! {
+                r = live.recv() => r,
+                _ = tokio::time::sleep(self.progress) => {
+                    if let Sent::Done = self.send_progress(&mut live, &mut pending).await {
+                        return;
+                    }
+                    continue;
+                }
+                _ = self.tx.closed() => return,
+            };
+            match first {
+                Ok(e) => {
+                    pending.push(e);
+                    // The rest of this revision (and whatever else is queued) is already in the feed.
+                    while pending.len() < EVENTS_PER_MESSAGE {
+                        match live.try_recv() {
+                            Ok(e) => pending.push(e),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                return self.lagged(n).await
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn send(&self, msg: Result<pb::WatchResponse, Status>) -> Sent {
+        match tokio::time::timeout(STUCK_AFTER, self.tx.send(msg)).await {
+            Ok(Ok(())) => Sent::Ok,
+            Ok(Err(_)) => Sent::Done,
+            Err(_) => {
+                let _ = self.tx.try_send(Err(Status::resource_exhausted(format!(
+                    "watch cancelled: the watcher read nothing for {STUCK_AFTER:?}; resume with from_revision {}",
+                    self.sent_through + 1
+                ))));
+                Sent::Done
+            }
+        }
+    }
+
+    /// Sends events (after dropping ones already sent and ones outside the
+    /// prefix), whole revisions per message.
+    async fn send_events(&mut self, events: Vec<Arc<Event>>) -> Sent {
+        let mut batch: Vec<pb::Event> = Vec::new();
+        let mut batch_rev = self.sent_through;
+        for e in events {
+            if e.revision <= self.sent_through {
+                continue;
+            }
+            if e.revision != batch_rev && batch.len() >= EVENTS_PER_MESSAGE {
+                let msg = pb::WatchResponse {
+                    events: std::mem::take(&mut batch),
+                    revision: batch_rev,
+                    progress: false,
+                };
+                if let Sent::Done = self.send(Ok(msg)).await {
+                    return Sent::Done;
+                }
+            }
+            batch_rev = e.revision;
+            if e.key.starts_with(&self.prefix) {
+                batch.push(event_to_pb(&e));
+            }
+        }
+        if !batch.is_empty() {
+            let msg = pb::WatchResponse {
+                events: batch,
+                revision: batch_rev,
+                progress: false,
+            };
+            if let Sent::Done = self.send(Ok(msg)).await {
+                return Sent::Done;
+            }
+        }
+        self.sent_through = self.sent_through.max(batch_rev);
+        Sent::Ok
+    }
+
+    /// A progress message, but only if nothing is waiting in the feed: the
+    /// revision it reports must not run ahead of the events delivered.
+    async fn send_progress(
+        &mut self,
+        live: &mut broadcast::Receiver<Arc<Event>>,
+        pending: &mut Vec<Arc<Event>>,
+    ) -> Sent {
+        // Applied revision first, then the feed: events are published before
+        // the revision advances, so an empty feed means all of them are here.
+        let revision = self.store.revision();
+        match live.try_recv() {
+            Ok(e) => {
+                pending.push(e);
+                return Sent::Ok;
+            }
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                self.lagged(n).await;
+                return Sent::Done;
+            }
+            Err(_) => {}
+        }
+        let revision = revision.max(self.sent_through);
+        self.sent_through = revision;
+        self.send(Ok(pb::WatchResponse {
+            events: Vec::new(),
+            revision,
+            progress: true,
+        }))
+        .await
+    }
+
+    async fn lagged(&self, missed: u64) {
+        let _ = self
+            .send(Err(Status::resource_exhausted(format!(
+                "watch cancelled: the watcher fell {missed} events behind the live feed (buffer {}); resume with \
+                 from_revision {}",
+                crate::state::LIVE_BUFFER,
+                self.sent_through + 1
+            ))))
+            .await;
+    }
+}

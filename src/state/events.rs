@@ -1,0 +1,177 @@
+//! The event window: recent changes, for `Watch`.
+//!
+//! Every applied change becomes an `Event` carrying its revision. The window
+//! keeps the most recent ones (bounded by count and by age, measured with
+//! entry timestamps) so a watcher can resume from a revision it already saw;
+//! older revisions are "compacted" and a watch from them is refused.
+//!
+//! The window is local to each node (not replicated, not in snapshots): a node
+//! serves watches from what it applied itself. After a snapshot is installed
+//! the window starts empty at the snapshot's revision.
+//!
+//! Live delivery is a bounded broadcast: the apply path never waits for a
+//! watcher. A watcher that falls more than `LIVE_BUFFER` events behind loses
+//! its place and must resume from its last revision.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use super::record::Record;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Inserted,
+    Updated,
+    Deleted,
+    Completed,
+    Expired,
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    pub revision: u64,
+    pub key: String,
+    /// The record after the change; for DELETED (and a dropped expiry), as it was removed.
+    pub record: Record,
+    /// Entry timestamp, for age-based trimming.
+    pub at_ms: u64,
+}
+
+/// How many live events a watcher may fall behind before it is cancelled.
+pub const LIVE_BUFFER: usize = 8_192;
+
+#[derive(Clone, Copy, Debug)]
+pub struct WindowLimits {
+    pub max_events: usize,
+    pub max_age_ms: u64,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        WindowLimits {
+            max_events: 100_000,
+            max_age_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// A watch's starting point: the retained events it must replay, and the live feed.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
+pub struct EventLog {
+    window: Mutex<Window>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+struct Window {
+    events: VecDeque<Arc<Event>>,
+    /// Every event with a revision at or below this is gone from the window.
+    compacted: u64,
+    limits: WindowLimits,
+}
+
+/// A watch could not start: its revision is older than the window.
+#[derive(Debug, thiserror::Error)]
+#[error("from_revision {requested} is compacted: the oldest revision still retained on this node is {oldest}")]
+pub struct Compacted {
+    pub requested: u64,
+    pub oldest: u64,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self::new(WindowLimits::default())
+    }
+}
+
+impl EventLog {
+    pub fn new(limits: WindowLimits) -> Self {
+        EventLog {
+            window: Mutex::new(Window {
+                events: VecDeque::new(),
+                compacted: 0,
+                limits,
+            }),
+            live: broadcast::channel(LIVE_BUFFER).0,
+        }
+    }
+
+    pub fn set_limits(&self, limits: WindowLimits) {
+        self.window.lock().limits = limits;
+    }
+
+    /// Records the events of one applied entry (all share its revision).
+    pub fn push(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut w = self.window.lock();
+        let newest_ms = events.last().map(|e| e.at_ms).unwrap_or(0);
+        for e in events {
+            let e = Arc::new(e);
+            w.events.push_back(e.clone());
+            // Sent under the window lock: a subscriber either sees an event in
+            // the backlog it copies or receives it live, never both or neither.
+            let _ = self.live.send(e);
+        }
+        w.trim(newest_ms);
+    }
+
+    /// Starts a watch at `from_revision` (0 = only future events): the retained
+    /// events at or after it, and a receiver for everything applied later.
+    pub fn subscribe(&self, from_revision: u64) -> Result<Subscription, Compacted> {
+        let w = self.window.lock();
+        let rx = self.live.subscribe();
+        if from_revision == 0 {
+            return Ok((Vec::new(), rx));
+        }
+        if from_revision <= w.compacted {
+            return Err(Compacted {
+                requested: from_revision,
+                oldest: w.compacted + 1,
+            });
+        }
+        let backlog = w
+            .events
+            .iter()
+            .filter(|e| e.revision >= from_revision)
+            .cloned()
+            .collect();
+        Ok((backlog, rx))
+    }
+
+    /// Forgets every event: the state was replaced wholesale (snapshot) at `revision`.
+    pub fn reset(&self, revision: u64) {
+        let mut w = self.window.lock();
+        w.events.clear();
+        w.compacted = revision;
+    }
+
+    /// The oldest revision a watch may start from.
+    pub fn oldest_revision(&self) -> u64 {
+        self.window.lock().compacted + 1
+    }
+}
+
+impl Window {
+    /// Drops whole revisions from the front until both bounds hold.
+    fn trim(&mut self, newest_ms: u64) {
+        let cutoff_ms = newest_ms.saturating_sub(self.limits.max_age_ms);
+        while let Some(front) = self.events.front() {
+            let too_many = self.events.len() > self.limits.max_events;
+            let too_old = front.at_ms < cutoff_ms;
+            if !too_many && !too_old {
+                break;
+            }
+            let rev = front.revision;
+            while self.events.front().is_some_and(|e| e.revision == rev) {
+                self.events.pop_front();
+            }
+            self.compacted = rev;
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Behaviour of `Store::apply`, one rule per test.
+
+use bytes::Bytes;
+
+use super::*;
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.to_string())
+}
+
+fn one(at_ms: u64, op: Op) -> Command {
+    Command::op(at_ms, op)
+}
+
+fn insert(key: &str, v: &str) -> Op {
+    Op::Insert {
+        key: key.into(),
+        value: b(v),
+        ttl_ms: None,
+    }
+}
+
+fn insert_ttl(key: &str, ttl_ms: u64) -> Op {
+    Op::Insert {
+        key: key.into(),
+        value: b("v"),
+        ttl_ms: Some(ttl_ms),
+    }
+}
+
+fn update(key: &str, v: &str, if_version: Option<u64>) -> Op {
+    Op::Update {
+        key: key.into(),
+        value: b(v),
+        if_version,
+        ttl: TtlChange::Keep,
+    }
+}
+
+fn single(o: Outcome) -> Applied {
+    let mut v = o.expect("applied");
+    assert_eq!(v.len(), 1);
+    v.remove(0)
+}
+
+fn rejection(o: Outcome) -> Rejection {
+    o.expect_err("rejected").rejection
+}
+
+#[test]
+fn insert_then_update_bumps_version_and_mod_revision() {
+    let s = Store::new();
+    let a = single(s.apply(3, &one(1_000, insert("call/1", "ringing"))));
+    assert_eq!(
+        (
+            a.record.version,
+            a.record.create_revision,
+            a.record.mod_revision
+        ),
+        (1, 3, 3)
+    );
+    let u = single(s.apply(5, &one(2_000, update("call/1", "answered", Some(1)))));
+    assert_eq!(
+        (
+            u.record.version,
+            u.record.create_revision,
+            u.record.mod_revision
+        ),
+        (2, 3, 5)
+    );
+    assert_eq!(
+        (u.record.created_at_ms, u.record.updated_at_ms),
+        (1_000, 2_000)
+    );
+    assert_eq!(s.revision(), 5);
+}
+
+#[test]
+fn insert_of_existing_key_is_rejected_in_any_state() {
+    let s = Store::new();
+    s.apply(1, &one(1, insert("k", "a"))).unwrap();
+    let complete = Op::Complete {
+        key: "k".into(),
+        value: None,
+        if_version: None,
+    };
+    s.apply(2, &one(1, complete)).unwrap();
+    let e = rejection(s.apply(3, &one(1, insert("k", "b"))));
+    assert!(matches!(
+        e,
+        Rejection::AlreadyExists {
+            state: RecordState::Completed,
+            version: 2,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn completed_record_is_immutable() {
+    let s = Store::new();
+    s.apply(1, &one(1, insert("k", "a"))).unwrap();
+    let complete = Op::Complete {
+        key: "k".into(),
+        value: Some(b("final")),
+        if_version: Some(1),
+    };
+    s.apply(2, &one(1, complete)).unwrap();
+    assert!(matches!(
+        rejection(s.apply(3, &one(1, update("k", "x", None)))),
+        Rejection::NotLive { .. }
+    ));
+    let del = Op::Delete {
+        key: "k".into(),
+        if_version: None,
+    };
+    assert!(matches!(
+        rejection(s.apply(4, &one(1, del))),
+        Rejection::NotLive { .. }
+    ));
+    assert_eq!(s.get("k").unwrap().value, b("final"));
+}
+
+#[test]
+fn version_guard_mismatch_changes_nothing() {
+    let s = Store::new();
+    s.apply(1, &one(1, insert("k", "a"))).unwrap();
+    let e = rejection(s.apply(2, &one(1, update("k", "b", Some(7)))));
+    assert_eq!(
+        e,
+        Rejection::VersionMismatch {
+            key: "k".into(),
+            expected: 7,
+            actual: 1
+        }
+    );
+    assert_eq!(s.get("k").unwrap().value, b("a"));
+}
+
+#[test]
+fn scan_pages_in_key_order_within_prefix_and_byte_budget() {
+    let s = Store::new();
+    for (i, k) in ["sms/3", "call/2", "call/1", "call/10", "callx"]
+        .iter()
+        .enumerate()
+    {
+        s.apply(i as u64 + 1, &one(1, insert(k, "v"))).unwrap();
+    }
+    let p = s.scan("call/", None, 2, usize::MAX);
+    let keys: Vec<_> = p.records.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["call/1", "call/10"]);
+    assert!(p.more);
+    let p2 = s.scan("call/", Some("call/10"), 2, usize::MAX);
+    let keys: Vec<_> = p2.records.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["call/2"]);
+    assert!(!p2.more);
+    let p3 = s.scan("call/", None, 10, 1);
+    assert_eq!(
+        p3.records.len(),
+        1,
+        "a byte budget ends the page, never before one record"
+    );
+    assert!(p3.more);
+}
+
+#[test]
+fn batch_with_one_failing_guard_changes_nothing() {
+    let s = Store::new();
+    s.apply(1, &one(1, insert("a", "1"))).unwrap();
+    let batch = Command {
+        at_ms: 2,
+        request: None,
+        action: Action::Ops(vec![
+            update("a", "2", Some(1)),
+            insert("b", "new"),
+            update("a", "3", Some(1)), // stale guard: a is at version 2 within the batch
+        ]),
+    };
+    let f = s.apply(2, &batch).unwrap_err();
+    assert_eq!(f.index, 2);
+    assert!(matches!(
+        f.rejection,
+        Rejection::VersionMismatch {
+            expected: 1,
+            actual: 2,
+            ..
+        }
+    ));
+    assert_eq!(s.get("a").unwrap().value, b("1"));
+    assert!(s.get("b").is_none());
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn batch_ops_see_earlier_ops_of_the_same_batch() {
+    let s = Store::new();
+    let batch = Command {
+        at_ms: 5,
+        request: None,
+        action: Action::Ops(vec![
+            insert("a", "1"),
+            update("a", "2", Some(1)),
+            Op::Complete {
+                key: "a".into(),
+                value: None,
+                if_version: Some(2),
+            },
+            insert("b", "x"),
+            Op::Delete {
+                key: "b".into(),
+                if_version: Some(1),
+            },
+        ]),
+    };
+    let applied = s.apply(9, &batch).unwrap();
+    assert_eq!(applied.len(), 5);
+    let a = s.get("a").unwrap();
+    assert_eq!(
+        (a.version, a.state, a.value.clone()),
+        (3, RecordState::Completed, b("2"))
+    );
+    assert!(s.get("b").is_none());
+    assert!(applied.iter().all(|x| x.revision == 9));
+}
+
+#[test]
+fn ttl_index_finds_due_records_and_expire_uses_the_entry_time() {
+    let s = Store::new();
+    s.apply(1, &one(1_000, insert_ttl("a", 500))).unwrap(); // due at 1500
+    s.apply(2, &one(1_000, insert_ttl("b", 2_000))).unwrap(); // due at 3000
+    s.apply(3, &one(1_000, insert("c", "no ttl"))).unwrap();
+    assert_eq!(s.due(1_499, 10), Vec::<String>::new());
+    assert_eq!(s.due(1_500, 10), vec!["a".to_string()]);
+    assert_eq!(s.due(5_000, 10), vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(s.due(5_000, 1), vec!["a".to_string()]);
+    // An Expire whose entry time is before a deadline skips that key.
+    let expire = Command {
+        at_ms: 2_000,
+        request: None,
+        action: Action::Expire {
+            keys: vec!["a".into(), "b".into(), "c".into(), "missing".into()],
+            drop: false,
+        },
+    };
+    let expired = s.apply(4, &expire).unwrap();
+    assert_eq!(
+        expired.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    let a = s.get("a").unwrap();
+    assert_eq!(
+        (a.state, a.version, a.mod_revision),
+        (RecordState::Expired, 2, 4)
+    );
+    assert_eq!(
+        s.due(5_000, 10),
+        vec!["b".to_string()],
+        "an EXPIRED record leaves the TTL index"
+    );
+    assert!(matches!(
+        rejection(s.apply(5, &one(2_100, update("a", "x", None)))),
+        Rejection::NotLive { .. }
+    ));
+}
+
+#[test]
+fn update_refreshes_or_clears_the_deadline() {
+    let s = Store::new();
+    s.apply(1, &one(1_000, insert_ttl("a", 500))).unwrap();
+    let refresh = Op::Update {
+        key: "a".into(),
+        value: b("v2"),
+        if_version: None,
+        ttl: TtlChange::Set(10_000),
+    };
+    s.apply(2, &one(1_200, refresh)).unwrap();
+    assert_eq!(s.get("a").unwrap().expires_at_ms, Some(11_200));
+    assert_eq!(s.due(2_000, 10), Vec::<String>::new());
+    let clear = Op::Update {
+        key: "a".into(),
+        value: b("v3"),
+        if_version: None,
+        ttl: TtlChange::Clear,
+    };
+    s.apply(3, &one(1_300, clear)).unwrap();
+    assert_eq!(s.get("a").unwrap().expires_at_ms, None);
+    assert_eq!(s.due(u64::MAX, 10), Vec::<String>::new());
+    // Completing a record stops its clock too.
+    s.apply(4, &one(1_400, insert_ttl("b", 100))).unwrap();
+    let complete = Op::Complete {
+        key: "b".into(),
+        value: None,
+        if_version: None,
+    };
+    s.apply(5, &one(1_450, complete)).unwrap();
+    assert_eq!(s.due(u64::MAX, 10), Vec::<String>::new());
+}
+
+#[test]
+fn dropped_expiry_removes_the_record() {
+    let s = Store::new();
+    s.apply(1, &one(1_000, insert_ttl("a", 1))).unwrap();
+    let expire = Command {
+        at_ms: 2_000,
+        request: None,
+        action: Action::Expire {
+            keys: vec!["a".into()],
+            drop: true,
+        },
+    };
+    assert_eq!(s.apply(2, &expire).unwrap().len(), 1);
+    assert!(s.get("a").is_none());
+    assert_eq!(s.memory_bytes(), 0);
+}
+
+fn tagged(id: &str, fingerprint: u64, at_ms: u64, op: Op) -> Command {
+    Command {
+        at_ms,
+        request: Some(RequestTag {
+            id: id.into(),
+            fingerprint,
+            window_ms: 60_000,
+            max_ids: 3,
+        }),
+        action: Action::Ops(vec![op]),
+    }
+}
+
+#[test]
+fn repeated_request_id_returns_the_original_outcome_without_applying() {
+    let s = Store::new();
+    s.apply(1, &one(1, insert("k", "a"))).unwrap();
+    let first = s
+        .apply(2, &tagged("r1", 7, 10, update("k", "b", None)))
+        .unwrap();
+    let again = s
+        .apply(3, &tagged("r1", 7, 20, update("k", "b", None)))
+        .unwrap();
+    assert_eq!(first, again, "the retry gets the first attempt's response");
+    assert_eq!(s.get("k").unwrap().version, 2, "applied once");
+    assert_eq!(s.revision(), 3);
+    // A failed first attempt is remembered too.
+    let f1 = s
+        .apply(4, &tagged("r2", 9, 30, insert("k", "dup")))
+        .unwrap_err();
+    let f2 = s
+        .apply(5, &tagged("r2", 9, 31, insert("k", "dup")))
+        .unwrap_err();
+    assert_eq!(f1, f2);
+}
+
+#[test]
+fn reused_request_id_with_a_different_body_is_refused() {
+    let s = Store::new();
+    s.apply(1, &tagged("r1", 7, 10, insert("k", "a"))).unwrap();
+    let e = rejection(s.apply(2, &tagged("r1", 8, 11, insert("k2", "b"))));
+    assert_eq!(e, Rejection::RequestIdReused { id: "r1".into() });
+    assert!(s.get("k2").is_none());
+}
+
+#[test]
+fn request_ids_are_forgotten_after_the_window_and_past_the_count() {
+    let s = Store::new();
+    s.apply(1, &tagged("old", 1, 0, insert("a", "1"))).unwrap();
+    // 60 s later "old" is outside the window: the same id applies as new.
+    s.apply(2, &tagged("old", 1, 60_001, insert("b", "1")))
+        .unwrap();
+    assert!(s.get("b").is_some());
+    for (i, id) in ["x", "y", "z"].iter().enumerate() {
+        s.apply(
+            3 + i as u64,
+            &tagged(id, 1, 60_002, insert(&format!("c{i}"), "1")),
+        )
+        .unwrap();
+    }
+    assert_eq!(s.remembered_requests(), 3, "bounded by max_ids");
+}
+
+#[test]
+fn snapshot_round_trip_keeps_records_deadlines_and_request_ids() {
+    let s = Store::new();
+    s.apply(1, &one(1_000, insert_ttl("a", 500))).unwrap();
+    s.apply(2, &tagged("r", 5, 1_000, insert("b", "22")))
+        .unwrap();
+    s.apply(
+        3,
+        &one(
+            1_000,
+            Op::Delete {
+                key: "b".into(),
+                if_version: None,
+            },
+        ),
+    )
+    .unwrap();
+    let t = Store::new();
+    t.restore(s.export(), s.revision());
+    assert_eq!(t.export().records, s.export().records);
+    assert_eq!(t.memory_bytes(), s.memory_bytes());
+    assert_eq!(t.revision(), 3);
+    assert_eq!(t.due(2_000, 10), vec!["a".to_string()]);
+    let replay = t
+        .apply(4, &tagged("r", 5, 1_100, insert("b", "22")))
+        .unwrap();
+    assert_eq!(
+        replay[0].revision, 2,
+        "the restored table remembers the request"
+    );
+    assert!(t.get("b").is_none());
+    assert_eq!(
+        t.events().oldest_revision(),
+        4,
+        "the event window starts at the snapshot"
+    );
+}
+
+#[test]
+fn event_window_resumes_in_order_and_compacts_whole_revisions() {
+    let s = Store::new();
+    s.events().set_limits(WindowLimits {
+        max_events: 4,
+        max_age_ms: u64::MAX,
+    });
+    for i in 1..=3u64 {
+        s.apply(i, &one(i, insert(&format!("k{i}"), "v"))).unwrap();
+    }
+    let batch = Command {
+        at_ms: 4,
+        request: None,
+        action: Action::Ops(vec![update("k1", "x", None), update("k2", "x", None)]),
+    };
+    s.apply(4, &batch).unwrap();
+    // 5 events > 4: revision 1 was compacted, the batch (two events at 4) stays whole.
+    assert_eq!(s.events().oldest_revision(), 2);
+    let (backlog, _rx) = s.events().subscribe(3).unwrap();
+    let revs: Vec<u64> = backlog.iter().map(|e| e.revision).collect();
+    assert_eq!(revs, [3, 4, 4]);
+    assert!(s.events().subscribe(1).is_err());
+    let (_, mut rx) = s.events().subscribe(0).unwrap();
+    s.apply(
+        5,
+        &one(
+            5,
+            Op::Delete {
+                key: "k3".into(),
+                if_version: None,
+            },
+        ),
+    )
+    .unwrap();
+    let live = rx.try_recv().unwrap();
+    assert_eq!((live.revision, live.kind), (5, EventKind::Deleted));
+}
