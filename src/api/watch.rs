@@ -31,7 +31,7 @@ const DEFAULT_PROGRESS: Duration = Duration::from_millis(5_000);
 /// Events per message, at most (a larger revision still goes out whole).
 const EVENTS_PER_MESSAGE: usize = 256;
 /// Messages queued for one stream before the watcher counts as slow.
-const QUEUE: usize = 64;
+const QUEUE: usize = 8;
 /// A watcher that accepts nothing for this long is cancelled.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 
@@ -106,21 +106,34 @@ impl Watcher {
                 _ = self.tx.closed() => return,
             };
             match first {
-                Ok(e) => {
-                    pending.push(e);
-                    // The rest of this revision (and whatever else is queued) is already in the feed.
-                    while pending.len() < EVENTS_PER_MESSAGE {
-                        match live.try_recv() {
-                            Ok(e) => pending.push(e),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                                return self.lagged(n).await
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Ok(e) => pending.push(e),
                 Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
                 Err(broadcast::error::RecvError::Closed) => return,
+            }
+            // Take what else is queued, and always the rest of a revision
+            // begun (apply is publishing it right now): only whole revisions
+            // are sent, so `sent_through` never splits one.
+            loop {
+                let mid_revision = pending.last().is_some_and(|e| !e.ends_revision);
+                if !mid_revision && pending.len() >= EVENTS_PER_MESSAGE {
+                    break;
+                }
+                let next = if mid_revision {
+                    match live.recv().await {
+                        Ok(e) => e,
+                        Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                } else {
+                    match live.try_recv() {
+                        Ok(e) => e,
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            return self.lagged(n).await
+                        }
+                        Err(_) => break,
+                    }
+                };
+                pending.push(next);
             }
         }
     }

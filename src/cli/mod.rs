@@ -242,6 +242,9 @@ pub struct ServeArgs {
     /// Election timeout range MIN..MAX in milliseconds.
     #[arg(long, default_value = "400..800", value_parser = parse_range)]
     pub election_timeout_ms: (u64, u64),
+    /// Source address of outgoing peer connections (default: chosen by the OS).
+    #[arg(long)]
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// What a LIVE record becomes when its TTL passes: kept as EXPIRED for
     /// hand-off, or dropped.
     #[arg(long, value_enum, default_value = "handoff")]
@@ -335,6 +338,7 @@ impl ServeArgs {
                 snapshot_every: self.snapshot_every,
                 heartbeat_ms: self.heartbeat_ms,
                 election_timeout_ms: self.election_timeout_ms,
+                peer_source_ip: self.peer_source_ip,
             },
             listen: self.listen,
             http: self.http,

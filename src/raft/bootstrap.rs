@@ -37,6 +37,9 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
+    /// Source address for outgoing peer connections, so that firewalls (and
+    /// fault injection) see peer traffic coming from this node's address.
+    pub peer_source_ip: Option<std::net::IpAddr>,
 }
 
 /// A running Raft node and the handles the API needs.
@@ -183,7 +186,7 @@ impl RaftNode {
         let raft = Raft::new(
             s.id,
             Arc::new(config),
-            PeerNetwork::default(),
+            PeerNetwork::new(s.peer_source_ip),
             log.clone(),
             sm.clone(),
         )

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,9 +55,18 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source address of outgoing peer connections (`--peer-source-ip`).
+    source_ip: Option<IpAddr>,
 }
 
 impl PeerNetwork {
+    pub fn new(source_ip: Option<IpAddr>) -> Self {
+        PeerNetwork {
+            channels: Arc::default(),
+            source_ip,
+        }
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(addr) {
@@ -64,6 +74,7 @@ impl PeerNetwork {
         }
         let c = endpoint(addr)
             .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+            .local_address(self.source_ip)
             .connect_lazy();
         channels.insert(addr.to_string(), c.clone());
         Ok(c)

@@ -39,6 +39,9 @@ pub struct Event {
     pub record: Record,
     /// Entry timestamp, for age-based trimming.
     pub at_ms: u64,
+    /// True on the last event of its revision (set by `EventLog::push`), so a
+    /// reader of the live feed knows when it holds a whole revision.
+    pub ends_revision: bool,
 }
 
 /// How many live events a watcher may fall behind before it is cancelled.
@@ -105,12 +108,13 @@ impl EventLog {
     }
 
     /// Records the events of one applied entry (all share its revision).
-    pub fn push(&self, events: Vec<Event>) {
-        if events.is_empty() {
+    pub fn push(&self, mut events: Vec<Event>) {
+        let Some(last) = events.last_mut() else {
             return;
-        }
+        };
+        last.ends_revision = true;
+        let newest_ms = last.at_ms;
         let mut w = self.window.lock();
-        let newest_ms = events.last().map(|e| e.at_ms).unwrap_or(0);
         for e in events {
             let e = Arc::new(e);
             w.events.push_back(e.clone());

@@ -206,6 +206,7 @@ impl Store {
                 key: a.key.clone(),
                 record: a.record.clone(),
                 at_ms,
+                ends_revision: false,
             })
             .collect();
         self.events.push(events);
@@ -235,6 +236,7 @@ impl Store {
                 key: key.clone(),
                 record: rec.clone(),
                 at_ms,
+                ends_revision: false,
             });
             applied.push(Applied {
                 key: key.clone(),

@@ -64,6 +64,8 @@ where
 
 pub struct NodeProc {
     pub id: u64,
+    /// The node's own IP (127.0.0.1 unless the cluster has distinct IPs).
+    pub ip: String,
     pub grpc: String,
     pub http: String,
     pub data_dir: PathBuf,
@@ -78,6 +80,9 @@ pub struct ClusterOptions {
     pub nodes: u64,
     pub snapshot_every: u64,
     pub extra_args: Vec<String>,
+    /// Give every node its own loopback address (127.A.B.id) and make its peer
+    /// traffic come from it, so `netfault::Firewall` can cut links between nodes.
+    pub distinct_ips: bool,
 }
 
 impl Default for ClusterOptions {
@@ -86,8 +91,16 @@ impl Default for ClusterOptions {
             nodes: 3,
             snapshot_every: 10_000,
             extra_args: Vec::new(),
+            distinct_ips: false,
         }
     }
+}
+
+/// A loopback /24 (127.A.B.0) no other cluster of this test process uses.
+fn fresh_subnet() -> (u8, u8) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (100 + (std::process::id() % 100) as u8, 1 + (n % 250) as u8)
 }
 
 pub struct Cluster {
@@ -104,13 +117,20 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let mut nodes = BTreeMap::new();
+        let subnet = fresh_subnet();
         for id in 1..=opts.nodes {
-            let grpc = format!("127.0.0.1:{}", free_port());
-            let http = format!("127.0.0.1:{}", free_port());
+            let ip = if opts.distinct_ips {
+                format!("127.{}.{}.{id}", subnet.0, subnet.1)
+            } else {
+                "127.0.0.1".to_string()
+            };
+            let grpc = format!("{ip}:{}", free_port());
+            let http = format!("{ip}:{}", free_port());
             nodes.insert(
                 id,
                 NodeProc {
                     id,
+                    ip,
                     grpc,
                     http,
                     data_dir: dir.path().join(format!("node-{id}")),
@@ -155,6 +175,11 @@ impl Cluster {
             .args(["--listen", &n.grpc, "--http", &n.http])
             .args(&n.membership_args)
             .args(["--snapshot-every", &snapshot_every])
+            .args(if n.ip != "127.0.0.1" {
+                vec!["--peer-source-ip".to_string(), n.ip.clone()]
+            } else {
+                vec![]
+            })
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -174,6 +199,7 @@ impl Cluster {
             id,
             NodeProc {
                 id,
+                ip: "127.0.0.1".into(),
                 grpc,
                 http,
                 data_dir: self.dir.path().join(format!("node-{id}")),
@@ -367,3 +393,4 @@ pub fn last_segment(dir: &Path) -> PathBuf {
     segs.sort();
     segs.pop().expect("at least one segment")
 }
+pub mod netfault;
