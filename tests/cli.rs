@@ -6,7 +6,17 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, BIN};
+use common::{free_port_block, Cluster, ClusterOptions, BIN};
+
+/// Kills a child process when the test ends, also when it fails.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
@@ -31,20 +41,22 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
     let http = grpc + 3;
     let out_path = dir.path().join("dev.out");
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut dev = Command::new(BIN)
-        .args(["dev", "--dir"])
-        .arg(dir.path().join("cluster"))
-        .args([
-            "--grpc-port",
-            &grpc.to_string(),
-            "--http-port",
-            &http.to_string(),
-        ])
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut dev = Reaper(
+        Command::new(BIN)
+            .args(["dev", "--dir"])
+            .arg(dir.path().join("cluster"))
+            .args([
+                "--grpc-port",
+                &grpc.to_string(),
+                "--http-port",
+                &http.to_string(),
+            ])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
     wait_until(Duration::from_secs(30), "dev to report a leader", || {
         output().contains("leader: node")
@@ -110,11 +122,11 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
 
     // SIGTERM stops every node and dev itself.
     unsafe {
-        libc::kill(dev.id() as i32, libc::SIGTERM);
+        libc::kill(dev.0.id() as i32, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = dev.try_wait().unwrap() {
+        if let Some(s) = dev.0.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "dev did not stop: {}", output());
@@ -225,4 +237,134 @@ fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys()
     let bad = serve(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown setting `election_timeout`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_ttl_request_ids_batch_from_stdin_and_watch() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let endpoints = c.endpoints().join(",");
+    let run = |args: &[&str]| cli(&endpoints, args);
+
+    // A watch in the background, from the first revision.
+    let watch_out = c.dir.path().join("watch.out");
+    let _watch = Reaper(
+        Command::new(BIN)
+            .args([
+                "--endpoints",
+                &endpoints,
+                "watch",
+                "call/",
+                "--from-revision",
+                "1",
+                "--json",
+            ])
+            .stdout(std::fs::File::create(&watch_out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let first = run(&[
+        "insert",
+        "call/9",
+        "ringing",
+        "--ttl",
+        "1s",
+        "--request-id",
+        "req-1",
+    ]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The same request again is answered with the same result, not applied twice.
+    let again = run(&[
+        "insert",
+        "call/9",
+        "ringing",
+        "--ttl",
+        "1s",
+        "--request-id",
+        "req-1",
+    ]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(first.stdout, again.stdout);
+    let other = run(&["insert", "call/10", "x", "--request-id", "req-1"]);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("InvalidArgument"));
+
+    let mut batch = Command::new(BIN)
+        .args(["--endpoints", &endpoints, "batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        batch.stdin.as_mut().unwrap(),
+        br#"[{"op":"insert","key":"call/11","value":{"status":"ringing"}},
+            {"op":"insert","key":"call/12","value":"x","ttl":"1h"},
+            {"op":"update","key":"call/11","value":"answered","if_version":1}]"#,
+    )
+    .unwrap();
+    let out = batch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("applied 3 ops at revision"));
+
+    // The TTL runs out: the record turns EXPIRED.
+    wait_until(Duration::from_secs(5), "call/9 to expire", || {
+        let g = run(&["get", "call/9", "--json"]);
+        String::from_utf8_lossy(&g.stdout).contains(r#""state":"EXPIRED""#)
+    });
+    // The watch saw the whole story, in order.
+    wait_until(
+        Duration::from_secs(5),
+        "the watch to print the expiry",
+        || {
+            std::fs::read_to_string(&watch_out)
+                .unwrap_or_default()
+                .contains(r#""event":"EXPIRED""#)
+        },
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&watch_out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let story: Vec<(String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("INSERTED", "call/9"),
+        ("INSERTED", "call/11"),
+        ("INSERTED", "call/12"),
+        ("UPDATED", "call/11"),
+        ("EXPIRED", "call/9"),
+    ];
+    assert_eq!(
+        story,
+        expect
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let revisions: Vec<u64> = lines
+        .iter()
+        .map(|v| v["revision"].as_u64().unwrap())
+        .collect();
+    assert!(revisions.windows(2).all(|w| w[0] <= w[1]), "{revisions:?}");
+    assert_eq!(
+        lines[1]["value"], r#"{"status":"ringing"}"#,
+        "JSON values are sent as their JSON text"
+    );
 }

@@ -684,6 +684,7 @@ async fn a_watcher_that_stops_reading_is_cancelled_without_stalling_writes() {
     let write_time = started.elapsed();
     // The watcher gets what was queued for it, then a status saying why it was cut off.
     let mut events = 0;
+    let mut last_revision = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         assert!(
@@ -694,12 +695,25 @@ async fn a_watcher_that_stops_reading_is_cancelled_without_stalling_writes() {
             .await
             .expect("stream stalled")
         {
-            Ok(Some(m)) => events += m.events.len(),
+            Ok(Some(m)) => {
+                events += m.events.len();
+                last_revision = m.events.last().map_or(last_revision, |e| e.revision);
+            }
             Ok(None) => panic!("stream ended without a status after {events} events"),
             Err(s) => break s,
         }
         assert!(events < 40_000, "the slow watcher was never cut off");
     };
+    // Everything queued before the cut was delivered, so the revision to
+    // resume from is exactly the one after the last received.
+    assert!(
+        status
+            .message()
+            .ends_with(&format!("resume with from_revision {}", last_revision + 1)),
+        "{} (last received revision {last_revision})",
+        status.message()
+    );
+    assert_eq!(events % 1_000, 0, "whole 1000-op revisions only");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("resume with from_revision"),

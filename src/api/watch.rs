@@ -14,9 +14,11 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -60,21 +62,47 @@ pub fn watch_stream(store: Arc<Store>, req: pb::WatchRequest) -> Result<WatchStr
         ms => Duration::from_millis(ms.into()),
     };
     let (tx, rx) = mpsc::channel(QUEUE);
+    let cancel = Arc::new(Mutex::new(None));
     let w = Watcher {
         store,
         prefix: req.prefix,
         tx,
+        cancel: cancel.clone(),
         sent_through: req.from_revision.saturating_sub(1),
         progress,
     };
     tokio::spawn(w.run(backlog, live));
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(Box::pin(WatchOutput {
+        queue: ReceiverStream::new(rx),
+        cancel,
+    }))
+}
+
+/// The stream a client reads: the queued messages, then (once the watcher
+/// has stopped) the reason it was cancelled, if any. Queued messages are not
+/// dropped, so the revision named in the reason is exactly where to resume.
+struct WatchOutput {
+    queue: ReceiverStream<Result<pb::WatchResponse, Status>>,
+    cancel: Arc<Mutex<Option<Status>>>,
+}
+
+impl Stream for WatchOutput {
+    type Item = Result<pb::WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.queue).poll_next(cx) {
+            Poll::Ready(None) => Poll::Ready(self.cancel.lock().take().map(Err)),
+            other => other,
+        }
+    }
 }
 
 struct Watcher {
     store: Arc<Store>,
     prefix: String,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    /// Why the watcher gave up; delivered after the queued messages.
+    cancel: Arc<Mutex<Option<Status>>>,
     /// Every event up to this revision has been sent (or filtered out).
     sent_through: u64,
     progress: Duration,
@@ -107,7 +135,7 @@ impl Watcher {
             };
             match first {
                 Ok(e) => pending.push(e),
-                Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n),
                 Err(broadcast::error::RecvError::Closed) => return,
             }
             // Take what else is queued, and always the rest of a revision
@@ -121,15 +149,13 @@ impl Watcher {
                 let next = if mid_revision {
                     match live.recv().await {
                         Ok(e) => e,
-                        Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
+                        Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n),
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
                 } else {
                     match live.try_recv() {
                         Ok(e) => e,
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            return self.lagged(n).await
-                        }
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => return self.lagged(n),
                         Err(_) => break,
                     }
                 };
@@ -143,10 +169,7 @@ impl Watcher {
             Ok(Ok(())) => Sent::Ok,
             Ok(Err(_)) => Sent::Done,
             Err(_) => {
-                let _ = self.tx.try_send(Err(Status::resource_exhausted(format!(
-                    "watch cancelled: the watcher read nothing for {STUCK_AFTER:?}; resume with from_revision {}",
-                    self.sent_through + 1
-                ))));
+                self.cancel(format!("the watcher read nothing for {STUCK_AFTER:?}"));
                 Sent::Done
             }
         }
@@ -206,7 +229,7 @@ impl Watcher {
                 return Sent::Ok;
             }
             Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                self.lagged(n).await;
+                self.lagged(n);
                 return Sent::Done;
             }
             Err(_) => {}
@@ -221,14 +244,18 @@ impl Watcher {
         .await
     }
 
-    async fn lagged(&self, missed: u64) {
-        let _ = self
-            .send(Err(Status::resource_exhausted(format!(
-                "watch cancelled: the watcher fell {missed} events behind the live feed (buffer {}); resume with \
-                 from_revision {}",
-                crate::state::LIVE_BUFFER,
-                self.sent_through + 1
-            ))))
-            .await;
+    fn lagged(&self, missed: u64) {
+        self.cancel(format!(
+            "the watcher fell {missed} events behind the live feed (buffer {})",
+            crate::state::LIVE_BUFFER
+        ));
+    }
+
+    /// Ends the stream with RESOURCE_EXHAUSTED once the queued messages are read.
+    fn cancel(&self, why: String) {
+        *self.cancel.lock() = Some(Status::resource_exhausted(format!(
+            "watch cancelled: {why}; resume with from_revision {}",
+            self.sent_through + 1
+        )));
     }
 }

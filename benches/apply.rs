@@ -1,0 +1,93 @@
+//! Micro benchmarks of the state machine's apply path: the cost per command
+//! of Insert, Update (with a TTL refresh) and Expire batches, independent of
+//! Raft and the network. Run: `cargo bench --bench apply`.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use inflight::state::{Action, Command, Op, Store, TtlChange};
+
+const VALUE: &[u8; 256] = &[b'x'; 256];
+
+fn key(i: u64) -> String {
+    format!("call/{i:010}-0123456789abcdef0123")
+}
+
+fn insert(i: u64, ttl_ms: Option<u64>) -> Command {
+    Command::op(
+        1_000,
+        Op::Insert {
+            key: key(i),
+            value: Bytes::from_static(VALUE),
+            ttl_ms,
+        },
+    )
+}
+
+/// A store holding `n` records with 1 s TTLs, applied at indexes 1..=n.
+fn populated(n: u64) -> Store {
+    let s = Store::new();
+    for i in 0..n {
+        s.apply(i + 1, &insert(i, Some(1_000))).expect("insert");
+    }
+    s
+}
+
+fn bench_apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply");
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function("insert", |b| {
+        let s = Store::new();
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            s.apply(i, &insert(i, None)).expect("insert")
+        })
+    });
+
+    g.bench_function("update_with_ttl_refresh", |b| {
+        let n = 100_000;
+        let s = populated(n);
+        let mut i = n;
+        b.iter(|| {
+            i += 1;
+            let cmd = Command::op(
+                2_000,
+                Op::Update {
+                    key: key(i % n),
+                    value: Bytes::from_static(VALUE),
+                    if_version: None,
+                    ttl: TtlChange::Set(30_000),
+                },
+            );
+            s.apply(i, &cmd).expect("update")
+        })
+    });
+
+    let batch = 500u64;
+    g.throughput(Throughput::Elements(batch));
+    g.bench_function("expire_batch_of_500", |b| {
+        b.iter_batched(
+            || {
+                let s = populated(batch);
+                let keys = s.due(10_000, batch as usize);
+                (s, keys)
+            },
+            |(s, keys)| {
+                let cmd = Command {
+                    at_ms: 10_000,
+                    request: None,
+                    action: Action::Expire { keys, drop: false },
+                };
+                let expired = s.apply(batch + 1, &cmd).expect("expire");
+                assert_eq!(expired.len(), batch as usize);
+                s
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_apply);
+criterion_main!(benches);
