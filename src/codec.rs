@@ -20,6 +20,16 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// No single encoded value we read from the network or the log may claim
+/// more than this. bincode allocates a claimed length before reading it, so
+/// without a bound a few garbage bytes could ask for terabytes and abort the
+/// process.
+pub const MAX_DECODED: usize = 1 << 30;
+
+/// Snapshots may be larger; they are CRC-checked before they are decoded, so
+/// only a well-formed (not random) input reaches this bound.
+pub const MAX_SNAPSHOT_DECODED: usize = 1 << 36;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
@@ -37,8 +47,20 @@ pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), Cod
 
 /// Decodes exactly one value; bytes left over are an error, not ignored.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config().with_limit::<MAX_DECODED>())
+            .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if read != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - read));
+    }
+    Ok(value)
+}
+
+/// `decode` for snapshot payloads, with the larger bound.
+pub fn decode_snapshot_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config().with_limit::<MAX_SNAPSHOT_DECODED>())
+            .map_err(|e| CodecError::Decode(e.to_string()))?;
     if read != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - read));
     }
@@ -65,6 +87,16 @@ mod tests {
             decode::<(u64, String)>(&bytes),
             Err(CodecError::Trailing(1))
         ));
+    }
+
+    #[test]
+    fn a_huge_claimed_length_is_refused_before_allocating() {
+        // A varint length prefix claiming 2^40 bytes, then nothing.
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
+        assert!(decode::<String>(&bytes).is_err());
+        assert!(decode_snapshot_payload::<Vec<u8>>(&bytes).is_err());
     }
 
     #[test]

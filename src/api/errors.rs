@@ -56,7 +56,9 @@ impl ApiError {
 
     /// The error for a failed command; batches name the failing op.
     pub fn from_failure(f: Failure, batch: bool) -> Self {
-        if batch {
+        // A reused request id is about the whole request, not one of its ops.
+        let whole = matches!(f.rejection, Rejection::RequestIdReused { .. });
+        if batch && !whole {
             ApiError::BatchRejected {
                 index: f.index,
                 rejection: f.rejection,

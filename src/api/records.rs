@@ -99,6 +99,22 @@ impl RecordService {
         Ok(Response::new(mutation_response(a)))
     }
 
+    /// Reads the local table, and the revision it is at (read after the data,
+    /// so it is never older than what is returned). A read that overlapped a
+    /// snapshot install could mix two states, so it is refused.
+    fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<(T, u64), ApiError> {
+        let before = self.store.restore_generation();
+        let value = f(&self.store);
+        let revision = self.store.revision();
+        if before % 2 == 1 || self.store.restore_generation() != before {
+            return Err(ApiError::Unavailable(
+                "node is installing a snapshot from the leader; retry, or read from another node"
+                    .into(),
+            ));
+        }
+        Ok((value, revision))
+    }
+
     /// Makes the local state fit for a read at the requested consistency.
     async fn read_barrier(
         &self,
@@ -323,8 +339,8 @@ impl pb::in_flight_server::InFlight for RecordService {
         let r = req.into_inner();
         self.limits.key("key", &r.key)?;
         self.read_barrier(r.consistency, r.max_staleness_ms).await?;
-        let revision = self.store.revision();
-        match self.store.get(&r.key) {
+        let (found, revision) = self.read(|s| s.get(&r.key))?;
+        match found {
             Some(rec) => Ok(Response::new(pb::GetResponse {
                 record: Some(record_to_pb(r.key, rec)),
                 revision,
@@ -344,9 +360,8 @@ impl pb::in_flight_server::InFlight for RecordService {
         self.limits.prefix("after_key", &r.after_key)?;
         let limit = self.limits.scan_limit(r.limit)?;
         self.read_barrier(r.consistency, r.max_staleness_ms).await?;
-        let revision = self.store.revision();
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
-        let page = self.store.scan(&r.prefix, after, limit, SCAN_PAGE_BYTES);
+        let (page, revision) = self.read(|s| s.scan(&r.prefix, after, limit, SCAN_PAGE_BYTES))?;
         Ok(Response::new(pb::ScanResponse {
             records: page
                 .records

@@ -30,6 +30,7 @@ use crate::state::{Event, EventKind, Store};
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 const DEFAULT_PROGRESS: Duration = Duration::from_millis(5_000);
+const MIN_PROGRESS: Duration = Duration::from_millis(100);
 /// Events per message, at most (a larger revision still goes out whole).
 const EVENTS_PER_MESSAGE: usize = 256;
 /// Messages queued for one stream before the watcher counts as slow.
@@ -59,6 +60,12 @@ pub fn watch_stream(store: Arc<Store>, req: pb::WatchRequest) -> Result<WatchStr
         .map_err(|c| Status::out_of_range(c.to_string()))?;
     let progress = match req.progress_interval_ms {
         0 => DEFAULT_PROGRESS,
+        ms if u64::from(ms) < MIN_PROGRESS.as_millis() as u64 => {
+            return Err(Status::invalid_argument(format!(
+                "progress_interval_ms: {ms} is below the minimum of {} ms",
+                MIN_PROGRESS.as_millis()
+            )))
+        }
         ms => Duration::from_millis(ms.into()),
     };
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -126,7 +133,7 @@ impl Watcher {
             let first = tokio::select! {
                 r = live.recv() => r,
                 _ = tokio::time::sleep(self.progress) => {
-                    if let Sent::Done = self.send_progress(&mut live, &mut pending).await {
+                    if let Sent::Done = self.send_progress(&live).await {
                         return;
                     }
                     continue;
@@ -136,7 +143,7 @@ impl Watcher {
             match first {
                 Ok(e) => pending.push(e),
                 Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n),
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => return self.replaced(),
             }
             // Take what else is queued, and always the rest of a revision
             // begun (apply is publishing it right now): only whole revisions
@@ -150,7 +157,7 @@ impl Watcher {
                     match live.recv().await {
                         Ok(e) => e,
                         Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n),
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        Err(broadcast::error::RecvError::Closed) => return self.replaced(),
                     }
                 } else {
                     match live.try_recv() {
@@ -193,6 +200,8 @@ impl Watcher {
                 if let Sent::Done = self.send(Ok(msg)).await {
                     return Sent::Done;
                 }
+                // Delivered whole revisions: a cancellation from here on names the next one.
+                self.sent_through = batch_rev;
             }
             batch_rev = e.revision;
             if e.key.starts_with(&self.prefix) {
@@ -215,24 +224,13 @@ impl Watcher {
 
     /// A progress message, but only if nothing is waiting in the feed: the
     /// revision it reports must not run ahead of the events delivered.
-    async fn send_progress(
-        &mut self,
-        live: &mut broadcast::Receiver<Arc<Event>>,
-        pending: &mut Vec<Arc<Event>>,
-    ) -> Sent {
+    async fn send_progress(&mut self, live: &broadcast::Receiver<Arc<Event>>) -> Sent {
         // Applied revision first, then the feed: events are published before
         // the revision advances, so an empty feed means all of them are here.
+        // A non-empty one is left for the main loop, which takes whole revisions.
         let revision = self.store.revision();
-        match live.try_recv() {
-            Ok(e) => {
-                pending.push(e);
-                return Sent::Ok;
-            }
-            Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                self.lagged(n);
-                return Sent::Done;
-            }
-            Err(_) => {}
+        if !live.is_empty() {
+            return Sent::Ok;
         }
         let revision = revision.max(self.sent_through);
         self.sent_through = revision;
@@ -242,6 +240,17 @@ impl Watcher {
             progress: true,
         }))
         .await
+    }
+
+    /// The node replaced its state with a snapshot: the events between what
+    /// this watcher saw and the snapshot are not available here.
+    fn replaced(&self) {
+        *self.cancel.lock() = Some(Status::out_of_range(format!(
+            "watch cancelled: this node replaced its state with a snapshot, so the events after revision {} \
+             are not all available here; re-read the state, then watch from revision {}",
+            self.sent_through,
+            self.store.events().oldest_revision()
+        )));
     }
 
     fn lagged(&self, missed: u64) {

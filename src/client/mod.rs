@@ -207,7 +207,9 @@ impl Client {
                         _ => self.rotate(&target),
                     }
                 }
-                // Safe to retry: every call made here is a read or carries a request id.
+                // Safe to retry: every call made here is a read, carries a request
+                // id, or is a membership change the server treats as idempotent
+                // (adding a member twice or promoting a voter is a no-op).
                 Code::DeadlineExceeded | Code::Unknown => self.rotate(&target),
                 _ => return Err(status),
             }

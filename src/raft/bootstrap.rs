@@ -178,6 +178,9 @@ impl RaftNode {
             max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
             install_snapshot_timeout: 30_000,
             enable_pre_vote: Some(true),
+            // Bounds one AppendEntries message: 32 entries of at most a
+            // 4 MiB batch each stay under the 256 MiB peer message limit.
+            max_payload_entries: 32,
             ..Default::default()
         }
         .validate()

@@ -10,7 +10,9 @@
 //! Encoding and writing the file then happen on a blocking thread while
 //! applies go on. A snapshot is one self-checking blob:
 //! `MAGIC | crc32 | encoded (SnapshotMeta, SnapshotBody)`; the same bytes are
-//! stored in `DIR/current.snap` (replaced atomically) and streamed to peers.
+//! stored as `DIR/snap-<index>.snap` (written, fsynced, renamed; older ones
+//! removed) and streamed to peers. A snapshot never replaces a newer one: a
+//! build of older state that finishes after an install is dropped.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -39,12 +41,44 @@ struct Inner {
     /// Where snapshots are kept in `disk` durability; `None` keeps them in memory.
     dir: Option<PathBuf>,
     current: Mutex<Option<CurrentSnapshot>>,
+    /// Serializes `keep`: a snapshot built from older state must never
+    /// replace a newer one installed meanwhile (builds run concurrently).
+    keeping: Mutex<()>,
 }
 
+#[derive(Clone)]
 struct CurrentSnapshot {
     meta: SnapshotMeta,
-    /// The blob itself in `memory` durability; in `disk` it is read from the file.
+    /// `memory` durability: the blob itself. `disk`: it is in `snapshot_file`.
     bytes: Option<Arc<Vec<u8>>>,
+}
+
+fn snapshot_index(meta: &SnapshotMeta) -> u64 {
+    meta.last_log_id.map(|l| l.index).unwrap_or(0)
+}
+
+/// `DIR/snap-<index>.snap`: the name says which snapshot a file holds, so a
+/// reader never pairs one snapshot's meta with another's bytes.
+fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("snap-{index:020}.snap"))
+}
+
+fn snapshot_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for ent in std::fs::read_dir(dir)? {
+        let path = ent?.path();
+        let index = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            n.strip_prefix("snap-")?
+                .strip_suffix(".snap")?
+                .parse::<u64>()
+                .ok()
+        });
+        if let Some(i) = index {
+            out.push((i, path));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 impl StateMachineStore {
@@ -53,28 +87,32 @@ impl StateMachineStore {
         Self::new(store, None)
     }
 
-    /// A state machine whose snapshots live in `dir`; restores the last one.
+    /// A state machine whose snapshots live in `dir`; restores the newest one.
     pub fn open(store: Arc<Store>, dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let sm = Self::new(store, Some(dir.to_path_buf()));
-        let path = dir.join("current.snap");
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let (meta, body) = decode_snapshot(&bytes).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "snapshot {} is unreadable: {e}. Remove this node's data directory and \
-                             add it back under a new id",
-                            path.display()
-                        ),
-                    )
-                })?;
-                tracing::info!(index = ?meta.last_log_id.map(|l| l.index), records = body.records.len(), "restored snapshot");
-                sm.restore(meta, body, None);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Some((_, path)) = snapshot_files(dir)?.pop() {
+            let bytes = std::fs::read(&path)?;
+            let (meta, body) = decode_snapshot(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "snapshot {} is unreadable: {e}. Remove this node's data directory and \
+                         add it back under a new id",
+                        path.display()
+                    ),
+                )
+            })?;
+            tracing::info!(
+                index = snapshot_index(&meta),
+                records = body.records.len(),
+                "restored snapshot"
+            );
+            *sm.inner.current.lock() = Some(CurrentSnapshot {
+                meta: meta.clone(),
+                bytes: None,
+            });
+            sm.restore(meta, body);
         }
         Ok(sm)
     }
@@ -86,6 +124,7 @@ impl StateMachineStore {
                 applied: Mutex::new((None, StoredMembership::default())),
                 dir,
                 current: Mutex::new(None),
+                keeping: Mutex::new(()),
             }),
         }
     }
@@ -100,22 +139,33 @@ impl StateMachineStore {
             .current
             .lock()
             .as_ref()
-            .and_then(|c| c.meta.last_log_id.map(|l| l.index))
+            .map(|c| snapshot_index(&c.meta))
     }
 
-    fn restore(&self, meta: SnapshotMeta, body: SnapshotBody, bytes: Option<Arc<Vec<u8>>>) {
-        let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.inner.store.restore(body, revision);
-        *self.inner.applied.lock() = (meta.last_log_id, meta.last_membership.clone());
-        *self.inner.current.lock() = Some(CurrentSnapshot { meta, bytes });
+    /// Replaces the state with a snapshot's.
+    fn restore(&self, meta: SnapshotMeta, body: SnapshotBody) {
+        self.inner.store.restore(body, snapshot_index(&meta));
+        *self.inner.applied.lock() = (meta.last_log_id, meta.last_membership);
     }
 
-    /// Keeps `bytes` as the current snapshot: atomically replaced on disk, or in memory.
-    fn keep(&self, meta: &SnapshotMeta, bytes: &Arc<Vec<u8>>) -> io::Result<()> {
+    /// Keeps `bytes` as the current snapshot (a file in `disk` durability),
+    /// unless the one already kept is at least as new. Blocking I/O.
+    fn keep(&self, meta: &SnapshotMeta, bytes: &Arc<Vec<u8>>) -> io::Result<bool> {
+        let _one_at_a_time = self.inner.keeping.lock();
+        let newer = self
+            .inner
+            .current
+            .lock()
+            .as_ref()
+            .is_none_or(|c| c.meta.last_log_id < meta.last_log_id);
+        if !newer {
+            return Ok(false);
+        }
+        let index = snapshot_index(meta);
         let kept = match &self.inner.dir {
             Some(dir) => {
-                let tmp = dir.join("current.snap.tmp");
-                let path = dir.join("current.snap");
+                let path = snapshot_file(dir, index);
+                let tmp = path.with_extension("tmp");
                 {
                     let mut f = std::fs::File::create(&tmp)?;
                     f.write_all(bytes)?;
@@ -127,18 +177,18 @@ impl StateMachineStore {
             }
             None => Some(bytes.clone()),
         };
-        let mut cur = self.inner.current.lock();
-        let newer = cur
-            .as_ref()
-            .map(|c| c.meta.last_log_id < meta.last_log_id)
-            .unwrap_or(true);
-        if newer {
-            *cur = Some(CurrentSnapshot {
-                meta: meta.clone(),
-                bytes: kept,
-            });
+        *self.inner.current.lock() = Some(CurrentSnapshot {
+            meta: meta.clone(),
+            bytes: kept,
+        });
+        if let Some(dir) = &self.inner.dir {
+            for (i, old) in snapshot_files(dir)? {
+                if i < index {
+                    std::fs::remove_file(old)?;
+                }
+            }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -162,7 +212,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
         return Err("checksum mismatch".into());
     }
     let (meta, body): (SnapshotMeta, SnapshotBody) =
-        codec::decode(payload).map_err(|e| e.to_string())?;
+        codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
     if body.format != SNAPSHOT_FORMAT {
         return Err(format!(
             "unknown snapshot format {} (this build reads {SNAPSHOT_FORMAT})",
@@ -272,8 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })?;
             sm.keep(&meta, &bytes)?;
             let records = body.records.len();
-            let keep_bytes = sm.inner.dir.is_none().then_some(bytes);
-            sm.restore(meta.clone(), body, keep_bytes);
+            sm.restore(meta.clone(), body);
             tracing::info!(index = ?meta.last_log_id.map(|l| l.index), records, "installed snapshot from leader");
             Ok(())
         })
@@ -282,24 +331,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let (meta, bytes) = {
-            let cur = self.inner.current.lock();
-            match cur.as_ref() {
-                None => return Ok(None),
-                Some(c) => (c.meta.clone(), c.bytes.clone()),
-            }
-        };
-        let data = match (bytes, &self.inner.dir) {
-            (Some(b), _) => (*b).clone(),
-            (None, Some(dir)) => {
-                let path = dir.join("current.snap");
-                tokio::fs::read(&path).await?
-            }
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: data,
-        }))
+        // A newer snapshot may replace (and delete) the file between taking
+        // the meta and reading it; then take the newer one.
+        for _ in 0..3 {
+            let Some(cur) = self.inner.current.lock().clone() else {
+                return Ok(None);
+            };
+            let data = match (cur.bytes, &self.inner.dir) {
+                (Some(b), _) => (*b).clone(),
+                (None, Some(dir)) => {
+                    match tokio::fs::read(snapshot_file(dir, snapshot_index(&cur.meta))).await {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                (None, None) => return Ok(None),
+            };
+            return Ok(Some(Snapshot {
+                meta: cur.meta,
+                snapshot: data,
+            }));
+        }
+        Err(io::Error::other(
+            "the current snapshot kept being replaced while being read",
+        ))
     }
 }

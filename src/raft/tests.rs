@@ -235,3 +235,43 @@ async fn segments_rotate_and_fully_purged_ones_are_removed() {
     let kept: Vec<u64> = rec.entries.keys().copied().collect();
     assert_eq!(kept, (151..=201).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_before_the_last_segment_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    {
+        let (wal, _) = Wal::open(&wal_dir, 4096).unwrap();
+        for i in 1..=100u64 {
+            let e = normal(i, &format!("key-{i:04}-{}", "x".repeat(100)));
+            let (tx, rx) = std::sync::mpsc::channel();
+            wal.append(
+                super::wal::entry_frames([&e]).unwrap(),
+                i,
+                Box::new(move |r| tx.send(r).unwrap()),
+            )
+            .unwrap();
+            rx.recv().unwrap().unwrap();
+        }
+    }
+    let mut segs: Vec<_> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    assert!(segs.len() > 2);
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0xff;
+    std::fs::write(&segs[0], &bytes).unwrap();
+    let err = match Wal::open(&wal_dir, 4096) {
+        Ok(_) => panic!("opened a log with a hole in the middle"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("refusing to start") && err.contains("later segment"),
+        "{err}"
+    );
+    // Nothing was deleted on the way.
+    assert_eq!(std::fs::read_dir(&wal_dir).unwrap().count(), segs.len());
+}

@@ -20,11 +20,17 @@
 //! | 4 | Option<log id> | committed (a hint; not fsynced on its own) |
 //!
 //! Recovery reads records until the first frame that is short, fails its CRC
-//! or does not decode. Everything before it is kept; it and everything after
-//! it is cut off (the file truncated there, later segments removed) and one
-//! warning line says what was discarded. A torn last write from a crash looks
-//! exactly like this, and the entries it held were never acknowledged. Lost
-//! acknowledged entries (real media corruption) are re-sent by the leader.
+//! or does not decode. In the last segment that is a torn tail: everything
+//! before it is kept, the file is cut there, one warning line says what was
+//! discarded, and the node catches up from the leader. A crash mid-write
+//! looks exactly like this, and the entries of an unfinished write were never
+//! acknowledged. Damage in an older segment, or a gap in the indexes, is not
+//! a tail: later segments hold fsynced entries, so the node refuses to start
+//! rather than forget entries it may have acknowledged.
+//!
+//! Ordering on disk: a purge record is fsynced before any segment it makes
+//! obsolete is removed, and a full segment is fsynced before the next one is
+//! started, so recovery never finds newer durable data behind lost older data.
 //!
 //! Group commit: one writer thread takes every request queued since its last
 //! write, writes them with one `write` and makes them durable with one
@@ -120,6 +126,18 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Damage that recovery must not paper over: it would forget entries this
+/// node may have acknowledged.
+fn unrecoverable(what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "wal: {what}; refusing to start, since entries this node acknowledged may be lost. \
+             Remove this node's data directory and add it back under a new id"
+        ),
+    )
 }
 
 /// Why a frame could not be read.
@@ -249,11 +267,6 @@ impl Wal {
         let mut segments = Vec::new();
         let mut cut: Option<String> = None;
         for (i, (seq, path)) in found.iter().enumerate() {
-            if cut.is_some() {
-                // Everything after a damaged record is discarded, whole segments included.
-                fs::remove_file(path)?;
-                continue;
-            }
             let mut bytes = Vec::new();
             File::open(path)?.read_to_end(&mut bytes)?;
             let mut max_index = 0;
@@ -264,12 +277,21 @@ impl Wal {
                     FrameError::Torn(w) => format!("torn write ({w})"),
                     FrameError::Corrupt(w) => format!("corrupt record ({w})"),
                 };
+                if later > 0 {
+                    // Not a tail: later segments hold entries that were fsynced
+                    // (and maybe acknowledged) after this one; dropping them
+                    // could lose committed entries, so stop instead.
+                    return Err(unrecoverable(format!(
+                        "{what} in {} at offset {valid}, with {later} later segment(s) after it",
+                        path.display()
+                    )));
+                }
                 OpenOptions::new()
                     .write(true)
                     .open(path)?
                     .set_len(valid as u64)?;
                 cut = Some(format!(
-                    "{what} in {} at offset {valid}: kept the {valid} valid bytes before it, discarded {} bytes and {later} later segment(s)",
+                    "{what} in {} at offset {valid}: kept the {valid} valid bytes before it, discarded the {} bytes after",
                     path.display(),
                     bytes.len() - valid,
                 ));
@@ -291,33 +313,19 @@ impl Wal {
         // Entries must be contiguous after the purge point; keep the prefix that is.
         let first_expected = st.purged.as_ref().map(|p| p.index + 1).unwrap_or(0);
         st.entries = st.entries.split_off(&first_expected);
-        let mut expect = st.entries.first_key_value().map(|(i, _)| *i);
-        if let (Some(first), true) = (expect, st.purged.is_some()) {
+        if let (Some((&first, _)), true) = (st.entries.first_key_value(), st.purged.is_some()) {
             if first != first_expected {
-                tracing::warn!(
-                    first,
-                    first_expected,
-                    "wal recovery: gap after the purge point; dropping entries"
-                );
-                st.entries.clear();
-                expect = None;
+                return Err(unrecoverable(format!(
+                    "the log resumes at index {first} but the purge point is {}",
+                    first_expected - 1
+                )));
             }
         }
-        if let Some(mut next) = expect {
-            let mut gap = None;
-            for i in st.entries.keys() {
-                if *i != next {
-                    gap = Some(*i);
-                    break;
-                }
-                next += 1;
-            }
-            if let Some(g) = gap {
-                tracing::warn!(
-                    at = g,
-                    "wal recovery: gap in log indexes; keeping the contiguous prefix"
-                );
-                st.entries.split_off(&g);
+        for (prev, next) in st.entries.keys().zip(st.entries.keys().skip(1)) {
+            if *next != prev + 1 {
+                return Err(unrecoverable(format!(
+                    "the log skips from index {prev} to {next}"
+                )));
             }
         }
         // Committed may only point at entries we still have (or the purge point).
@@ -472,6 +480,9 @@ impl Writer {
                         if Some(upto) > self.purged {
                             self.purged = Some(upto);
                         }
+                        // Segments are deleted on the strength of this record,
+                        // so it must be durable first.
+                        sync = true;
                         if let Err(e) = frame(&mut buf, TAG_PURGE, &upto) {
                             tracing::error!(error = %e, "wal: cannot encode purge record");
                         }
@@ -535,6 +546,9 @@ impl Writer {
     /// whose entries are all purged.
     fn maintain(&mut self) -> io::Result<()> {
         if self.size >= self.segment_bytes {
+            // Whatever went into the old segment unsynced (commit hints,
+            // truncations) must not be lost behind fsynced newer segments.
+            self.file.sync_data()?;
             let seq = self.segments.last().map(|s| s.seq + 1).unwrap_or(1);
             let path = segment_path(&self.dir, seq);
             let mut file = OpenOptions::new()

@@ -67,10 +67,12 @@ pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 
 pub struct EventLog {
     window: Mutex<Window>,
-    live: broadcast::Sender<Arc<Event>>,
 }
 
 struct Window {
+    /// The live feed. Replaced on `reset`, which ends every subscription:
+    /// their watchers cannot continue across a snapshot install.
+    live: broadcast::Sender<Arc<Event>>,
     events: VecDeque<Arc<Event>>,
     /// Every event with a revision at or below this is gone from the window.
     compacted: u64,
@@ -95,11 +97,11 @@ impl EventLog {
     pub fn new(limits: WindowLimits) -> Self {
         EventLog {
             window: Mutex::new(Window {
+                live: broadcast::channel(LIVE_BUFFER).0,
                 events: VecDeque::new(),
                 compacted: 0,
                 limits,
             }),
-            live: broadcast::channel(LIVE_BUFFER).0,
         }
     }
 
@@ -120,7 +122,7 @@ impl EventLog {
             w.events.push_back(e.clone());
             // Sent under the window lock: a subscriber either sees an event in
             // the backlog it copies or receives it live, never both or neither.
-            let _ = self.live.send(e);
+            let _ = w.live.send(e);
         }
         w.trim(newest_ms);
     }
@@ -129,7 +131,7 @@ impl EventLog {
     /// events at or after it, and a receiver for everything applied later.
     pub fn subscribe(&self, from_revision: u64) -> Result<Subscription, Compacted> {
         let w = self.window.lock();
-        let rx = self.live.subscribe();
+        let rx = w.live.subscribe();
         if from_revision == 0 {
             return Ok((Vec::new(), rx));
         }
@@ -153,6 +155,7 @@ impl EventLog {
         let mut w = self.window.lock();
         w.events.clear();
         w.compacted = revision;
+        w.live = broadcast::channel(LIVE_BUFFER).0;
     }
 
     /// The oldest revision a watch may start from.

@@ -29,6 +29,9 @@ pub struct Store {
     revision: AtomicU64,
     /// Approximate bytes held by records (keys, values, metadata).
     bytes: AtomicUsize,
+    /// Odd while `restore` replaces the table; bumped before and after, so a
+    /// reader can tell that its read overlapped a restore (seqlock style).
+    restores: AtomicU64,
 }
 
 /// One page of a scan.
@@ -67,6 +70,12 @@ impl Store {
 
     pub fn memory_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The restore generation: odd while a restore is under way. A read that
+    /// sees the same even value before and after did not overlap a restore.
+    pub fn restore_generation(&self) -> u64 {
+        self.restores.load(Ordering::Acquire)
     }
 
     pub fn remembered_requests(&self) -> usize {
@@ -308,6 +317,7 @@ impl Store {
 
     /// Replaces the whole state with a snapshot's content.
     pub fn restore(&self, body: SnapshotBody, revision: u64) {
+        self.restores.fetch_add(1, Ordering::AcqRel);
         let mut order = self.order.write();
         let mut deadlines = self.deadlines.lock();
         self.records.clear();
@@ -327,6 +337,7 @@ impl Store {
         self.bytes.store(bytes, Ordering::Relaxed);
         self.events.reset(revision);
         self.advance_revision(revision);
+        self.restores.fetch_add(1, Ordering::AcqRel);
     }
 }
 
