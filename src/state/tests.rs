@@ -451,3 +451,19 @@ fn event_window_resumes_in_order_and_compacts_whole_revisions() {
     let live = rx.try_recv().unwrap();
     assert_eq!((live.revision, live.kind), (5, EventKind::Deleted));
 }
+
+#[test]
+fn restoring_a_snapshot_ends_live_subscriptions() {
+    let s = Store::new();
+    s.apply(1, &one(1, insert("a", "1"))).unwrap();
+    let (_, mut rx) = s.events().subscribe(0).unwrap();
+    let snapshot = s.export();
+    s.restore(snapshot, 40);
+    // The old feed is closed: a watcher learns it cannot continue seamlessly.
+    assert!(matches!(
+        rx.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Closed)
+    ));
+    assert_eq!(s.events().oldest_revision(), 41);
+    assert_eq!(s.restore_generation() % 2, 0, "restore finished");
+}
