@@ -47,20 +47,20 @@ pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), Cod
 
 /// Decodes exactly one value; bytes left over are an error, not ignored.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) =
-        bincode::serde::decode_from_slice(bytes, config().with_limit::<MAX_DECODED>())
-            .map_err(|e| CodecError::Decode(e.to_string()))?;
-    if read != bytes.len() {
-        return Err(CodecError::Trailing(bytes.len() - read));
-    }
-    Ok(value)
+    decode_with(bytes, config().with_limit::<MAX_DECODED>())
 }
 
 /// `decode` for snapshot payloads, with the larger bound.
 pub fn decode_snapshot_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) =
-        bincode::serde::decode_from_slice(bytes, config().with_limit::<MAX_SNAPSHOT_DECODED>())
-            .map_err(|e| CodecError::Decode(e.to_string()))?;
+    decode_with(bytes, config().with_limit::<MAX_SNAPSHOT_DECODED>())
+}
+
+fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
+    bytes: &[u8],
+    config: C,
+) -> Result<T, CodecError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
     if read != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - read));
     }

@@ -264,7 +264,7 @@ async fn cli_ttl_request_ids_batch_from_stdin_and_watch() {
             .unwrap(),
     );
 
-    let first = run(&[
+    let insert_with_id = [
         "insert",
         "call/9",
         "ringing",
@@ -272,22 +272,15 @@ async fn cli_ttl_request_ids_batch_from_stdin_and_watch() {
         "1s",
         "--request-id",
         "req-1",
-    ]);
+    ];
+    let first = run(&insert_with_id);
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
     // The same request again is answered with the same result, not applied twice.
-    let again = run(&[
-        "insert",
-        "call/9",
-        "ringing",
-        "--ttl",
-        "1s",
-        "--request-id",
-        "req-1",
-    ]);
+    let again = run(&insert_with_id);
     assert!(
         again.status.success(),
         "{}",
