@@ -5,8 +5,9 @@
 //! else to the next endpoint in turn; STALE reads go to the endpoints in
 //! turn, so followers share that load. When a node answers `UNAVAILABLE` with
 //! the leader's address in `x-inflight-leader`, the client follows it at once;
-//! when a node is down, times out or knows no leader, the client tries the
-//! next endpoint after an exponential backoff with jitter, until
+//! when a node is down, drops the connection mid-call, times out or knows no
+//! leader, the client tries the next endpoint after an exponential backoff
+//! with jitter, until
 //! `ClientOptions::retry_for` has passed. Other errors return at once.
 //!
 //! Every mutation carries a request id: the caller's, or a time-ordered
@@ -210,7 +211,9 @@ impl Client {
                 // Safe to retry: every call made here is a read, carries a request
                 // id, or is a membership change the server treats as idempotent
                 // (adding a member twice or promoting a voter is a no-op).
-                Code::DeadlineExceeded | Code::Unknown => self.rotate(&target),
+                // `Cancelled` is what a connection cut mid-call (a node killed
+                // under us) looks like; the call may or may not have landed.
+                Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => self.rotate(&target),
                 _ => return Err(status),
             }
             redirects = 0;
