@@ -1,9 +1,9 @@
 //! The operator HTTP port: `/livez`, `/readyz`, `/status`.
 //!
 //! `/livez` answers as long as the process serves HTTP. `/readyz` is 200 only
-//! when this node knows a leader, is a voter, has applied its log to within
-//! `READY_LAG` entries and has recovered after a restart; `?verbose` lists
-//! each check. `/status` is the same
+//! when this node knows a leader, heard from it within `READY_CONTACT_MS`,
+//! is a voter, has applied its log to within `READY_LAG` entries and has
+//! recovered after a restart; `?verbose` lists each check. `/status` is the same
 //! JSON as `inflight status --json` for this node.
 
 use axum::extract::{Query, State};
@@ -20,6 +20,9 @@ use crate::raft::bootstrap::RaftNode;
 
 /// How far applied may trail the local log for the node to count as caught up.
 pub const READY_LAG: u64 = 1_000;
+/// A node that has not heard from the leader (or, being the leader, from a
+/// quorum) for this long is cut off, whatever it still believes.
+pub const READY_CONTACT_MS: u64 = 3_000;
 
 pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Receiver<bool>) {
     let app = Router::new()
@@ -69,6 +72,16 @@ async fn readyz(State(node): State<RaftNode>, Query(q): Query<ReadyQuery>) -> im
             "recovered",
             s.recovered,
             "applied what the cluster committed before this node started".into(),
+        ),
+        (
+            "connected",
+            s.leader_contact_ms.is_some_and(|ms| ms <= READY_CONTACT_MS),
+            match s.leader_contact_ms {
+                Some(ms) => {
+                    format!("last heard from the leader (or, as leader, from a quorum) {ms} ms ago")
+                }
+                None => "has not heard from a leader".into(),
+            },
         ),
     ];
     let ok = checks.iter().all(|(_, pass, _)| *pass);

@@ -24,13 +24,27 @@ impl ClusterService {
         let m = self.node.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let within = self.reachable_within();
         pb::MemberListResponse {
             members: membership
                 .nodes()
-                .map(|(id, n)| pb::Member {
-                    id: *id,
-                    address: n.addr.clone(),
-                    voter: voters.contains(id),
+                .map(|(id, n)| {
+                    let last_ack_ms = if *id == self.node.id && m.state == ServerState::Leader {
+                        Some(0)
+                    } else {
+                        m.heartbeat.as_ref().and_then(|h| {
+                            h.get(id)
+                                .and_then(|t| t.as_ref())
+                                .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
+                        })
+                    };
+                    pb::Member {
+                        id: *id,
+                        address: n.addr.clone(),
+                        voter: voters.contains(id),
+                        last_ack_ms,
+                        reachable: last_ack_ms.is_some_and(|ms| ms <= within.as_millis() as u64),
+                    }
                 })
                 .collect(),
             leader_id: m.current_leader.unwrap_or(0),
@@ -60,6 +74,10 @@ pub fn node_status(node: &RaftNode) -> pb::NodeStatus {
         snapshot_index: node.sm.snapshot_index().unwrap_or(0),
         durability: node.durability.as_str().into(),
         recovered: node.is_recovered(),
+        memory_bytes: node.store.memory_bytes() as u64,
+        outbox_depth: node.store.waiting_for_handoff() as u64,
+        leader_contact_ms: node.leader_contact_ms(),
+        voters: membership.voter_ids().count() as u32,
     }
 }
 
@@ -78,6 +96,10 @@ pub fn status_json(s: &pb::NodeStatus) -> serde_json::Value {
         "snapshot_index": s.snapshot_index,
         "durability": s.durability,
         "recovered": s.recovered,
+        "memory_bytes": s.memory_bytes,
+        "outbox_depth": s.outbox_depth,
+        "leader_contact_ms": s.leader_contact_ms,
+        "voters": s.voters,
     })
 }
 
@@ -173,5 +195,125 @@ impl pb::cluster_server::Cluster for ClusterService {
             .map_err(ApiError::from)?;
         tracing::info!(id, "membership: promoted learner to voter");
         Ok(Response::new(self.members()))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let r = req.into_inner();
+        self.require_leader()?;
+        let existing = self.members();
+        let Some(member) = existing.members.iter().find(|m| m.id == r.id) else {
+            return Err(ApiError::NotFound(format!("id: node {} is not a member", r.id)).into());
+        };
+        let change = if member.voter {
+            let remaining: Vec<u64> = existing
+                .members
+                .iter()
+                .filter(|m| m.voter && m.id != r.id)
+                .map(|m| m.id)
+                .collect();
+            if remaining.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "id: node {} is the last voter; a cluster cannot remove its last voter",
+                    r.id
+                ))
+                .into());
+            }
+            let reachable = self.reachable_voters(&remaining);
+            let quorum = remaining.len() / 2 + 1;
+            if reachable < quorum && !r.force {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "removing node {} would leave {reachable} reachable voter(s) of {}, below the quorum of \
+                     {quorum}: the cluster could not commit anything. Pass force to remove it anyway",
+                    r.id,
+                    remaining.len()
+                ))
+                .into());
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([r.id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([r.id]))
+        };
+        self.node
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(id = r.id, force = r.force, "membership: removed node");
+        Ok(Response::new(self.members()))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let to = req.into_inner().to;
+        self.require_leader()?;
+        let members = self.members();
+        if !members.members.iter().any(|m| m.id == to && m.voter) {
+            return Err(
+                ApiError::FailedPrecondition(format!("to: node {to} is not a voter")).into(),
+            );
+        }
+        if to != self.node.id {
+            self.node
+                .raft
+                .trigger()
+                .transfer_leader(to)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("raft node stopped: {e}")))?;
+            let waited = self
+                .node
+                .raft
+                .wait(Some(TRANSFER_WAIT))
+                .metrics(|m| m.current_leader == Some(to), "leader transfer")
+                .await;
+            if waited.is_err() {
+                let now = self.node.raft.metrics().borrow_watched().current_leader;
+                return Err(ApiError::Unavailable(format!(
+                    "node {to} did not take over within {TRANSFER_WAIT:?} (leader now: {now:?}); it may be \
+                     lagging or unreachable"
+                ))
+                .into());
+            }
+            tracing::info!(from = self.node.id, to, "leadership transferred");
+        }
+        Ok(Response::new(pb::TransferLeaderResponse { leader_id: to }))
+    }
+}
+
+/// How long a leader transfer may take before the caller hears it failed.
+const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ClusterService {
+    fn require_leader(&self) -> Result<(), ApiError> {
+        if self.node.raft.is_leader() {
+            return Ok(());
+        }
+        let m = self.node.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| (l, n.addr.clone()))
+        });
+        Err(ApiError::NotLeader { leader })
+    }
+
+    /// A member counts as reachable if it acknowledged the leader within a
+    /// few heartbeats: tight, so a node that just died is not counted on.
+    fn reachable_within(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.node.raft.config().heartbeat_interval * 4 + 100)
+    }
+
+    /// How many of `voters` are reachable from the leader (this node).
+    fn reachable_voters(&self, voters: &[u64]) -> usize {
+        let members = self.members();
+        voters
+            .iter()
+            .filter(|id| members.members.iter().any(|m| m.id == **id && m.reachable))
+            .count()
     }
 }

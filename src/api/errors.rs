@@ -89,6 +89,10 @@ impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for ApiError {
                     _ => None,
                 })
             )),
+            // Another change is still being committed: retryable, not a refusal.
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                c @ openraft::errors::ChangeMembershipError::InProgress(_),
+            )) => ApiError::Unavailable(format!("membership change must wait: {c}")),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
                 ApiError::FailedPrecondition(format!("membership change refused: {c}"))
             }

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::async_runtime::WatchReceiver;
-use openraft::{ReadPolicy, ServerState};
+use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
 
 use super::watch::{watch_stream, WatchStream};
@@ -154,24 +153,12 @@ impl RecordService {
     /// A leader is as fresh as its last quorum acknowledgement; a follower as
     /// its last contact from a leader.
     fn check_staleness(&self, max: u64) -> Result<(), ApiError> {
-        let (state, quorum_ack) = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            (
-                m.state,
-                m.last_quorum_acked
-                    .as_ref()
-                    .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
-            )
+        let source = if self.raft.is_leader() {
+            "confirmed its leadership with a quorum"
+        } else {
+            "heard from the leader"
         };
-        let (staleness, source) = match state {
-            ServerState::Leader => (quorum_ack, "confirmed its leadership with a quorum"),
-            _ => (
-                self.node.leader_contact.millis_since(),
-                "heard from the leader",
-            ),
-        };
-        match staleness {
+        match self.node.leader_contact_ms() {
             Some(s) if s <= max => Ok(()),
             Some(s) => Err(ApiError::Unavailable(format!(
                 "max_staleness_ms: this node last {source} {s} ms ago, more than {max} ms; read from another node"

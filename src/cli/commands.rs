@@ -6,13 +6,13 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::json;
 
-use super::{Command, MemberCommand};
+use super::{Command, LeaderCommand, MemberCommand};
 use crate::api::status_json;
 use crate::client::Client;
 use crate::pb;
 
 /// How long `status` waits for each member before calling it unreachable.
-const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
+const STATUS_TIMEOUT: Duration = Duration::from_millis(900);
 
 fn fail(e: tonic::Status) -> ExitCode {
     eprintln!("error: {:?}: {}", e.code(), e.message());
@@ -191,6 +191,10 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
         } => watch(&client, prefix, from_revision, json, progress).await,
         Command::Status { json } => return status(&client, json).await,
         Command::Member(m) => member(&client, m).await,
+        Command::Leader(LeaderCommand::Transfer { id }) => client
+            .transfer_leader(id)
+            .await
+            .map(|r| println!("node {} is the leader", r.leader_id)),
         Command::Serve(_) | Command::Dev(_) => unreachable!("handled by cli::run"),
     };
     match result {
@@ -379,7 +383,10 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
                 let members: Vec<_> = l
                     .members
                     .iter()
-                    .map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter}))
+                    .map(|m| {
+                        json!({"id": m.id, "address": m.address, "voter": m.voter,
+                               "reachable": m.reachable, "last_ack_ms": m.last_ack_ms})
+                    })
                     .collect();
                 println!("{}", json!({"members": members, "leader_id": l.leader_id}));
                 return Ok(());
@@ -388,14 +395,21 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
         }
         MemberCommand::AddLearner { id, address } => client.add_learner(id, &address).await?,
         MemberCommand::Promote { id } => client.promote(id).await?,
+        MemberCommand::Remove { id, force } => client.remove_member(id, force).await?,
     };
-    println!("{:<4} {:<22} {:<8} LEADER", "ID", "ADDRESS", "VOTER");
+    println!(
+        "{:<4} {:<22} {:<8} {:<10} {:>8} LEADER",
+        "ID", "ADDRESS", "VOTER", "REACHABLE", "LAST_ACK"
+    );
     for m in &list.members {
         println!(
-            "{:<4} {:<22} {:<8} {}",
+            "{:<4} {:<22} {:<8} {:<10} {:>8} {}",
             m.id,
             m.address,
             m.voter,
+            if m.reachable { "yes" } else { "no" },
+            m.last_ack_ms
+                .map_or("-".to_string(), |ms| format!("{ms}ms")),
             if m.id == list.leader_id { "*" } else { "" }
         );
     }
@@ -403,30 +417,39 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
 }
 
 /// Asks every member (found through any reachable endpoint) for its status,
-/// each with its own timeout, so a dead member shows as unreachable quickly.
+/// each with its own timeout and all at once, so a dead or cut-off member
+/// shows as unreachable within about two timeouts instead of hanging.
 async fn status(client: &Client, json_out: bool) -> ExitCode {
-    let mut addrs: Vec<(u64, String)> = Vec::new();
-    for ep in client.endpoints() {
-        if let Ok(s) = client.node_status(ep, STATUS_TIMEOUT).await {
-            if let Ok(members) = member_addresses(ep).await {
-                addrs = members;
-            }
-            if addrs.is_empty() {
-                addrs.push((s.id, ep.clone()));
-            }
-            break;
-        }
-    }
-    if addrs.is_empty() {
-        addrs = client.endpoints().iter().map(|e| (0, e.clone())).collect();
-    }
+    // Membership from whichever endpoint answers first.
+    let lists = client
+        .endpoints()
+        .iter()
+        .map(|ep| async move { member_addresses(ep).await.ok() });
+    let mut addrs: Vec<(u64, String)> = futures::future::join_all(lists)
+        .await
+        .into_iter()
+        .flatten()
+        .find(|l| !l.is_empty())
+        .unwrap_or_else(|| client.endpoints().iter().map(|e| (0, e.clone())).collect());
+    addrs.sort();
     let asks = addrs.iter().map(|(id, a)| {
         let client = client.clone();
         let (id, a) = (*id, a.clone());
         async move { (id, a.clone(), client.node_status(&a, STATUS_TIMEOUT).await) }
     });
     let rows = futures::future::join_all(asks).await;
-    let reachable = rows.iter().filter(|r| r.2.is_ok()).count();
+    let reachable: Vec<&pb::NodeStatus> = rows.iter().filter_map(|r| r.2.as_ref().ok()).collect();
+    let leader = reachable.iter().find(|s| s.role == "leader").copied();
+    // Lag: how far each member's applied index trails the leader's log.
+    let lag = |s: &pb::NodeStatus| leader.map(|l| l.last_log_index.saturating_sub(s.applied_index));
+    let voters = leader
+        .or(reachable.first().copied())
+        .map(|s| s.voters)
+        .unwrap_or(0) as usize;
+    let quorum = voters / 2 + 1;
+    let voters_up = reachable.iter().filter(|s| s.role != "learner").count();
+    let tolerates = voters_up.saturating_sub(quorum);
+    let outbox: u64 = leader.map(|l| l.outbox_depth).unwrap_or(0);
     if json_out {
         let members: Vec<_> = rows
             .iter()
@@ -434,6 +457,7 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
                 Ok(s) => {
                     let mut v = status_json(s);
                     v["reachable"] = json!(true);
+                    v["lag"] = json!(lag(s));
                     v
                 }
                 Err(e) => {
@@ -441,27 +465,74 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
                 }
             })
             .collect();
-        println!("{}", json!({ "members": members }));
+        println!(
+            "{}",
+            json!({
+                "members": members,
+                "leader": leader.map(|l| l.id),
+                "voters": voters,
+                "quorum": quorum,
+                "failures_tolerated": if leader.is_some() { Some(tolerates) } else { None },
+                "handoff": {"state": "not running (hand-off is not built yet)", "waiting": outbox},
+            })
+        );
     } else {
         println!(
-            "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10} {:>9}",
-            "ID", "ADDRESS", "ROLE", "TERM", "LAST_LOG", "APPLIED", "RECORDS"
+            "{:<4} {:<22} {:<10} {:<9} {:>5} {:>9} {:>9} {:>6} {:>9} {:>10} {:>7}",
+            "ID",
+            "ADDRESS",
+            "ROLE",
+            "REACHABLE",
+            "TERM",
+            "LAST_LOG",
+            "APPLIED",
+            "LAG",
+            "RECORDS",
+            "MEMORY",
+            "OUTBOX"
         );
         for (id, addr, r) in &rows {
             match r {
                 Ok(s) => println!(
-                    "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10} {:>9}",
-                    s.id, s.address, s.role, s.term, s.last_log_index, s.applied_index, s.records
+                    "{:<4} {:<22} {:<10} {:<9} {:>5} {:>9} {:>9} {:>6} {:>9} {:>10} {:>7}",
+                    s.id,
+                    s.address,
+                    s.role,
+                    "yes",
+                    s.term,
+                    s.last_log_index,
+                    s.applied_index,
+                    lag(s).map_or("-".to_string(), |l| l.to_string()),
+                    s.records,
+                    human_bytes(s.memory_bytes),
+                    s.outbox_depth
                 ),
-                Err(e) => println!("{:<4} {:<22} unreachable ({})", id, addr, e.message()),
+                Err(e) => println!("{:<4} {:<22} {:<10} no ({})", id, addr, "?", e.message()),
             }
         }
+        match leader {
+            Some(l) => println!(
+                "leader: node {}; quorum {quorum} of {voters} voters; {voters_up} voter(s) up, so the cluster \
+                 survives {tolerates} more failure(s); hand-off: not running, {outbox} record(s) waiting",
+                l.id
+            ),
+            None => println!("leader: none reachable; {voters_up} voter(s) answered, quorum is {quorum}"),
+        }
     }
-    if reachable == 0 {
+    if reachable.is_empty() {
         eprintln!("error: no member answered");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
+        b => format!("{b}B"),
+    }
 }
 
 async fn member_addresses(endpoint: &str) -> Result<Vec<(u64, String)>, tonic::Status> {

@@ -151,6 +151,9 @@ pub enum Command {
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +167,19 @@ pub enum MemberCommand {
     AddLearner { id: u64, address: String },
     /// Make a learner a voter.
     Promote { id: u64 },
+    /// Remove a member. Refused if the remaining voters would lack a
+    /// reachable quorum, unless --force.
+    Remove {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaderCommand {
+    /// Hand leadership to voter ID.
+    Transfer { id: u64 },
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -426,6 +426,27 @@ impl Client {
         .await
     }
 
+    /// Removes a voter or learner; `force` allows leaving the remaining voters
+    /// without a reachable quorum.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<pb::MemberListResponse> {
+        self.retrying(Route::Leader, |ch| async move {
+            ClusterClient::new(ch)
+                .remove_member(pb::RemoveMemberRequest { id, force })
+                .await
+        })
+        .await
+    }
+
+    /// Hands leadership to voter `to`; returns once it leads.
+    pub async fn transfer_leader(&self, to: u64) -> Result<pb::TransferLeaderResponse> {
+        self.retrying(Route::Leader, |ch| async move {
+            ClusterClient::new(ch)
+                .transfer_leader(pb::TransferLeaderRequest { to })
+                .await
+        })
+        .await
+    }
+
     /// The status of one node, asked once, with `timeout`; no retries, no redirects.
     pub async fn node_status(&self, addr: &str, timeout: Duration) -> Result<pb::NodeStatus> {
         let ch = self.channel(addr)?;

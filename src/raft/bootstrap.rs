@@ -208,6 +208,21 @@ impl RaftNode {
         })
     }
 
+    /// Milliseconds since this node last heard from the leader; on the leader,
+    /// since a quorum last acknowledged it. `None` if never.
+    pub fn leader_contact_ms(&self) -> Option<u64> {
+        use openraft::async_runtime::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        match m.state {
+            openraft::ServerState::Leader => m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
+            _ => self.leader_contact.millis_since(),
+        }
+    }
+
     pub fn is_recovered(&self) -> bool {
         self.recovered.load(Ordering::Acquire)
     }

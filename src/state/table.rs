@@ -32,6 +32,8 @@ pub struct Store {
     /// Odd while `restore` replaces the table; bumped before and after, so a
     /// reader can tell that its read overlapped a restore (seqlock style).
     restores: AtomicU64,
+    /// Records that are COMPLETED or EXPIRED: waiting for hand-off.
+    waiting: AtomicUsize,
 }
 
 /// One page of a scan.
@@ -70,6 +72,11 @@ impl Store {
 
     pub fn memory_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// COMPLETED and EXPIRED records: the hand-off backlog.
+    pub fn waiting_for_handoff(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The restore generation: odd while a restore is under way. A read that
@@ -261,6 +268,7 @@ impl Store {
     /// the byte count in step.
     fn commit(&self, key: &str, new: Option<Record>) {
         let new_deadline = new.as_ref().and_then(Record::live_deadline);
+        let new_waits = new.as_ref().is_some_and(|r| r.state != RecordState::Live);
         let new_bytes = new.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
         let (key_arc, old) = match new {
             Some(rec) => match self.records.get_mut(key) {
@@ -289,6 +297,16 @@ impl Store {
             if let Some(t) = new_deadline {
                 d.insert((t, key_arc));
             }
+        }
+        let waits = |r: &Option<Record>| r.as_ref().is_some_and(|r| r.state != RecordState::Live);
+        match (waits(&old), new_waits) {
+            (false, true) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         let old_bytes = old.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
         self.bytes.fetch_add(new_bytes, Ordering::Relaxed);
@@ -324,8 +342,10 @@ impl Store {
         order.clear();
         deadlines.clear();
         let mut bytes = 0;
+        let mut waiting = 0;
         for (key, record) in body.records {
             bytes += record.footprint(&key);
+            waiting += usize::from(record.state != RecordState::Live);
             let key: Arc<str> = Arc::from(key);
             order.insert(key.clone());
             if let Some(d) = record.live_deadline() {
@@ -335,6 +355,7 @@ impl Store {
         }
         self.requests.lock().restore(body.requests);
         self.bytes.store(bytes, Ordering::Relaxed);
+        self.waiting.store(waiting, Ordering::Relaxed);
         self.events.reset(revision);
         self.advance_revision(revision);
         self.restores.fetch_add(1, Ordering::AcqRel);

@@ -1,0 +1,318 @@
+//! The operator surface on real clusters: status, health endpoints,
+//! membership changes and leader transfer.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::netfault::Firewall;
+use common::{wait_for, Cluster, ClusterOptions, BIN};
+use inflight::client::Consistency;
+use tonic::Code;
+
+/// A plain HTTP/1.1 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_endpoints_report_what_they_promise() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    c.client().insert("call/1", "x").await.unwrap();
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    for id in 1..=3 {
+        let http = &c.nodes[&id].http;
+        assert_eq!(http_get(http, "/livez"), (200, "ok\n".to_string()));
+        let (code, body) = wait_for(Duration::from_secs(10), "node to be ready", || async {
+            let r = http_get(http, "/readyz");
+            (r.0 == 200).then_some(r)
+        })
+        .await;
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        let (_, verbose) = http_get(http, "/readyz?verbose");
+        let v: serde_json::Value = serde_json::from_str(&verbose).unwrap();
+        let checks: Vec<&str> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            checks,
+            ["leader", "voter", "caught_up", "recovered", "connected"]
+        );
+        let (code, status) = http_get(http, "/status");
+        assert_eq!(code, 200);
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(s["id"], id);
+        assert_eq!(s["leader_id"], leader);
+        assert_eq!(s["role"], if id == leader { "leader" } else { "follower" });
+        assert_eq!(s["voters"], 3);
+        assert!(s["memory_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_turns_unready_on_a_cut_off_node_and_ready_again_after_catching_up() {
+    let c = Cluster::start(ClusterOptions {
+        distinct_ips: true,
+        ..Default::default()
+    })
+    .await;
+    let client = c.client();
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    let http = c.nodes[&f].http.clone();
+    wait_for(Duration::from_secs(10), "ready", || async {
+        (http_get(&http, "/readyz").0 == 200).then_some(())
+    })
+    .await;
+
+    let fw = Firewall::new();
+    let others: Vec<&str> = (1..=3)
+        .filter(|i| *i != f)
+        .map(|i| c.nodes[&i].ip.as_str())
+        .collect();
+    fw.isolate(&c.nodes[&f].ip, &others);
+    let (_, why) = wait_for(
+        Duration::from_secs(15),
+        "the cut-off node to turn unready",
+        || async {
+            let r = http_get(&http, "/readyz?verbose");
+            (r.0 == 503).then_some(r)
+        },
+    )
+    .await;
+    assert!(why.contains(r#""ok":false"#), "{why}");
+    let mut last = 0;
+    for i in 0..50 {
+        last = client
+            .insert(&format!("k/{i}"), "v")
+            .await
+            .unwrap()
+            .revision;
+    }
+    fw.heal();
+    wait_for(Duration::from_secs(20), "ready again", || async {
+        (http_get(&http, "/readyz").0 == 200).then_some(())
+    })
+    .await;
+    let s = c.status(f).await.unwrap();
+    assert!(
+        s.applied_index + crate_ready_lag() >= last,
+        "ready means caught up"
+    );
+}
+
+fn crate_ready_lag() -> u64 {
+    inflight::http::READY_LAG
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_shows_a_killed_node_unreachable_within_2s() {
+    let mut c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let victim = (1..=3).find(|i| *i != leader).unwrap();
+    c.kill(victim);
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--endpoints", &c.endpoints().join(","), "status", "--json"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "status took {took:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    let dead = members.iter().find(|m| m["id"] == victim).unwrap();
+    assert_eq!(dead["reachable"], false);
+    assert!(members
+        .iter()
+        .filter(|m| m["reachable"] == true)
+        .all(|m| m["lag"].is_u64()));
+    assert_eq!(v["leader"], leader);
+    assert_eq!(
+        (v["voters"].as_u64(), v["quorum"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        v["failures_tolerated"], 0,
+        "two of three up: one more failure loses the quorum"
+    );
+    // The table says the same.
+    let table = Command::new(BIN)
+        .args(["--endpoints", &c.endpoints().join(","), "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&victim.to_string()) && l.contains(" no (")),
+        "{text}"
+    );
+    assert!(text.contains("survives 0 more failure(s)"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_transfer_makes_the_chosen_voter_leader() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let client = c.client();
+    for target in [2u64, 3, 1] {
+        let r = client.transfer_leader(target).await.expect("transfer");
+        assert_eq!(r.leader_id, target);
+        assert_eq!(c.wait_leader(Duration::from_secs(5)).await, target);
+        client
+            .insert(&format!("after-transfer-to/{target}"), "x")
+            .await
+            .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args([
+            "--endpoints",
+            &c.endpoints().join(","),
+            "leader",
+            "transfer",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.wait_leader(Duration::from_secs(5)).await, 2);
+    let e = client.transfer_leader(9).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removal_that_would_lose_the_quorum_needs_force() {
+    let mut c = Cluster::start(ClusterOptions::default()).await;
+    let client = c.client();
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let (dead, alive) = (others[0], others[1]);
+    c.kill(dead);
+    // An operator first sees the node is gone (the leader stops hearing from it).
+    wait_for(
+        Duration::from_secs(5),
+        "the leader to see the dead node unreachable",
+        || async {
+            let l = client.member_list().await.ok()?;
+            let m = l.members.iter().find(|m| m.id == dead)?;
+            (!m.reachable).then_some(())
+        },
+    )
+    .await;
+    // Removing the live follower would leave the leader and a dead node: no quorum.
+    let e = client.remove_member(alive, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("force") && e.message().contains("quorum"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        client.member_list().await.unwrap().members.len(),
+        3,
+        "nothing changed"
+    );
+    // Removing the dead one is fine.
+    let l = client
+        .remove_member(dead, false)
+        .await
+        .expect("remove the dead node");
+    assert_eq!(l.members.len(), 2);
+    client.insert("still/writable", "yes").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_and_re_adding_a_node_under_load_causes_no_client_errors() {
+    let mut c = Cluster::start(ClusterOptions::default()).await;
+    let client = c.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .insert(&format!("load/{w}/{i}"), "v")
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w} saw an error: {e:?}"));
+                written.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            i
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let victim = (1..=3).find(|i| *i != leader).unwrap();
+    client.remove_member(victim, false).await.expect("remove");
+    c.stop(victim);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Back as a fresh node with the same id: empty data directory, --join, promote.
+    std::fs::remove_dir_all(&c.nodes[&victim].data_dir).unwrap();
+    let join: Vec<String> = (1..=3)
+        .filter(|i| *i != victim)
+        .map(|i| c.nodes[&i].grpc.clone())
+        .collect();
+    c.nodes.get_mut(&victim).unwrap().membership_args = vec!["--join".into(), join.join(",")];
+    c.restart(victim);
+    wait_for(
+        Duration::from_secs(20),
+        "the node to rejoin as a learner",
+        || async {
+            let l = client.member_list().await.ok()?;
+            l.members.iter().any(|m| m.id == victim).then_some(())
+        },
+    )
+    .await;
+    client.promote(victim).await.expect("promote");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in writers {
+        total += w.await.expect("writer finished without an error");
+    }
+    assert!(total > 20, "the writers made progress ({total})");
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let applied = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(victim, applied, Duration::from_secs(20))
+        .await;
+    let on_victim = c
+        .scan_all(&c.node_client(victim), "load/", Consistency::Stale)
+        .await;
+    assert_eq!(
+        on_victim.len() as u64,
+        written.load(Ordering::Relaxed),
+        "the re-added node has every write"
+    );
+}
