@@ -4,7 +4,8 @@
 //! when this node knows a leader, heard from it within `READY_CONTACT_MS`,
 //! is a voter, has applied its log to within `READY_LAG` entries and has
 //! recovered after a restart; `?verbose` lists each check. `/status` is the same
-//! JSON as `inflight status --json` for this node.
+//! JSON as `inflight status --json` for this node. `/metrics` is the
+//! Prometheus (OpenMetrics) text exposition, see `crate::metrics`.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -29,6 +30,7 @@ pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Recei
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(node);
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -42,6 +44,30 @@ pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Recei
 
 async fn status(State(node): State<RaftNode>) -> impl IntoResponse {
     Json(status_json(&node))
+}
+
+/// Prometheus scrape: gauges are refreshed from the node, then everything is rendered.
+async fn metrics(State(node): State<RaftNode>) -> impl IntoResponse {
+    let m = &crate::metrics::METRICS;
+    let s = node_status(&node);
+    let raft = {
+        use openraft::async_runtime::WatchReceiver;
+        node.raft.metrics().borrow_watched().clone()
+    };
+    m.has_leader.set(i64::from(s.leader_id != 0));
+    m.proposals_committed
+        .set(raft.cluster_committed.map(|c| c.index).unwrap_or(0) as i64);
+    m.proposals_applied.set(s.applied_index as i64);
+    m.records.set(s.records as i64);
+    m.memory_bytes.set(s.memory_bytes as i64);
+    m.outbox_depth.set(s.outbox_depth as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
 }
 
 fn status_json(node: &RaftNode) -> serde_json::Value {

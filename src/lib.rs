@@ -16,12 +16,14 @@
 //! - [`cli`]: the `inflight` command line.
 //! - [`node`]: one server process: wires the above together.
 //! - [`codec`]: the single place bytes are encoded and decoded.
+//! - [`metrics`]: the Prometheus registry (`/metrics`).
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod state;

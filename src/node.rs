@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{ClusterService, Limits, RecordService, Retention};
+use crate::api::{ClusterService, GrpcMetricsLayer, Limits, RecordService, Retention};
 use crate::client::Client;
 use crate::pb;
 use crate::raft::bootstrap::{RaftNode, RaftSettings};
@@ -101,6 +101,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .layer(GrpcMetricsLayer)
             .add_service(records)
             .add_service(cluster)
             .add_service(peers)
@@ -216,7 +217,13 @@ async fn log_leader_changes(node: RaftNode) {
             let m = rx.borrow_and_update();
             (m.current_leader, m.current_term)
         };
+        crate::metrics::METRICS
+            .has_leader
+            .set(i64::from(leader.is_some()));
         if leader != last {
+            if leader.is_some() {
+                crate::metrics::METRICS.leader_changes.inc();
+            }
             match leader {
                 Some(l) => tracing::info!(leader = l, term, "leader changed"),
                 None => tracing::info!(term, "no leader"),

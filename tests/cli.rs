@@ -116,8 +116,15 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
     assert!(text.starts_with("ID"), "{text}");
     assert_eq!(
         text.lines().count(),
-        4,
-        "header and one row per node: {text}"
+        5,
+        "header, one row per node, and the summary: {text}"
+    );
+
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("leader: node ")),
+        "{text}"
     );
 
     // SIGTERM stops every node and dev itself.

@@ -73,6 +73,40 @@ async fn health_endpoints_report_what_they_promise() {
         assert_eq!(s["voters"], 3);
         assert!(s["memory_bytes"].as_u64().unwrap() > 0);
     }
+    // Prometheus metrics, on the leader after the insert above.
+    let (code, text) = http_get(&c.nodes[&leader].http, "/metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert_eq!(value("inflight_has_leader "), 1.0);
+    assert!(value("inflight_leader_changes_seen_total ") >= 1.0);
+    assert!(value("inflight_proposals_committed ") >= 2.0);
+    assert!(value("inflight_proposals_applied ") >= 2.0);
+    assert_eq!(value("inflight_proposals_pending "), 0.0);
+    assert_eq!(value("inflight_proposals_failed_total "), 0.0);
+    assert!(value("inflight_wal_fsync_duration_seconds_count ") >= 1.0);
+    assert!(
+        value(r#"inflight_grpc_request_duration_seconds_count{method="Insert",code="Ok"} "#) >= 1.0
+    );
+    assert!(value("inflight_peer_round_trip_seconds_count{peer=") >= 1.0);
+    assert_eq!(value("inflight_records "), 1.0);
+    assert!(value("inflight_memory_bytes ") > 0.0);
+    assert_eq!(value("inflight_outbox_depth "), 0.0);
+    assert_eq!(value("inflight_expired_records_total "), 0.0);
+    // A failed request is counted under its code.
+    let _ = c.client().get("nope", Consistency::Linearizable).await;
+    let (_, text) = http_get(&c.nodes[&leader].http, "/metrics");
+    assert!(
+        text.contains(
+            r#"inflight_grpc_request_duration_seconds_count{method="Get",code="NotFound"} 1"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

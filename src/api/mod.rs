@@ -13,12 +13,14 @@
 
 mod cluster;
 mod errors;
+mod grpc_metrics;
 mod records;
 mod validate;
 mod watch;
 
 pub use cluster::{node_status, status_json, ClusterService};
 pub use errors::{ApiError, FAILED_OP_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
+pub use grpc_metrics::GrpcMetricsLayer;
 pub use records::{RecordService, Retention};
 pub use validate::Limits;
 

@@ -78,7 +78,14 @@ impl RecordService {
             request,
             action: Action::Ops(ops),
         };
-        let resp = self.raft.client_write(cmd).await.map_err(ApiError::from)?;
+        let metrics = &crate::metrics::METRICS;
+        metrics.proposals_pending.inc();
+        let written = self.raft.client_write(cmd).await;
+        metrics.proposals_pending.dec();
+        if written.is_err() {
+            metrics.proposals_failed.inc();
+        }
+        let resp = written.map_err(ApiError::from)?;
         let outcome = resp
             .data
             .ok_or_else(|| ApiError::Internal("a client command produced no outcome".into()))?;

@@ -61,6 +61,7 @@ pub async fn run(node: RaftNode, settings: ExpirySettings, mut stop: watch::Rece
         match node.raft.client_write(cmd).await {
             Ok(r) => {
                 let expired = r.data.and_then(|o| o.ok()).map(|a| a.len()).unwrap_or(0);
+                crate::metrics::METRICS.expired.inc_by(expired as u64);
                 tracing::debug!(proposed, expired, "expired records");
             }
             Err(e) => tracing::debug!(error = %e, "expiry proposal failed (leadership moved?)"),

@@ -11,11 +11,11 @@
 //! follower: append requests go out back to back without waiting for each
 //! response (pipelining), and the follower answers in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use openraft::base::{BoxFuture, BoxStream};
@@ -33,6 +33,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::codec;
+use crate::metrics::{PeerLabels, METRICS};
 use crate::pb::raft_client::RaftClient;
 use crate::pb::{RaftMessage, SnapshotChunk};
 
@@ -98,7 +99,6 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 /// The connection to one peer.
 pub struct PeerClient {
-    #[allow(dead_code)]
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
 }
@@ -187,17 +187,33 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let mut client = self.client()?;
+            // Responses come back in request order: the send times queued here
+            // give each response's round trip.
+            let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+            let rtt = METRICS
+                .peer_rtt_seconds
+                .get_or_create(&PeerLabels {
+                    peer: self.target.to_string(),
+                })
+                .clone();
+            let sent_out = sent.clone();
             // An entry that cannot be encoded goes out empty; the peer rejects it
             // and openraft restarts replication from a known point.
-            let outgoing = input.map(|req| RaftMessage {
-                payload: codec::encode(&req).unwrap_or_default(),
+            let outgoing = input.map(move |req| {
+                sent_out.lock().push_back(Instant::now());
+                RaftMessage {
+                    payload: codec::encode(&req).unwrap_or_default(),
+                }
             });
             let responses = client
                 .stream_append(outgoing)
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            let results = responses.map(|item| {
+            let results = responses.map(move |item| {
+                if let Some(t) = sent.lock().pop_front() {
+                    rtt.observe(t.elapsed().as_secs_f64());
+                }
                 let msg = item.map_err(from_status)?;
                 codec::decode::<StreamAppendResult<TypeConfig>>(&msg.payload)
                     .map_err(|e| network(format!("bad stream-append reply from peer: {e}")))

@@ -529,7 +529,11 @@ impl Writer {
                 self.size += buf.len() as u64;
             }
             if sync {
+                let started = std::time::Instant::now();
                 self.file.sync_data()?;
+                crate::metrics::METRICS
+                    .wal_fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
             }
             Ok(())
         })();

@@ -1,0 +1,156 @@
+//! Prometheus metrics: one registry per process (a process is one node).
+//!
+//! Names are stable and documented in README.md ("Metrics"). Counters and
+//! histograms are updated where things happen (the WAL writer, the peer
+//! network, the gRPC handlers, the expirer); gauges that mirror state (the
+//! Raft indexes, records, memory) are read from the node when scraped, so
+//! they cannot drift.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub has_leader: Gauge,
+    pub leader_changes: Counter,
+    pub proposals_committed: Gauge,
+    pub proposals_applied: Gauge,
+    pub proposals_failed: Counter,
+    pub proposals_pending: Gauge,
+    pub wal_fsync_seconds: Histogram,
+    pub grpc_seconds: Family<GrpcLabels, Histogram>,
+    pub peer_rtt_seconds: Family<PeerLabels, Histogram>,
+    pub records: Gauge,
+    pub memory_bytes: Gauge,
+    pub outbox_depth: Gauge,
+    pub expired: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut r = Registry::with_prefix("inflight");
+        let m = Metrics {
+            has_leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            proposals_committed: Gauge::default(),
+            proposals_applied: Gauge::default(),
+            proposals_failed: Counter::default(),
+            proposals_pending: Gauge::default(),
+            wal_fsync_seconds: latency_histogram(),
+            grpc_seconds: Family::new_with_constructor(latency_histogram),
+            peer_rtt_seconds: Family::new_with_constructor(latency_histogram),
+            records: Gauge::default(),
+            memory_bytes: Gauge::default(),
+            outbox_depth: Gauge::default(),
+            expired: Counter::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "has_leader",
+            "1 if this node knows a leader, else 0",
+            m.has_leader.clone(),
+        );
+        r.register(
+            "leader_changes_seen",
+            "Leader changes this node has seen",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "proposals_committed",
+            "Raft log index this node knows to be committed",
+            m.proposals_committed.clone(),
+        );
+        r.register(
+            "proposals_applied",
+            "Raft log index applied to the state machine",
+            m.proposals_applied.clone(),
+        );
+        r.register(
+            "proposals_failed",
+            "Client proposals that failed (not leader, no quorum, leader change)",
+            m.proposals_failed.clone(),
+        );
+        r.register(
+            "proposals_pending",
+            "Client proposals in flight on this node",
+            m.proposals_pending.clone(),
+        );
+        r.register(
+            "wal_fsync_duration_seconds",
+            "Time of one WAL fsync (one group commit)",
+            m.wal_fsync_seconds.clone(),
+        );
+        r.register(
+            "grpc_request_duration_seconds",
+            "Client gRPC requests served, by method and status code",
+            m.grpc_seconds.clone(),
+        );
+        r.register(
+            "peer_round_trip_seconds",
+            "Round trip of replication messages to each peer",
+            m.peer_rtt_seconds.clone(),
+        );
+        r.register("records", "Records in memory", m.records.clone());
+        r.register(
+            "memory_bytes",
+            "Approximate bytes held by records",
+            m.memory_bytes.clone(),
+        );
+        r.register(
+            "outbox_depth",
+            "COMPLETED and EXPIRED records waiting for hand-off",
+            m.outbox_depth.clone(),
+        );
+        r.register(
+            "expired_records",
+            "Records this node expired as leader",
+            m.expired.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records one served gRPC request.
+    pub fn observe_grpc(&self, method: &str, started: Instant, code: tonic::Code) {
+        self.grpc_seconds
+            .get_or_create(&GrpcLabels {
+                method: method.to_string(),
+                code: format!("{code:?}"),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
