@@ -31,6 +31,8 @@ pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Recei
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster))
+        .route("/", get(page))
         .with_state(node);
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -68,6 +70,44 @@ async fn metrics(State(node): State<RaftNode>) -> impl IntoResponse {
         )],
         m.render(),
     )
+}
+
+/// The live status page: one self-contained HTML file, no build step.
+async fn page() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status_page.html"),
+    )
+}
+
+/// Every member's status (as `inflight status --json`), asked from this
+/// node, plus the leader changes this node saw.
+async fn cluster(State(node): State<RaftNode>) -> impl IntoResponse {
+    let endpoints: Vec<String> = {
+        use openraft::async_runtime::WatchReceiver;
+        let m = node.raft.metrics().borrow_watched().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    };
+    let mut v = match crate::client::Client::new(endpoints) {
+        Ok(c) => c
+            .cluster_report(std::time::Duration::from_millis(900))
+            .await
+            .to_json(),
+        Err(e) => json!({"error": e.message()}),
+    };
+    let changes: Vec<_> = node
+        .leader_changes
+        .lock()
+        .iter()
+        .map(|(at_ms, term, leader)| json!({"at_ms": at_ms, "term": term, "leader": leader}))
+        .collect();
+    v["leader_changes"] = json!(changes);
+    v["served_by"] = json!(node.id);
+    Json(v)
 }
 
 fn status_json(node: &RaftNode) -> serde_json::Value {

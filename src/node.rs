@@ -224,6 +224,13 @@ async fn log_leader_changes(node: RaftNode) {
             if leader.is_some() {
                 crate::metrics::METRICS.leader_changes.inc();
             }
+            {
+                let mut seen = node.leader_changes.lock();
+                seen.push_back((crate::raft::leader_clock_ms(), term, leader));
+                while seen.len() > 20 {
+                    seen.pop_front();
+                }
+            }
             match leader {
                 Some(l) => tracing::info!(leader = l, term, "leader changed"),
                 None => tracing::info!(term, "no leader"),

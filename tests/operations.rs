@@ -98,6 +98,19 @@ async fn health_endpoints_report_what_they_promise() {
     assert!(value("inflight_memory_bytes ") > 0.0);
     assert_eq!(value("inflight_outbox_depth "), 0.0);
     assert_eq!(value("inflight_expired_records_total "), 0.0);
+    // The status page and the cluster view it polls.
+    let (code, html) = http_get(&c.nodes[&leader].http, "/");
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("<title>inflight status</title>") && html.contains("fetch(\"/cluster\")")
+    );
+    let (code, cluster) = http_get(&c.nodes[&leader].http, "/cluster");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&cluster).unwrap();
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    assert_eq!(v["leader"], leader);
+    assert_eq!(v["failures_tolerated"], 1);
+    assert!(!v["leader_changes"].as_array().unwrap().is_empty());
     // A failed request is counted under its code.
     let _ = c.client().get("nope", Consistency::Linearizable).await;
     let (_, text) = http_get(&c.nodes[&leader].http, "/metrics");
@@ -320,17 +333,21 @@ async fn removing_and_re_adding_a_node_under_load_causes_no_client_errors() {
         .collect();
     c.nodes.get_mut(&victim).unwrap().membership_args = vec!["--join".into(), join.join(",")];
     c.restart(victim);
+    // As the leader sees it: only the leader knows who acknowledges it, so
+    // `reachable` also proves the answer came from the leader's membership.
     wait_for(
         Duration::from_secs(20),
         "the node to rejoin as a learner",
         || async {
             let l = client.member_list().await.ok()?;
-            l.members.iter().any(|m| m.id == victim).then_some(())
+            l.members
+                .iter()
+                .any(|m| m.id == victim && !m.voter && m.reachable)
+                .then_some(())
         },
     )
     .await;
     client.promote(victim).await.expect("promote");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for w in writers {

@@ -7,7 +7,6 @@ use base64::Engine;
 use serde_json::json;
 
 use super::{Command, LeaderCommand, MemberCommand};
-use crate::api::status_json;
 use crate::client::Client;
 use crate::pb;
 
@@ -416,66 +415,11 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
     Ok(())
 }
 
-/// Asks every member (found through any reachable endpoint) for its status,
-/// each with its own timeout and all at once, so a dead or cut-off member
-/// shows as unreachable within about two timeouts instead of hanging.
+/// The whole cluster at a glance: see `crate::client::report`.
 async fn status(client: &Client, json_out: bool) -> ExitCode {
-    // Membership from whichever endpoint answers first.
-    let lists = client
-        .endpoints()
-        .iter()
-        .map(|ep| async move { member_addresses(ep).await.ok() });
-    let mut addrs: Vec<(u64, String)> = futures::future::join_all(lists)
-        .await
-        .into_iter()
-        .flatten()
-        .find(|l| !l.is_empty())
-        .unwrap_or_else(|| client.endpoints().iter().map(|e| (0, e.clone())).collect());
-    addrs.sort();
-    let asks = addrs.iter().map(|(id, a)| {
-        let client = client.clone();
-        let (id, a) = (*id, a.clone());
-        async move { (id, a.clone(), client.node_status(&a, STATUS_TIMEOUT).await) }
-    });
-    let rows = futures::future::join_all(asks).await;
-    let reachable: Vec<&pb::NodeStatus> = rows.iter().filter_map(|r| r.2.as_ref().ok()).collect();
-    let leader = reachable.iter().find(|s| s.role == "leader").copied();
-    // Lag: how far each member's applied index trails the leader's log.
-    let lag = |s: &pb::NodeStatus| leader.map(|l| l.last_log_index.saturating_sub(s.applied_index));
-    let voters = leader
-        .or(reachable.first().copied())
-        .map(|s| s.voters)
-        .unwrap_or(0) as usize;
-    let quorum = voters / 2 + 1;
-    let voters_up = reachable.iter().filter(|s| s.role != "learner").count();
-    let tolerates = voters_up.saturating_sub(quorum);
-    let outbox: u64 = leader.map(|l| l.outbox_depth).unwrap_or(0);
+    let report = client.cluster_report(STATUS_TIMEOUT).await;
     if json_out {
-        let members: Vec<_> = rows
-            .iter()
-            .map(|(id, addr, r)| match r {
-                Ok(s) => {
-                    let mut v = status_json(s);
-                    v["reachable"] = json!(true);
-                    v["lag"] = json!(lag(s));
-                    v
-                }
-                Err(e) => {
-                    json!({"id": id, "address": addr, "reachable": false, "error": e.message()})
-                }
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "members": members,
-                "leader": leader.map(|l| l.id),
-                "voters": voters,
-                "quorum": quorum,
-                "failures_tolerated": if leader.is_some() { Some(tolerates) } else { None },
-                "handoff": {"state": "not running (hand-off is not built yet)", "waiting": outbox},
-            })
-        );
+        println!("{}", report.to_json());
     } else {
         println!(
             "{:<4} {:<22} {:<10} {:<9} {:>5} {:>9} {:>9} {:>6} {:>9} {:>10} {:>7}",
@@ -491,8 +435,8 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
             "MEMORY",
             "OUTBOX"
         );
-        for (id, addr, r) in &rows {
-            match r {
+        for m in &report.members {
+            match &m.status {
                 Ok(s) => println!(
                     "{:<4} {:<22} {:<10} {:<9} {:>5} {:>9} {:>9} {:>6} {:>9} {:>10} {:>7}",
                     s.id,
@@ -502,24 +446,39 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
                     s.term,
                     s.last_log_index,
                     s.applied_index,
-                    lag(s).map_or("-".to_string(), |l| l.to_string()),
+                    report.lag(s).map_or("-".to_string(), |l| l.to_string()),
                     s.records,
                     human_bytes(s.memory_bytes),
                     s.outbox_depth
                 ),
-                Err(e) => println!("{:<4} {:<22} {:<10} no ({})", id, addr, "?", e.message()),
+                Err(e) => println!(
+                    "{:<4} {:<22} {:<10} no ({})",
+                    m.id,
+                    m.address,
+                    "?",
+                    e.message()
+                ),
             }
         }
-        match leader {
+        match report.leader() {
             Some(l) => println!(
-                "leader: node {}; quorum {quorum} of {voters} voters; {voters_up} voter(s) up, so the cluster \
-                 survives {tolerates} more failure(s); hand-off: not running, {outbox} record(s) waiting",
-                l.id
+                "leader: node {}; quorum {} of {} voters; {} voter(s) up, so the cluster survives {} more \
+                 failure(s); hand-off: not running, {} record(s) waiting",
+                l.id,
+                report.quorum(),
+                report.voters(),
+                report.voters_up(),
+                report.failures_tolerated(),
+                report.outbox()
             ),
-            None => println!("leader: none reachable; {voters_up} voter(s) answered, quorum is {quorum}"),
+            None => println!(
+                "leader: none reachable; {} voter(s) answered, quorum is {}",
+                report.voters_up(),
+                report.quorum()
+            ),
         }
     }
-    if reachable.is_empty() {
+    if !report.any_reachable() {
         eprintln!("error: no member answered");
         return ExitCode::FAILURE;
     }
@@ -533,16 +492,4 @@ fn human_bytes(b: u64) -> String {
         b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
         b => format!("{b}B"),
     }
-}
-
-async fn member_addresses(endpoint: &str) -> Result<Vec<(u64, String)>, tonic::Status> {
-    let one = Client::with_options(
-        [endpoint.to_string()],
-        crate::client::ClientOptions {
-            request_timeout: STATUS_TIMEOUT,
-            retry_for: Duration::ZERO,
-        },
-    )?;
-    let l = one.member_list().await?;
-    Ok(l.members.into_iter().map(|m| (m.id, m.address)).collect())
 }

@@ -31,6 +31,9 @@ use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::in_flight_client::InFlightClient;
 pub use crate::pb::Consistency;
+pub use report::{ClusterReport, MemberReport};
+
+mod report;
 
 pub type Result<T> = std::result::Result<T, Status>;
 

@@ -58,6 +58,10 @@ pub struct RaftNode {
     pub recovered: Arc<AtomicBool>,
     /// When this node last received replication traffic from a leader.
     pub leader_contact: Arc<LeaderContact>,
+    /// The most recent leader changes this node saw: (ms since the Unix
+    /// epoch, term, new leader or none), oldest first.
+    pub leader_changes:
+        Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, u64, Option<u64>)>>>,
 }
 
 /// The last time a leader's append (or heartbeat) reached this node: how a
@@ -205,6 +209,7 @@ impl RaftNode {
             log,
             recovered: Arc::new(AtomicBool::new(false)),
             leader_contact: Arc::new(LeaderContact::default()),
+            leader_changes: Arc::default(),
         })
     }
 
