@@ -103,7 +103,7 @@ async fn cluster(State(node): State<RaftNode>) -> impl IntoResponse {
         .leader_changes
         .lock()
         .iter()
-        .map(|(at_ms, term, leader)| json!({"at_ms": at_ms, "term": term, "leader": leader}))
+        .map(|c| json!({"at_ms": c.at_ms, "term": c.term, "leader": c.leader}))
         .collect();
     v["leader_changes"] = json!(changes);
     v["served_by"] = json!(node.id);

@@ -226,7 +226,11 @@ async fn log_leader_changes(node: RaftNode) {
             }
             {
                 let mut seen = node.leader_changes.lock();
-                seen.push_back((crate::raft::leader_clock_ms(), term, leader));
+                seen.push_back(crate::raft::bootstrap::LeaderChange {
+                    at_ms: crate::raft::leader_clock_ms(),
+                    term,
+                    leader,
+                });
                 while seen.len() > 20 {
                     seen.pop_front();
                 }

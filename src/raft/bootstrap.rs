@@ -58,10 +58,18 @@ pub struct RaftNode {
     pub recovered: Arc<AtomicBool>,
     /// When this node last received replication traffic from a leader.
     pub leader_contact: Arc<LeaderContact>,
-    /// The most recent leader changes this node saw: (ms since the Unix
-    /// epoch, term, new leader or none), oldest first.
-    pub leader_changes:
-        Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, u64, Option<u64>)>>>,
+    /// The most recent leader changes this node saw, oldest first.
+    pub leader_changes: Arc<parking_lot::Mutex<std::collections::VecDeque<LeaderChange>>>,
+}
+
+/// A leader change as one node saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaderChange {
+    /// Wall clock, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub term: u64,
+    /// The new leader; `None` while there is none.
+    pub leader: Option<u64>,
 }
 
 /// The last time a leader's append (or heartbeat) reached this node: how a
