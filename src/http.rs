@@ -63,6 +63,8 @@ async fn metrics(State(node): State<RaftNode>) -> impl IntoResponse {
     m.records.set(s.records as i64);
     m.memory_bytes.set(s.memory_bytes as i64);
     m.outbox_depth.set(s.outbox_depth as i64);
+    m.outbox_oldest_age_seconds
+        .set(s.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
     (
         [(
             axum::http::header::CONTENT_TYPE,

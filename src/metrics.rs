@@ -6,6 +6,7 @@
 //! Raft indexes, records, memory) are read from the node when scraped, so
 //! they cannot drift.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -42,6 +43,7 @@ pub struct Metrics {
     pub records: Gauge,
     pub memory_bytes: Gauge,
     pub outbox_depth: Gauge,
+    pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub expired: Counter,
 }
 
@@ -66,6 +68,7 @@ impl Metrics {
             records: Gauge::default(),
             memory_bytes: Gauge::default(),
             outbox_depth: Gauge::default(),
+            outbox_oldest_age_seconds: Gauge::default(),
             expired: Counter::default(),
             registry: Registry::default(),
         };
@@ -124,6 +127,11 @@ impl Metrics {
             "outbox_depth",
             "COMPLETED and EXPIRED records waiting for hand-off",
             m.outbox_depth.clone(),
+        );
+        r.register(
+            "outbox_oldest_age_seconds",
+            "How long the oldest record waiting for hand-off has waited (0 when none)",
+            m.outbox_oldest_age_seconds.clone(),
         );
         r.register(
             "expired_records",

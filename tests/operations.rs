@@ -97,6 +97,7 @@ async fn health_endpoints_report_what_they_promise() {
     assert_eq!(value("inflight_records "), 1.0);
     assert!(value("inflight_memory_bytes ") > 0.0);
     assert_eq!(value("inflight_outbox_depth "), 0.0);
+    assert_eq!(value("inflight_outbox_oldest_age_seconds "), 0.0);
     assert_eq!(value("inflight_expired_records_total "), 0.0);
     // The status page and the cluster view it polls.
     let (code, html) = http_get(&c.nodes[&leader].http, "/");

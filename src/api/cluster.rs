@@ -78,6 +78,10 @@ pub fn node_status(node: &RaftNode) -> pb::NodeStatus {
         outbox_depth: node.store.waiting_for_handoff() as u64,
         leader_contact_ms: node.leader_contact_ms(),
         voters: membership.voter_ids().count() as u32,
+        outbox_oldest_age_ms: node
+            .store
+            .oldest_waiting_since_ms()
+            .map(|t| crate::raft::leader_clock_ms().saturating_sub(t)),
     }
 }
 
@@ -98,6 +102,7 @@ pub fn status_json(s: &pb::NodeStatus) -> serde_json::Value {
         "recovered": s.recovered,
         "memory_bytes": s.memory_bytes,
         "outbox_depth": s.outbox_depth,
+        "outbox_oldest_age_ms": s.outbox_oldest_age_ms,
         "leader_contact_ms": s.leader_contact_ms,
         "voters": s.voters,
     })

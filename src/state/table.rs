@@ -32,8 +32,9 @@ pub struct Store {
     /// Odd while `restore` replaces the table; bumped before and after, so a
     /// reader can tell that its read overlapped a restore (seqlock style).
     restores: AtomicU64,
-    /// Records that are COMPLETED or EXPIRED: waiting for hand-off.
-    waiting: AtomicUsize,
+    /// COMPLETED and EXPIRED records, by the time they stopped being LIVE:
+    /// the hand-off backlog, oldest first.
+    waiting: Mutex<BTreeSet<(u64, Arc<str>)>>,
 }
 
 /// One page of a scan.
@@ -76,7 +77,13 @@ impl Store {
 
     /// COMPLETED and EXPIRED records: the hand-off backlog.
     pub fn waiting_for_handoff(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiting.lock().len()
+    }
+
+    /// When the oldest record waiting for hand-off stopped being LIVE (leader
+    /// clock, ms since the Unix epoch).
+    pub fn oldest_waiting_since_ms(&self) -> Option<u64> {
+        self.waiting.lock().first().map(|(t, _)| *t)
     }
 
     /// The restore generation: odd while a restore is under way. A read that
@@ -268,7 +275,10 @@ impl Store {
     /// the byte count in step.
     fn commit(&self, key: &str, new: Option<Record>) {
         let new_deadline = new.as_ref().and_then(Record::live_deadline);
-        let new_waits = new.as_ref().is_some_and(|r| r.state != RecordState::Live);
+        let new_waits = new
+            .as_ref()
+            .filter(|r| r.state != RecordState::Live)
+            .map(|r| r.updated_at_ms);
         let new_bytes = new.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
         let (key_arc, old) = match new {
             Some(rec) => match self.records.get_mut(key) {
@@ -295,18 +305,23 @@ impl Store {
                 d.remove(&(t, key_arc.clone()));
             }
             if let Some(t) = new_deadline {
-                d.insert((t, key_arc));
+                d.insert((t, key_arc.clone()));
             }
         }
-        let waits = |r: &Option<Record>| r.as_ref().is_some_and(|r| r.state != RecordState::Live);
-        match (waits(&old), new_waits) {
-            (false, true) => {
-                self.waiting.fetch_add(1, Ordering::Relaxed);
+        let waits_since = |r: &Option<Record>| {
+            r.as_ref()
+                .filter(|r| r.state != RecordState::Live)
+                .map(|r| r.updated_at_ms)
+        };
+        let (old_since, new_since) = (waits_since(&old), new_waits);
+        if old_since != new_since {
+            let mut w = self.waiting.lock();
+            if let Some(t) = old_since {
+                w.remove(&(t, key_arc.clone()));
             }
-            (true, false) => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if let Some(t) = new_since {
+                w.insert((t, key_arc.clone()));
             }
-            _ => {}
         }
         let old_bytes = old.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
         self.bytes.fetch_add(new_bytes, Ordering::Relaxed);
@@ -342,20 +357,23 @@ impl Store {
         order.clear();
         deadlines.clear();
         let mut bytes = 0;
-        let mut waiting = 0;
+        let mut waiting = self.waiting.lock();
+        waiting.clear();
         for (key, record) in body.records {
             bytes += record.footprint(&key);
-            waiting += usize::from(record.state != RecordState::Live);
             let key: Arc<str> = Arc::from(key);
             order.insert(key.clone());
             if let Some(d) = record.live_deadline() {
                 deadlines.insert((d, key.clone()));
             }
+            if record.state != RecordState::Live {
+                waiting.insert((record.updated_at_ms, key.clone()));
+            }
             self.records.insert(key, record);
         }
         self.requests.lock().restore(body.requests);
         self.bytes.store(bytes, Ordering::Relaxed);
-        self.waiting.store(waiting, Ordering::Relaxed);
+        drop(waiting);
         self.events.reset(revision);
         self.advance_revision(revision);
         self.restores.fetch_add(1, Ordering::AcqRel);

@@ -467,3 +467,41 @@ fn restoring_a_snapshot_ends_live_subscriptions() {
     assert_eq!(s.events().oldest_revision(), 41);
     assert_eq!(s.restore_generation() % 2, 0, "restore finished");
 }
+
+#[test]
+fn handoff_backlog_tracks_completed_and_expired_records_oldest_first() {
+    let s = Store::new();
+    s.apply(1, &one(1_000, insert("a", "1"))).unwrap();
+    s.apply(2, &one(1_000, insert_ttl("b", 10))).unwrap();
+    assert_eq!(
+        (s.waiting_for_handoff(), s.oldest_waiting_since_ms()),
+        (0, None)
+    );
+    let complete = Op::Complete {
+        key: "a".into(),
+        value: None,
+        if_version: None,
+    };
+    s.apply(3, &one(3_000, complete)).unwrap();
+    let expire = Command {
+        at_ms: 2_000,
+        request: None,
+        action: Action::Expire {
+            keys: vec!["b".into()],
+            drop: false,
+        },
+    };
+    s.apply(4, &expire).unwrap();
+    assert_eq!(s.waiting_for_handoff(), 2);
+    assert_eq!(
+        s.oldest_waiting_since_ms(),
+        Some(2_000),
+        "the expiry at 2000 is older than the completion at 3000"
+    );
+    let t = Store::new();
+    t.restore(s.export(), s.revision());
+    assert_eq!(
+        (t.waiting_for_handoff(), t.oldest_waiting_since_ms()),
+        (2, Some(2_000))
+    );
+}
