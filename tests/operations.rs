@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::netfault::Firewall;
 use common::{wait_for, Cluster, ClusterOptions, BIN};
 use inflight::client::Consistency;
 use tonic::Code;
@@ -139,12 +138,7 @@ async fn readyz_turns_unready_on_a_cut_off_node_and_ready_again_after_catching_u
     })
     .await;
 
-    let fw = Firewall::new();
-    let others: Vec<&str> = (1..=3)
-        .filter(|i| *i != f)
-        .map(|i| c.nodes[&i].ip.as_str())
-        .collect();
-    fw.isolate(&c.nodes[&f].ip, &others);
+    let fw = c.isolate(f);
     let (_, why) = wait_for(
         Duration::from_secs(15),
         "the cut-off node to turn unready",

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::netfault::Firewall;
 use common::{wait_for, Cluster, ClusterOptions};
 use inflight::client::{Client, ClientOptions, Consistency};
 use inflight::pb;
@@ -259,12 +258,7 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
     c.wait_applied(f, first.revision, Duration::from_secs(5))
         .await;
 
-    let fw = Firewall::new();
-    let others: Vec<&str> = (1..=3)
-        .filter(|i| *i != f)
-        .map(|i| c.nodes[&i].ip.as_str())
-        .collect();
-    fw.isolate(&c.nodes[&f].ip, &others);
+    let fw = c.isolate(f);
     let second = client.update("call/1", "answered", None).await.unwrap();
 
     let node = c.node_client(f);
@@ -319,12 +313,7 @@ async fn linearizable_read_on_an_isolated_old_leader_fails_rather_than_return_st
     let client = c.client();
     client.insert("call/1", "ringing").await.unwrap();
     let old = c.wait_leader(Duration::from_secs(5)).await;
-    let fw = Firewall::new();
-    let others: Vec<&str> = (1..=3)
-        .filter(|i| *i != old)
-        .map(|i| c.nodes[&i].ip.as_str())
-        .collect();
-    fw.isolate(&c.nodes[&old].ip, &others);
+    let fw = c.isolate(old);
 
     // The majority elects a new leader and takes a write.
     let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();

@@ -330,6 +330,24 @@ impl Cluster {
         }
     }
 
+    /// Cuts node `id` off from every other node (needs `distinct_ips`); the
+    /// cut lasts until the returned firewall is healed or dropped.
+    pub fn isolate(&self, id: u64) -> netfault::Firewall {
+        assert!(
+            self.opts.distinct_ips,
+            "isolating a node needs ClusterOptions::distinct_ips"
+        );
+        let fw = netfault::Firewall::new();
+        let others: Vec<&str> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id)
+            .map(|n| n.ip.as_str())
+            .collect();
+        fw.isolate(&self.nodes[&id].ip, &others);
+        fw
+    }
+
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
     }
