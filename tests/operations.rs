@@ -362,3 +362,34 @@ async fn removing_and_re_adding_a_node_under_load_causes_no_client_errors() {
         "the re-added node has every write"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_gives_up_reports_what_the_nodes_said_not_a_socket_error() {
+    let mut c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let survivor = (1..=3).find(|i| *i != leader).unwrap();
+    for id in (1..=3).filter(|i| *i != survivor) {
+        c.kill(id);
+    }
+    let client = inflight::client::Client::with_options(
+        c.endpoints(),
+        inflight::client::ClientOptions {
+            request_timeout: Duration::from_secs(1),
+            retry_for: Duration::from_secs(2),
+        },
+    )
+    .unwrap();
+    let e = client.insert("no/quorum", "x").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(
+        e.message()
+            .starts_with("gave up after 2s of retries against"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        !e.message().contains("tcp connect error"),
+        "the surviving node's answer wins: {}",
+        e.message()
+    );
+}

@@ -180,6 +180,9 @@ impl Client {
         let deadline = Instant::now() + self.inner.opts.retry_for;
         let mut backoff = Duration::from_millis(20);
         let mut redirects = 0;
+        // What a node itself last said (e.g. "no leader is known"): more useful
+        // to report on giving up than the last connection error.
+        let mut from_a_node: Option<Status> = None;
         loop {
             let target = self.target(route);
             let attempt = tokio::time::timeout(
@@ -195,6 +198,9 @@ impl Client {
                     self.inner.opts.request_timeout
                 )),
             };
+            if std::error::Error::source(&status).is_none() {
+                from_a_node = Some(status.clone());
+            }
             match status.code() {
                 Code::Unavailable => {
                     let hint = status
@@ -223,7 +229,17 @@ impl Client {
             let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
             let pause = backoff + Duration::from_millis(jitter);
             if Instant::now() + pause > deadline {
-                return Err(status);
+                let last = from_a_node.unwrap_or(status);
+                return Err(Status::with_metadata(
+                    last.code(),
+                    format!(
+                        "gave up after {:?} of retries against {}: {}",
+                        self.inner.opts.retry_for,
+                        self.inner.endpoints.join(","),
+                        last.message()
+                    ),
+                    last.metadata().clone(),
+                ));
             }
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
