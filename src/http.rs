@@ -52,10 +52,7 @@ async fn status(State(node): State<RaftNode>) -> impl IntoResponse {
 async fn metrics(State(node): State<RaftNode>) -> impl IntoResponse {
     let m = &crate::metrics::METRICS;
     let s = node_status(&node);
-    let raft = {
-        use openraft::async_runtime::WatchReceiver;
-        node.raft.metrics().borrow_watched().clone()
-    };
+    let raft = node.raft_metrics();
     m.has_leader.set(i64::from(s.leader_id != 0));
     m.proposals_committed
         .set(raft.cluster_committed.map(|c| c.index).unwrap_or(0) as i64);
@@ -86,8 +83,7 @@ async fn page() -> impl IntoResponse {
 /// node, plus the leader changes this node saw.
 async fn cluster(State(node): State<RaftNode>) -> impl IntoResponse {
     let endpoints: Vec<String> = {
-        use openraft::async_runtime::WatchReceiver;
-        let m = node.raft.metrics().borrow_watched().clone();
+        let m = node.raft_metrics();
         m.membership_config
             .membership()
             .nodes()

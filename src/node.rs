@@ -217,9 +217,6 @@ async fn log_leader_changes(node: RaftNode) {
             let m = rx.borrow_and_update();
             (m.current_leader, m.current_term)
         };
-        crate::metrics::METRICS
-            .has_leader
-            .set(i64::from(leader.is_some()));
         if leader != last {
             if leader.is_some() {
                 crate::metrics::METRICS.leader_changes.inc();

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
@@ -21,7 +20,7 @@ impl ClusterService {
     }
 
     fn members(&self) -> pb::MemberListResponse {
-        let m = self.node.raft.metrics().borrow_watched().clone();
+        let m = self.node.raft_metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let within = self.reachable_within();
@@ -54,7 +53,7 @@ impl ClusterService {
 
 /// This node's view of itself and of the cluster.
 pub fn node_status(node: &RaftNode) -> pb::NodeStatus {
-    let m = node.raft.metrics().borrow_watched().clone();
+    let m = node.raft_metrics();
     let membership = m.membership_config.membership();
     let is_voter = membership.voter_ids().any(|v| v == node.id);
     let leader_address = m
@@ -276,7 +275,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .metrics(|m| m.current_leader == Some(to), "leader transfer")
                 .await;
             if waited.is_err() {
-                let now = self.node.raft.metrics().borrow_watched().current_leader;
+                let now = self.node.raft_metrics().current_leader;
                 return Err(ApiError::Unavailable(format!(
                     "node {to} did not take over within {TRANSFER_WAIT:?} (leader now: {now:?}); it may be \
                      lagging or unreachable"
@@ -297,7 +296,7 @@ impl ClusterService {
         if self.node.raft.is_leader() {
             return Ok(());
         }
-        let m = self.node.raft.metrics().borrow_watched().clone();
+        let m = self.node.raft_metrics();
         let leader = m.current_leader.and_then(|l| {
             m.membership_config
                 .membership()

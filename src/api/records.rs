@@ -1,7 +1,5 @@
 //! `inflight.v1.InFlight`: the record API.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
@@ -11,7 +9,7 @@ use super::{record_to_pb, ApiError, Limits};
 use crate::codec;
 use crate::pb;
 use crate::raft::bootstrap::RaftNode;
-use crate::raft::{leader_clock_ms, Raft};
+use crate::raft::leader_clock_ms;
 use crate::state::{Action, Applied, Command, Op, RequestTag, Store, TtlChange};
 
 /// A scan page stops once its values reach this many bytes (it always holds
@@ -36,8 +34,6 @@ impl Default for Retention {
 }
 
 pub struct RecordService {
-    raft: Raft,
-    store: Arc<Store>,
     node: RaftNode,
     limits: Limits,
     retention: Retention,
@@ -46,8 +42,6 @@ pub struct RecordService {
 impl RecordService {
     pub fn new(node: RaftNode, limits: Limits, retention: Retention) -> Self {
         RecordService {
-            raft: node.raft.clone(),
-            store: node.store.clone(),
             node,
             limits,
             retention,
@@ -80,7 +74,7 @@ impl RecordService {
         };
         let metrics = &crate::metrics::METRICS;
         metrics.proposals_pending.inc();
-        let written = self.raft.client_write(cmd).await;
+        let written = self.node.raft.client_write(cmd).await;
         metrics.proposals_pending.dec();
         if written.is_err() {
             metrics.proposals_failed.inc();
@@ -109,10 +103,10 @@ impl RecordService {
     /// so it is never older than what is returned). A read that overlapped a
     /// snapshot install could mix two states, so it is refused.
     fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<(T, u64), ApiError> {
-        let before = self.store.restore_generation();
-        let value = f(&self.store);
-        let revision = self.store.revision();
-        if before % 2 == 1 || self.store.restore_generation() != before {
+        let before = self.node.store.restore_generation();
+        let value = f(&self.node.store);
+        let revision = self.node.store.revision();
+        if before % 2 == 1 || self.node.store.restore_generation() != before {
             return Err(ApiError::Unavailable(
                 "node is installing a snapshot from the leader; retry, or read from another node"
                     .into(),
@@ -136,10 +130,16 @@ impl RecordService {
         }
         match c {
             pb::Consistency::Linearizable => {
-                self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
+                self.node
+                    .raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await?;
             }
             pb::Consistency::Lease => {
-                self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await?;
+                self.node
+                    .raft
+                    .ensure_linearizable(ReadPolicy::LeaseRead)
+                    .await?;
             }
             pb::Consistency::Stale => {
                 if !self.node.is_recovered() {
@@ -160,7 +160,7 @@ impl RecordService {
     /// A leader is as fresh as its last quorum acknowledgement; a follower as
     /// its last contact from a leader.
     fn check_staleness(&self, max: u64) -> Result<(), ApiError> {
-        let source = if self.raft.is_leader() {
+        let source = if self.node.raft.is_leader() {
             "confirmed its leadership with a quorum"
         } else {
             "heard from the leader"
@@ -375,6 +375,6 @@ impl pb::in_flight_server::InFlight for RecordService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
         self.limits.prefix("prefix", &r.prefix)?;
-        Ok(Response::new(watch_stream(self.store.clone(), r)?))
+        Ok(Response::new(watch_stream(self.node.store.clone(), r)?))
     }
 }

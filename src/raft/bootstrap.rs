@@ -221,12 +221,17 @@ impl RaftNode {
         })
     }
 
+    /// A copy of openraft's current metrics for this node (state, term,
+    /// indexes, membership, heartbeats).
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<super::TypeConfig> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
     /// Milliseconds since this node last heard from the leader; on the leader,
     /// since a quorum last acknowledged it. `None` if never.
     pub fn leader_contact_ms(&self) -> Option<u64> {
-        use openraft::async_runtime::WatchReceiver;
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
+        let m = self.raft_metrics();
         match m.state {
             openraft::ServerState::Leader => m
                 .last_quorum_acked
