@@ -16,7 +16,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::api::node_status;
+use crate::handoff::HandoffState;
 use crate::raft::bootstrap::RaftNode;
 
 /// How far applied may trail the local log for the node to count as caught up.
@@ -25,7 +28,19 @@ pub const READY_LAG: u64 = 1_000;
 /// quorum) for this long is cut off, whatever it still believes.
 pub const READY_CONTACT_MS: u64 = 3_000;
 
-pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Receiver<bool>) {
+/// What the HTTP handlers read.
+#[derive(Clone)]
+struct Ops {
+    node: RaftNode,
+    handoff: Arc<HandoffState>,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    node: RaftNode,
+    handoff: Arc<HandoffState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -33,7 +48,7 @@ pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Recei
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
         .route("/", get(page))
-        .with_state(node);
+        .with_state(Ops { node, handoff });
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -44,15 +59,18 @@ pub async fn serve(listener: TcpListener, node: RaftNode, mut stop: watch::Recei
     }
 }
 
-async fn status(State(node): State<RaftNode>) -> impl IntoResponse {
-    Json(status_json(&node))
+async fn status(State(ops): State<Ops>) -> impl IntoResponse {
+    Json(crate::api::status_json(&node_status(
+        &ops.node,
+        &ops.handoff,
+    )))
 }
 
 /// Prometheus scrape: gauges are refreshed from the node, then everything is rendered.
-async fn metrics(State(node): State<RaftNode>) -> impl IntoResponse {
+async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     let m = &crate::metrics::METRICS;
-    let s = node_status(&node);
-    let raft = node.raft_metrics();
+    let s = node_status(&ops.node, &ops.handoff);
+    let raft = ops.node.raft_metrics();
     m.has_leader.set(i64::from(s.leader_id != 0));
     m.proposals_committed
         .set(raft.cluster_committed.map(|c| c.index).unwrap_or(0) as i64);
@@ -81,7 +99,7 @@ async fn page() -> impl IntoResponse {
 
 /// Every member's status (as `inflight status --json`), asked from this
 /// node, plus the leader changes this node saw.
-async fn cluster(State(node): State<RaftNode>) -> impl IntoResponse {
+async fn cluster(State(Ops { node, .. }): State<Ops>) -> impl IntoResponse {
     let endpoints: Vec<String> = {
         let m = node.raft_metrics();
         m.membership_config
@@ -108,17 +126,13 @@ async fn cluster(State(node): State<RaftNode>) -> impl IntoResponse {
     Json(v)
 }
 
-fn status_json(node: &RaftNode) -> serde_json::Value {
-    crate::api::status_json(&node_status(node))
-}
-
 #[derive(serde::Deserialize)]
 struct ReadyQuery {
     verbose: Option<String>,
 }
 
-async fn readyz(State(node): State<RaftNode>, Query(q): Query<ReadyQuery>) -> impl IntoResponse {
-    let s = node_status(&node);
+async fn readyz(State(ops): State<Ops>, Query(q): Query<ReadyQuery>) -> impl IntoResponse {
+    let s = node_status(&ops.node, &ops.handoff);
     let lag = s.last_log_index.saturating_sub(s.applied_index);
     let checks = [
         (

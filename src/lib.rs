@@ -22,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod handoff;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -25,6 +25,14 @@ pub struct GrpcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoffLabels {
+    /// `primary` or `shadow`.
+    pub role: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
 }
@@ -45,6 +53,12 @@ pub struct Metrics {
     pub outbox_depth: Gauge,
     pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub expired: Counter,
+    pub handoff_batches: Family<HandoffLabels, Counter>,
+    pub handoff_records: Family<HandoffLabels, Counter>,
+    pub handoff_write_seconds: Family<HandoffLabels, Histogram>,
+    pub handoff_evicted: Counter,
+    pub memory_budget_bytes: Gauge,
+    pub inserts_refused_budget: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +84,12 @@ impl Metrics {
             outbox_depth: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
             expired: Counter::default(),
+            handoff_batches: Family::default(),
+            handoff_records: Family::default(),
+            handoff_write_seconds: Family::new_with_constructor(latency_histogram),
+            handoff_evicted: Counter::default(),
+            memory_budget_bytes: Gauge::default(),
+            inserts_refused_budget: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -137,6 +157,36 @@ impl Metrics {
             "expired_records",
             "Records this node expired as leader",
             m.expired.clone(),
+        );
+        r.register(
+            "handoff_batches",
+            "Sink writes by this node's hand-off worker, by sink role and result (ok, error)",
+            m.handoff_batches.clone(),
+        );
+        r.register(
+            "handoff_records",
+            "Records in those sink writes, by sink role and result",
+            m.handoff_records.clone(),
+        );
+        r.register(
+            "handoff_write_duration_seconds",
+            "Time of one acknowledged sink write, by sink role",
+            m.handoff_write_seconds.clone(),
+        );
+        r.register(
+            "handoff_evicted_records",
+            "Records evicted by committed Evict entries this node proposed as leader",
+            m.handoff_evicted.clone(),
+        );
+        r.register(
+            "memory_budget_bytes",
+            "The memory budget for records (--memory-budget); Insert is refused past it",
+            m.memory_budget_bytes.clone(),
+        );
+        r.register(
+            "inserts_refused_memory_budget",
+            "Inserts refused with RESOURCE_EXHAUSTED because the memory budget was exceeded",
+            m.inserts_refused_budget.clone(),
         );
         Metrics { registry: r, ..m }
     }

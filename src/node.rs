@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{ClusterService, GrpcMetricsLayer, Limits, RecordService, Retention};
 use crate::client::Client;
+use crate::handoff::{HandoffSettings, HandoffState, Sink, SinkSpec};
 use crate::pb;
 use crate::raft::bootstrap::{RaftNode, RaftSettings};
 use crate::raft::expirer::{self, ExpirySettings};
@@ -33,6 +35,17 @@ pub struct ServeOptions {
     pub retention: Retention,
     pub expiry: ExpirySettings,
     pub watch_window: WindowLimits,
+    pub handoff: HandoffOptions,
+}
+
+/// Where finished records go.
+#[derive(Clone, Debug)]
+pub struct HandoffOptions {
+    pub sink: SinkSpec,
+    pub shadow: Option<SinkSpec>,
+    /// Past this many bytes of records, Insert is refused.
+    pub memory_budget_bytes: u64,
+    pub settings: HandoffSettings,
 }
 
 /// Resolves when the process is asked to stop.
@@ -69,6 +82,26 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Open the sinks first: a sink that cannot even be opened (a directory
+    // that cannot be created) is a configuration error, reported at startup.
+    let primary_sink = Sink::open(&o.handoff.sink, o.raft.id)
+        .map_err(|e| anyhow::anyhow!("--sink {}: {e}", o.handoff.sink))?;
+    let shadow_sink = match &o.handoff.shadow {
+        Some(spec) => Some(
+            Sink::open(spec, o.raft.id)
+                .map_err(|e| anyhow::anyhow!("--shadow-sink {spec}: {e}"))?,
+        ),
+        None => None,
+    };
+    let handoff = Arc::new(HandoffState::new(
+        &o.handoff.sink,
+        o.handoff.shadow.as_ref(),
+        o.handoff.memory_budget_bytes,
+    ));
+
+    crate::metrics::METRICS
+        .memory_budget_bytes
+        .set(o.handoff.memory_budget_bytes.min(i64::MAX as u64) as i64);
     let node = RaftNode::start(&o.raft).await?;
     node.store.events().set_limits(o.watch_window);
     tracing::info!(
@@ -77,6 +110,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         http = ?o.http,
         durability = node.durability.as_str(),
         data_dir = %o.raft.data_dir.display(),
+        sink = %o.handoff.sink,
+        shadow_sink = ?o.handoff.shadow.as_ref().map(|s| s.to_string()),
         "node started"
     );
 
@@ -86,9 +121,11 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         node.clone(),
         o.limits,
         o.retention,
+        handoff.clone(),
     ))
     .max_decoding_message_size(max_msg.max(16 << 20));
-    let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone()));
+    let cluster =
+        pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
     let peers = pb::raft_server::RaftServer::new(PeerService::new(
         node.raft.clone(),
         node.leader_contact.clone(),
@@ -109,10 +146,25 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             }),
     );
-    let http =
-        http_listener.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stop_rx.clone())));
+    let http = http_listener.map(|l| {
+        tokio::spawn(crate::http::serve(
+            l,
+            node.clone(),
+            handoff.clone(),
+            stop_rx.clone(),
+        ))
+    });
     tokio::spawn(log_leader_changes(node.clone()));
     tokio::spawn(expirer::run(node.clone(), o.expiry, stop_rx.clone()));
+    tokio::spawn(crate::handoff::run(
+        node.clone(),
+        o.handoff.settings.clone(),
+        handoff.clone(),
+        primary_sink,
+        shadow_sink,
+        stop_rx.clone(),
+    ));
+
     {
         let node = node.clone();
         tokio::spawn(async move { node.await_recovery().await });

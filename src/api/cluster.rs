@@ -1,22 +1,25 @@
 //! `inflight.v1.Cluster`: node status and membership.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
+use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft::bootstrap::RaftNode;
 use crate::raft::Node;
 
 pub struct ClusterService {
     node: RaftNode,
+    handoff: Arc<HandoffState>,
 }
 
 impl ClusterService {
-    pub fn new(node: RaftNode) -> Self {
-        ClusterService { node }
+    pub fn new(node: RaftNode, handoff: Arc<HandoffState>) -> Self {
+        ClusterService { node, handoff }
     }
 
     fn members(&self) -> pb::MemberListResponse {
@@ -51,8 +54,33 @@ impl ClusterService {
     }
 }
 
+/// The hand-off pipeline as this node sees it.
+pub fn handoff_status(node: &RaftNode, handoff: &HandoffState) -> pb::HandoffStatus {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    pb::HandoffStatus {
+        active: handoff.is_active(),
+        sinks: handoff
+            .sinks()
+            .into_iter()
+            .map(|s| pb::SinkStatus {
+                role: s.role.as_str().into(),
+                sink: s.spec,
+                records_delivered: s.records_delivered,
+                batches_delivered: s.batches_delivered,
+                batches_failed: s.batches_failed,
+                last_success_age_ms: s.last_success_age.map(ms),
+                last_error: s.last_error.unwrap_or_default(),
+                last_error_age_ms: s.last_error_age.map(ms),
+                failing_for_ms: s.failing_for.map(ms),
+            })
+            .collect(),
+        outbox_bytes: node.store.outbox_bytes() as u64,
+        memory_budget_bytes: handoff.memory_budget_bytes,
+    }
+}
+
 /// This node's view of itself and of the cluster.
-pub fn node_status(node: &RaftNode) -> pb::NodeStatus {
+pub fn node_status(node: &RaftNode, handoff: &HandoffState) -> pb::NodeStatus {
     let m = node.raft_metrics();
     let membership = m.membership_config.membership();
     let is_voter = membership.voter_ids().any(|v| v == node.id);
@@ -81,7 +109,35 @@ pub fn node_status(node: &RaftNode) -> pb::NodeStatus {
             .store
             .oldest_waiting_since_ms()
             .map(|t| crate::raft::leader_clock_ms().saturating_sub(t)),
+        handoff: Some(handoff_status(node, handoff)),
     }
+}
+
+/// The hand-off part of a node status as JSON.
+pub fn handoff_json(h: &pb::HandoffStatus) -> serde_json::Value {
+    let sinks: Vec<_> = h
+        .sinks
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "role": s.role,
+                "sink": s.sink,
+                "records_delivered": s.records_delivered,
+                "batches_delivered": s.batches_delivered,
+                "batches_failed": s.batches_failed,
+                "last_success_age_ms": s.last_success_age_ms,
+                "last_error": if s.last_error.is_empty() { None } else { Some(&s.last_error) },
+                "last_error_age_ms": s.last_error_age_ms,
+                "failing_for_ms": s.failing_for_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "active": h.active,
+        "sinks": sinks,
+        "outbox_bytes": h.outbox_bytes,
+        "memory_budget_bytes": h.memory_budget_bytes,
+    })
 }
 
 /// A node status as JSON: `/status` and `inflight status --json` print this.
@@ -104,6 +160,7 @@ pub fn status_json(s: &pb::NodeStatus) -> serde_json::Value {
         "outbox_oldest_age_ms": s.outbox_oldest_age_ms,
         "leader_contact_ms": s.leader_contact_ms,
         "voters": s.voters,
+        "handoff": s.handoff.as_ref().map(handoff_json),
     })
 }
 
@@ -125,7 +182,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Ok(Response::new(node_status(&self.node)))
+        Ok(Response::new(node_status(&self.node, &self.handoff)))
     }
 
     async fn member_list(

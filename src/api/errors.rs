@@ -36,6 +36,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A quota is used up (the memory budget); the message says which and why.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     NotFound(String),
     #[error("internal error: {0}")]
@@ -153,6 +156,8 @@ impl From<ApiError> for Status {
             ApiError::OutcomeUnknown(_) => Status::unknown(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+
             ApiError::NotFound(_) => Status::not_found(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }

@@ -11,6 +11,7 @@
 //! LEASE read) with `UNAVAILABLE` and the leader's address in the
 //! `x-inflight-leader` metadata key, so clients can follow it.
 
+mod budget;
 mod cluster;
 mod errors;
 mod grpc_metrics;
@@ -18,7 +19,8 @@ mod records;
 mod validate;
 mod watch;
 
-pub use cluster::{node_status, status_json, ClusterService};
+pub use budget::human_bytes;
+pub use cluster::{handoff_json, node_status, status_json, ClusterService};
 pub use errors::{ApiError, FAILED_OP_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
 pub use grpc_metrics::GrpcMetricsLayer;
 pub use records::{RecordService, Retention};

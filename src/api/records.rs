@@ -4,9 +4,12 @@ use bytes::Bytes;
 use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::watch::{watch_stream, WatchStream};
 use super::{record_to_pb, ApiError, Limits};
 use crate::codec;
+use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft::bootstrap::RaftNode;
 use crate::raft::leader_clock_ms;
@@ -37,14 +40,21 @@ pub struct RecordService {
     node: RaftNode,
     limits: Limits,
     retention: Retention,
+    handoff: Arc<HandoffState>,
 }
 
 impl RecordService {
-    pub fn new(node: RaftNode, limits: Limits, retention: Retention) -> Self {
+    pub fn new(
+        node: RaftNode,
+        limits: Limits,
+        retention: Retention,
+        handoff: Arc<HandoffState>,
+    ) -> Self {
         RecordService {
             node,
             limits,
             retention,
+            handoff,
         }
     }
 
@@ -55,6 +65,7 @@ impl RecordService {
         request_id: String,
         batch: bool,
     ) -> Result<Vec<Applied>, ApiError> {
+        super::budget::admit(&self.node.store, &self.handoff, &ops, &request_id)?;
         let request = if request_id.is_empty() {
             None
         } else {

@@ -45,6 +45,7 @@ fn event_to_pb(e: &Event) -> pb::Event {
         EventKind::Deleted => pb::EventType::Deleted,
         EventKind::Completed => pb::EventType::Completed,
         EventKind::Expired => pb::EventType::Expired,
+        EventKind::HandedOff => pb::EventType::HandedOff,
     };
     pb::Event {
         r#type: kind as i32,

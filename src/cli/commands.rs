@@ -7,6 +7,7 @@ use base64::Engine;
 use serde_json::json;
 
 use super::{Command, LeaderCommand, MemberCommand};
+use crate::api::human_bytes;
 use crate::client::Client;
 use crate::pb;
 
@@ -463,13 +464,12 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
         match report.leader() {
             Some(l) => println!(
                 "leader: node {}; quorum {} of {} voters; {} voter(s) up, so the cluster survives {} more \
-                 failure(s); hand-off: not running, {} record(s) waiting",
+                 failure(s)",
                 l.id,
                 report.quorum(),
                 report.voters(),
                 report.voters_up(),
                 report.failures_tolerated(),
-                report.outbox()
             ),
             None => println!(
                 "leader: none reachable; {} voter(s) answered, quorum is {}",
@@ -477,19 +477,13 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
                 report.quorum()
             ),
         }
+        for line in report.handoff_lines() {
+            println!("{line}");
+        }
     }
     if !report.any_reachable() {
         eprintln!("error: no member answered");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
-}
-
-fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
-        b => format!("{b}B"),
-    }
 }

@@ -1,7 +1,9 @@
 //! `inflight dev`: a local cluster in one command.
 //!
 //! Starts N `inflight serve` child processes (disk durability, data under
-//! `--dir`), prints their endpoints, waits for a leader, and on Ctrl-C or
+//! `--dir`, every node handing off to one shared `file:` sink in
+//! `--dir/postflight` unless `--sink` says otherwise), prints their
+//! endpoints, waits for a leader, optionally runs the `--demo` workload, and on Ctrl-C or
 //! SIGTERM stops every node with SIGTERM (SIGKILL after a grace period).
 //! Children are tied to this process with PR_SET_PDEATHSIG, so killing `dev`
 //! hard does not leave orphans behind.
@@ -14,6 +16,7 @@ use clap::Args;
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::handoff::SinkSpec;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -29,6 +32,30 @@ pub struct DevArgs {
     /// HTTP port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 8001)]
     pub http_port: u16,
+    /// Where every node hands off finished records (default: file:DIR/postflight).
+    #[arg(long)]
+    pub sink: Option<SinkSpec>,
+    /// Run a small simulated workload of calls and messages.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+impl DevArgs {
+    fn sink(&self) -> SinkSpec {
+        self.sink
+            .clone()
+            .unwrap_or_else(|| SinkSpec::File(self.dir.join("postflight")))
+    }
+}
+
+/// The spec as a `--sink` argument (unlike `Display`, secrets not hidden).
+fn sink_arg(spec: &SinkSpec) -> String {
+    match spec {
+        SinkSpec::File(dir) => format!("file:{}", dir.display()),
+        SinkSpec::Postgres(url) => format!("postgres:{url}"),
+        SinkSpec::Webhook(url) => format!("webhook:{url}"),
+        SinkSpec::Noop => "noop".into(),
+    }
 }
 
 fn spawn_node(exe: &PathBuf, args: &DevArgs, id: u16, initial: &str) -> std::io::Result<Child> {
@@ -50,6 +77,8 @@ fn spawn_node(exe: &PathBuf, args: &DevArgs, id: u16, initial: &str) -> std::io:
         .arg(format!("127.0.0.1:{}", args.http_port + id - 1))
         .arg("--initial-cluster")
         .arg(initial)
+        .arg("--sink")
+        .arg(sink_arg(&args.sink()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -124,6 +153,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
             args.dir.join(format!("node-{id}.log")).display()
         );
     }
+    println!("hand-off sink: {}", args.sink());
     println!("export INFLIGHT_ENDPOINTS={}", endpoints.join(","));
 
     let watcher = async {
@@ -147,7 +177,27 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let mut announced = false;
     let watcher = watcher;
     tokio::pin!(watcher);
+    let demo = async {
+        if !args.demo {
+            return std::future::pending().await;
+        }
+        let Ok(client) = Client::new(endpoints.clone()) else {
+            return;
+        };
+        while client.member_list().await.map(|l| l.leader_id).unwrap_or(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("demo: simulated calls and messages are running; try `inflight watch call/`");
+        let dir = match args.sink() {
+            SinkSpec::File(d) => Some(d),
+            _ => None,
+        };
+        super::demo::run(client, dir).await
+    };
+    tokio::pin!(demo);
+    let mut demo_done = false;
     let mut failed = false;
+
     loop {
         let mut exits = Vec::new();
         for (id, c) in children.iter_mut() {
@@ -169,6 +219,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
         tokio::select! {
             _ = &mut stop => break,
             _ = &mut watcher, if !announced => announced = true,
+            _ = &mut demo, if !demo_done => demo_done = true,
+
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }

@@ -2,6 +2,7 @@
 //! command is a thin call through `crate::client`.
 
 mod commands;
+mod demo;
 mod dev;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{Limits, Retention};
-use crate::node::ServeOptions;
+use crate::handoff::{HandoffSettings, SinkSpec};
+use crate::node::{HandoffOptions, ServeOptions};
+
 use crate::raft::bootstrap::RaftSettings;
 use crate::raft::expirer::{ExpiredMode, ExpirySettings};
 use crate::raft::Durability;
@@ -280,6 +283,49 @@ pub struct ServeArgs {
     /// Watch: how old the oldest kept event may be.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub watch_window_age: std::time::Duration,
+    /// Where completed and expired records are handed off: file:DIR,
+    /// postgres:URL, webhook:URL or noop (default: file:DATA_DIR/postflight).
+    #[arg(long)]
+    pub sink: Option<SinkSpec>,
+    /// A second sink fed beside the primary; its failures are counted and
+    /// logged but never hold back eviction.
+    #[arg(long)]
+    pub shadow_sink: Option<SinkSpec>,
+    /// Records (live and waiting for hand-off) may hold this much memory;
+    /// past it Insert is refused with RESOURCE_EXHAUSTED (e.g. 512MiB, 2GiB).
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    pub memory_budget: u64,
+    /// At most this many records per sink write.
+    #[arg(long, default_value_t = 500)]
+    pub handoff_batch: usize,
+}
+
+/// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `2GiB`, `1GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 2GiB, 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -341,6 +387,16 @@ impl ServeArgs {
         if self.snapshot_every == 0 {
             return Err("--snapshot-every: must be at least 1".into());
         }
+        if self.memory_budget == 0 {
+            return Err("--memory-budget: must be positive".into());
+        }
+        if self.handoff_batch == 0 || self.handoff_batch > 10_000 {
+            return Err("--handoff-batch: must be between 1 and 10000".into());
+        }
+        let sink = self
+            .sink
+            .clone()
+            .unwrap_or_else(|| SinkSpec::File(self.data_dir.join("postflight")));
         let advertise = self
             .advertise
             .clone()
@@ -363,6 +419,17 @@ impl ServeArgs {
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
             },
+            handoff: HandoffOptions {
+                sink,
+                shadow: self.shadow_sink.clone(),
+                memory_budget_bytes: self.memory_budget,
+
+                settings: HandoffSettings {
+                    batch_records: self.handoff_batch,
+                    ..HandoffSettings::default()
+                },
+            },
+
             retention: Retention {
                 window_ms: self.request_id_window.as_millis() as u64,
                 max_ids: self.request_id_max,

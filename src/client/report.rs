@@ -9,7 +9,7 @@ use serde_json::json;
 use tonic::Status;
 
 use super::{Client, ClientOptions};
-use crate::api::status_json;
+use crate::api::{handoff_json, status_json};
 use crate::pb;
 
 pub struct MemberReport {
@@ -86,8 +86,88 @@ impl ClusterReport {
             "voters": self.voters(),
             "quorum": self.quorum(),
             "failures_tolerated": leader.map(|_| self.failures_tolerated()),
-            "handoff": {"state": "not running (hand-off is not built yet)", "waiting": self.outbox()},
+            "handoff": self.handoff_json(),
         })
+    }
+
+    /// The hand-off pipeline in one word: `idle`, `delivering`, `failing`, or
+    /// `paused` (no leader, so no worker).
+    pub fn handoff_state(&self) -> &'static str {
+        let Some(l) = self.leader() else {
+            return "paused";
+        };
+        let failing = l
+            .handoff
+            .as_ref()
+            .and_then(|h| h.sinks.iter().find(|s| s.role == "primary"))
+            .is_some_and(|s| s.failing_for_ms.is_some());
+        match (failing, l.outbox_depth) {
+            (true, _) => "failing",
+            (false, 0) => "idle",
+            (false, _) => "delivering",
+        }
+    }
+
+    fn handoff_json(&self) -> serde_json::Value {
+        let leader = self.leader();
+        let h = leader.and_then(|l| l.handoff.as_ref());
+        let sinks = h.map(|h| handoff_json(h)["sinks"].clone());
+        json!({
+            "state": self.handoff_state(),
+            "waiting": self.outbox(),
+            "oldest_age_ms": leader.and_then(|l| l.outbox_oldest_age_ms),
+            "outbox_bytes": h.map(|h| h.outbox_bytes),
+            "memory_bytes": leader.map(|l| l.memory_bytes),
+            "memory_budget_bytes": h.map(|h| h.memory_budget_bytes),
+            "sinks": sinks,
+        })
+    }
+
+    /// The hand-off summary for people: one line for the pipeline, one per sink.
+    pub fn handoff_lines(&self) -> Vec<String> {
+        let Some(l) = self.leader() else {
+            return vec!["hand-off: paused until a leader is elected".into()];
+        };
+        let oldest = l
+            .outbox_oldest_age_ms
+            .map(|ms| format!(", oldest waiting {:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        let mut lines = vec![format!(
+            "hand-off: {}, {} record(s) waiting{oldest}",
+            self.handoff_state(),
+            l.outbox_depth
+        )];
+        let Some(h) = &l.handoff else {
+            return lines;
+        };
+        lines[0].push_str(&format!(
+            "; memory {} of {} budget",
+            crate::api::human_bytes(l.memory_bytes),
+            crate::api::human_bytes(h.memory_budget_bytes)
+        ));
+        for s in &h.sinks {
+            let ago = |ms: u64| format!("{:.1}s ago", ms as f64 / 1000.0);
+            let mut line = format!(
+                "  {} sink {}: {} record(s) delivered in {} batch(es), {} failed batch(es)",
+                s.role, s.sink, s.records_delivered, s.batches_delivered, s.batches_failed
+            );
+            if let Some(ms) = s.last_success_age_ms {
+                line.push_str(&format!("; last success {}", ago(ms)));
+            }
+            match (s.failing_for_ms, s.last_error_age_ms) {
+                (Some(f), _) => line.push_str(&format!(
+                    "; FAILING for {:.0}s: {}",
+                    f as f64 / 1000.0,
+                    s.last_error
+                )),
+                (None, Some(ms)) => {
+                    line.push_str(&format!("; last error {}: {}", ago(ms), s.last_error))
+                }
+                (None, None) => {}
+            }
+            lines.push(line);
+        }
+        lines
     }
 }
 

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::outbox::HandoffId;
 use super::record::{Record, RecordState};
 
 /// One log entry's worth of client intent.
@@ -39,6 +40,11 @@ pub enum Action {
     /// Proposed by the leader for LIVE records whose deadline passed.
     /// `drop` removes them instead of keeping them EXPIRED for hand-off.
     Expire { keys: Vec<String>, drop: bool },
+    /// Proposed by the leader's hand-off worker once a sink acknowledged these
+    /// records. Only a record still waiting with exactly this completion
+    /// revision is removed; anything else (already evicted, a new record under
+    /// the same key) is left alone.
+    Evict { ids: Vec<HandoffId> },
 }
 
 /// What a TTL-capable update does to the record's deadline.
@@ -111,6 +117,7 @@ impl std::fmt::Display for Command {
             Action::Ops(ops) if ops.len() == 1 => write!(f, "{}({})", ops[0].name(), ops[0].key()),
             Action::Ops(ops) => write!(f, "batch({} ops)", ops.len()),
             Action::Expire { keys, .. } => write!(f, "expire({} keys)", keys.len()),
+            Action::Evict { ids } => write!(f, "evict({} records)", ids.len()),
         }
     }
 }

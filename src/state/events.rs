@@ -28,6 +28,8 @@ pub enum EventKind {
     Deleted,
     Completed,
     Expired,
+    /// A sink acknowledged the record and a committed `Evict` removed it.
+    HandedOff,
 }
 
 #[derive(Clone, Debug)]

@@ -15,10 +15,15 @@
 //!   in O(log n) and expiry never scans the table;
 //! - recent request ids with their outcomes, so a retried mutation is
 //!   answered, not applied twice;
+//! - the outbox: COMPLETED and EXPIRED records in completion order, waiting
+//!   for the leader's hand-off worker (see `outbox`); a committed `Evict`
+//!   removes them once a sink has acknowledged them;
 //! - the event window for `Watch` (local to each node, see `events`).
 //!
 //! A command is a list of ops applied atomically (a single-op RPC is a list
-//! of one), or a leader-proposed expiry of due records.
+//! of one), a leader-proposed expiry of due records, or a leader-proposed
+//! eviction of records a sink has acknowledged.
+
 //!
 //! What does not live here: Raft bookkeeping (last applied log id,
 //! membership), snapshot files, and the network. The `raft` module glues
@@ -26,6 +31,7 @@
 
 mod command;
 mod events;
+mod outbox;
 mod record;
 mod requests;
 mod snapshot;
@@ -37,6 +43,7 @@ pub use command::{
     Action, Applied, Command, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
 };
 pub use events::{Compacted, Event, EventKind, EventLog, WindowLimits, LIVE_BUFFER};
+pub use outbox::HandoffId;
 pub use record::{Record, RecordState};
 pub use requests::Remembered;
 pub use snapshot::{SnapshotBody, SNAPSHOT_FORMAT};

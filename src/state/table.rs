@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::command::{Action, Applied, Command, Failure, Op, Outcome, Rejection, TtlChange};
 use super::events::{Event, EventKind, EventLog};
+use super::outbox::{HandoffId, Outbox};
 use super::record::{Record, RecordState};
 use super::requests::{Remembered, RequestTable};
 use super::snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
@@ -32,9 +33,9 @@ pub struct Store {
     /// Odd while `restore` replaces the table; bumped before and after, so a
     /// reader can tell that its read overlapped a restore (seqlock style).
     restores: AtomicU64,
-    /// COMPLETED and EXPIRED records, by the time they stopped being LIVE:
-    /// the hand-off backlog, oldest first.
-    waiting: Mutex<BTreeSet<(u64, Arc<str>)>>,
+    /// COMPLETED and EXPIRED records by completion revision: the hand-off
+    /// backlog, oldest first.
+    outbox: Mutex<Outbox>,
 }
 
 /// One page of a scan.
@@ -77,13 +78,38 @@ impl Store {
 
     /// COMPLETED and EXPIRED records: the hand-off backlog.
     pub fn waiting_for_handoff(&self) -> usize {
-        self.waiting.lock().len()
+        self.outbox.lock().len()
+    }
+
+    /// Bytes held by records waiting for hand-off (part of `memory_bytes`).
+    pub fn outbox_bytes(&self) -> usize {
+        self.outbox.lock().bytes()
     }
 
     /// When the oldest record waiting for hand-off stopped being LIVE (leader
     /// clock, ms since the Unix epoch).
     pub fn oldest_waiting_since_ms(&self) -> Option<u64> {
-        self.waiting.lock().first().map(|(t, _)| *t)
+        let (_, key) = self.outbox.lock().first()?;
+        self.records.get(key.as_ref()).map(|r| r.updated_at_ms)
+    }
+
+    /// The front of the outbox, in completion order: at most `limit` records,
+    /// and no more once their footprints reach `max_bytes` (at least one).
+    pub fn outbox_front(&self, limit: usize, max_bytes: usize) -> Vec<(HandoffId, Record)> {
+        let front = self.outbox.lock().front(limit, max_bytes);
+        front
+            .into_iter()
+            .filter_map(|(revision, key)| {
+                let rec = self.records.get(key.as_ref())?;
+                (rec.mod_revision == revision && rec.state != RecordState::Live).then(|| {
+                    let id = HandoffId {
+                        key: key.to_string(),
+                        revision,
+                    };
+                    (id, rec.value().clone())
+                })
+            })
+            .collect()
     }
 
     /// The restore generation: odd while a restore is under way. A read that
@@ -94,6 +120,11 @@ impl Store {
 
     pub fn remembered_requests(&self) -> usize {
         self.requests.lock().len()
+    }
+
+    /// Whether a request with this id was applied and is still remembered.
+    pub fn remembers_request(&self, id: &str) -> bool {
+        self.requests.lock().get(id).is_some()
     }
 
     pub fn get(&self, key: &str) -> Option<Record> {
@@ -182,7 +213,39 @@ impl Store {
         match &cmd.action {
             Action::Ops(ops) => self.apply_ops(index, cmd.at_ms, ops),
             Action::Expire { keys, drop } => Ok(self.expire(index, cmd.at_ms, keys, *drop)),
+            Action::Evict { ids } => Ok(self.evict(index, cmd.at_ms, ids)),
         }
+    }
+
+    /// Removes records a sink acknowledged. Only a record that still waits
+    /// with the given completion revision goes; a stale id changes nothing.
+    fn evict(&self, index: u64, at_ms: u64, ids: &[HandoffId]) -> Vec<Applied> {
+        let mut applied = Vec::with_capacity(ids.len());
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(rec) = self.get(&id.key) else {
+                continue;
+            };
+            if rec.state == RecordState::Live || rec.mod_revision != id.revision {
+                continue;
+            }
+            self.commit(&id.key, None);
+            events.push(Event {
+                kind: EventKind::HandedOff,
+                revision: index,
+                key: id.key.clone(),
+                record: rec.clone(),
+                at_ms,
+                ends_revision: false,
+            });
+            applied.push(Applied {
+                key: id.key.clone(),
+                record: rec,
+                revision: index,
+            });
+        }
+        self.events.push(events);
+        applied
     }
 
     /// All ops or none: each is checked against the table as changed by the
@@ -275,11 +338,13 @@ impl Store {
     /// the byte count in step.
     fn commit(&self, key: &str, new: Option<Record>) {
         let new_deadline = new.as_ref().and_then(Record::live_deadline);
-        let new_waits = new
-            .as_ref()
-            .filter(|r| r.state != RecordState::Live)
-            .map(|r| r.updated_at_ms);
         let new_bytes = new.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
+        let waits = |r: &Option<Record>| {
+            r.as_ref()
+                .filter(|r| r.state != RecordState::Live)
+                .map(|r| (r.mod_revision, r.footprint(key)))
+        };
+        let new_waits = waits(&new);
         let (key_arc, old) = match new {
             Some(rec) => match self.records.get_mut(key) {
                 Some(mut e) => (e.key().clone(), Some(std::mem::replace(e.value_mut(), rec))),
@@ -308,19 +373,14 @@ impl Store {
                 d.insert((t, key_arc.clone()));
             }
         }
-        let waits_since = |r: &Option<Record>| {
-            r.as_ref()
-                .filter(|r| r.state != RecordState::Live)
-                .map(|r| r.updated_at_ms)
-        };
-        let (old_since, new_since) = (waits_since(&old), new_waits);
-        if old_since != new_since {
-            let mut w = self.waiting.lock();
-            if let Some(t) = old_since {
-                w.remove(&(t, key_arc.clone()));
+        let old_waits = waits(&old);
+        if old_waits != new_waits {
+            let mut outbox = self.outbox.lock();
+            if let Some((rev, _)) = old_waits {
+                outbox.remove(rev, key_arc.clone());
             }
-            if let Some(t) = new_since {
-                w.insert((t, key_arc.clone()));
+            if let Some((rev, bytes)) = new_waits {
+                outbox.insert(rev, key_arc.clone(), bytes);
             }
         }
         let old_bytes = old.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
@@ -357,8 +417,8 @@ impl Store {
         order.clear();
         deadlines.clear();
         let mut bytes = 0;
-        let mut waiting = self.waiting.lock();
-        waiting.clear();
+        let mut outbox = self.outbox.lock();
+        outbox.clear();
         for (key, record) in body.records {
             bytes += record.footprint(&key);
             let key: Arc<str> = Arc::from(key);
@@ -367,13 +427,14 @@ impl Store {
                 deadlines.insert((d, key.clone()));
             }
             if record.state != RecordState::Live {
-                waiting.insert((record.updated_at_ms, key.clone()));
+                outbox.insert(record.mod_revision, key.clone(), record.footprint(&key));
             }
             self.records.insert(key, record);
         }
         self.requests.lock().restore(body.requests);
         self.bytes.store(bytes, Ordering::Relaxed);
-        drop(waiting);
+        drop(outbox);
+
         self.events.reset(revision);
         self.advance_revision(revision);
         self.restores.fetch_add(1, Ordering::AcqRel);

@@ -469,39 +469,91 @@ fn restoring_a_snapshot_ends_live_subscriptions() {
 }
 
 #[test]
-fn handoff_backlog_tracks_completed_and_expired_records_oldest_first() {
+fn outbox_holds_completed_and_expired_records_in_completion_order() {
     let s = Store::new();
     s.apply(1, &one(1_000, insert("a", "1"))).unwrap();
     s.apply(2, &one(1_000, insert_ttl("b", 10))).unwrap();
+    s.apply(3, &one(1_000, insert("c", "3"))).unwrap();
     assert_eq!(
         (s.waiting_for_handoff(), s.oldest_waiting_since_ms()),
         (0, None)
     );
-    let complete = Op::Complete {
-        key: "a".into(),
+    let complete = |k: &str| Op::Complete {
+        key: k.into(),
         value: None,
         if_version: None,
     };
-    s.apply(3, &one(3_000, complete)).unwrap();
+    s.apply(4, &one(2_000, complete("c"))).unwrap();
     let expire = Command {
-        at_ms: 2_000,
+        at_ms: 3_000,
         request: None,
         action: Action::Expire {
             keys: vec!["b".into()],
             drop: false,
         },
     };
-    s.apply(4, &expire).unwrap();
-    assert_eq!(s.waiting_for_handoff(), 2);
-    assert_eq!(
-        s.oldest_waiting_since_ms(),
-        Some(2_000),
-        "the expiry at 2000 is older than the completion at 3000"
-    );
+    s.apply(5, &expire).unwrap();
+    s.apply(6, &one(4_000, complete("a"))).unwrap();
+    assert_eq!(s.waiting_for_handoff(), 3);
+    assert_eq!(s.oldest_waiting_since_ms(), Some(2_000));
+    let front: Vec<String> = s
+        .outbox_front(10, usize::MAX)
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(front, ["c@4", "b@5", "a@6"]);
+    assert_eq!(s.outbox_front(2, usize::MAX).len(), 2);
+    assert_eq!(s.outbox_front(10, 1).len(), 1, "at least one, even past the byte limit");
     let t = Store::new();
     t.restore(s.export(), s.revision());
-    assert_eq!(
-        (t.waiting_for_handoff(), t.oldest_waiting_since_ms()),
-        (2, Some(2_000))
-    );
+    let restored: Vec<String> = t
+        .outbox_front(10, usize::MAX)
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(restored, front);
+    assert_eq!(t.outbox_bytes(), s.outbox_bytes());
+}
+
+#[test]
+fn evict_removes_only_records_waiting_with_that_completion_revision() {
+    let s = Store::new();
+    s.apply(1, &one(1_000, insert("a", "1"))).unwrap();
+    s.apply(2, &one(1_000, insert("live", "1"))).unwrap();
+    let complete = Op::Complete {
+        key: "a".into(),
+        value: None,
+        if_version: None,
+    };
+    s.apply(3, &one(1_000, complete)).unwrap();
+    let (_, mut feed) = s.events().subscribe(0).unwrap();
+    let evict = |ids: &[(&str, u64)]| Command {
+        at_ms: 2_000,
+        request: None,
+        action: Action::Evict {
+            ids: ids
+                .iter()
+                .map(|(k, r)| HandoffId {
+                    key: k.to_string(),
+                    revision: *r,
+                })
+                .collect(),
+        },
+    };
+    // A stale revision, a LIVE record and a missing key change nothing.
+    let none = s.apply(4, &evict(&[("a", 2), ("live", 2), ("gone", 3)])).unwrap();
+    assert!(none.is_empty());
+    assert_eq!((s.len(), s.waiting_for_handoff()), (2, 1));
+    let done = s.apply(5, &evict(&[("a", 3)])).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!((s.len(), s.waiting_for_handoff(), s.outbox_bytes()), (1, 0, 0));
+    assert!(s.get("a").is_none());
+    let ev = feed.try_recv().unwrap();
+    assert_eq!((ev.kind, ev.revision, ev.key.as_str()), (EventKind::HandedOff, 5, "a"));
+    assert_eq!(ev.record.state, RecordState::Completed);
+    // Evicting again (a retried Evict after a leader change) is harmless,
+    // and the key can start a new life.
+    assert!(s.apply(6, &evict(&[("a", 3)])).unwrap().is_empty());
+    s.apply(7, &one(3_000, insert("a", "again"))).unwrap();
+    assert_eq!(s.get("a").unwrap().create_revision, 7);
 }
