@@ -7,7 +7,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Cluster, ClusterOptions};
+use common::{refusing_sink_args, Cluster, ClusterOptions};
+
 use inflight::client::Consistency;
 use inflight::pb;
 use tonic::Code;
@@ -26,8 +27,11 @@ fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, nee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_error_in_the_design_table_comes_back_for_its_case() {
+    // The sink refuses, so the COMPLETED record stays to be probed.
+    let mut extra_args = vec!["--max-value-bytes".into(), "4096".into()];
+    extra_args.extend(refusing_sink_args());
     let c = Cluster::start(ClusterOptions {
-        extra_args: vec!["--max-value-bytes".into(), "4096".into()],
+        extra_args,
         ..Default::default()
     })
     .await;

@@ -315,21 +315,35 @@ async fn cli_ttl_request_ids_batch_from_stdin_and_watch() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("applied 3 ops at revision"));
 
-    // The TTL runs out: the record turns EXPIRED.
-    wait_until(Duration::from_secs(5), "call/9 to expire", || {
-        let g = run(&["get", "call/9", "--json"]);
-        String::from_utf8_lossy(&g.stdout).contains(r#""state":"EXPIRED""#)
-    });
-    // The watch saw the whole story, in order.
+    // The TTL runs out: the record turns EXPIRED, is handed off to the
+    // (default, file) sink and leaves memory. The watch sees the whole story.
     wait_until(
         Duration::from_secs(5),
-        "the watch to print the expiry",
+        "the watch to print the hand-off",
         || {
             std::fs::read_to_string(&watch_out)
                 .unwrap_or_default()
-                .contains(r#""event":"EXPIRED""#)
+                .contains(r#""event":"HANDED_OFF""#)
         },
     );
+    let g = run(&["get", "call/9", "--json"]);
+    assert!(!g.status.success(), "call/9 left memory after hand-off");
+    assert!(String::from_utf8_lossy(&g.stderr).contains("not found"));
+    // It is in the leader's post-flight files (the default sink), as EXPIRED.
+    let handed_off = c.nodes.values().any(|n| {
+        std::fs::read_dir(n.data_dir.join("postflight"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| {
+                std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.contains(r#""key":"call/9""#) && l.contains(r#""state":"EXPIRED""#))
+            })
+    });
+    assert!(handed_off, "call/9 is in no node's postflight directory");
+
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&watch_out)
         .unwrap()
         .lines()
@@ -350,7 +364,9 @@ async fn cli_ttl_request_ids_batch_from_stdin_and_watch() {
         ("INSERTED", "call/12"),
         ("UPDATED", "call/11"),
         ("EXPIRED", "call/9"),
+        ("HANDED_OFF", "call/9"),
     ];
+
     assert_eq!(
         story,
         expect

@@ -111,13 +111,17 @@ mod tests {
         let store = Store::new();
         let handoff = HandoffState::new(&SinkSpec::Noop, None, 4_000);
         for (i, k) in ["a", "b", "c"].iter().enumerate() {
-            store.apply(2 * i as u64 + 1, &Command::op(1, insert(k, 1000)));
+            store
+                .apply(2 * i as u64 + 1, &Command::op(1, insert(k, 1000)))
+                .unwrap();
             let done = Op::Complete {
                 key: k.to_string(),
                 value: None,
                 if_version: None,
             };
-            store.apply(2 * i as u64 + 2, &Command::op(2, done));
+            store
+                .apply(2 * i as u64 + 2, &Command::op(2, done))
+                .unwrap();
         }
         admit(&store, &handoff, &[insert("d", 10)], "").unwrap();
         let e = admit(&store, &handoff, &[insert("d", 1000)], "").unwrap_err();
@@ -136,7 +140,7 @@ mod tests {
     fn live_records_over_the_budget_say_so() {
         let store = Store::new();
         let handoff = HandoffState::new(&SinkSpec::Noop, None, 1_000);
-        store.apply(1, &Command::op(1, insert("a", 2000)));
+        store.apply(1, &Command::op(1, insert("a", 2000))).unwrap();
         let msg = admit(&store, &handoff, &[insert("b", 1)], "")
             .unwrap_err()
             .to_string();

@@ -54,6 +54,8 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process; boxing the serve arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run one node.
     Serve(ServeArgs),

@@ -503,7 +503,11 @@ fn outbox_holds_completed_and_expired_records_in_completion_order() {
         .collect();
     assert_eq!(front, ["c@4", "b@5", "a@6"]);
     assert_eq!(s.outbox_front(2, usize::MAX).len(), 2);
-    assert_eq!(s.outbox_front(10, 1).len(), 1, "at least one, even past the byte limit");
+    assert_eq!(
+        s.outbox_front(10, 1).len(),
+        1,
+        "at least one, even past the byte limit"
+    );
     let t = Store::new();
     t.restore(s.export(), s.revision());
     let restored: Vec<String> = t
@@ -541,15 +545,23 @@ fn evict_removes_only_records_waiting_with_that_completion_revision() {
         },
     };
     // A stale revision, a LIVE record and a missing key change nothing.
-    let none = s.apply(4, &evict(&[("a", 2), ("live", 2), ("gone", 3)])).unwrap();
+    let none = s
+        .apply(4, &evict(&[("a", 2), ("live", 2), ("gone", 3)]))
+        .unwrap();
     assert!(none.is_empty());
     assert_eq!((s.len(), s.waiting_for_handoff()), (2, 1));
     let done = s.apply(5, &evict(&[("a", 3)])).unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!((s.len(), s.waiting_for_handoff(), s.outbox_bytes()), (1, 0, 0));
+    assert_eq!(
+        (s.len(), s.waiting_for_handoff(), s.outbox_bytes()),
+        (1, 0, 0)
+    );
     assert!(s.get("a").is_none());
     let ev = feed.try_recv().unwrap();
-    assert_eq!((ev.kind, ev.revision, ev.key.as_str()), (EventKind::HandedOff, 5, "a"));
+    assert_eq!(
+        (ev.kind, ev.revision, ev.key.as_str()),
+        (EventKind::HandedOff, 5, "a")
+    );
     assert_eq!(ev.record.state, RecordState::Completed);
     // Evicting again (a retried Evict after a leader change) is harmless,
     // and the key can start a new life.

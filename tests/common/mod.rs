@@ -44,7 +44,18 @@ pub fn free_port_block(n: u16) -> u16 {
     }
 }
 
+/// Serve arguments for a sink that refuses every write (a webhook on a closed
+/// port), so COMPLETED and EXPIRED records stay in memory: for tests about
+/// what happens before hand-off.
+pub fn refusing_sink_args() -> Vec<String> {
+    vec![
+        "--sink".into(),
+        format!("webhook:http://127.0.0.1:{}/", free_port()),
+    ]
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -412,3 +423,4 @@ pub fn last_segment(dir: &Path) -> PathBuf {
     segs.pop().expect("at least one segment")
 }
 pub mod netfault;
+pub mod postgres;

@@ -1,0 +1,683 @@
+//! Post-flight hand-off on real clusters with real sinks: a PostgreSQL server
+//! started by the test, the file sink, and a webhook receiver in the test.
+//!
+//! Every test also runs an eviction checker: it watches a node's event stream
+//! and, for every HANDED_OFF event, looks the record up in the sink. A record
+//! that left memory must already be in the sink, since the sink write is
+//! acknowledged before the Evict is even proposed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::postgres::Postgres;
+use common::{free_port, refusing_sink_args, wait_for, Cluster, ClusterOptions};
+use inflight::client::Client;
+use inflight::pb;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+const TABLE: &str = "inflight_postflight";
+
+/// handoff_id of a record completed by `resp`.
+fn handoff_id(resp: &pb::MutationResponse) -> String {
+    format!("{}@{}", resp.record.as_ref().unwrap().key, resp.revision)
+}
+
+/// Where the checker looks records up.
+#[derive(Clone)]
+enum SinkView {
+    Postgres(String),
+    Webhook(Arc<Mutex<Vec<String>>>),
+}
+
+impl SinkView {
+    /// The ids of `ids` that the sink does not hold.
+    async fn missing(&self, ids: &[String]) -> Vec<String> {
+        match self {
+            SinkView::Postgres(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .expect("checker connects to postgres");
+                tokio::spawn(conn);
+                let rows = client
+                    .query(
+                        &format!("SELECT handoff_id FROM {TABLE} WHERE handoff_id = ANY($1)"),
+                        &[&ids],
+                    )
+                    .await
+                    .expect("checker query");
+                let found: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+                ids.iter()
+                    .filter(|i| !found.contains(*i))
+                    .cloned()
+                    .collect()
+            }
+            SinkView::Webhook(received) => {
+                let got: BTreeSet<String> = received.lock().iter().cloned().collect();
+                ids.iter().filter(|i| !got.contains(*i)).cloned().collect()
+            }
+        }
+    }
+}
+
+/// Watches node `id` for HANDED_OFF events and checks each against the sink.
+struct EvictionChecker {
+    handed_off: Arc<Mutex<Vec<String>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EvictionChecker {
+    fn start(c: &Cluster, id: u64, sink: SinkView) -> EvictionChecker {
+        let client = c.node_client(id);
+        let handed_off = Arc::new(Mutex::new(Vec::new()));
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<String>>();
+        let reader = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut from = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    let req = pb::WatchRequest {
+                        prefix: String::new(),
+                        from_revision: from,
+                        progress_interval_ms: 200,
+                    };
+                    let Ok(mut stream) = client.watch(req).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while let Ok(Some(msg)) = stream.message().await {
+                        let ids: Vec<String> = msg
+                            .events
+                            .iter()
+                            .filter(|e| e.r#type == pb::EventType::HandedOff as i32)
+                            .map(|e| {
+                                let r = e.record.as_ref().unwrap();
+                                format!("{}@{}", r.key, r.mod_revision)
+                            })
+                            .collect();
+                        if let Some(last) = msg.events.last() {
+                            from = last.revision + 1;
+                        }
+                        if !ids.is_empty() && tx.send(ids).is_err() {
+                            return;
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let checker = {
+            let (handed_off, violations) = (handed_off.clone(), violations.clone());
+            tokio::spawn(async move {
+                while let Some(mut ids) = rx.recv().await {
+                    while let Ok(more) = rx.try_recv() {
+                        ids.extend(more);
+                    }
+                    let missing = sink.missing(&ids).await;
+                    violations.lock().extend(missing);
+                    handed_off.lock().extend(ids);
+                }
+            })
+        };
+        EvictionChecker {
+            handed_off,
+            violations,
+            stop,
+            tasks: vec![reader, checker],
+        }
+    }
+
+    /// Waits until the checker has seen `n` hand-offs, then stops it and
+    /// asserts that none was evicted before its sink write.
+    async fn finish(self, n: usize) -> Vec<String> {
+        let seen = self.handed_off.clone();
+        wait_for(
+            Duration::from_secs(30),
+            &format!("the checker to see {n} HANDED_OFF events"),
+            || async { (seen.lock().len() >= n).then_some(()) },
+        )
+        .await;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.abort();
+        }
+        let v = self.violations.lock().clone();
+        assert!(
+            v.is_empty(),
+            "{} records were evicted before the sink held them, e.g. {:?}",
+            v.len(),
+            &v[..v.len().min(5)]
+        );
+        let seen = seen.lock().clone();
+        seen
+    }
+}
+
+/// Every handoff_id in PostgreSQL, with how many rows it has.
+async fn postgres_rows(pg: &Postgres) -> Vec<(String, String, serde_json::Value)> {
+    let client = pg.client().await;
+    client
+        .query(
+            &format!("SELECT handoff_id, key, doc::text FROM {TABLE} ORDER BY handoff_id"),
+            &[],
+        )
+        .await
+        .expect("read the sink table")
+        .iter()
+        .map(|r| {
+            let doc: String = r.get(2);
+            (r.get(0), r.get(1), serde_json::from_str(&doc).unwrap())
+        })
+        .collect()
+}
+
+/// handoff_id → how many lines carry it, over every NDJSON segment in `dir`.
+fn file_sink_ids(dir: &Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("{}: bad line {line:?}: {err}", e.path().display()));
+            *out.entry(v["handoff_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Waits until no running node holds a record or an outbox entry.
+async fn wait_all_evicted(c: &Cluster, timeout: Duration) {
+    let running: Vec<u64> = c
+        .nodes
+        .values()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.id)
+        .collect();
+    wait_for(timeout, "every node to evict every record", || async {
+        for id in &running {
+            let s = c.status(*id).await?;
+            if s.records != 0 || s.outbox_depth != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// Inserts, updates and completes `keys` with `workers` concurrent clients;
+/// returns the handoff ids of the completed records.
+async fn lifecycle(client: &Client, keys: Vec<String>, workers: usize) -> Vec<String> {
+    let keys = Arc::new(Mutex::new(keys));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (client, keys) = (client.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let Some(key) = keys.lock().pop() else {
+                        return done;
+                    };
+                    let v = |status: &str| format!(r#"{{"key":"{key}","status":"{status}"}}"#);
+                    client.insert(&key, v("queued")).await.unwrap();
+                    client.update(&key, v("sent"), Some(1)).await.unwrap();
+                    let r = client
+                        .complete(&key, Some(v("delivered").into_bytes()), Some(2))
+                        .await
+                        .unwrap();
+                    done.push(handoff_id(&r));
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_completed_records_reach_postgres_and_the_file_sink_exactly_once_then_leave_every_node(
+) {
+    let pg = Postgres::start().await;
+    let shadow_dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(ClusterOptions {
+        extra_args: vec![
+            "--sink".into(),
+            format!("postgres:{}", pg.url()),
+            "--shadow-sink".into(),
+            format!("file:{}", shadow_dir.path().display()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let checker = EvictionChecker::start(&c, follower, SinkView::Postgres(pg.url()));
+
+    let keys: Vec<String> = (0..10_000).map(|i| format!("msg/{i:05}")).collect();
+    let expected: BTreeSet<String> = lifecycle(&c.client(), keys, 32).await.into_iter().collect();
+    assert_eq!(expected.len(), 10_000);
+    wait_all_evicted(&c, Duration::from_secs(60)).await;
+
+    // PostgreSQL: every record once, its JSON value stored as JSON.
+    let rows = postgres_rows(&pg).await;
+    let in_pg: BTreeSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(rows.len(), 10_000, "one row per completed record");
+    assert_eq!(in_pg, expected);
+    for (id, key, doc) in &rows {
+        assert_eq!(doc["handoff_id"], id.as_str());
+        assert_eq!(doc["state"], "COMPLETED");
+        assert_eq!(doc["value_encoding"], "json");
+        assert_eq!(doc["value"]["status"], "delivered", "{id}");
+        assert_eq!(doc["value"]["key"], key.as_str());
+        assert_eq!(doc["version"], 3);
+    }
+    let client = pg.client().await;
+    let objects: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {TABLE} WHERE jsonb_typeof(doc->'value') = 'object'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        objects, 10_000,
+        "values are JSON objects in the database, not strings"
+    );
+
+    // The file sink (as the shadow): every record exactly once.
+    let files = wait_for(
+        Duration::from_secs(30),
+        "the shadow file sink to hold every record",
+        || async {
+            let f = file_sink_ids(shadow_dir.path());
+            (f.len() >= 10_000).then_some(f)
+        },
+    )
+    .await;
+    assert_eq!(files.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let dups: Vec<_> = files.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(dups.is_empty(), "duplicated in the file sink: {dups:?}");
+
+    let seen = checker.finish(10_000).await;
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), expected);
+
+    // The leader reports what it delivered.
+    let h = wait_for(
+        Duration::from_secs(10),
+        "the shadow's count to settle",
+        || async {
+            let h = c.status(leader).await?.handoff?;
+            (h.sinks.get(1)?.records_delivered == 10_000).then_some(h)
+        },
+    )
+    .await;
+    assert!(h.active);
+    assert_eq!(h.sinks[0].role, "primary");
+    assert!(h.sinks[0].sink.starts_with("postgres:"));
+    assert_eq!(h.sinks[0].records_delivered, 10_000);
+    assert_eq!(h.sinks[1].role, "shadow");
+    assert_eq!(h.sinks[1].records_delivered, 10_000);
+    assert!(h.sinks[0].last_success_age_ms.is_some());
+    assert!(h.sinks[0].failing_for_ms.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_in_the_middle_of_hand_off_leaves_every_completed_record_in_postgres_once() {
+    let pg = Postgres::start().await;
+    let mut c = Cluster::start(ClusterOptions {
+        extra_args: vec![
+            "--sink".into(),
+            format!("postgres:{}", pg.url()),
+            "--handoff-batch".into(),
+            "20".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let watcher = (1..=3).find(|i| *i != leader).unwrap();
+    let checker = EvictionChecker::start(&c, watcher, SinkView::Postgres(pg.url()));
+
+    // Writers complete records without pause while the leader is killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done: Arc<Mutex<Vec<String>>> = Arc::default();
+    let unsure: Arc<Mutex<Vec<String>>> = Arc::default();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, stop, done, unsure) =
+                (c.client(), stop.clone(), done.clone(), unsure.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("call/{w}-{i}");
+                    i += 1;
+                    if client
+                        .insert(&key, r#"{"status":"ringing"}"#)
+                        .await
+                        .is_err()
+                    {
+                        unsure.lock().push(key);
+                        continue;
+                    }
+                    let end = Some(br#"{"status":"completed"}"#.to_vec());
+                    match client.complete(&key, end, None).await {
+                        Ok(r) => done.lock().push(handoff_id(&r)),
+                        Err(_) => unsure.lock().push(key),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill the leader while records are waiting for hand-off.
+    wait_for(
+        Duration::from_secs(30),
+        "a hand-off backlog and deliveries",
+        || async {
+            let s = c.status(leader).await?;
+            let delivered = s.handoff?.sinks.first()?.records_delivered;
+            (delivered >= 200 && s.outbox_depth > 0).then_some(())
+        },
+    )
+    .await;
+    c.kill(leader);
+    let new_leader = c.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    wait_for(
+        Duration::from_secs(30),
+        "the new leader to deliver",
+        || async {
+            let h = c.status(new_leader).await?.handoff?;
+            (h.sinks.first()?.records_delivered > 0).then_some(())
+        },
+    )
+    .await;
+    c.restart(leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Settle the records whose outcome the writers could not learn: complete
+    // what is still LIVE, so every record ends in the sink.
+    let client = c.client();
+    for key in unsure.lock().clone() {
+        match client.complete(&key, None, None).await {
+            Ok(r) => done.lock().push(handoff_id(&r)),
+            Err(e) => assert!(
+                matches!(e.code(), Code::NotFound | Code::FailedPrecondition),
+                "{key}: {e}"
+            ),
+        }
+    }
+    wait_all_evicted(&c, Duration::from_secs(60)).await;
+
+    let rows = postgres_rows(&pg).await;
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for (_, key, _) in &rows {
+        *per_key.entry(key.clone()).or_default() += 1;
+    }
+    let twice: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "keys in the sink more than once: {twice:?}"
+    );
+    let in_pg: BTreeSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let done: BTreeSet<String> = done.lock().iter().cloned().collect();
+    let lost: Vec<_> = done.difference(&in_pg).collect();
+    assert!(lost.is_empty(), "completed but never handed off: {lost:?}");
+    // Records the writers were unsure about were completed by a retry that
+    // lost its answer: they are in the sink too, nothing else is.
+    let unsure: BTreeSet<String> = unsure.lock().iter().cloned().collect();
+    for (id, key, _) in &rows {
+        assert!(
+            done.contains(id) || unsure.contains(key),
+            "{id} is in the sink but was never completed"
+        );
+    }
+    assert!(
+        done.len() >= 200,
+        "the run completed {} records",
+        done.len()
+    );
+    checker.finish(rows.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then_drains() {
+    let mut pg = Postgres::start().await;
+    let c = Cluster::start(ClusterOptions {
+        extra_args: vec![
+            "--sink".into(),
+            format!("postgres:{}", pg.url()),
+            "--memory-budget".into(),
+            "2MiB".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let watcher = (1..=3).find(|i| *i != leader).unwrap();
+    let checker = EvictionChecker::start(&c, watcher, SinkView::Postgres(pg.url()));
+    let client = c.client();
+    let value = |i: usize, pad: usize| format!(r#"{{"call":{i},"pad":"{}"}}"#, "x".repeat(pad));
+
+    // Operations that are running when the sink goes down.
+    for i in 0..20 {
+        client
+            .insert(&format!("live/{i}"), value(i, 4_000))
+            .await
+            .unwrap();
+    }
+    pg.pause();
+    let down_at = Instant::now();
+
+    // While it is down: completes are accepted and kept, until the budget
+    // refuses new inserts, with a message that names the backlog.
+    let mut completed = Vec::new();
+    let refusal = loop {
+        let key = format!("done/{}", completed.len());
+        match client.insert(&key, value(completed.len(), 32_000)).await {
+            Ok(_) => {
+                let r = client.complete(&key, None, None).await.unwrap();
+                completed.push(handoff_id(&r));
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            completed.len() < 1_000,
+            "the 2 MiB budget never refused an insert"
+        );
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal}");
+    let msg = refusal.message();
+    for part in [
+        "memory budget",
+        "hand-off backlog",
+        "postgres:",
+        "updates, completes and deletes still work",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg:?}");
+    }
+    assert!(
+        completed.len() > 50,
+        "{} completed before the budget",
+        completed.len()
+    );
+
+    // Updates, completes and deletes still work; nothing leaves memory.
+    let mut live = 0;
+    while live < 20 || down_at.elapsed() < Duration::from_secs(30) {
+        if live < 20 {
+            let key = format!("live/{live}");
+            client.update(&key, value(live, 4_000), None).await.unwrap();
+            if live % 5 == 4 {
+                client.delete(&key, None).await.unwrap();
+            } else {
+                let r = client.complete(&key, None, None).await.unwrap();
+                completed.push(handoff_id(&r));
+            }
+            live += 1;
+        }
+        // Bigger than the deletes free (4 x 4 KB), so it stays refused.
+        let e = client
+            .insert("refused", "y".repeat(64 << 10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        let s = c.status(leader).await.unwrap();
+        assert_eq!(
+            s.outbox_depth,
+            completed.len() as u64,
+            "nothing evicted while the sink is down"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let s = c.status(leader).await.unwrap();
+    let sink = &s.handoff.as_ref().unwrap().sinks[0];
+    assert!(sink.failing_for_ms.unwrap() >= 25_000, "{sink:?}");
+    assert!(sink.batches_failed >= 5, "retried with backoff: {sink:?}");
+    assert!(!sink.last_error.is_empty());
+    assert!(c.log_text(leader).contains("hand-off error"));
+
+    // The sink comes back: the backlog drains, and inserts work again.
+    pg.resume().await;
+    wait_all_evicted(&c, Duration::from_secs(60)).await;
+    client.insert("after", "x").await.unwrap();
+    let rows = postgres_rows(&pg).await;
+    let in_pg: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let expected: BTreeSet<String> = completed.iter().cloned().collect();
+    assert_eq!(in_pg.len(), expected.len());
+    assert_eq!(in_pg.into_iter().collect::<BTreeSet<_>>(), expected);
+    checker.finish(expected.len()).await;
+}
+
+/// A webhook receiver: fails the first `failures` POSTs with 503, then
+/// records every handoff_id it is sent and answers 200.
+async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    use axum::routing::post;
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused: Arc<Mutex<usize>> = Arc::default();
+    let (r, f) = (received.clone(), refused.clone());
+    let app = axum::Router::new().route(
+        "/postflight",
+        post(move |body: String| {
+            let (r, f) = (r.clone(), f.clone());
+            async move {
+                {
+                    let mut n = f.lock();
+                    if *n < failures {
+                        *n += 1;
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                }
+                let docs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+                r.lock().extend(
+                    docs.iter()
+                        .map(|d| d["handoff_id"].as_str().unwrap().to_string()),
+                );
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (
+        format!("http://127.0.0.1:{port}/postflight"),
+        received,
+        refused,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_sink_retries_until_acknowledged_and_a_failing_shadow_sink_does_not_stop_eviction()
+{
+    let (url, received, refused) = webhook_receiver(3).await;
+    let mut args = vec!["--sink".to_string(), format!("webhook:{url}")];
+    // The shadow is a webhook on a closed port: every write fails.
+    let dead = refusing_sink_args();
+    args.extend(["--shadow-sink".to_string(), dead[1].clone()]);
+    let c = Cluster::start(ClusterOptions {
+        extra_args: args,
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let checker = EvictionChecker::start(&c, leader, SinkView::Webhook(received.clone()));
+
+    let keys: Vec<String> = (0..300).map(|i| format!("msg/{i:03}")).collect();
+    let expected: BTreeSet<String> = lifecycle(&c.client(), keys, 8).await.into_iter().collect();
+    wait_all_evicted(&c, Duration::from_secs(30)).await;
+
+    assert_eq!(*refused.lock(), 3, "the receiver refused three POSTs");
+    let got = received.lock().clone();
+    assert_eq!(got.len(), 300, "each record delivered once");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+    checker.finish(300).await;
+
+    // The shadow's failures are visible: status, metrics, log.
+    let s = c.status(leader).await.unwrap();
+    let h = s.handoff.unwrap();
+    let shadow = h.sinks.iter().find(|s| s.role == "shadow").unwrap();
+    assert_eq!(shadow.records_delivered, 0);
+    assert!(shadow.batches_failed > 0);
+    assert!(
+        shadow.last_error.contains("webhook sink: POST"),
+        "{shadow:?}"
+    );
+    let primary = h.sinks.iter().find(|s| s.role == "primary").unwrap();
+    assert_eq!(primary.records_delivered, 300);
+    assert_eq!(primary.batches_failed, 3);
+    assert!(primary.failing_for_ms.is_none(), "recovered: {primary:?}");
+    let http = reqwest::get(format!("http://{}/metrics", c.nodes[&leader].http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        http.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    assert_eq!(
+        metric(r#"inflight_handoff_records_total{role="primary",result="ok"}"#),
+        300.0
+    );
+    assert_eq!(
+        metric(r#"inflight_handoff_batches_total{role="primary",result="error"}"#),
+        3.0
+    );
+    assert!(metric(r#"inflight_handoff_batches_total{role="shadow",result="error"}"#) > 0.0);
+    assert_eq!(metric("inflight_handoff_evicted_records_total"), 300.0);
+    let log = c.log_text(leader);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("hand-off error") && l.contains("shadow")),
+        "no hand-off error line for the shadow sink in the leader's log"
+    );
+}
