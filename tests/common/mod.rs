@@ -55,7 +55,6 @@ pub fn refusing_sink_args() -> Vec<String> {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
