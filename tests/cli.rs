@@ -18,6 +18,45 @@ impl Drop for Reaper {
     }
 }
 
+/// Every line of every NDJSON segment in a file sink's directory.
+fn postflight_lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.path())
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Starts `inflight dev` with its output in `out`, on ports from `grpc`
+/// (3 ports) and `grpc + 3` (3 HTTP ports).
+fn start_dev(dir: &std::path::Path, grpc: u16, extra: &[&str], out: &std::path::Path) -> Reaper {
+    let out = std::fs::File::create(out).unwrap();
+    Reaper(
+        Command::new(BIN)
+            .args(["dev", "--dir"])
+            .arg(dir)
+            .args([
+                "--grpc-port",
+                &grpc.to_string(),
+                "--http-port",
+                &(grpc + 3).to_string(),
+            ])
+            .args(extra)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(["--endpoints", endpoints])
@@ -38,25 +77,8 @@ fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port_block(6);
-    let http = grpc + 3;
     let out_path = dir.path().join("dev.out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut dev = Reaper(
-        Command::new(BIN)
-            .args(["dev", "--dir"])
-            .arg(dir.path().join("cluster"))
-            .args([
-                "--grpc-port",
-                &grpc.to_string(),
-                "--http-port",
-                &http.to_string(),
-            ])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut dev = start_dev(&dir.path().join("cluster"), grpc, &[], &out_path);
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
     wait_until(Duration::from_secs(30), "dev to report a leader", || {
         output().contains("leader: node")
@@ -116,16 +138,40 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
     assert!(text.starts_with("ID"), "{text}");
     assert_eq!(
         text.lines().count(),
-        5,
-        "header, one row per node, and the summary: {text}"
+        7,
+        "header, one row per node, the summary, hand-off and its sink: {text}"
     );
-
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[4].starts_with("leader: node "), "{text}");
     assert!(
-        text.lines()
-            .last()
-            .is_some_and(|l| l.starts_with("leader: node ")),
+        lines[5].starts_with("hand-off: idle, 0 record(s) waiting"),
         "{text}"
     );
+    assert!(lines[6].contains("primary sink file:"), "{text}");
+
+    // Completing the record hands it off to the shared post-flight directory.
+    let done = cli(
+        &endpoints,
+        &["complete", "call/1", r#"{"status":"completed"}"#],
+    );
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let postflight = dir.path().join("cluster").join("postflight");
+    wait_until(
+        Duration::from_secs(10),
+        "call/1 in the post-flight files",
+        || {
+            postflight_lines(&postflight).iter().any(|l| {
+                l.contains(r#""key":"call/1""#) && l.contains(r#""value":{"status":"completed"}"#)
+            })
+        },
+    );
+    wait_until(Duration::from_secs(10), "call/1 to leave memory", || {
+        !cli(&endpoints, &["get", "call/1"]).status.success()
+    });
 
     // SIGTERM stops every node and dev itself.
     unsafe {
@@ -161,6 +207,41 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
     }
 }
 
+#[test]
+fn dev_demo_moves_simulated_calls_and_messages_into_postflight_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port_block(6);
+    let out_path = dir.path().join("dev.out");
+    let _dev = start_dev(&dir.path().join("cluster"), grpc, &["--demo"], &out_path);
+    let postflight = dir.path().join("cluster").join("postflight");
+    let done = |prefix: &str, value: &str| {
+        postflight_lines(&postflight).iter().any(|l| {
+            l.contains(&format!(r#""key":"{prefix}"#))
+                && l.contains(r#""state":"COMPLETED""#)
+                && l.contains(value)
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "a completed call and message handed off",
+        || done("call/", r#""status":"completed""#) && done("msg/", r#""status":"delivered""#),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the demo to report progress",
+        || {
+            std::fs::read_to_string(&out_path)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.starts_with("demo: ")
+                        && l.contains("completed")
+                        && l.contains("post-flight records")
+                })
+        },
+    );
+}
+
 fn serve(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .arg("serve")
@@ -182,7 +263,7 @@ fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys()
     std::fs::write(
         &cfg,
         format!(
-            "id = 1\ndata_dir = {:?}\nlisten = {addr:?}\ninitial_cluster = {cluster:?}\ndurability = \"memory\"\n",
+            "id = 1\ndata_dir = {:?}\nlisten = {addr:?}\ninitial_cluster = {cluster:?}\ndurability = \"memory\"\nsink = \"noop\"\n",
             data.to_str().unwrap()
         ),
     )
@@ -215,7 +296,8 @@ fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys()
     assert_eq!(
         files,
         vec!["node.id".to_string()],
-        "memory durability writes only the id marker"
+        "memory durability writes only the id marker (and `sink = \"noop\"` from the config \
+         file replaced the default file sink under the data directory)"
     );
 
     // The same id in memory mode must not come back: its votes are gone.
