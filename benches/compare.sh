@@ -65,6 +65,8 @@ RESULTS=$WORK/results
 mkdir -p "$RESULTS"
 PIDS=()
 cleanup() {
+    # Keep the raw results (JSON per run) for a look after the fact.
+    rm -rf "$ROOT/target/compare-last" && cp -r "$RESULTS" "$ROOT/target/compare-last" 2>/dev/null || true
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     for f in "$WORK"/inflight/node-*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -199,10 +201,11 @@ if has failover; then
 fi
 
 # --- report -------------------------------------------------------------------
-ETCD_VERSION=$(etcd --version | head -1)
+ETCD_VERSION=$(etcd --version | sed -n 1p)
 REDIS_VERSION=$(redis-server --version | awk '{print $3}')
 INFLIGHT_VERSION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
-MACHINE="$(nproc) cores ($(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(uname -sr)"
+MODEL=$(lscpu | sed -n 's/^Model name: *//p' | sed -n 1p)
+MACHINE="$(nproc) cores ($MODEL), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 python3 "$ROOT/benches/report.py" "$RESULTS" \
     --command "$COMMAND" --machine "$MACHINE" --duration "$DURATION" --clients "$CLIENTS" \
     --connections "$CONNECTIONS" --versions "inflight $INFLIGHT_VERSION; $ETCD_VERSION; Redis $REDIS_VERSION" \

@@ -165,6 +165,13 @@ def main():
         w("## Failover")
         w("")
         out.extend(fo_lines)
+    # The hand-written analysis of missed targets (with the profiles behind
+    # it) travels with every regenerated report.
+    analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
+    if os.path.exists(analysis):
+        w("")
+        with open(analysis) as f:
+            out.append(f.read().rstrip())
     print("\n".join(out))
 
 

@@ -156,6 +156,11 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     });
     tokio::spawn(log_leader_changes(node.clone()));
     tokio::spawn(expirer::run(node.clone(), o.expiry, stop_rx.clone()));
+    tokio::spawn(crate::raft::compaction::run(
+        node.clone(),
+        o.raft.snapshot_every,
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::handoff::run(
         node.clone(),
         o.handoff.settings.clone(),

@@ -85,28 +85,39 @@ fn abandon() -> bool {
     rand::rng().random_bool(0.1)
 }
 
-async fn step(client: &Client, key: &str, value: serde_json::Value) -> Result<(), tonic::Status> {
-    client
-        .send_update(pb::UpdateRequest {
-            key: key.into(),
-            value: value.to_string().into_bytes(),
-            ttl_ms: Some(TTL_MS),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn start(client: &Client, key: &str, value: serde_json::Value) -> Result<(), tonic::Status> {
-    client
-        .send_insert(pb::InsertRequest {
-            key: key.into(),
-            value: value.to_string().into_bytes(),
-            ttl_ms: Some(TTL_MS),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
+/// Inserts the record (`first`) or moves it to its next status, each time
+/// with a fresh TTL: a simulated operation that stops calling in expires.
+async fn report(
+    client: &Client,
+    key: &str,
+    value: serde_json::Value,
+    first: bool,
+) -> Result<(), tonic::Status> {
+    let (key, value, ttl_ms) = (
+        key.to_string(),
+        value.to_string().into_bytes(),
+        Some(TTL_MS),
+    );
+    let sent = if first {
+        client
+            .send_insert(pb::InsertRequest {
+                key,
+                value,
+                ttl_ms,
+                ..Default::default()
+            })
+            .await
+    } else {
+        client
+            .send_update(pb::UpdateRequest {
+                key,
+                value,
+                ttl_ms,
+                ..Default::default()
+            })
+            .await
+    };
+    sent.map(|_| ())
 }
 
 fn number() -> String {
@@ -116,19 +127,11 @@ fn number() -> String {
 async fn call(client: &Client, tally: &Tally) -> Result<(), tonic::Status> {
     let key = format!("call/{}", uuid::Uuid::now_v7());
     let (from, to) = (number(), number());
-    start(
-        client,
-        &key,
-        json!({"from": from, "to": to, "status": "ringing"}),
-    )
-    .await?;
+    let ringing = json!({"from": from, "to": to, "status": "ringing"});
+    report(client, &key, ringing, true).await?;
     pause(300, 1500).await;
-    step(
-        client,
-        &key,
-        json!({"from": from, "to": to, "status": "in-progress"}),
-    )
-    .await?;
+    let answered = json!({"from": from, "to": to, "status": "in-progress"});
+    report(client, &key, answered, false).await?;
     if abandon() {
         tally.abandoned.fetch_add(1, Ordering::Relaxed);
         return Ok(());
@@ -146,15 +149,21 @@ async fn call(client: &Client, tally: &Tally) -> Result<(), tonic::Status> {
 async fn message(client: &Client, tally: &Tally) -> Result<(), tonic::Status> {
     let key = format!("msg/{}", uuid::Uuid::now_v7());
     let to = number();
-    start(client, &key, json!({"to": to, "status": "queued"})).await?;
+    report(client, &key, json!({"to": to, "status": "queued"}), true).await?;
     pause(100, 600).await;
-    step(client, &key, json!({"to": to, "status": "sent"})).await?;
+    report(client, &key, json!({"to": to, "status": "sent"}), false).await?;
     if abandon() {
         tally.abandoned.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
     pause(200, 1500).await;
-    step(client, &key, json!({"to": to, "status": "delivered"})).await?;
+    report(
+        client,
+        &key,
+        json!({"to": to, "status": "delivered"}),
+        false,
+    )
+    .await?;
     client.complete(&key, None, None).await?;
     tally.completed.fetch_add(1, Ordering::Relaxed);
     Ok(())

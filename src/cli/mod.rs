@@ -258,10 +258,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::api::Limits::default().max_value_bytes)]
     pub max_value_bytes: usize,
     /// Leader heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Election timeout range MIN..MAX in milliseconds.
-    #[arg(long, default_value = "400..800", value_parser = parse_range)]
+    /// Election timeout range MIN..MAX in milliseconds. A follower also
+    /// honours the old leader's lease (MAX) before it campaigns, so writes
+    /// resume about MAX + a random MIN..MAX after a leader dies.
+    #[arg(long, default_value = "200..400", value_parser = parse_range)]
     pub election_timeout_ms: (u64, u64),
     /// Source address of outgoing peer connections (default: chosen by the OS).
     #[arg(long)]

@@ -186,7 +186,8 @@ impl RaftNode {
             heartbeat_interval: s.heartbeat_ms,
             election_timeout_min: s.election_timeout_ms.0,
             election_timeout_max: s.election_timeout_ms.1,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
+            // `compaction` decides when to snapshot, in proportion to the table.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
             install_snapshot_timeout: 30_000,
             enable_pre_vote: Some(true),

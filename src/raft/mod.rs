@@ -21,6 +21,7 @@
 //! callback only after fsync, and why the vote has its own file.
 
 pub mod bootstrap;
+pub mod compaction;
 pub mod expirer;
 pub mod log_store;
 pub mod network;
