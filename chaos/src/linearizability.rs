@@ -1,0 +1,321 @@
+//! Per-key linearizability checking, in the style of Porcupine (Wing & Gong's
+//! search with Lowe's memoization).
+//!
+//! Operations on different keys never constrain each other (P-compositionality),
+//! so each key's history is checked on its own. The search walks the history in
+//! time order and tries to linearize each pending call; an operation's return
+//! is a point by which it must have been linearized, so reaching a return
+//! forces backtracking. Visited configurations (which operations are
+//! linearized, and the set of model states they can leave) are remembered,
+//! which makes the search practical on histories of thousands of operations.
+//!
+//! The model is nondeterministic (an unknown outcome may or may not have taken
+//! effect; a COMPLETED record may be evicted at any time), so the search carries
+//! the *set* of states the model may be in, not one state.
+//!
+//! Unknown outcomes never return: they may be linearized at any point after
+//! their call, or not take effect at all.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::history::Operation;
+use crate::model::{step, State};
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Linearizable,
+    /// No order explains the outcomes.
+    Violation,
+    /// The search ran out of time: counts as a failure, never as a pass.
+    Unknown,
+}
+
+#[derive(Clone, Copy)]
+struct Event {
+    op: usize,
+    is_call: bool,
+    /// The other event of the same operation.
+    partner: usize,
+    prev: usize,
+    next: usize,
+}
+
+const HEAD: usize = usize::MAX;
+
+/// Checks one key's operations within `budget`.
+pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
+    if ops.is_empty() {
+        return Verdict::Linearizable;
+    }
+    // Events in time order; at equal times calls come first (the more
+    // permissive reading: the operations overlap).
+    let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        order.push((op.called_at, true, i));
+        order.push((op.returned_at.unwrap_or(u64::MAX), false, i));
+    }
+    order.sort_by_key(|(t, is_call, i)| (*t, !*is_call, *i));
+    let mut events: Vec<Event> = order
+        .iter()
+        .map(|&(_, is_call, op)| Event {
+            op,
+            is_call,
+            partner: 0,
+            prev: HEAD,
+            next: HEAD,
+        })
+        .collect();
+    let mut position = vec![[0usize; 2]; ops.len()];
+    for (e, ev) in events.iter().enumerate() {
+        position[ev.op][usize::from(!ev.is_call)] = e;
+    }
+    let n = events.len();
+    for e in 0..n {
+        let [call, ret] = position[events[e].op];
+        events[e].partner = if events[e].is_call { ret } else { call };
+        events[e].prev = if e == 0 { HEAD } else { e - 1 };
+        events[e].next = if e + 1 == n { HEAD } else { e + 1 };
+    }
+    let mut head = 0usize;
+
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut states: Vec<State> = vec![State::Absent];
+    let mut seen: HashSet<(Vec<u64>, Vec<State>)> = HashSet::new();
+    // (call event lifted, states before it)
+    let mut stack: Vec<(usize, Vec<State>)> = Vec::new();
+    let started = Instant::now();
+    let mut steps: u64 = 0;
+    let mut entry = head;
+
+    // Unlinks an operation's two events; returns the new head.
+    fn lift(events: &mut [Event], head: &mut usize, e: usize) {
+        for x in [e, events[e].partner] {
+            let (p, nx) = (events[x].prev, events[x].next);
+            if p == HEAD {
+                *head = nx;
+            } else {
+                events[p].next = nx;
+            }
+            if nx != HEAD {
+                events[nx].prev = p;
+            }
+        }
+    }
+    // Relinks them, in reverse order of `lift`.
+    fn unlift(events: &mut [Event], head: &mut usize, e: usize) {
+        for x in [events[e].partner, e] {
+            let (p, nx) = (events[x].prev, events[x].next);
+            if p == HEAD {
+                *head = x;
+            } else {
+                events[p].next = x;
+            }
+            if nx != HEAD {
+                events[nx].prev = x;
+            }
+        }
+    }
+
+    while head != HEAD {
+        steps += 1;
+        if steps % 4096 == 0 && started.elapsed() > budget {
+            return Verdict::Unknown;
+        }
+        if entry != HEAD && events[entry].is_call {
+            let op = &ops[events[entry].op];
+            let mut next: Vec<State> = Vec::new();
+            for s in &states {
+                for t in step(s, &op.call, &op.outcome) {
+                    if !next.contains(&t) {
+                        next.push(t);
+                    }
+                }
+            }
+            let i = events[entry].op;
+            let mut marked = linearized.clone();
+            marked[i / 64] |= 1 << (i % 64);
+            next.sort();
+            if !next.is_empty() && seen.insert((marked.clone(), next.clone())) {
+                stack.push((entry, std::mem::replace(&mut states, next)));
+                linearized = marked;
+                lift(&mut events, &mut head, entry);
+                entry = head;
+            } else {
+                entry = events[entry].next;
+            }
+        } else {
+            // A return whose call is not linearized yet: undo the last choice.
+            let Some((call, before)) = stack.pop() else {
+                return Verdict::Violation;
+            };
+            states = before;
+            let i = events[call].op;
+            linearized[i / 64] &= !(1 << (i % 64));
+            unlift(&mut events, &mut head, call);
+            entry = events[call].next;
+        }
+    }
+    Verdict::Linearizable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Call, Outcome, Refusal};
+
+    fn op(client: u32, call: Call, outcome: Outcome, at: u64, until: Option<u64>) -> Operation {
+        Operation {
+            client,
+            key: "k".into(),
+            call,
+            outcome,
+            called_at: at,
+            returned_at: until,
+        }
+    }
+    fn insert(v: &str) -> Call {
+        Call::Insert { value: v.into() }
+    }
+    fn update(v: &str) -> Call {
+        Call::Update {
+            value: v.into(),
+            if_version: None,
+        }
+    }
+    fn written(version: u64) -> Outcome {
+        Outcome::Written { version }
+    }
+    fn read(v: &str, version: u64) -> Outcome {
+        Outcome::Read {
+            value: v.into(),
+            version,
+            completed: false,
+        }
+    }
+    const T: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let h = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, update("b"), written(2), 20, Some(30)),
+            op(2, Call::Get, read("b", 2), 40, Some(50)),
+        ];
+        assert_eq!(check_key(&h, T), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_stale_read_after_a_completed_write_is_a_violation() {
+        let h = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, update("b"), written(2), 20, Some(30)),
+            // Called after the update returned, yet sees the old value.
+            op(2, Call::Get, read("a", 1), 40, Some(50)),
+        ];
+        assert_eq!(check_key(&h, T), Verdict::Violation);
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_write_may_see_either_value() {
+        for seen in [read("a", 1), read("b", 2)] {
+            let h = vec![
+                op(1, insert("a"), written(1), 0, Some(10)),
+                op(1, update("b"), written(2), 20, Some(60)),
+                op(2, Call::Get, seen, 30, Some(40)),
+            ];
+            assert_eq!(check_key(&h, T), Verdict::Linearizable);
+        }
+    }
+
+    #[test]
+    fn reads_must_not_go_back_in_time() {
+        // Two reads during a long update: new then old is impossible.
+        let h = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, update("b"), written(2), 20, Some(100)),
+            op(2, Call::Get, read("b", 2), 30, Some(40)),
+            op(2, Call::Get, read("a", 1), 50, Some(60)),
+        ];
+        assert_eq!(check_key(&h, T), Verdict::Violation);
+    }
+
+    #[test]
+    fn an_unknown_write_may_take_effect_late_or_never() {
+        let took_effect = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, update("b"), Outcome::Unknown, 20, None),
+            op(2, Call::Get, read("a", 1), 30, Some(40)),
+            op(2, Call::Get, read("b", 2), 500, Some(510)),
+        ];
+        assert_eq!(check_key(&took_effect, T), Verdict::Linearizable);
+        let never = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, update("b"), Outcome::Unknown, 20, None),
+            op(2, Call::Get, read("a", 1), 500, Some(510)),
+        ];
+        assert_eq!(check_key(&never, T), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_write_applied_twice_shows_as_a_violation() {
+        // One update, but the version moved by two: e.g. a retry applied again.
+        let h = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, update("b"), written(2), 20, Some(30)),
+            op(2, Call::Get, read("b", 3), 40, Some(50)),
+        ];
+        assert_eq!(check_key(&h, T), Verdict::Violation);
+    }
+
+    #[test]
+    fn lost_acknowledged_insert_is_a_violation() {
+        let h = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(2, Call::Get, Outcome::Refused { refusal: Refusal::NotFound }, 20, Some(30)),
+        ];
+        assert_eq!(check_key(&h, T), Verdict::Violation);
+    }
+
+    #[test]
+    fn a_completed_record_may_be_evicted_at_any_time() {
+        let h = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, Call::Complete { value: Some("z".into()) }, written(2), 20, Some(30)),
+            op(
+                2,
+                Call::Get,
+                Outcome::Read {
+                    value: "z".into(),
+                    version: 2,
+                    completed: true,
+                },
+                40,
+                Some(50),
+            ),
+            op(2, Call::Get, Outcome::Refused { refusal: Refusal::NotFound }, 60, Some(70)),
+            // After eviction the key can start again.
+            op(1, insert("c"), written(1), 80, Some(90)),
+        ];
+        assert_eq!(check_key(&h, T), Verdict::Linearizable);
+        // But an update of a completed record never succeeds.
+        let bad = vec![
+            op(1, insert("a"), written(1), 0, Some(10)),
+            op(1, Call::Complete { value: None }, written(2), 20, Some(30)),
+            op(2, update("x"), written(3), 40, Some(50)),
+        ];
+        assert_eq!(check_key(&bad, T), Verdict::Violation);
+    }
+
+    #[test]
+    fn many_concurrent_unknowns_finish_within_the_budget() {
+        let mut h = vec![op(0, insert("v0"), written(1), 0, Some(5))];
+        for c in 1..=12u32 {
+            h.push(op(c, update(&format!("v{c}")), Outcome::Unknown, 10, None));
+        }
+        h.push(op(99, Call::Get, read("v7", 2), 20, Some(30)));
+        assert_eq!(check_key(&h, T), Verdict::Linearizable);
+    }
+}
