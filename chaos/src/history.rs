@@ -6,11 +6,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Call {
-    Insert { value: String },
-    Update { value: String, if_version: Option<u64> },
+    Insert {
+        value: String,
+    },
+    Update {
+        value: String,
+        if_version: Option<u64>,
+    },
     Get,
-    Delete { if_version: Option<u64> },
-    Complete { value: Option<String> },
+    Delete {
+        if_version: Option<u64>,
+    },
+    Complete {
+        value: Option<String>,
+    },
 }
 
 /// Why a mutation or read was refused, as far as the model cares.

@@ -121,7 +121,7 @@ pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
 
     while head != HEAD {
         steps += 1;
-        if steps % 4096 == 0 && started.elapsed() > budget {
+        if steps.is_multiple_of(4096) && started.elapsed() > budget {
             return Verdict::Unknown;
         }
         if entry != HEAD && events[entry].is_call {
@@ -274,7 +274,15 @@ mod tests {
     fn lost_acknowledged_insert_is_a_violation() {
         let h = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
-            op(2, Call::Get, Outcome::Refused { refusal: Refusal::NotFound }, 20, Some(30)),
+            op(
+                2,
+                Call::Get,
+                Outcome::Refused {
+                    refusal: Refusal::NotFound,
+                },
+                20,
+                Some(30),
+            ),
         ];
         assert_eq!(check_key(&h, T), Verdict::Violation);
     }
@@ -283,7 +291,15 @@ mod tests {
     fn a_completed_record_may_be_evicted_at_any_time() {
         let h = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
-            op(1, Call::Complete { value: Some("z".into()) }, written(2), 20, Some(30)),
+            op(
+                1,
+                Call::Complete {
+                    value: Some("z".into()),
+                },
+                written(2),
+                20,
+                Some(30),
+            ),
             op(
                 2,
                 Call::Get,
@@ -295,7 +311,15 @@ mod tests {
                 40,
                 Some(50),
             ),
-            op(2, Call::Get, Outcome::Refused { refusal: Refusal::NotFound }, 60, Some(70)),
+            op(
+                2,
+                Call::Get,
+                Outcome::Refused {
+                    refusal: Refusal::NotFound,
+                },
+                60,
+                Some(70),
+            ),
             // After eviction the key can start again.
             op(1, insert("c"), written(1), 80, Some(90)),
         ];

@@ -7,9 +7,15 @@ use crate::history::{Call, Outcome, Refusal};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum State {
     Absent,
-    Live { value: String, version: u64 },
+    Live {
+        value: String,
+        version: u64,
+    },
     /// COMPLETED: immutable, waiting for hand-off (and may vanish any time).
-    Done { value: String, version: u64 },
+    Done {
+        value: String,
+        version: u64,
+    },
 }
 
 /// Every state `call` can lead to from `state` if it returned `outcome`
