@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates docs/status-page.png: the live status page (`/`) of a local
-# 3-node cluster under a little load, with one node stopped so the picture
+# 3-node cluster under a little load (and `dev --demo`), with one node stopped so the picture
 # shows what a degraded cluster looks like. Needs Debian's `chromium`.
 #
 #   bash docs/screenshot.sh            # uses target/release/inflight (built if missing)
@@ -10,7 +10,7 @@ command -v chromium >/dev/null || { echo "needs chromium: apt-get install chromi
 BIN=${INFLIGHT_BIN:-target/release/inflight}
 [ -x "$BIN" ] || cargo build --release
 DIR=$(mktemp -d)
-"$BIN" dev --dir "$DIR/cluster" --grpc-port 7101 --http-port 8101 >"$DIR/dev.out" 2>&1 &
+"$BIN" dev --demo --dir "$DIR/cluster" --grpc-port 7101 --http-port 8101 >"$DIR/dev.out" 2>&1 &
 DEV=$!
 trap 'kill $DEV 2>/dev/null || true; wait $DEV 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 100); do grep -q "leader: node" "$DIR/dev.out" && break; sleep 0.2; done
