@@ -376,6 +376,7 @@ async fn a_client_that_gives_up_reports_what_the_nodes_said_not_a_socket_error()
         inflight::client::ClientOptions {
             request_timeout: Duration::from_secs(1),
             retry_for: Duration::from_secs(2),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -345,6 +345,7 @@ async fn linearizable_read_on_an_isolated_old_leader_fails_rather_than_return_st
         ClientOptions {
             request_timeout: Duration::from_secs(3),
             retry_for: Duration::ZERO,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -1,10 +1,16 @@
-//! The chaos suite's history model and checkers.
+//! The chaos suite: a real cluster, a nemesis, recording clients, and the
+//! checkers that judge the recorded history.
 //!
 //! A history is what clients saw: every operation with its call time, its
 //! return time and its outcome. `linearizability` decides whether some order
 //! of the operations, consistent with real time, explains every outcome under
 //! the record model of DESIGN.md.
 
+pub mod cluster;
+pub mod handoff_check;
 pub mod history;
 pub mod linearizability;
 pub mod model;
+pub mod nemesis;
+pub mod net;
+pub mod workload;

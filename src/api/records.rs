@@ -140,6 +140,10 @@ impl RecordService {
             ));
         }
         match c {
+            // The chaos suite's planted bug: a "linearizable" read that is not.
+            #[cfg(feature = "planted-bug-stale-reads")]
+            pb::Consistency::Linearizable => {}
+            #[cfg(not(feature = "planted-bug-stale-reads"))]
             pb::Consistency::Linearizable => {
                 self.node
                     .raft

@@ -63,6 +63,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long to keep retrying retryable failures before giving up.
     pub retry_for: Duration,
+    /// Source address of the client's connections (default: chosen by the
+    /// OS), so that firewalls see the client as a host of its own.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientOptions {
@@ -70,6 +73,7 @@ impl Default for ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(20),
+            local_address: None,
         }
     }
 }
@@ -143,6 +147,7 @@ impl Client {
         }
         let c = crate::raft::network::endpoint(addr)
             .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
+            .local_address(self.inner.opts.local_address)
             .connect_lazy();
         channels.insert(addr.to_string(), c.clone());
         Ok(c)

@@ -181,6 +181,7 @@ impl Client {
                 ClientOptions {
                     request_timeout: timeout,
                     retry_for: Duration::ZERO,
+                    ..Default::default()
                 },
             )
             .ok()?;

@@ -237,6 +237,7 @@ impl Cluster {
             ClientOptions {
                 request_timeout: Duration::from_secs(2),
                 retry_for: Duration::ZERO,
+                ..Default::default()
             },
         )
         .expect("client")

@@ -66,6 +66,7 @@ pub async fn run(a: FailoverArgs) -> anyhow::Result<serde_json::Value> {
     let opts = ClientOptions {
         request_timeout: Duration::from_millis(500),
         retry_for: Duration::ZERO,
+        ..Default::default()
     };
     let admin = Client::new(a.endpoints.clone())?;
     let successes = Arc::new(Successes::default());

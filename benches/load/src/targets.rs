@@ -65,6 +65,7 @@ impl Conn {
                     ClientOptions {
                         request_timeout: Duration::from_secs(5),
                         retry_for: Duration::from_secs(10),
+                        ..Default::default()
                     },
                 )?)
             }

@@ -1,0 +1,354 @@
+//! `inflight-chaos`: one chaos run. See chaos/README.md.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use inflight::client::Consistency;
+use inflight_chaos::cluster::Cluster;
+use inflight_chaos::handoff_check::{sink_ids, EvictionWatch};
+use inflight_chaos::history::{Call, Operation, Outcome, Refusal};
+use inflight_chaos::linearizability::{check_key, Verdict};
+use inflight_chaos::nemesis::{inject, schedule};
+use inflight_chaos::net::Firewall;
+use inflight_chaos::workload::Workload;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Profile {
+    /// Every fault kind once plus a few more: a few minutes.
+    Ci,
+    /// Many more faults, held longer: a soak.
+    Long,
+}
+
+#[derive(Parser)]
+#[command(name = "inflight-chaos")]
+struct Args {
+    #[arg(long, value_enum, default_value = "ci")]
+    profile: Profile,
+    /// Seed of the fault schedule and the workload (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The inflight binary to run.
+    #[arg(long, default_value = "target/release/inflight")]
+    bin: PathBuf,
+    /// Where the run folder goes.
+    #[arg(long, default_value = "chaos/runs")]
+    out: PathBuf,
+    /// Succeed only if a linearizability violation is found (for the planted-bug build).
+    #[arg(long)]
+    expect_violation: bool,
+}
+
+struct Check {
+    name: String,
+    passed: bool,
+    detail: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chaos: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let (extra, hold, gap) = match args.profile {
+        Profile::Ci => (4, Duration::from_secs(6), Duration::from_secs(3)),
+        Profile::Long => (60, Duration::from_secs(10), Duration::from_secs(5)),
+    };
+    let dir = args.out.join(format!(
+        "{}-seed{seed}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let bin = args
+        .bin
+        .canonicalize()
+        .with_context(|| format!("{} (build it: cargo build --release)", args.bin.display()))?;
+    println!(
+        "chaos: profile {:?}, seed {seed}, run folder {}",
+        args.profile,
+        dir.display()
+    );
+
+    let net = (77, (seed % 200) as u8 + 20);
+    let fw = Firewall::new(&format!("{seed}"))?;
+    let mut cluster = Cluster::start(bin, dir.clone(), 5, net)?;
+    cluster.wait_leader(Duration::from_secs(30)).await?;
+    let epoch = Instant::now();
+    let client_ips: Vec<String> = (0..5).map(|c| cluster.ip(100 + c)).collect();
+    let client_home: Vec<(String, u64)> = client_ips
+        .iter()
+        .enumerate()
+        .map(|(c, ip)| (ip.clone(), c as u64 + 1))
+        .collect();
+    let watch = EvictionWatch::start(cluster.admin()?, cluster.sink_dir.clone());
+    let workload = Workload::start(cluster.endpoints(), client_ips, seed, epoch);
+
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+    let mut faults_log = std::fs::File::create(dir.join("faults.jsonl"))?;
+    for kind in schedule(seed, extra) {
+        tokio::time::sleep(gap).await;
+        let r = inject(kind, &mut cluster, &fw, &mut rng, hold, &client_home, epoch).await;
+        match r {
+            Ok(f) => {
+                println!("chaos: {:>7} ms  {:?}: {}", f.started_ms, f.kind, f.detail);
+                writeln!(faults_log, "{}", serde_json::to_string(&f)?)?;
+            }
+            Err(e) => {
+                println!("chaos: {kind:?} could not be applied: {e:#}");
+                writeln!(
+                    faults_log,
+                    "{}",
+                    json!({"kind": kind, "error": format!("{e:#}")})
+                )?;
+            }
+        }
+    }
+    // Heal everything, let the clients run on a healthy cluster, then stop them.
+    fw.heal()?;
+    let members: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| !cluster.removed.contains(id))
+        .collect();
+    for id in &members {
+        cluster.resume(*id);
+        cluster.spawn(*id)?;
+    }
+    let healed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut recorded = workload.stop().await;
+
+    let mut checks = Vec::new();
+    // Liveness: a leader, every member caught up and serving reads.
+    let live = liveness(&cluster, &members).await;
+    checks.push(Check {
+        name: "liveness".into(),
+        passed: live.is_ok(),
+        detail: match &live {
+            Ok(t) => format!("converged {t:?} after healing"),
+            Err(e) => format!("{e:#}"),
+        },
+    });
+    let _ = healed_at;
+    // A final read of every key, recorded like any other operation.
+    let admin = cluster.admin()?;
+    for k in 0..inflight_chaos::workload::KEYS {
+        let key = format!("k{k}");
+        let called_at = epoch.elapsed().as_nanos() as u64;
+        let outcome = match admin.get(&key, Consistency::Linearizable).await {
+            Ok(g) => g.record.map(|r| Outcome::Read {
+                value: String::from_utf8_lossy(&r.value).into_owned(),
+                version: r.version,
+                completed: r.state != inflight::pb::RecordState::Live as i32,
+            }),
+            Err(e) if e.code() == tonic::Code::NotFound => Some(Outcome::Refused {
+                refusal: Refusal::NotFound,
+            }),
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            recorded.ops.push(Operation {
+                client: 999,
+                key,
+                call: Call::Get,
+                outcome,
+                called_at,
+                returned_at: Some(epoch.elapsed().as_nanos() as u64),
+            });
+        }
+    }
+
+    // Hand-off: the backlog drains, then every acknowledged completion is in
+    // the sink exactly once, and nothing left memory before its sink write.
+    let drained = wait_drained(&cluster).await;
+    let (handed_off, early) = watch.stop();
+    let in_sink = sink_ids(&cluster.sink_dir);
+    let missing: Vec<&String> = recorded
+        .completions
+        .iter()
+        .filter(|c| c.acknowledged)
+        .map(|c| &c.handoff_id)
+        .filter(|id| !in_sink.contains_key(*id))
+        .collect();
+    let twice: Vec<(&String, &usize)> = in_sink.iter().filter(|(_, n)| **n > 1).collect();
+    checks.push(Check {
+        name: "handoff: every acknowledged completion in the sink, once".into(),
+        passed: drained.is_ok() && missing.is_empty() && twice.is_empty(),
+        detail: format!(
+            "{} completions acknowledged, {} ids in the sink; missing {:?}; more than once {:?}; drained: {:?}",
+            recorded.completions.len(),
+            in_sink.len(),
+            &missing[..missing.len().min(5)],
+            &twice[..twice.len().min(5)],
+            drained.as_ref().map_err(|e| format!("{e:#}"))
+        ),
+    });
+    checks.push(Check {
+        name: "handoff: no record evicted before its sink write".into(),
+        passed: early.is_empty(),
+        detail: format!(
+            "{} HANDED_OFF events checked; evicted before the sink held them: {:?}",
+            handed_off.len(),
+            &early[..early.len().min(5)]
+        ),
+    });
+
+    // Linearizability, key by key.
+    let mut by_key: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
+    for op in &recorded.ops {
+        by_key.entry(op.key.clone()).or_default().push(op.clone());
+    }
+    let mut violation = false;
+    for (key, ops) in &by_key {
+        let v = check_key(ops, Duration::from_secs(60));
+        if v != Verdict::Linearizable {
+            violation |= v == Verdict::Violation;
+            let mut f = std::fs::File::create(dir.join(format!("failed-{key}.jsonl")))?;
+            for op in ops {
+                writeln!(f, "{}", serde_json::to_string(op)?)?;
+            }
+        }
+        checks.push(Check {
+            name: format!("linearizable: {key}"),
+            passed: v == Verdict::Linearizable,
+            detail: format!("{} operations: {v:?}", ops.len()),
+        });
+    }
+
+    let mut hist = std::fs::File::create(dir.join("history.jsonl"))?;
+    for op in &recorded.ops {
+        writeln!(hist, "{}", serde_json::to_string(op)?)?;
+    }
+    let passed = checks.iter().filter(|c| c.passed).count();
+    let failed = checks.len() - passed;
+    let verdict = json!({
+        "seed": seed,
+        "profile": format!("{:?}", args.profile),
+        "operations": recorded.ops.len(),
+        "unknown_outcomes": recorded.ops.iter().filter(|o| o.outcome == Outcome::Unknown).count(),
+        "checks": checks.iter().map(|c| json!({"check": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),
+        "passed": passed,
+        "failed": failed,
+    });
+    std::fs::write(
+        dir.join("verdict.json"),
+        serde_json::to_string_pretty(&verdict)?,
+    )?;
+    for c in &checks {
+        println!(
+            "chaos: {} {}: {}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    println!(
+        "chaos: {} operations ({} unknown); run folder {}",
+        recorded.ops.len(),
+        recorded
+            .ops
+            .iter()
+            .filter(|o| o.outcome == Outcome::Unknown)
+            .count(),
+        dir.display()
+    );
+    println!("{passed} passed, {failed} failed");
+    cluster.kill_all();
+    let ok = if args.expect_violation {
+        violation
+    } else {
+        failed == 0
+    };
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// Every member answers, agrees on the leader, has applied the same index,
+/// and serves a linearizable read: within 60 s of healing.
+async fn liveness(c: &Cluster, members: &[u64]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let admin = c.admin()?;
+    loop {
+        let mut applied = Vec::new();
+        let mut ok = c.leader().await.is_some();
+        for id in members {
+            match admin
+                .node_status(&c.nodes[id].grpc(), Duration::from_millis(500))
+                .await
+            {
+                Ok(s) => applied.push(s.applied_index),
+                Err(_) => ok = false,
+            }
+        }
+        if ok
+            && applied.windows(2).all(|w| w[0] == w[1])
+            && admin
+                .get("k0", Consistency::Linearizable)
+                .await
+                .map(|_| ())
+                .or_else(|e| {
+                    if e.code() == tonic::Code::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .is_ok()
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("not converged 60 s after healing: applied indexes {applied:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until no member has records waiting for hand-off.
+async fn wait_drained(c: &Cluster) -> anyhow::Result<()> {
+    let admin = c.admin()?;
+    let started = Instant::now();
+    loop {
+        let mut empty = true;
+        for id in c.running() {
+            match admin
+                .node_status(&c.nodes[&id].grpc(), Duration::from_millis(500))
+                .await
+            {
+                Ok(s) if s.outbox_depth == 0 => {}
+                _ => empty = false,
+            }
+        }
+        if empty {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("the hand-off backlog did not drain within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

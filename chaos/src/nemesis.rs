@@ -1,0 +1,216 @@
+//! The nemesis: faults drawn from a seed, applied for a while, then healed.
+//! Every fault is logged with its start and end time.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::cluster::Cluster;
+use crate::net::Firewall;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// kill -9 one random node, restart it when the fault ends.
+    KillOne,
+    /// kill -9 the leader.
+    KillLeader,
+    /// kill -9 two nodes (a minority of five).
+    KillMinority,
+    /// SIGSTOP one node, SIGCONT when the fault ends.
+    Pause,
+    /// Cut the leader (and the clients on its side) off from everyone else.
+    IsolateLeader,
+    /// Two nodes on one side, three on the other.
+    MajorityMinority,
+    /// Two sides that cannot talk, and one node that sees both.
+    Bridge,
+    /// The leader's outgoing packets to the others are dropped; it still hears them.
+    OneWay,
+    /// Remove a follower from the membership, then add a fresh node with a new id.
+    Membership,
+    /// Restart every node in turn (SIGTERM), waiting for a leader in between.
+    RollingRestart,
+}
+
+pub const ALL: [FaultKind; 10] = [
+    FaultKind::KillOne,
+    FaultKind::KillLeader,
+    FaultKind::KillMinority,
+    FaultKind::Pause,
+    FaultKind::IsolateLeader,
+    FaultKind::MajorityMinority,
+    FaultKind::Bridge,
+    FaultKind::OneWay,
+    FaultKind::Membership,
+    FaultKind::RollingRestart,
+];
+
+/// The faults of a run: every kind once, in an order drawn from the seed,
+/// then `extra` more drawn at random.
+pub fn schedule(seed: u64, extra: usize) -> Vec<FaultKind> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut s = ALL.to_vec();
+    s.shuffle(&mut rng);
+    for _ in 0..extra {
+        s.push(ALL[rng.random_range(0..ALL.len())]);
+    }
+    s
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub detail: String,
+    pub started_ms: u64,
+    pub healed_ms: u64,
+}
+
+/// Applies one fault for `hold`, then heals it. Returns what was done.
+pub async fn inject(
+    kind: FaultKind,
+    c: &mut Cluster,
+    fw: &Firewall,
+    rng: &mut StdRng,
+    hold: Duration,
+    client_home: &[(String, u64)],
+    epoch: Instant,
+) -> anyhow::Result<FaultRecord> {
+    let started_ms = epoch.elapsed().as_millis() as u64;
+    let members: Vec<u64> = c
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| !c.removed.contains(id))
+        .collect();
+    let leader = c.wait_leader(Duration::from_secs(20)).await.ok();
+    let pick = |rng: &mut StdRng, from: &[u64]| from[rng.random_range(0..from.len())];
+    // Addresses on one side of a partition: its nodes and the clients homed on them.
+    let side = |ids: &[u64]| -> Vec<String> {
+        let mut v: Vec<String> = ids.iter().map(|id| c.ip(*id)).collect();
+        v.extend(
+            client_home
+                .iter()
+                .filter(|(_, home)| ids.contains(home))
+                .map(|(ip, _)| ip.clone()),
+        );
+        v
+    };
+    let detail;
+    match kind {
+        FaultKind::KillOne | FaultKind::KillLeader | FaultKind::KillMinority => {
+            let mut victims = match kind {
+                FaultKind::KillOne => vec![pick(rng, &members)],
+                FaultKind::KillLeader => vec![leader.unwrap_or_else(|| pick(rng, &members))],
+                _ => {
+                    let mut m = members.clone();
+                    m.shuffle(rng);
+                    m.truncate(2);
+                    m
+                }
+            };
+            victims.sort();
+            detail = format!("killed {victims:?}");
+            for v in &victims {
+                c.kill(*v);
+            }
+            tokio::time::sleep(hold).await;
+            for v in &victims {
+                c.spawn(*v)?;
+            }
+        }
+        FaultKind::Pause => {
+            let v = pick(rng, &members);
+            detail = format!("paused {v}");
+            c.pause(v);
+            tokio::time::sleep(hold).await;
+            c.resume(v);
+        }
+        FaultKind::IsolateLeader | FaultKind::MajorityMinority | FaultKind::Bridge => {
+            let mut m = members.clone();
+            m.shuffle(rng);
+            let (a, b, bridge): (Vec<u64>, Vec<u64>, Option<u64>) = match kind {
+                FaultKind::IsolateLeader => {
+                    let l = leader.unwrap_or(m[0]);
+                    (
+                        vec![l],
+                        m.iter().copied().filter(|x| *x != l).collect(),
+                        None,
+                    )
+                }
+                FaultKind::MajorityMinority => (m[..2].to_vec(), m[2..].to_vec(), None),
+                _ => {
+                    let half = (m.len() - 1) / 2;
+                    (
+                        m[..half].to_vec(),
+                        m[half..m.len() - 1].to_vec(),
+                        m.last().copied(),
+                    )
+                }
+            };
+            detail = format!("sides {a:?} | {b:?}, bridge {bridge:?}");
+            fw.partition(&side(&a), &side(&b))?;
+            tokio::time::sleep(hold).await;
+            fw.heal()?;
+        }
+        FaultKind::OneWay => {
+            let l = leader.unwrap_or_else(|| pick(rng, &members));
+            let others: Vec<u64> = members.iter().copied().filter(|x| *x != l).collect();
+            detail = format!("drop {l} -> {others:?}");
+            fw.drop_from_to(&[c.ip(l)], &side(&others))?;
+            tokio::time::sleep(hold).await;
+            fw.heal()?;
+        }
+        FaultKind::Membership => {
+            let followers: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|x| Some(*x) != leader)
+                .collect();
+            let gone = pick(rng, &followers);
+            let fresh = c.nodes.keys().max().copied().unwrap_or(0) + 1;
+            let admin = c.admin()?;
+            admin
+                .remove_member(gone, false)
+                .await
+                .map_err(|e| anyhow::anyhow!("remove node {gone}: {}", e.message()))?;
+            c.stop(gone);
+            c.removed.push(gone);
+            c.join_new(fresh)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let learner = admin
+                    .member_list()
+                    .await
+                    .ok()
+                    .is_some_and(|l| l.members.iter().any(|m| m.id == fresh));
+                if learner && admin.promote(fresh).await.is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("node {fresh} did not join and get promoted within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            detail = format!("removed {gone}, added and promoted {fresh}");
+            tokio::time::sleep(hold).await;
+        }
+        FaultKind::RollingRestart => {
+            detail = format!("restarted {members:?} one by one");
+            for id in &members {
+                c.stop(*id);
+                c.spawn(*id)?;
+                c.wait_leader(Duration::from_secs(20)).await?;
+            }
+        }
+    }
+    Ok(FaultRecord {
+        kind,
+        detail,
+        started_ms,
+        healed_ms: epoch.elapsed().as_millis() as u64,
+    })
+}

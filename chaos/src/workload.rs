@@ -1,0 +1,203 @@
+//! Clients: each sends one operation at a time over a small key set and
+//! records it (call time, return time, outcome) in the shared history. Every
+//! written value is unique. Retries inside the client reuse the request id,
+//! so a retried mutation is applied at most once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inflight::client::{Client, ClientOptions, Consistency};
+use inflight::pb;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::Code;
+
+use crate::history::{Call, Operation, Outcome, Refusal};
+
+pub const KEYS: u64 = 8;
+
+/// A completed record the client was told about: its hand-off id.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub handoff_id: String,
+    pub acknowledged: bool,
+}
+
+#[derive(Default)]
+pub struct Recorded {
+    pub ops: Vec<Operation>,
+    pub completions: Vec<Completion>,
+}
+
+pub struct Workload {
+    pub recorded: Arc<Mutex<Recorded>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Starts `clients` clients; client `c` sends from `ips[c]`.
+    pub fn start(endpoints: Vec<String>, ips: Vec<String>, seed: u64, epoch: Instant) -> Workload {
+        let recorded = Arc::new(Mutex::new(Recorded::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = ips
+            .into_iter()
+            .enumerate()
+            .map(|(c, ip)| {
+                let client = Client::with_options(
+                    endpoints.clone(),
+                    ClientOptions {
+                        request_timeout: Duration::from_millis(1_000),
+                        retry_for: Duration::from_millis(2_500),
+                        local_address: ip.parse().ok(),
+                    },
+                )
+                .expect("client");
+                let (recorded, stop) = (recorded.clone(), stop.clone());
+                tokio::spawn(run_client(c as u32, client, seed, epoch, recorded, stop))
+            })
+            .collect();
+        Workload {
+            recorded,
+            stop,
+            tasks,
+        }
+    }
+
+    pub async fn stop(self) -> Recorded {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        std::mem::take(&mut *self.recorded.lock())
+    }
+}
+
+fn ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+async fn run_client(
+    client_id: u32,
+    client: Client,
+    seed: u64,
+    epoch: Instant,
+    recorded: Arc<Mutex<Recorded>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(client_id) << 32));
+    let mut seq = 0u64;
+    // The version this client last saw per key, for conditional updates.
+    let mut seen = [None::<u64>; KEYS as usize];
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let k = rng.random_range(0..KEYS);
+        let key = format!("k{k}");
+        let value = format!("c{client_id}-{seq}");
+        let roll = rng.random_range(0..100);
+        let call = match roll {
+            0..=34 => Call::Get,
+            35..=49 => Call::Update {
+                value: value.clone(),
+                if_version: None,
+            },
+            50..=64 => Call::Update {
+                value: value.clone(),
+                if_version: seen[k as usize].or(Some(1)),
+            },
+            65..=79 => Call::Insert {
+                value: value.clone(),
+            },
+            80..=89 => Call::Complete {
+                value: Some(value.clone()),
+            },
+            _ => Call::Delete {
+                if_version: if rng.random_bool(0.5) {
+                    seen[k as usize]
+                } else {
+                    None
+                },
+            },
+        };
+        let called_at = ns(epoch);
+        let (outcome, completion) = execute(&client, &key, &call).await;
+        let returned_at = (outcome != Outcome::Unknown).then(|| ns(epoch));
+        match &outcome {
+            Outcome::Read { version, .. } | Outcome::Written { version } => {
+                seen[k as usize] = Some(*version)
+            }
+            _ => {}
+        }
+        let mut r = recorded.lock();
+        if let Some(c) = completion {
+            r.completions.push(c);
+        }
+        r.ops.push(Operation {
+            client: client_id,
+            key,
+            call,
+            outcome,
+            called_at,
+            returned_at,
+        });
+    }
+}
+
+/// Sends one call; maps the answer to an outcome, and for a Complete the
+/// record's hand-off id (known only when acknowledged).
+async fn execute(client: &Client, key: &str, call: &Call) -> (Outcome, Option<Completion>) {
+    let written = |r: Result<pb::MutationResponse, tonic::Status>| match r {
+        Ok(m) => Outcome::Written {
+            version: m.record.map(|r| r.version).unwrap_or(0),
+        },
+        Err(e) => refusal(&e),
+    };
+    match call {
+        Call::Insert { value } => (written(client.insert(key, value.clone()).await), None),
+        Call::Update { value, if_version } => (
+            written(client.update(key, value.clone(), *if_version).await),
+            None,
+        ),
+        Call::Delete { if_version } => (written(client.delete(key, *if_version).await), None),
+        Call::Complete { value } => {
+            let r = client
+                .complete(key, value.clone().map(String::into_bytes), None)
+                .await;
+            let completion = r.as_ref().ok().map(|m| Completion {
+                handoff_id: format!("{key}@{}", m.revision),
+                acknowledged: true,
+            });
+            (written(r), completion)
+        }
+        Call::Get => match client.get(key, Consistency::Linearizable).await {
+            Ok(g) => match g.record {
+                Some(r) => (
+                    Outcome::Read {
+                        value: String::from_utf8_lossy(&r.value).into_owned(),
+                        version: r.version,
+                        completed: r.state != pb::RecordState::Live as i32,
+                    },
+                    None,
+                ),
+                None => (Outcome::Unknown, None),
+            },
+            Err(e) => (refusal(&e), None),
+        },
+    }
+}
+
+/// A definite refusal, or `Unknown` when the call may have landed.
+fn refusal(e: &tonic::Status) -> Outcome {
+    let refusal = match e.code() {
+        Code::NotFound => Refusal::NotFound,
+        Code::AlreadyExists => Refusal::AlreadyExists,
+        Code::FailedPrecondition if e.message().contains("expected version") => {
+            Refusal::VersionMismatch
+        }
+        Code::FailedPrecondition if e.message().contains("immutable") => Refusal::NotLive,
+        _ => return Outcome::Unknown,
+    };
+    Outcome::Refused { refusal }
+}
