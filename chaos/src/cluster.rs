@@ -185,6 +185,7 @@ impl Cluster {
                 request_timeout: Duration::from_secs(1),
                 retry_for: Duration::from_secs(5),
                 local_address: self.ip(254).parse().ok(),
+                ..ClientOptions::default()
             },
         )?)
     }

@@ -13,9 +13,9 @@ use inflight::client::Client;
 use inflight::pb;
 use parking_lot::Mutex;
 
-/// handoff_id → how many complete lines carry it, over every segment.
-pub fn sink_ids(dir: &Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
+/// Every copy of every document in the sink, by handoff_id.
+pub fn sink_documents(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else {
             continue;
@@ -26,12 +26,21 @@ pub fn sink_ids(dir: &Path) -> BTreeMap<String, usize> {
             struct Id {
                 handoff_id: String,
             }
-            if let Ok(id) = serde_json::from_str::<Id>(line.trim_end()) {
-                *out.entry(id.handoff_id).or_insert(0) += 1;
+            let line = line.trim_end();
+            if let Ok(id) = serde_json::from_str::<Id>(line) {
+                out.entry(id.handoff_id).or_default().push(line.to_string());
             }
         }
     }
     out
+}
+
+/// handoff_id → how many copies the sink holds.
+pub fn sink_ids(dir: &Path) -> BTreeMap<String, usize> {
+    sink_documents(dir)
+        .into_iter()
+        .map(|(id, copies)| (id, copies.len()))
+        .collect()
 }
 
 pub struct EvictionWatch {

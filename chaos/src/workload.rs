@@ -46,17 +46,29 @@ impl Workload {
             .into_iter()
             .enumerate()
             .map(|(c, ip)| {
-                let client = Client::with_options(
-                    endpoints.clone(),
+                let opts = ClientOptions {
+                    request_timeout: Duration::from_millis(1_000),
+                    retry_for: Duration::from_millis(2_500),
+                    local_address: ip.parse().ok(),
+                    follow_leader: true,
+                };
+                let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
+                // Half of the reads go to the client's home node only, as a
+                // client reading from its nearest node would: a follower must
+                // refuse a linearizable read, never answer it from local state.
+                let home = Client::with_options(
+                    [endpoints[c % endpoints.len()].clone()],
                     ClientOptions {
-                        request_timeout: Duration::from_millis(1_000),
-                        retry_for: Duration::from_millis(2_500),
-                        local_address: ip.parse().ok(),
+                        follow_leader: false,
+                        retry_for: Duration::ZERO,
+                        ..opts
                     },
                 )
                 .expect("client");
                 let (recorded, stop) = (recorded.clone(), stop.clone());
-                tokio::spawn(run_client(c as u32, client, seed, epoch, recorded, stop))
+                tokio::spawn(run_client(
+                    c as u32, client, home, seed, epoch, recorded, stop,
+                ))
             })
             .collect();
         Workload {
@@ -82,6 +94,7 @@ fn ns(epoch: Instant) -> u64 {
 async fn run_client(
     client_id: u32,
     client: Client,
+    home: Client,
     seed: u64,
     epoch: Instant,
     recorded: Arc<Mutex<Recorded>>,
@@ -122,7 +135,12 @@ async fn run_client(
             },
         };
         let called_at = ns(epoch);
-        let (outcome, completion) = execute(&client, &key, &call).await;
+        let via = if call == Call::Get && rng.random_bool(0.5) {
+            &home
+        } else {
+            &client
+        };
+        let (outcome, completion) = execute(via, &key, &call).await;
         let returned_at = (outcome != Outcome::Unknown).then(|| ns(epoch));
         match &outcome {
             Outcome::Read { version, .. } | Outcome::Written { version } => {

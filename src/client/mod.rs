@@ -66,6 +66,10 @@ pub struct ClientOptions {
     /// Source address of the client's connections (default: chosen by the
     /// OS), so that firewalls see the client as a host of its own.
     pub local_address: Option<std::net::IpAddr>,
+    /// Follow `x-inflight-leader` redirects (default). When false, the
+    /// client only ever talks to its own endpoints, and a node that is not
+    /// the leader answers for itself (UNAVAILABLE for what needs the leader).
+    pub follow_leader: bool,
 }
 
 impl Default for ClientOptions {
@@ -74,6 +78,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(20),
             local_address: None,
+            follow_leader: true,
         }
     }
 }
@@ -214,7 +219,11 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
                     match hint {
-                        Some(leader) if leader != target && redirects < 3 => {
+                        Some(leader)
+                            if self.inner.opts.follow_leader
+                                && leader != target
+                                && redirects < 3 =>
+                        {
                             *self.inner.leader.lock() = Some(leader);
                             redirects += 1;
                             continue;

@@ -13,6 +13,8 @@
 //!
 //! The outbox is state (`crate::state`), so it is the same on every node and
 //! survives leader changes and restarts. Only the leader runs the worker; it
+//! confirms its leadership with a quorum (ReadIndex) before each batch, so a
+//! leader cut off by a partition stops writing to the sink; it
 //! takes the oldest records, writes them to the primary sink, waits for the
 //! acknowledgement (retrying with exponential backoff and jitter while the
 //! sink is down) and only then proposes `Evict`. A record is therefore

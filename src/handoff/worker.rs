@@ -84,6 +84,26 @@ pub async fn run(
                 "hand-off worker started: this node leads"
             );
         }
+        if node.store.waiting_for_handoff() == 0 {
+            if pause(&mut stop, IDLE_POLL).await {
+                return;
+            }
+            continue;
+        }
+        // Fence: confirm leadership with a quorum before touching the sink. A
+        // deposed leader that has not noticed yet (cut off by a partition)
+        // would otherwise keep writing batches the new leader also writes.
+        if node
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .is_err()
+        {
+            if pause(&mut stop, IDLE_POLL).await {
+                return;
+            }
+            continue;
+        }
         let batch = node
             .store
             .outbox_front(settings.batch_records, settings.batch_bytes);
