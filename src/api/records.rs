@@ -1,10 +1,10 @@
 //! `inflight.v1.InFlight`: the record API.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
-
-use std::sync::Arc;
 
 use super::watch::{watch_stream, WatchStream};
 use super::{record_to_pb, ApiError, Limits};
