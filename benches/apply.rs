@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use inflight::state::{Action, Command, Op, Store, TtlChange};
+use inflight::state::{Action, Command, ExpiredMode, Op, Table, TtlChange};
 
 const VALUE: &[u8; 256] = &[b'x'; 256];
 
@@ -24,8 +24,8 @@ fn insert(i: u64, ttl_ms: Option<u64>) -> Command {
 }
 
 /// A store holding `n` records with 1 s TTLs, applied at indexes 1..=n.
-fn populated(n: u64) -> Store {
-    let s = Store::new();
+fn populated(n: u64) -> Table {
+    let s = Table::new();
     for i in 0..n {
         s.apply(i + 1, &insert(i, Some(1_000))).expect("insert");
     }
@@ -37,7 +37,7 @@ fn bench_apply(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
 
     g.bench_function("insert", |b| {
-        let s = Store::new();
+        let s = Table::new();
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
@@ -77,7 +77,10 @@ fn bench_apply(c: &mut Criterion) {
                 let cmd = Command {
                     at_ms: 10_000,
                     request: None,
-                    action: Action::Expire { keys, drop: false },
+                    action: Action::Expire {
+                        keys,
+                        mode: ExpiredMode::Handoff,
+                    },
                 };
                 let expired = s.apply(batch + 1, &cmd).expect("expire");
                 assert_eq!(expired.len(), batch as usize);

@@ -14,13 +14,13 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use std::sync::Arc;
 
 use crate::api::node_status;
 use crate::handoff::HandoffState;
-use crate::raft::bootstrap::RaftNode;
+use crate::raft;
+use crate::shutdown::Shutdown;
 
 /// How far applied may trail the local log for the node to count as caught up.
 pub const READY_LAG: u64 = 1_000;
@@ -31,15 +31,15 @@ pub const READY_CONTACT_MS: u64 = 3_000;
 /// What the HTTP handlers read.
 #[derive(Clone)]
 struct Ops {
-    node: RaftNode,
+    node: raft::Node,
     handoff: Arc<HandoffState>,
 }
 
 pub async fn serve(
     listener: TcpListener,
-    node: RaftNode,
+    node: raft::Node,
     handoff: Arc<HandoffState>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
@@ -51,7 +51,7 @@ pub async fn serve(
         .with_state(Ops { node, handoff });
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
+            stop.requested().await;
         })
         .await;
     if let Err(e) = r {
@@ -60,7 +60,7 @@ pub async fn serve(
 }
 
 async fn status(State(ops): State<Ops>) -> impl IntoResponse {
-    Json(crate::api::status_json(&node_status(
+    Json(crate::client::status_json(&node_status(
         &ops.node,
         &ops.handoff,
     )))
@@ -70,10 +70,9 @@ async fn status(State(ops): State<Ops>) -> impl IntoResponse {
 async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     let m = &crate::metrics::METRICS;
     let s = node_status(&ops.node, &ops.handoff);
-    let raft = ops.node.raft_metrics();
     m.has_leader.set(i64::from(s.leader_id != 0));
     m.proposals_committed
-        .set(raft.cluster_committed.map(|c| c.index).unwrap_or(0) as i64);
+        .set(ops.node.status().committed_index as i64);
     m.proposals_applied.set(s.applied_index as i64);
     m.records.set(s.records as i64);
     m.memory_bytes.set(s.memory_bytes as i64);
@@ -100,14 +99,12 @@ async fn page() -> impl IntoResponse {
 /// Every member's status (as `inflight status --json`), asked from this
 /// node, plus the leader changes this node saw.
 async fn cluster(State(Ops { node, .. }): State<Ops>) -> impl IntoResponse {
-    let endpoints: Vec<String> = {
-        let m = node.raft_metrics();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.addr.clone())
-            .collect()
-    };
+    let endpoints: Vec<String> = node
+        .status()
+        .members
+        .into_iter()
+        .map(|m| m.address)
+        .collect();
     let mut v = match crate::client::Client::new(endpoints) {
         Ok(c) => c
             .cluster_report(std::time::Duration::from_millis(900))
@@ -116,13 +113,12 @@ async fn cluster(State(Ops { node, .. }): State<Ops>) -> impl IntoResponse {
         Err(e) => json!({"error": e.message()}),
     };
     let changes: Vec<_> = node
-        .leader_changes
-        .lock()
+        .leader_changes()
         .iter()
         .map(|c| json!({"at_ms": c.at_ms, "term": c.term, "leader": c.leader}))
         .collect();
     v["leader_changes"] = json!(changes);
-    v["served_by"] = json!(node.id);
+    v["served_by"] = json!(node.id());
     Json(v)
 }
 

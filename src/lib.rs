@@ -22,12 +22,15 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod duties;
 pub mod handoff;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod shutdown;
 pub mod state;
+pub mod wire;
 
 /// Generated protobuf and gRPC types (`proto/inflight.proto`).
 pub mod pb {

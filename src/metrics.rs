@@ -2,7 +2,7 @@
 //!
 //! Names are stable and documented in README.md ("Metrics"). Counters and
 //! histograms are updated where things happen (the WAL writer, the peer
-//! network, the gRPC handlers, the expirer); gauges that mirror state (the
+//! network, the gRPC handlers, the expiry duty); gauges that mirror state (the
 //! Raft indexes, records, memory) are read from the node when scraped, so
 //! they cannot drift.
 

@@ -1,5 +1,18 @@
 //! One `inflight serve` process: storage, Raft, the gRPC and HTTP listeners,
-//! cluster bootstrap or join, and a clean shutdown on SIGINT/SIGTERM.
+//! the node's duties, cluster bootstrap or join, and an orderly shutdown.
+//!
+//! Shutdown on SIGINT/SIGTERM, in this order:
+//! 1. the duties stop at the end of their current round: the hand-off worker
+//!    finishes the batch it is writing (and proposes its `Evict`), the
+//!    shadow sink drains its queue;
+//! 2. a leader hands leadership to the most recently acknowledged voter, so
+//!    clients find a new leader at once instead of after an election timeout;
+//! 3. the gRPC and HTTP listeners stop accepting and let calls in flight
+//!    finish (bounded; watch streams end);
+//! 4. the Raft core stops, and the remaining tasks are joined.
+//!
+//! The listeners stop after the hand-over, not before, because the Raft peer
+//! service still shares the client port: the hand-over needs it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,19 +20,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{ClusterService, GrpcMetricsLayer, Limits, RecordService, Retention};
+use crate::api::{ClusterService, GrpcMetricsLayer, InFlightService, Limits, Retention};
 use crate::client::Client;
-use crate::handoff::{HandoffSettings, HandoffState, Sink, SinkSpec};
+use crate::duties::compaction::Compaction;
+use crate::duties::expiry::{Expiry, ExpirySettings};
+use crate::duties::handoff::{Handoff, HandoffSettings};
+use crate::handoff::{HandoffState, Sink, SinkSpec};
 use crate::pb;
-use crate::raft::bootstrap::{RaftNode, RaftSettings};
-use crate::raft::expirer::{self, ExpirySettings};
-use crate::raft::peer_service::PeerService;
+use crate::raft::{self, RaftSettings};
+pub use crate::shutdown::stop_signal;
+use crate::shutdown::{Shutdown, Tasks};
 use crate::state::WindowLimits;
+
+/// How long each shutdown step may take before the node moves on.
+const DUTIES_STOP: Duration = Duration::from_secs(20);
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+const LISTENERS_STOP: Duration = Duration::from_secs(5);
+const REST_STOP: Duration = Duration::from_secs(2);
 
 /// Everything `inflight serve` needs to run a node.
 #[derive(Clone, Debug)]
@@ -46,28 +66,6 @@ pub struct HandoffOptions {
     /// Past this many bytes of records, Insert is refused.
     pub memory_budget_bytes: u64,
     pub settings: HandoffSettings,
-}
-
-/// Resolves when the process is asked to stop.
-pub async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
@@ -102,22 +100,26 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     crate::metrics::METRICS
         .memory_budget_bytes
         .set(o.handoff.memory_budget_bytes.min(i64::MAX as u64) as i64);
-    let node = RaftNode::start(&o.raft).await?;
-    node.store.events().set_limits(o.watch_window);
+    let node = raft::Node::start(&o.raft).await?;
+    node.table().events().set_limits(o.watch_window);
     tracing::info!(
-        id = node.id,
+        id = node.id(),
         grpc = %o.listen,
         http = ?o.http,
-        durability = node.durability.as_str(),
+        durability = node.durability().as_str(),
         data_dir = %o.raft.data_dir.display(),
         sink = %o.handoff.sink,
         shadow_sink = ?o.handoff.shadow.as_ref().map(|s| s.to_string()),
         "node started"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Three sets of tasks, stopped in this order (see the module docs).
+    let mut duties = Tasks::new("duties");
+    let mut listeners = Tasks::new("listeners");
+    let mut rest = Tasks::new("node");
+
     let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
-    let records = pb::in_flight_server::InFlightServer::new(RecordService::new(
+    let records = pb::in_flight_server::InFlightServer::new(InFlightService::new(
         node.clone(),
         o.limits,
         o.retention,
@@ -126,54 +128,74 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     .max_decoding_message_size(max_msg.max(16 << 20));
     let cluster =
         pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
-    let peers = pb::raft_server::RaftServer::new(PeerService::new(
-        node.raft.clone(),
-        node.leader_contact.clone(),
-    ))
-    .max_decoding_message_size(256 << 20)
-    .max_encoding_message_size(256 << 20);
-    let mut grpc_stop = stop_rx.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .layer(GrpcMetricsLayer)
-            .add_service(records)
-            .add_service(cluster)
-            .add_service(peers)
-            .serve_with_incoming_shutdown(without_nagle(listener), async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            }),
-    );
-    let http = http_listener.map(|l| {
-        tokio::spawn(crate::http::serve(
-            l,
-            node.clone(),
-            handoff.clone(),
-            stop_rx.clone(),
-        ))
+    let peers = pb::raft_server::RaftServer::new(node.peer_service())
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let mut grpc_stop = listeners.signal();
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .layer(GrpcMetricsLayer)
+        .add_service(records)
+        .add_service(cluster)
+        .add_service(peers)
+        .serve_with_incoming_shutdown(without_nagle(listener), async move {
+            grpc_stop.requested().await
+        });
+    listeners.spawn("grpc", async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
     });
-    tokio::spawn(log_leader_changes(node.clone()));
-    tokio::spawn(expirer::run(node.clone(), o.expiry, stop_rx.clone()));
-    tokio::spawn(crate::raft::compaction::run(
-        node.clone(),
-        o.raft.snapshot_every,
-        stop_rx.clone(),
-    ));
-    tokio::spawn(crate::handoff::run(
-        node.clone(),
-        o.handoff.settings.clone(),
-        handoff.clone(),
-        primary_sink,
-        shadow_sink,
-        stop_rx.clone(),
-    ));
+    if let Some(l) = http_listener {
+        listeners.spawn(
+            "http",
+            crate::http::serve(l, node.clone(), handoff.clone(), listeners.signal()),
+        );
+    }
 
     {
         let node = node.clone();
-        tokio::spawn(async move { node.await_recovery().await });
+        rest.spawn("leader-changes", async move {
+            node.track_leader_changes().await
+        });
     }
+    {
+        let node = node.clone();
+        let mut stop = rest.signal();
+        rest.spawn("recovery", async move {
+            tokio::select! {
+                _ = node.await_recovery() => {}
+                _ = stop.requested() => {}
+            }
+        });
+    }
+    duties.spawn(
+        "expiry",
+        crate::duties::run(node.clone(), Expiry::new(o.expiry), duties.signal()),
+    );
+    duties.spawn(
+        "compaction",
+        crate::duties::run(
+            node.clone(),
+            Compaction::new(o.raft.snapshot_every),
+            duties.signal(),
+        ),
+    );
+    duties.spawn(
+        "hand-off",
+        crate::duties::run(
+            node.clone(),
+            Handoff::new(
+                o.handoff.settings.clone(),
+                handoff.clone(),
+                primary_sink,
+                shadow_sink,
+            ),
+            duties.signal(),
+        ),
+    );
 
     if !o.initial_cluster.is_empty() {
         if let Some(peer) = initialized_peer(&node, &o.initial_cluster).await {
@@ -188,8 +210,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         }
     }
     if !o.join.is_empty() {
-        if node.log.is_pristine() {
-            tokio::spawn(join(node.clone(), o.join.clone(), stop_rx.clone()));
+        if node.is_pristine() {
+            rest.spawn("join", join(node.clone(), o.join.clone(), rest.signal()));
         } else {
             tracing::info!(
                 "--join ignored: this node already has Raft state and rejoins on its own"
@@ -197,23 +219,26 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         }
     }
 
-    let mut grpc = grpc;
-    tokio::select! {
-        _ = stop_signal() => tracing::info!("stop signal received; shutting down"),
-        r = &mut grpc => {
-            r.context("gRPC server task")?.context("gRPC server")?;
+    let failed = tokio::select! {
+        _ = stop_signal() => {
+            tracing::info!("stop signal received; shutting down");
+            None
         }
-    }
-    let _ = stop_tx.send(true);
-    if let Err(e) = node.raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
-    if let Some(h) = http {
-        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-    }
+        task = listeners.any_ended() => {
+            tracing::error!(task, "a listener stopped on its own; shutting down");
+            Some(task)
+        }
+    };
+    duties.stop(DUTIES_STOP).await;
+    node.hand_over_leadership(HANDOVER_WAIT).await;
+    listeners.stop(LISTENERS_STOP).await;
+    node.shutdown().await;
+    rest.stop(REST_STOP).await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(task) => anyhow::bail!("the {task} listener stopped on its own (see the log)"),
+        None => Ok(()),
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay`
@@ -234,13 +259,13 @@ fn without_nagle(
 /// For a pristine node about to initialize the cluster: is any other initial
 /// member already part of an initialized cluster? (Then this node lost its
 /// data, and initializing would create a second cluster beside the first.)
-async fn initialized_peer(node: &RaftNode, members: &BTreeMap<u64, String>) -> Option<u64> {
-    if members.keys().next() != Some(&node.id) || !node.log.is_pristine() {
+async fn initialized_peer(node: &raft::Node, members: &BTreeMap<u64, String>) -> Option<u64> {
+    if members.keys().next() != Some(&node.id()) || !node.is_pristine() {
         return None;
     }
     let peers: Vec<String> = members
         .iter()
-        .filter(|(id, _)| **id != node.id)
+        .filter(|(id, _)| **id != node.id())
         .map(|(_, a)| a.clone())
         .collect();
     let client = Client::new(peers.clone()).ok()?;
@@ -255,7 +280,7 @@ async fn initialized_peer(node: &RaftNode, members: &BTreeMap<u64, String>) -> O
 }
 
 /// Asks an existing cluster to add this node as a learner, until it does.
-async fn join(node: RaftNode, endpoints: Vec<String>, mut stop: watch::Receiver<bool>) {
+async fn join(node: raft::Node, endpoints: Vec<String>, mut stop: Shutdown) {
     let client = match Client::new(endpoints.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -264,53 +289,16 @@ async fn join(node: RaftNode, endpoints: Vec<String>, mut stop: watch::Receiver<
         }
     };
     loop {
-        match client.add_learner(node.id, &node.advertise).await {
+        match client.add_learner(node.id(), node.advertise()).await {
             Ok(_) => {
-                tracing::info!(id = node.id, via = ?endpoints, "joined the cluster as a learner");
+                tracing::info!(id = node.id(), via = ?endpoints, "joined the cluster as a learner");
                 return;
             }
             Err(e) => {
                 tracing::warn!(error = %e.message(), code = ?e.code(), "join failed; retrying")
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// One log line per leader change seen by this node.
-async fn log_leader_changes(node: RaftNode) {
-    let mut rx = node.raft.metrics();
-    let mut last: Option<u64> = None;
-    loop {
-        let (leader, term) = {
-            let m = rx.borrow_and_update();
-            (m.current_leader, m.current_term)
-        };
-        if leader != last {
-            if leader.is_some() {
-                crate::metrics::METRICS.leader_changes.inc();
-            }
-            {
-                let mut seen = node.leader_changes.lock();
-                seen.push_back(crate::raft::bootstrap::LeaderChange {
-                    at_ms: crate::raft::leader_clock_ms(),
-                    term,
-                    leader,
-                });
-                while seen.len() > 20 {
-                    seen.pop_front();
-                }
-            }
-            match leader {
-                Some(l) => tracing::info!(leader = l, term, "leader changed"),
-                None => tracing::info!(term, "no leader"),
-            }
-            last = leader;
-        }
-        if rx.changed().await.is_err() {
+        if stop.sleep(Duration::from_secs(1)).await {
             return;
         }
     }

@@ -14,13 +14,14 @@
 
 use super::ApiError;
 use crate::handoff::HandoffState;
-use crate::state::{Op, Store};
+use crate::state::{Op, Table};
+use crate::wire::human_bytes;
 
 /// Refuses `ops` if they insert and records already hold the budget or the
 /// inserts would take them past it. A retry of a request that was applied
 /// (a remembered `request_id`) is let through: it gets its original answer.
 pub fn admit(
-    store: &Store,
+    table: &Table,
     handoff: &HandoffState,
     ops: &[Op],
     request_id: &str,
@@ -33,32 +34,32 @@ pub fn admit(
         })
         .sum();
     let inserts = ops.iter().any(|op| matches!(op, Op::Insert { .. }));
-    let used = store.memory_bytes() as u64;
+    let used = table.memory_bytes() as u64;
     let budget = handoff.memory_budget_bytes;
     if !inserts || used + adding as u64 <= budget {
         return Ok(());
     }
-    if !request_id.is_empty() && store.remembers_request(request_id) {
+    if !request_id.is_empty() && table.remembers_request(request_id) {
         return Ok(());
     }
     crate::metrics::METRICS.inserts_refused_budget.inc();
     Err(ApiError::ResourceExhausted(refusal(
-        store, handoff, used, budget,
+        table, handoff, used, budget,
     )))
 }
 
-fn refusal(store: &Store, handoff: &HandoffState, used: u64, budget: u64) -> String {
-    let backlog_bytes = store.outbox_bytes() as u64;
-    let backlog = store.waiting_for_handoff();
+fn refusal(table: &Table, handoff: &HandoffState, used: u64, budget: u64) -> String {
+    let outbox_bytes = table.outbox_bytes() as u64;
+    let depth = table.outbox_depth();
     let mut msg = format!(
         "memory budget exhausted: records hold {} of the {} budget (--memory-budget); ",
         human_bytes(used),
         human_bytes(budget)
     );
-    if backlog_bytes * 2 >= used {
+    if outbox_bytes * 2 >= used {
         msg.push_str(&format!(
-            "{} of it is the hand-off backlog: {backlog} completed or expired records waiting for sink {}",
-            human_bytes(backlog_bytes),
+            "{} of it is the outbox: {depth} completed or expired records waiting for hand-off to sink {}",
+            human_bytes(outbox_bytes),
             handoff.primary.spec
         ));
         let s = handoff.primary.snapshot();
@@ -70,26 +71,16 @@ fn refusal(store: &Store, handoff: &HandoffState, used: u64, budget: u64) -> Str
             _ => msg.push_str(", which is behind"),
         }
         msg.push_str(
-            ". Inserts resume as the backlog drains; updates, completes and deletes still work",
+            ". Inserts resume as the outbox drains; updates, completes and deletes still work",
         );
     } else {
         msg.push_str(&format!(
-            "{} live records and {backlog} waiting for hand-off. Complete or delete records, \
+            "{} live records and {depth} waiting for hand-off. Complete or delete records, \
              or raise --memory-budget; updates, completes and deletes still work",
-            store.len().saturating_sub(backlog)
+            table.len().saturating_sub(depth)
         ));
     }
     msg
-}
-
-/// Bytes in the largest binary unit that keeps a digit before the point.
-pub fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
-        b => format!("{b}B"),
-    }
 }
 
 #[cfg(test)]
@@ -107,11 +98,11 @@ mod tests {
     }
 
     #[test]
-    fn inserts_past_the_budget_are_refused_naming_the_backlog_other_ops_pass() {
-        let store = Store::new();
+    fn inserts_past_the_budget_are_refused_naming_the_outbox_other_ops_pass() {
+        let table = Table::new();
         let handoff = HandoffState::new(&SinkSpec::Noop, None, 4_000);
         for (i, k) in ["a", "b", "c"].iter().enumerate() {
-            store
+            table
                 .apply(2 * i as u64 + 1, &Command::op(1, insert(k, 1000)))
                 .unwrap();
             let done = Op::Complete {
@@ -119,29 +110,29 @@ mod tests {
                 value: None,
                 if_version: None,
             };
-            store
+            table
                 .apply(2 * i as u64 + 2, &Command::op(2, done))
                 .unwrap();
         }
-        admit(&store, &handoff, &[insert("d", 10)], "").unwrap();
-        let e = admit(&store, &handoff, &[insert("d", 1000)], "").unwrap_err();
+        admit(&table, &handoff, &[insert("d", 10)], "").unwrap();
+        let e = admit(&table, &handoff, &[insert("d", 1000)], "").unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, ApiError::ResourceExhausted(_)));
-        assert!(msg.contains("hand-off backlog: 3 completed"), "{msg}");
+        assert!(msg.contains("the outbox: 3 completed"), "{msg}");
         assert!(msg.contains("sink noop"), "{msg}");
         let update = Op::Delete {
             key: "a".into(),
             if_version: None,
         };
-        admit(&store, &handoff, &[update], "").unwrap();
+        admit(&table, &handoff, &[update], "").unwrap();
     }
 
     #[test]
     fn live_records_over_the_budget_say_so() {
-        let store = Store::new();
+        let table = Table::new();
         let handoff = HandoffState::new(&SinkSpec::Noop, None, 1_000);
-        store.apply(1, &Command::op(1, insert("a", 2000))).unwrap();
-        let msg = admit(&store, &handoff, &[insert("b", 1)], "")
+        table.apply(1, &Command::op(1, insert("a", 2000))).unwrap();
+        let msg = admit(&table, &handoff, &[insert("b", 1)], "")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("1 live records and 0 waiting"), "{msg}");

@@ -1,61 +1,46 @@
 //! `inflight.v1.Cluster`: node status and membership.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use crate::handoff::HandoffState;
 use crate::pb;
-use crate::raft::bootstrap::RaftNode;
-use crate::raft::Node;
+use crate::raft;
 
 pub struct ClusterService {
-    node: RaftNode,
+    node: raft::Node,
     handoff: Arc<HandoffState>,
 }
 
 impl ClusterService {
-    pub fn new(node: RaftNode, handoff: Arc<HandoffState>) -> Self {
+    pub fn new(node: raft::Node, handoff: Arc<HandoffState>) -> Self {
         ClusterService { node, handoff }
     }
 
     fn members(&self) -> pb::MemberListResponse {
-        let m = self.node.raft_metrics();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let within = self.reachable_within();
+        let s = self.node.status();
+        let within = reachable_within(&s).as_millis() as u64;
         pb::MemberListResponse {
-            members: membership
-                .nodes()
-                .map(|(id, n)| {
-                    let last_ack_ms = if *id == self.node.id && m.state == ServerState::Leader {
-                        Some(0)
-                    } else {
-                        m.heartbeat.as_ref().and_then(|h| {
-                            h.get(id)
-                                .and_then(|t| t.as_ref())
-                                .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
-                        })
-                    };
-                    pb::Member {
-                        id: *id,
-                        address: n.addr.clone(),
-                        voter: voters.contains(id),
-                        last_ack_ms,
-                        reachable: last_ack_ms.is_some_and(|ms| ms <= within.as_millis() as u64),
-                    }
+            members: s
+                .members
+                .iter()
+                .map(|m| pb::Member {
+                    id: m.id,
+                    address: m.address.clone(),
+                    voter: m.voter,
+                    last_ack_ms: m.last_ack_ms,
+                    reachable: m.last_ack_ms.is_some_and(|ms| ms <= within),
                 })
                 .collect(),
-            leader_id: m.current_leader.unwrap_or(0),
+            leader_id: s.leader.unwrap_or(0),
         }
     }
 }
 
 /// The hand-off pipeline as this node sees it.
-pub fn handoff_status(node: &RaftNode, handoff: &HandoffState) -> pb::HandoffStatus {
+pub fn handoff_status(node: &raft::Node, handoff: &HandoffState) -> pb::HandoffStatus {
     let ms = |d: std::time::Duration| d.as_millis() as u64;
     pb::HandoffStatus {
         active: handoff.is_active(),
@@ -74,105 +59,36 @@ pub fn handoff_status(node: &RaftNode, handoff: &HandoffState) -> pb::HandoffSta
                 failing_for_ms: s.failing_for.map(ms),
             })
             .collect(),
-        outbox_bytes: node.store.outbox_bytes() as u64,
+        outbox_bytes: node.table().outbox_bytes() as u64,
         memory_budget_bytes: handoff.memory_budget_bytes,
     }
 }
 
 /// This node's view of itself and of the cluster.
-pub fn node_status(node: &RaftNode, handoff: &HandoffState) -> pb::NodeStatus {
-    let m = node.raft_metrics();
-    let membership = m.membership_config.membership();
-    let is_voter = membership.voter_ids().any(|v| v == node.id);
-    let leader_address = m
-        .current_leader
-        .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
-        .unwrap_or_default();
+pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus {
+    let s = node.status();
+    let table = node.table();
     pb::NodeStatus {
-        id: node.id,
-        address: node.advertise.clone(),
-        role: role_name(m.state, is_voter).into(),
-        term: m.current_term,
-        last_log_index: m.last_log_index.unwrap_or(0),
-        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-        leader_id: m.current_leader.unwrap_or(0),
-        leader_address,
-        records: node.store.len() as u64,
-        snapshot_index: node.sm.snapshot_index().unwrap_or(0),
-        durability: node.durability.as_str().into(),
+        id: s.id,
+        address: node.advertise().to_string(),
+        role: s.role.as_str().into(),
+        term: s.term,
+        last_log_index: s.last_log_index,
+        applied_index: s.applied_index,
+        leader_id: s.leader.unwrap_or(0),
+        leader_address: s.leader_address.clone().unwrap_or_default(),
+        records: table.len() as u64,
+        snapshot_index: s.snapshot_index,
+        durability: node.durability().as_str().into(),
         recovered: node.is_recovered(),
-        memory_bytes: node.store.memory_bytes() as u64,
-        outbox_depth: node.store.waiting_for_handoff() as u64,
-        leader_contact_ms: node.leader_contact_ms(),
-        voters: membership.voter_ids().count() as u32,
-        outbox_oldest_age_ms: node
-            .store
-            .oldest_waiting_since_ms()
+        memory_bytes: table.memory_bytes() as u64,
+        outbox_depth: table.outbox_depth() as u64,
+        leader_contact_ms: s.leader_contact_ms,
+        voters: s.voters().count() as u32,
+        outbox_oldest_age_ms: table
+            .outbox_oldest_since_ms()
             .map(|t| crate::raft::leader_clock_ms().saturating_sub(t)),
         handoff: Some(handoff_status(node, handoff)),
-    }
-}
-
-/// The hand-off part of a node status as JSON.
-pub fn handoff_json(h: &pb::HandoffStatus) -> serde_json::Value {
-    let sinks: Vec<_> = h
-        .sinks
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "role": s.role,
-                "sink": s.sink,
-                "records_delivered": s.records_delivered,
-                "batches_delivered": s.batches_delivered,
-                "batches_failed": s.batches_failed,
-                "last_success_age_ms": s.last_success_age_ms,
-                "last_error": if s.last_error.is_empty() { None } else { Some(&s.last_error) },
-                "last_error_age_ms": s.last_error_age_ms,
-                "failing_for_ms": s.failing_for_ms,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "active": h.active,
-        "sinks": sinks,
-        "outbox_bytes": h.outbox_bytes,
-        "memory_budget_bytes": h.memory_budget_bytes,
-    })
-}
-
-/// A node status as JSON: `/status` and `inflight status --json` print this.
-pub fn status_json(s: &pb::NodeStatus) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id,
-        "address": s.address,
-        "role": s.role,
-        "term": s.term,
-        "last_log_index": s.last_log_index,
-        "applied_index": s.applied_index,
-        "leader_id": if s.leader_id == 0 { None } else { Some(s.leader_id) },
-        "leader_address": s.leader_address,
-        "records": s.records,
-        "snapshot_index": s.snapshot_index,
-        "durability": s.durability,
-        "recovered": s.recovered,
-        "memory_bytes": s.memory_bytes,
-        "outbox_depth": s.outbox_depth,
-        "outbox_oldest_age_ms": s.outbox_oldest_age_ms,
-        "leader_contact_ms": s.leader_contact_ms,
-        "voters": s.voters,
-        "handoff": s.handoff.as_ref().map(handoff_json),
-    })
-}
-
-/// The role name shown to operators for a Raft server state.
-pub fn role_name(state: ServerState, is_voter: bool) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Candidate => "candidate",
-        ServerState::Shutdown => "shutdown",
-        ServerState::Learner => "learner",
-        ServerState::Follower if is_voter => "follower",
-        ServerState::Follower => "learner",
     }
 }
 
@@ -219,14 +135,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .into());
         }
         self.node
-            .raft
-            .add_learner(
-                r.id,
-                Node {
-                    addr: r.address.clone(),
-                },
-                false,
-            )
+            .add_learner(r.id, &r.address)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(id = r.id, address = %r.address, "membership: added learner");
@@ -249,11 +158,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             Some(m) if m.voter => return Ok(Response::new(existing)),
             Some(_) => {}
         }
-        self.node
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(ApiError::from)?;
+        self.node.promote(id).await.map_err(ApiError::from)?;
         tracing::info!(id, "membership: promoted learner to voter");
         Ok(Response::new(self.members()))
     }
@@ -263,12 +168,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let r = req.into_inner();
-        self.require_leader()?;
+        self.node.leader_only().map_err(ApiError::from)?;
         let existing = self.members();
         let Some(member) = existing.members.iter().find(|m| m.id == r.id) else {
             return Err(ApiError::NotFound(format!("id: node {} is not a member", r.id)).into());
         };
-        let change = if member.voter {
+        if member.voter {
             let remaining: Vec<u64> = existing
                 .members
                 .iter()
@@ -293,13 +198,9 @@ impl pb::cluster_server::Cluster for ClusterService {
                 ))
                 .into());
             }
-            ChangeMembers::RemoveVoters(BTreeSet::from([r.id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([r.id]))
-        };
+        }
         self.node
-            .raft
-            .change_membership(change, false)
+            .remove(r.id, member.voter)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(id = r.id, force = r.force, "membership: removed node");
@@ -311,35 +212,19 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let to = req.into_inner().to;
-        self.require_leader()?;
+        self.node.leader_only().map_err(ApiError::from)?;
         let members = self.members();
         if !members.members.iter().any(|m| m.id == to && m.voter) {
             return Err(
                 ApiError::FailedPrecondition(format!("to: node {to} is not a voter")).into(),
             );
         }
-        if to != self.node.id {
+        if to != self.node.id() {
             self.node
-                .raft
-                .trigger()
-                .transfer_leader(to)
+                .transfer_leader(to, TRANSFER_WAIT)
                 .await
-                .map_err(|e| ApiError::Unavailable(format!("raft node stopped: {e}")))?;
-            let waited = self
-                .node
-                .raft
-                .wait(Some(TRANSFER_WAIT))
-                .metrics(|m| m.current_leader == Some(to), "leader transfer")
-                .await;
-            if waited.is_err() {
-                let now = self.node.raft_metrics().current_leader;
-                return Err(ApiError::Unavailable(format!(
-                    "node {to} did not take over within {TRANSFER_WAIT:?} (leader now: {now:?}); it may be \
-                     lagging or unreachable"
-                ))
-                .into());
-            }
-            tracing::info!(from = self.node.id, to, "leadership transferred");
+                .map_err(ApiError::from)?;
+            tracing::info!(from = self.node.id(), to, "leadership transferred");
         }
         Ok(Response::new(pb::TransferLeaderResponse { leader_id: to }))
     }
@@ -348,27 +233,13 @@ impl pb::cluster_server::Cluster for ClusterService {
 /// How long a leader transfer may take before the caller hears it failed.
 const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A member counts as reachable if it acknowledged the leader within a few
+/// heartbeats: tight, so a node that just died is not counted on.
+fn reachable_within(s: &raft::Status) -> std::time::Duration {
+    std::time::Duration::from_millis(s.heartbeat_ms * 4 + 100)
+}
+
 impl ClusterService {
-    fn require_leader(&self) -> Result<(), ApiError> {
-        if self.node.raft.is_leader() {
-            return Ok(());
-        }
-        let m = self.node.raft_metrics();
-        let leader = m.current_leader.and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| (l, n.addr.clone()))
-        });
-        Err(ApiError::NotLeader { leader })
-    }
-
-    /// A member counts as reachable if it acknowledged the leader within a
-    /// few heartbeats: tight, so a node that just died is not counted on.
-    fn reachable_within(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.node.raft.config().heartbeat_interval * 4 + 100)
-    }
-
     /// How many of `voters` are reachable from the leader (this node).
     fn reachable_voters(&self, voters: &[u64]) -> usize {
         let members = self.members();

@@ -1,18 +1,11 @@
 //! Every error a client can see, and the single place they become gRPC statuses.
 
-use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::raft::TypeConfig;
+use crate::raft::{self, leader_hint};
 use crate::state::{Failure, Rejection};
-
-/// Metadata key carrying the leader's address on `UNAVAILABLE` answers.
-pub const LEADER_ADDR_KEY: &str = "x-inflight-leader";
-/// Metadata key carrying the leader's node id alongside its address.
-pub const LEADER_ID_KEY: &str = "x-inflight-leader-id";
-/// Metadata key carrying the index of the op that failed a batch.
-pub const FAILED_OP_KEY: &str = "x-inflight-failed-op";
+use crate::wire::{FAILED_OP_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,13 +16,13 @@ pub enum ApiError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     /// One op of a batch was refused, so none was applied.
-    #[error("ops[{index}]: {rejection}")]
-    BatchRejected { index: usize, rejection: Rejection },
+    #[error("ops[{op}]: {rejection}")]
+    BatchRejected { op: usize, rejection: Rejection },
     /// This node cannot serve the request; the leader (if known) can.
     #[error("not the leader{}", leader_hint(.leader))]
     NotLeader { leader: Option<(u64, String)> },
     /// The proposal may or may not have been committed (leader changed under it).
-    #[error("outcome unknown: {0}")]
+    #[error("{0}")]
     OutcomeUnknown(String),
     /// No quorum, node stopping, or a similar condition that a retry may fix.
     #[error("{0}")]
@@ -45,13 +38,6 @@ pub enum ApiError {
     Internal(String),
 }
 
-fn leader_hint(leader: &Option<(u64, String)>) -> String {
-    match leader {
-        Some((id, addr)) => format!("; the leader is node {id} at {addr}"),
-        None => "; no leader is known yet (election in progress?)".into(),
-    }
-}
-
 impl ApiError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         ApiError::InvalidArgument(msg.into())
@@ -63,56 +49,24 @@ impl ApiError {
         let whole = matches!(f.rejection, Rejection::RequestIdReused { .. });
         if batch && !whole {
             ApiError::BatchRejected {
-                index: f.index,
+                op: f.op,
                 rejection: f.rejection,
             }
         } else {
             ApiError::Rejected(f.rejection)
         }
     }
-
-    fn forward(f: &ForwardToLeader<TypeConfig>) -> Self {
-        ApiError::NotLeader {
-            leader: match (&f.leader_id, &f.leader_node) {
-                (Some(id), Some(node)) => Some((*id, node.addr.clone())),
-                _ => None,
-            },
-        }
-    }
 }
 
-impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for ApiError {
-    fn from(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Self {
+impl From<raft::Error> for ApiError {
+    fn from(e: raft::Error) -> Self {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::forward(&f),
-            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => ApiError::OutcomeUnknown(format!(
-                "the leader changed while the write was in flight; it may or may not have been applied{}",
-                leader_hint(&match (&f.leader_id, &f.leader_node) {
-                    (Some(id), Some(n)) => Some((*id, n.addr.clone())),
-                    _ => None,
-                })
-            )),
-            // Another change is still being committed: retryable, not a refusal.
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                c @ openraft::errors::ChangeMembershipError::InProgress(_),
-            )) => ApiError::Unavailable(format!("membership change must wait: {c}")),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                ApiError::FailedPrecondition(format!("membership change refused: {c}"))
-            }
-            RaftError::APIError(other) => ApiError::FailedPrecondition(other.to_string()),
-            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft node stopped: {f}")),
-        }
-    }
-}
-
-impl From<RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> for ApiError {
-    fn from(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Self {
-        match e {
-            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => ApiError::forward(&f),
-            RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => {
-                ApiError::Unavailable(format!("cannot confirm leadership with a quorum: {q}"))
-            }
-            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft node stopped: {f}")),
+            raft::Error::NotLeader { leader } => ApiError::NotLeader { leader },
+            e @ raft::Error::OutcomeUnknown { .. } => ApiError::OutcomeUnknown(e.to_string()),
+            raft::Error::Unavailable(m) => ApiError::Unavailable(m),
+            e @ raft::Error::Stopped(_) => ApiError::Unavailable(e.to_string()),
+            e @ raft::Error::Refused(_) => ApiError::FailedPrecondition(e.to_string()),
+            raft::Error::Internal(m) => ApiError::Internal(m),
         }
     }
 }
@@ -134,9 +88,9 @@ impl From<ApiError> for Status {
         match e {
             ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
             ApiError::Rejected(r) => rejection_status(&r, msg),
-            ApiError::BatchRejected { index, rejection } => {
+            ApiError::BatchRejected { op, rejection } => {
                 let mut s = rejection_status(&rejection, msg);
-                if let Ok(v) = MetadataValue::try_from(index.to_string().as_str()) {
+                if let Ok(v) = MetadataValue::try_from(op.to_string().as_str()) {
                     s.metadata_mut().insert(FAILED_OP_KEY, v);
                 }
                 s

@@ -2,10 +2,10 @@
 //! the one mapping from internal errors to gRPC status codes.
 //!
 //! Flow of a mutation: validate the request (limits, key rules) → stamp the
-//! leader's clock into a `state::Command` → `raft.client_write` → the outcome
-//! of `state::Store::apply` comes back → `MutationResponse` or a status.
-//! Reads check consistency (ReadIndex, lease, or none) and then read the local
-//! table directly.
+//! leader's clock into a `state::Command` → `raft::Node::propose` → the outcome
+//! of `state::Table::apply` comes back → `MutationResponse` or a status.
+//! Reads pass `raft::Node::read_barrier` (ReadIndex, lease, or a staleness
+//! check) and then read the local table directly.
 //!
 //! A node that is not the leader answers a mutation (and a LINEARIZABLE or
 //! LEASE read) with `UNAVAILABLE` and the leader's address in the
@@ -19,11 +19,10 @@ mod records;
 mod validate;
 mod watch;
 
-pub use budget::human_bytes;
-pub use cluster::{handoff_json, node_status, status_json, ClusterService};
-pub use errors::{ApiError, FAILED_OP_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
+pub use cluster::{node_status, ClusterService};
+pub use errors::ApiError;
 pub use grpc_metrics::GrpcMetricsLayer;
-pub use records::{RecordService, Retention};
+pub use records::{InFlightService, Retention};
 pub use validate::Limits;
 
 use crate::pb;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::ReadPolicy;
 use tonic::{Request, Response, Status};
 
 use super::watch::{watch_stream, WatchStream};
@@ -11,9 +10,8 @@ use super::{record_to_pb, ApiError, Limits};
 use crate::codec;
 use crate::handoff::HandoffState;
 use crate::pb;
-use crate::raft::bootstrap::RaftNode;
-use crate::raft::leader_clock_ms;
-use crate::state::{Action, Applied, Command, Op, RequestTag, Store, TtlChange};
+use crate::raft::{self, leader_clock_ms};
+use crate::state::{Action, Applied, Command, Op, RequestTag, Table, TtlChange};
 
 /// A scan page stops once its values reach this many bytes (it always holds
 /// at least one record), so pages of large values stay a sane message size.
@@ -36,21 +34,23 @@ impl Default for Retention {
     }
 }
 
-pub struct RecordService {
-    node: RaftNode,
+/// The proto's `InFlight` service: validates each request, turns it into a
+/// command or a read, and goes through [`raft::Node`].
+pub struct InFlightService {
+    node: raft::Node,
     limits: Limits,
     retention: Retention,
     handoff: Arc<HandoffState>,
 }
 
-impl RecordService {
+impl InFlightService {
     pub fn new(
-        node: RaftNode,
+        node: raft::Node,
         limits: Limits,
         retention: Retention,
         handoff: Arc<HandoffState>,
     ) -> Self {
-        RecordService {
+        InFlightService {
             node,
             limits,
             retention,
@@ -65,7 +65,7 @@ impl RecordService {
         request_id: String,
         batch: bool,
     ) -> Result<Vec<Applied>, ApiError> {
-        super::budget::admit(&self.node.store, &self.handoff, &ops, &request_id)?;
+        super::budget::admit(self.node.table(), &self.handoff, &ops, &request_id)?;
         let request = if request_id.is_empty() {
             None
         } else {
@@ -83,17 +83,7 @@ impl RecordService {
             request,
             action: Action::Ops(ops),
         };
-        let metrics = &crate::metrics::METRICS;
-        metrics.proposals_pending.inc();
-        let written = self.node.raft.client_write(cmd).await;
-        metrics.proposals_pending.dec();
-        if written.is_err() {
-            metrics.proposals_failed.inc();
-        }
-        let resp = written.map_err(ApiError::from)?;
-        let outcome = resp
-            .data
-            .ok_or_else(|| ApiError::Internal("a client command produced no outcome".into()))?;
+        let outcome = self.node.propose(cmd).await?;
         outcome.map_err(|f| ApiError::from_failure(f, batch))
     }
 
@@ -113,11 +103,12 @@ impl RecordService {
     /// Reads the local table, and the revision it is at (read after the data,
     /// so it is never older than what is returned). A read that overlapped a
     /// snapshot install could mix two states, so it is refused.
-    fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<(T, u64), ApiError> {
-        let before = self.node.store.restore_generation();
-        let value = f(&self.node.store);
-        let revision = self.node.store.revision();
-        if before % 2 == 1 || self.node.store.restore_generation() != before {
+    fn read<T>(&self, f: impl FnOnce(&Table) -> T) -> Result<(T, u64), ApiError> {
+        let table = self.node.table();
+        let before = table.restore_generation();
+        let value = f(table);
+        let revision = table.revision();
+        if before % 2 == 1 || table.restore_generation() != before {
             return Err(ApiError::Unavailable(
                 "node is installing a snapshot from the leader; retry, or read from another node"
                     .into(),
@@ -139,56 +130,12 @@ impl RecordService {
                 "max_staleness_ms: only applies to STALE reads",
             ));
         }
-        match c {
-            // The chaos suite's planted bug: a "linearizable" read that is not.
-            #[cfg(feature = "planted-bug-stale-reads")]
-            pb::Consistency::Linearizable => {}
-            #[cfg(not(feature = "planted-bug-stale-reads"))]
-            pb::Consistency::Linearizable => {
-                self.node
-                    .raft
-                    .ensure_linearizable(ReadPolicy::ReadIndex)
-                    .await?;
-            }
-            pb::Consistency::Lease => {
-                self.node
-                    .raft
-                    .ensure_linearizable(ReadPolicy::LeaseRead)
-                    .await?;
-            }
-            pb::Consistency::Stale => {
-                if !self.node.is_recovered() {
-                    return Err(ApiError::Unavailable(
-                        "node is still replaying its log after a restart; a local read could be older than one \
-                         it served before. Retry, or read from another node"
-                            .into(),
-                    ));
-                }
-                if let Some(max) = max_staleness_ms {
-                    self.check_staleness(max)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A leader is as fresh as its last quorum acknowledgement; a follower as
-    /// its last contact from a leader.
-    fn check_staleness(&self, max: u64) -> Result<(), ApiError> {
-        let source = if self.node.raft.is_leader() {
-            "confirmed its leadership with a quorum"
-        } else {
-            "heard from the leader"
+        let level = match c {
+            pb::Consistency::Linearizable => raft::Consistency::Linearizable,
+            pb::Consistency::Lease => raft::Consistency::Lease,
+            pb::Consistency::Stale => raft::Consistency::Stale { max_staleness_ms },
         };
-        match self.node.leader_contact_ms() {
-            Some(s) if s <= max => Ok(()),
-            Some(s) => Err(ApiError::Unavailable(format!(
-                "max_staleness_ms: this node last {source} {s} ms ago, more than {max} ms; read from another node"
-            ))),
-            None => Err(ApiError::Unavailable(format!(
-                "max_staleness_ms: this node has not {source} since it started; read from another node"
-            ))),
-        }
+        Ok(self.node.read_barrier(level).await?)
     }
 
     fn insert_op(&self, r: pb::InsertRequest, at: &str) -> Result<Op, ApiError> {
@@ -282,7 +229,7 @@ fn mutation_response(a: Applied) -> pb::MutationResponse {
 }
 
 #[tonic::async_trait]
-impl pb::in_flight_server::InFlight for RecordService {
+impl pb::in_flight_server::InFlight for InFlightService {
     async fn insert(
         &self,
         req: Request<pb::InsertRequest>,
@@ -390,6 +337,6 @@ impl pb::in_flight_server::InFlight for RecordService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
         self.limits.prefix("prefix", &r.prefix)?;
-        Ok(Response::new(watch_stream(self.node.store.clone(), r)?))
+        Ok(Response::new(watch_stream(self.node.table().clone(), r)?))
     }
 }

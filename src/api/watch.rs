@@ -25,7 +25,7 @@ use tonic::Status;
 
 use super::record_to_pb;
 use crate::pb;
-use crate::state::{Event, EventKind, Store};
+use crate::state::{Event, EventKind, Table};
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
@@ -54,8 +54,8 @@ fn event_to_pb(e: &Event) -> pb::Event {
     }
 }
 
-pub fn watch_stream(store: Arc<Store>, req: pb::WatchRequest) -> Result<WatchStream, Status> {
-    let (backlog, live) = store
+pub fn watch_stream(table: Arc<Table>, req: pb::WatchRequest) -> Result<WatchStream, Status> {
+    let (backlog, live) = table
         .events()
         .subscribe(req.from_revision)
         .map_err(|c| Status::out_of_range(c.to_string()))?;
@@ -72,7 +72,7 @@ pub fn watch_stream(store: Arc<Store>, req: pb::WatchRequest) -> Result<WatchStr
     let (tx, rx) = mpsc::channel(QUEUE);
     let cancel = Arc::new(Mutex::new(None));
     let w = Watcher {
-        store,
+        table,
         prefix: req.prefix,
         tx,
         cancel: cancel.clone(),
@@ -106,7 +106,7 @@ impl Stream for WatchOutput {
 }
 
 struct Watcher {
-    store: Arc<Store>,
+    table: Arc<Table>,
     prefix: String,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     /// Why the watcher gave up; delivered after the queued messages.
@@ -229,7 +229,7 @@ impl Watcher {
         // Applied revision first, then the feed: events are published before
         // the revision advances, so an empty feed means all of them are here.
         // A non-empty one is left for the main loop, which takes whole revisions.
-        let revision = self.store.revision();
+        let revision = self.table.revision();
         if !live.is_empty() {
             return Sent::Ok;
         }
@@ -250,7 +250,7 @@ impl Watcher {
             "watch cancelled: this node replaced its state with a snapshot, so the events after revision {} \
              are not all available here; re-read the state, then watch from revision {}",
             self.sent_through,
-            self.store.events().oldest_revision()
+            self.table.events().oldest_revision()
         )));
     }
 

@@ -7,9 +7,9 @@ use base64::Engine;
 use serde_json::json;
 
 use super::{Command, LeaderCommand, MemberCommand};
-use crate::api::human_bytes;
 use crate::client::Client;
 use crate::pb;
+use crate::wire::human_bytes;
 
 /// How long `status` waits for each member before calling it unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(900);

@@ -14,12 +14,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{Limits, Retention};
-use crate::handoff::{HandoffSettings, SinkSpec};
+use crate::duties::expiry::ExpirySettings;
+use crate::duties::handoff::HandoffSettings;
+use crate::handoff::SinkSpec;
 use crate::node::{HandoffOptions, ServeOptions};
 
-use crate::raft::bootstrap::RaftSettings;
-use crate::raft::expirer::{ExpiredMode, ExpirySettings};
 use crate::raft::Durability;
+use crate::raft::RaftSettings;
+use crate::state::ExpiredMode;
 use crate::state::WindowLimits;
 
 #[derive(Parser, Debug)]

@@ -26,12 +26,12 @@ use rand::Rng;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status, Streaming};
 
-use crate::api::LEADER_ADDR_KEY;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::in_flight_client::InFlightClient;
 pub use crate::pb::Consistency;
-pub use report::{ClusterReport, MemberReport};
+use crate::wire::{self, LEADER_ADDR_KEY};
+pub use report::{handoff_json, status_json, ClusterReport, MemberReport};
 
 mod report;
 
@@ -126,7 +126,7 @@ impl Client {
             ));
         }
         for e in &endpoints {
-            crate::raft::network::endpoint(e).map_err(|err| {
+            wire::endpoint(e).map_err(|err| {
                 Status::invalid_argument(format!("endpoints: {e:?} is not HOST:PORT: {err}"))
             })?;
         }
@@ -150,7 +150,7 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = crate::raft::network::endpoint(addr)
+        let c = wire::endpoint(addr)
             .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
             .local_address(self.inner.opts.local_address)
             .connect_lazy();

@@ -9,7 +9,6 @@ use serde_json::json;
 use tonic::Status;
 
 use super::{Client, ClientOptions};
-use crate::api::{handoff_json, status_json};
 use crate::pb;
 
 pub struct MemberReport {
@@ -57,7 +56,7 @@ impl ClusterReport {
         self.voters_up().saturating_sub(self.quorum())
     }
 
-    pub fn outbox(&self) -> u64 {
+    pub fn outbox_depth(&self) -> u64 {
         self.leader().map(|l| l.outbox_depth).unwrap_or(0)
     }
 
@@ -86,7 +85,7 @@ impl ClusterReport {
             "voters": self.voters(),
             "quorum": self.quorum(),
             "failures_tolerated": leader.map(|_| self.failures_tolerated()),
-            "handoff": self.handoff_json(),
+            "handoff": self.handoff_summary_json(),
         })
     }
 
@@ -108,13 +107,13 @@ impl ClusterReport {
         }
     }
 
-    fn handoff_json(&self) -> serde_json::Value {
+    fn handoff_summary_json(&self) -> serde_json::Value {
         let leader = self.leader();
         let h = leader.and_then(|l| l.handoff.as_ref());
         let sinks = h.map(|h| handoff_json(h)["sinks"].clone());
         json!({
             "state": self.handoff_state(),
-            "waiting": self.outbox(),
+            "outbox_depth": self.outbox_depth(),
             "oldest_age_ms": leader.and_then(|l| l.outbox_oldest_age_ms),
             "outbox_bytes": h.map(|h| h.outbox_bytes),
             "memory_bytes": leader.map(|l| l.memory_bytes),
@@ -142,8 +141,8 @@ impl ClusterReport {
         };
         lines[0].push_str(&format!(
             "; memory {} of {} budget",
-            crate::api::human_bytes(l.memory_bytes),
-            crate::api::human_bytes(h.memory_budget_bytes)
+            crate::wire::human_bytes(l.memory_bytes),
+            crate::wire::human_bytes(h.memory_budget_bytes)
         ));
         for s in &h.sinks {
             let ago = |ms: u64| format!("{:.1}s ago", ms as f64 / 1000.0);
@@ -212,4 +211,55 @@ impl Client {
             members: futures::future::join_all(asks).await,
         }
     }
+}
+
+/// The hand-off part of a node status as JSON.
+pub fn handoff_json(h: &pb::HandoffStatus) -> serde_json::Value {
+    let sinks: Vec<_> = h
+        .sinks
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "role": s.role,
+                "sink": s.sink,
+                "records_delivered": s.records_delivered,
+                "batches_delivered": s.batches_delivered,
+                "batches_failed": s.batches_failed,
+                "last_success_age_ms": s.last_success_age_ms,
+                "last_error": if s.last_error.is_empty() { None } else { Some(&s.last_error) },
+                "last_error_age_ms": s.last_error_age_ms,
+                "failing_for_ms": s.failing_for_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "active": h.active,
+        "sinks": sinks,
+        "outbox_bytes": h.outbox_bytes,
+        "memory_budget_bytes": h.memory_budget_bytes,
+    })
+}
+
+/// A node status as JSON: `/status` and `inflight status --json` print this.
+pub fn status_json(s: &pb::NodeStatus) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "address": s.address,
+        "role": s.role,
+        "term": s.term,
+        "last_log_index": s.last_log_index,
+        "applied_index": s.applied_index,
+        "leader_id": if s.leader_id == 0 { None } else { Some(s.leader_id) },
+        "leader_address": s.leader_address,
+        "records": s.records,
+        "snapshot_index": s.snapshot_index,
+        "durability": s.durability,
+        "recovered": s.recovered,
+        "memory_bytes": s.memory_bytes,
+        "outbox_depth": s.outbox_depth,
+        "outbox_oldest_age_ms": s.outbox_oldest_age_ms,
+        "leader_contact_ms": s.leader_contact_ms,
+        "voters": s.voters,
+        "handoff": s.handoff.as_ref().map(handoff_json),
+    })
 }

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The outbox is state (`crate::state`), so it is the same on every node and
-//! survives leader changes and restarts. Only the leader runs the worker; it
+//! survives leader changes and restarts. Only the leader runs the worker
+//! (`crate::duties::handoff`); it
 //! confirms its leadership with a quorum (ReadIndex) before each batch, so a
 //! leader cut off by a partition stops writing to the sink; it
 //! takes the oldest records, writes them to the primary sink, waits for the
@@ -34,9 +35,7 @@
 pub mod document;
 pub mod sink;
 mod stats;
-mod worker;
 
 pub use document::Document;
 pub use sink::{Sink, SinkError, SinkSpec};
-pub use stats::{HandoffState, SinkRole, SinkSnapshot};
-pub use worker::{run, HandoffSettings};
+pub use stats::{HandoffState, SinkRole, SinkSnapshot, SinkStats};

@@ -190,7 +190,7 @@ impl HandoffState {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub(super) fn set_active(&self, active: bool) {
+    pub fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::Relaxed);
     }
 

@@ -8,11 +8,14 @@
 //!   commit, torn-tail recovery) and a separately fsynced vote file, so a
 //!   restarted node remembers every entry it acknowledged and every vote it
 //!   cast. In `memory` durability nothing touches disk.
-//! - `state_machine`: feeds committed entries to `crate::state::Store` and
+//! - `state_machine`: feeds committed entries to `crate::state::Table` and
 //!   builds, stores and installs snapshots.
 //! - `network` / `peer_service`: peer RPCs over tonic, both directions.
-//! - `bootstrap`: assembling one node, and the rules for initializing a
-//!   cluster exactly once.
+//! - `node`: [`Node`], the one way in for the rest of the server: `propose`,
+//!   `read_barrier`, `is_leader`, `status`, membership and shutdown. Nothing
+//!   outside this folder calls openraft; its errors become [`Error`] here.
+//! - `bootstrap`: the rules for a data directory's identity and for
+//!   initializing a cluster exactly once.
 //!
 //! Raft guarantees that an entry acknowledged as committed is in the logs of a
 //! majority and will be in the log of every future leader. That guarantee is
@@ -20,14 +23,19 @@
 //! a vote it reported as persisted. That is why `append` completes its
 //! callback only after fsync, and why the vote has its own file.
 
-pub mod bootstrap;
-pub mod compaction;
-pub mod expirer;
-pub mod log_store;
-pub mod network;
-pub mod peer_service;
-pub mod state_machine;
+mod bootstrap;
+mod error;
+mod log_store;
+mod network;
+mod node;
+mod peer_service;
+mod state_machine;
 mod wal;
+
+pub use bootstrap::RaftSettings;
+pub use error::{leader_hint, Error};
+pub use node::{Consistency, LeaderChange, Member, Node, Role, Status};
+pub use peer_service::PeerService;
 
 use crate::state::{Command, Outcome};
 
@@ -39,17 +47,19 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
 );
 
-pub type NodeId = u64;
-pub type Node = openraft::BasicNode;
-pub type SnapshotData = Vec<u8>;
-pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachineStore>;
+/// A member's address as openraft stores it in the membership.
+type PeerNode = openraft::BasicNode;
 
-pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
-pub type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
-pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
-pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type NodeId = u64;
+type SnapshotData = Vec<u8>;
+type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+
+type LogId = openraft::alias::LogIdOf<TypeConfig>;
+type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
+type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// The leader's wall clock in ms since the Unix epoch: the time stamped into
 /// commands. Replicas never read their own clock while applying.

@@ -29,9 +29,9 @@ use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use super::{NodeId, PeerNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::codec;
 use crate::metrics::{PeerLabels, METRICS};
 use crate::pb::raft_client::RaftClient;
@@ -39,18 +39,6 @@ use crate::pb::{RaftMessage, SnapshotChunk};
 
 /// Size of the pieces a snapshot is streamed in.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
-
-/// HTTP/2 settings shared by every peer channel (and by the client library).
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(8 << 20)))
-}
 
 /// Creates (and caches) the channels to peers.
 #[derive(Clone, Default)]
@@ -73,7 +61,7 @@ impl PeerNetwork {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr)
+        let c = crate::wire::endpoint(addr)
             .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
             .local_address(self.source_ip)
             .connect_lazy();
@@ -85,7 +73,7 @@ impl PeerNetwork {
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
         PeerClient {
             target,
             client: self.channel(&node.addr).map(|c| {

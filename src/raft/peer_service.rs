@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use std::sync::Arc;
 
-use super::bootstrap::LeaderContact;
+use super::node::LeaderContact;
 use super::state_machine::decode_snapshot;
 use super::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::codec;

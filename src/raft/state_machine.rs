@@ -1,6 +1,6 @@
-//! openraft's `RaftStateMachine` over `crate::state::Store`, and snapshots.
+//! openraft's `RaftStateMachine` over `crate::state::Table`, and snapshots.
 //!
-//! Applying: every committed entry goes through `Store::apply` in log order,
+//! Applying: every committed entry goes through `Table::apply` in log order,
 //! on openraft's state-machine task; its outcome is sent back to the proposer.
 //! Blank and membership entries only advance the revision.
 //!
@@ -26,17 +26,17 @@ use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec;
-use crate::state::{SnapshotBody, Store, SNAPSHOT_FORMAT};
+use crate::state::{SnapshotBody, Table, SNAPSHOT_FORMAT};
 
 const MAGIC: &[u8; 8] = b"IFSNAP1\n";
 
 #[derive(Clone)]
-pub struct StateMachineStore {
+pub struct StateMachine {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    store: Arc<Store>,
+    table: Arc<Table>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// Where snapshots are kept in `disk` durability; `None` keeps them in memory.
     dir: Option<PathBuf>,
@@ -81,16 +81,16 @@ fn snapshot_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-impl StateMachineStore {
+impl StateMachine {
     /// A state machine whose snapshots live in memory.
-    pub fn in_memory(store: Arc<Store>) -> Self {
-        Self::new(store, None)
+    pub fn in_memory(table: Arc<Table>) -> Self {
+        Self::new(table, None)
     }
 
     /// A state machine whose snapshots live in `dir`; restores the newest one.
-    pub fn open(store: Arc<Store>, dir: &Path) -> io::Result<Self> {
+    pub fn open(table: Arc<Table>, dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let sm = Self::new(store, Some(dir.to_path_buf()));
+        let sm = Self::new(table, Some(dir.to_path_buf()));
         if let Some((_, path)) = snapshot_files(dir)?.pop() {
             let bytes = std::fs::read(&path)?;
             let (meta, body) = decode_snapshot(&bytes).map_err(|e| {
@@ -117,10 +117,10 @@ impl StateMachineStore {
         Ok(sm)
     }
 
-    fn new(store: Arc<Store>, dir: Option<PathBuf>) -> Self {
-        StateMachineStore {
+    fn new(table: Arc<Table>, dir: Option<PathBuf>) -> Self {
+        StateMachine {
             inner: Arc::new(Inner {
-                store,
+                table,
                 applied: Mutex::new((None, StoredMembership::default())),
                 dir,
                 current: Mutex::new(None),
@@ -129,8 +129,8 @@ impl StateMachineStore {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+    pub fn table(&self) -> &Arc<Table> {
+        &self.inner.table
     }
 
     /// The log index of the snapshot this node holds, if any.
@@ -144,7 +144,7 @@ impl StateMachineStore {
 
     /// Replaces the state with a snapshot's.
     fn restore(&self, meta: SnapshotMeta, body: SnapshotBody) {
-        self.inner.store.restore(body, snapshot_index(&meta));
+        self.inner.table.restore(body, snapshot_index(&meta));
         *self.inner.applied.lock() = (meta.last_log_id, meta.last_membership);
     }
 
@@ -223,7 +223,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
 }
 
 pub struct SnapshotBuilder {
-    sm: StateMachineStore,
+    sm: StateMachine,
     meta: SnapshotMeta,
     body: Option<SnapshotBody>,
 }
@@ -259,7 +259,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
+impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -271,19 +271,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let store = &self.inner.store;
+        let table = &self.inner.table;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let index = log_id.index;
             let outcome = match entry.payload {
-                EntryPayload::Normal(cmd) => Some(store.apply(index, &cmd)),
+                EntryPayload::Normal(cmd) => Some(table.apply(index, &cmd)),
                 EntryPayload::Membership(m) => {
                     self.inner.applied.lock().1 = StoredMembership::new(Some(log_id), m);
-                    store.advance_revision(index);
+                    table.advance_revision(index);
                     None
                 }
                 EntryPayload::Blank => {
-                    store.advance_revision(index);
+                    table.advance_revision(index);
                     None
                 }
             };
@@ -304,7 +304,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_log_id: last_applied,
                 last_membership: membership,
             },
-            body: Some(self.inner.store.export()),
+            body: Some(self.inner.table.export()),
         }
     }
 

@@ -10,32 +10,32 @@ use openraft::testing::{blank_ent, log_id};
 use openraft::{RaftLogReader, StorageError};
 
 use super::log_store::LogStore;
-use super::state_machine::StateMachineStore;
+use super::state_machine::StateMachine;
 use super::wal::Wal;
 use super::{Entry, TypeConfig};
-use crate::state::{Command, Op, Store};
+use crate::state::{Command, Op, Table};
 
 struct DiskBuilder;
 struct MemoryBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for DiskBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for DiskBuilder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = LogStore::open(&dir.path().join("raft")).expect("open log");
-        let sm = StateMachineStore::open(Arc::new(Store::new()), &dir.path().join("snapshots"))
+        let sm = StateMachine::open(Arc::new(Table::new()), &dir.path().join("snapshots"))
             .expect("open sm");
         Ok((dir, log, sm))
     }
 }
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemoryBuilder {
-    async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError<TypeConfig>> {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
         Ok((
             (),
             LogStore::in_memory(),
-            StateMachineStore::in_memory(Arc::new(Store::new())),
+            StateMachine::in_memory(Arc::new(Table::new())),
         ))
     }
 }

@@ -37,14 +37,30 @@ pub struct RequestTag {
 pub enum Action {
     /// Client mutations, applied atomically: all or none.
     Ops(Vec<Op>),
-    /// Proposed by the leader for LIVE records whose deadline passed.
-    /// `drop` removes them instead of keeping them EXPIRED for hand-off.
-    Expire { keys: Vec<String>, drop: bool },
+    /// Proposed by the leader for LIVE records whose deadline passed; `mode`
+    /// says whether they are kept EXPIRED for hand-off or removed.
+    Expire {
+        keys: Vec<String>,
+        mode: ExpiredMode,
+    },
     /// Proposed by the leader's hand-off worker once a sink acknowledged these
     /// records. Only a record still waiting with exactly this completion
     /// revision is removed; anything else (already evicted, a new record under
     /// the same key) is left alone.
     Evict { ids: Vec<HandoffId> },
+}
+
+/// What happens to a LIVE record whose deadline passed.
+///
+/// Encoded as the `bool` it replaced (`Handoff` = 0 = false, `Drop` = 1 =
+/// true), so log entries written before the enum existed decode unchanged;
+/// keep the variant order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum ExpiredMode {
+    /// Keep it as EXPIRED (immutable) for hand-off to post-flight storage.
+    Handoff,
+    /// Remove it.
+    Drop,
 }
 
 /// What a TTL-capable update does to the record's deadline.
@@ -157,7 +173,9 @@ pub enum Rejection {
 /// Which op of a command failed, and why. Nothing of the command was applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    pub index: usize,
+    /// The failed op's position in the command's ops (0 for a whole-command
+    /// refusal such as a reused request id).
+    pub op: usize,
     pub rejection: Rejection,
 }
 

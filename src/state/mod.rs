@@ -1,6 +1,6 @@
 //! The state machine: what a record is and how a committed command changes it.
 //!
-//! Everything here is deterministic. `Store::apply` is a pure function of the
+//! Everything here is deterministic. `Table::apply` is a pure function of the
 //! current state and one command: it reads no clock (the leader stamps the
 //! time into the command before proposing it), does no I/O and draws no
 //! random numbers, so every replica that applies the same log reaches the
@@ -40,11 +40,11 @@ mod table;
 mod tests;
 
 pub use command::{
-    Action, Applied, Command, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
+    Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
 };
 pub use events::{Compacted, Event, EventKind, EventLog, WindowLimits, LIVE_BUFFER};
 pub use outbox::HandoffId;
 pub use record::{Record, RecordState};
 pub use requests::Remembered;
 pub use snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
-pub use table::{ScanPage, Store};
+pub use table::{ScanPage, Table};

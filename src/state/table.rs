@@ -8,7 +8,9 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
-use super::command::{Action, Applied, Command, Failure, Op, Outcome, Rejection, TtlChange};
+use super::command::{
+    Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, TtlChange,
+};
 use super::events::{Event, EventKind, EventLog};
 use super::outbox::{HandoffId, Outbox};
 use super::record::{Record, RecordState};
@@ -17,7 +19,7 @@ use super::snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
 
 /// The replicated table. Readers (RPC threads) and the one apply task share it.
 #[derive(Default)]
-pub struct Store {
+pub struct Table {
     records: DashMap<Arc<str>, Record>,
     /// Keys in order, for `scan`. Shares the key allocation with `records`.
     order: RwLock<BTreeSet<Arc<str>>>,
@@ -45,7 +47,7 @@ pub struct ScanPage {
     pub more: bool,
 }
 
-impl Store {
+impl Table {
     pub fn new() -> Self {
         Self::default()
     }
@@ -58,10 +60,10 @@ impl Store {
         self.revision.load(Ordering::Acquire)
     }
 
-    /// Records that the entry at `index` was applied without touching records
+    /// Records that the entry at `revision` was applied without touching records
     /// (a blank or membership entry).
-    pub fn advance_revision(&self, index: u64) {
-        self.revision.store(index, Ordering::Release);
+    pub fn advance_revision(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
     }
 
     pub fn len(&self) -> usize {
@@ -77,7 +79,7 @@ impl Store {
     }
 
     /// COMPLETED and EXPIRED records: the hand-off backlog.
-    pub fn waiting_for_handoff(&self) -> usize {
+    pub fn outbox_depth(&self) -> usize {
         self.outbox.lock().len()
     }
 
@@ -88,7 +90,7 @@ impl Store {
 
     /// When the oldest record waiting for hand-off stopped being LIVE (leader
     /// clock, ms since the Unix epoch).
-    pub fn oldest_waiting_since_ms(&self) -> Option<u64> {
+    pub fn outbox_oldest_since_ms(&self) -> Option<u64> {
         let (_, key) = self.outbox.lock().first()?;
         self.records.get(key.as_ref()).map(|r| r.updated_at_ms)
     }
@@ -177,11 +179,11 @@ impl Store {
             .collect()
     }
 
-    /// Applies one committed command at log `index`. Deterministic: the outcome
+    /// Applies one committed command at log index `revision`. Deterministic: the outcome
     /// depends only on the table, the remembered request ids and the command.
-    pub fn apply(&self, index: u64, cmd: &Command) -> Outcome {
+    pub fn apply(&self, revision: u64, cmd: &Command) -> Outcome {
         let outcome = match &cmd.request {
-            None => self.apply_action(index, cmd),
+            None => self.apply_action(revision, cmd),
             Some(tag) => {
                 let mut requests = self.requests.lock();
                 requests.evict(cmd.at_ms, tag.window_ms, tag.max_ids);
@@ -189,11 +191,11 @@ impl Store {
                     // A retry: answer what the first attempt got, change nothing.
                     Some(seen) if seen.fingerprint == tag.fingerprint => seen.outcome.clone(),
                     Some(_) => Err(Failure {
-                        index: 0,
+                        op: 0,
                         rejection: Rejection::RequestIdReused { id: tag.id.clone() },
                     }),
                     None => {
-                        let outcome = self.apply_action(index, cmd);
+                        let outcome = self.apply_action(revision, cmd);
                         requests.remember(Remembered {
                             id: tag.id.clone(),
                             fingerprint: tag.fingerprint,
@@ -205,21 +207,21 @@ impl Store {
                 }
             }
         };
-        self.advance_revision(index);
+        self.advance_revision(revision);
         outcome
     }
 
-    fn apply_action(&self, index: u64, cmd: &Command) -> Outcome {
+    fn apply_action(&self, revision: u64, cmd: &Command) -> Outcome {
         match &cmd.action {
-            Action::Ops(ops) => self.apply_ops(index, cmd.at_ms, ops),
-            Action::Expire { keys, drop } => Ok(self.expire(index, cmd.at_ms, keys, *drop)),
-            Action::Evict { ids } => Ok(self.evict(index, cmd.at_ms, ids)),
+            Action::Ops(ops) => self.apply_ops(revision, cmd.at_ms, ops),
+            Action::Expire { keys, mode } => Ok(self.expire(revision, cmd.at_ms, keys, *mode)),
+            Action::Evict { ids } => Ok(self.evict(revision, cmd.at_ms, ids)),
         }
     }
 
     /// Removes records a sink acknowledged. Only a record that still waits
     /// with the given completion revision goes; a stale id changes nothing.
-    fn evict(&self, index: u64, at_ms: u64, ids: &[HandoffId]) -> Vec<Applied> {
+    fn evict(&self, revision: u64, at_ms: u64, ids: &[HandoffId]) -> Vec<Applied> {
         let mut applied = Vec::with_capacity(ids.len());
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
@@ -229,10 +231,10 @@ impl Store {
             if rec.state == RecordState::Live || rec.mod_revision != id.revision {
                 continue;
             }
-            self.commit(&id.key, None);
+            self.set_key(&id.key, None);
             events.push(Event {
                 kind: EventKind::HandedOff,
-                revision: index,
+                revision,
                 key: id.key.clone(),
                 record: rec.clone(),
                 at_ms,
@@ -241,7 +243,7 @@ impl Store {
             applied.push(Applied {
                 key: id.key.clone(),
                 record: rec,
-                revision: index,
+                revision,
             });
         }
         self.events.push(events);
@@ -250,7 +252,7 @@ impl Store {
 
     /// All ops or none: each is checked against the table as changed by the
     /// ops before it (staged), and the table is touched only if all pass.
-    fn apply_ops(&self, index: u64, at_ms: u64, ops: &[Op]) -> Outcome {
+    fn apply_ops(&self, revision: u64, at_ms: u64, ops: &[Op]) -> Outcome {
         let mut staged: Vec<(String, Option<Record>)> = Vec::new();
         let mut slot: HashMap<&str, usize> = HashMap::new();
         let mut applied = Vec::with_capacity(ops.len());
@@ -261,11 +263,8 @@ impl Store {
                 Some(&s) => staged[s].1.clone(),
                 None => self.get(key),
             };
-            let (new, kind, record) =
-                plan(op, current.as_ref(), index, at_ms).map_err(|rejection| Failure {
-                    index: i,
-                    rejection,
-                })?;
+            let (new, kind, record) = plan(op, current.as_ref(), revision, at_ms)
+                .map_err(|rejection| Failure { op: i, rejection })?;
             match slot.get(key) {
                 Some(&s) => staged[s].1 = new,
                 None => {
@@ -276,19 +275,19 @@ impl Store {
             applied.push(Applied {
                 key: key.to_string(),
                 record,
-                revision: index,
+                revision,
             });
             kinds.push(kind);
         }
         for (key, new) in staged {
-            self.commit(&key, new);
+            self.set_key(&key, new);
         }
         let events = applied
             .iter()
             .zip(kinds)
             .map(|(a, kind)| Event {
                 kind,
-                revision: index,
+                revision,
                 key: a.key.clone(),
                 record: a.record.clone(),
                 at_ms,
@@ -301,7 +300,13 @@ impl Store {
 
     /// Expires the given keys that are LIVE with a deadline at or before the
     /// entry's time. Others (refreshed, completed, gone) are skipped.
-    fn expire(&self, index: u64, at_ms: u64, keys: &[String], drop: bool) -> Vec<Applied> {
+    fn expire(
+        &self,
+        revision: u64,
+        at_ms: u64,
+        keys: &[String],
+        mode: ExpiredMode,
+    ) -> Vec<Applied> {
         let mut applied = Vec::new();
         let mut events = Vec::new();
         for key in keys {
@@ -313,12 +318,16 @@ impl Store {
             }
             rec.state = RecordState::Expired;
             rec.version += 1;
-            rec.mod_revision = index;
+            rec.mod_revision = revision;
             rec.updated_at_ms = at_ms;
-            self.commit(key, if drop { None } else { Some(rec.clone()) });
+            let kept = match mode {
+                ExpiredMode::Handoff => Some(rec.clone()),
+                ExpiredMode::Drop => None,
+            };
+            self.set_key(key, kept);
             events.push(Event {
                 kind: EventKind::Expired,
-                revision: index,
+                revision,
                 key: key.clone(),
                 record: rec.clone(),
                 at_ms,
@@ -327,16 +336,16 @@ impl Store {
             applied.push(Applied {
                 key: key.clone(),
                 record: rec,
-                revision: index,
+                revision,
             });
         }
         self.events.push(events);
         applied
     }
 
-    /// Writes a key's new state (`None` removes it) and keeps the indexes and
+    /// Sets one key to its new state (`None` removes it) and keeps the indexes and
     /// the byte count in step.
-    fn commit(&self, key: &str, new: Option<Record>) {
+    fn set_key(&self, key: &str, new: Option<Record>) {
         let new_deadline = new.as_ref().and_then(Record::live_deadline);
         let new_bytes = new.as_ref().map(|r| r.footprint(key)).unwrap_or(0);
         let waits = |r: &Option<Record>| {
@@ -446,7 +455,7 @@ impl Store {
 fn plan(
     op: &Op,
     current: Option<&Record>,
-    index: u64,
+    revision: u64,
     at_ms: u64,
 ) -> Result<(Option<Record>, EventKind, Record), Rejection> {
     let key = op.key();
@@ -461,8 +470,8 @@ fn plan(
         let rec = Record {
             value: value.clone(),
             version: 1,
-            create_revision: index,
-            mod_revision: index,
+            create_revision: revision,
+            mod_revision: revision,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             expires_at_ms: ttl_ms.map(|t| at_ms.saturating_add(t)),
@@ -496,7 +505,7 @@ fn plan(
     }
     let mut rec = cur.clone();
     rec.version += 1;
-    rec.mod_revision = index;
+    rec.mod_revision = revision;
     rec.updated_at_ms = at_ms;
     match op {
         Op::Update { value, ttl, .. } => {

@@ -1,4 +1,4 @@
-//! Behaviour of `Store::apply`, one rule per test.
+//! Behaviour of `Table::apply`, one rule per test.
 
 use bytes::Bytes;
 
@@ -49,7 +49,7 @@ fn rejection(o: Outcome) -> Rejection {
 
 #[test]
 fn insert_then_update_bumps_version_and_mod_revision() {
-    let s = Store::new();
+    let s = Table::new();
     let a = single(s.apply(3, &one(1_000, insert("call/1", "ringing"))));
     assert_eq!(
         (
@@ -77,7 +77,7 @@ fn insert_then_update_bumps_version_and_mod_revision() {
 
 #[test]
 fn insert_of_existing_key_is_rejected_in_any_state() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1, insert("k", "a"))).unwrap();
     let complete = Op::Complete {
         key: "k".into(),
@@ -98,7 +98,7 @@ fn insert_of_existing_key_is_rejected_in_any_state() {
 
 #[test]
 fn completed_record_is_immutable() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1, insert("k", "a"))).unwrap();
     let complete = Op::Complete {
         key: "k".into(),
@@ -123,7 +123,7 @@ fn completed_record_is_immutable() {
 
 #[test]
 fn version_guard_mismatch_changes_nothing() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1, insert("k", "a"))).unwrap();
     let e = rejection(s.apply(2, &one(1, update("k", "b", Some(7)))));
     assert_eq!(
@@ -139,7 +139,7 @@ fn version_guard_mismatch_changes_nothing() {
 
 #[test]
 fn scan_pages_in_key_order_within_prefix_and_byte_budget() {
-    let s = Store::new();
+    let s = Table::new();
     for (i, k) in ["sms/3", "call/2", "call/1", "call/10", "callx"]
         .iter()
         .enumerate()
@@ -165,7 +165,7 @@ fn scan_pages_in_key_order_within_prefix_and_byte_budget() {
 
 #[test]
 fn batch_with_one_failing_guard_changes_nothing() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1, insert("a", "1"))).unwrap();
     let batch = Command {
         at_ms: 2,
@@ -177,7 +177,7 @@ fn batch_with_one_failing_guard_changes_nothing() {
         ]),
     };
     let f = s.apply(2, &batch).unwrap_err();
-    assert_eq!(f.index, 2);
+    assert_eq!(f.op, 2);
     assert!(matches!(
         f.rejection,
         Rejection::VersionMismatch {
@@ -193,7 +193,7 @@ fn batch_with_one_failing_guard_changes_nothing() {
 
 #[test]
 fn batch_ops_see_earlier_ops_of_the_same_batch() {
-    let s = Store::new();
+    let s = Table::new();
     let batch = Command {
         at_ms: 5,
         request: None,
@@ -225,7 +225,7 @@ fn batch_ops_see_earlier_ops_of_the_same_batch() {
 
 #[test]
 fn ttl_index_finds_due_records_and_expire_uses_the_entry_time() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1_000, insert_ttl("a", 500))).unwrap(); // due at 1500
     s.apply(2, &one(1_000, insert_ttl("b", 2_000))).unwrap(); // due at 3000
     s.apply(3, &one(1_000, insert("c", "no ttl"))).unwrap();
@@ -239,7 +239,7 @@ fn ttl_index_finds_due_records_and_expire_uses_the_entry_time() {
         request: None,
         action: Action::Expire {
             keys: vec!["a".into(), "b".into(), "c".into(), "missing".into()],
-            drop: false,
+            mode: ExpiredMode::Handoff,
         },
     };
     let expired = s.apply(4, &expire).unwrap();
@@ -265,7 +265,7 @@ fn ttl_index_finds_due_records_and_expire_uses_the_entry_time() {
 
 #[test]
 fn update_refreshes_or_clears_the_deadline() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1_000, insert_ttl("a", 500))).unwrap();
     let refresh = Op::Update {
         key: "a".into(),
@@ -298,14 +298,14 @@ fn update_refreshes_or_clears_the_deadline() {
 
 #[test]
 fn dropped_expiry_removes_the_record() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1_000, insert_ttl("a", 1))).unwrap();
     let expire = Command {
         at_ms: 2_000,
         request: None,
         action: Action::Expire {
             keys: vec!["a".into()],
-            drop: true,
+            mode: ExpiredMode::Drop,
         },
     };
     assert_eq!(s.apply(2, &expire).unwrap().len(), 1);
@@ -328,7 +328,7 @@ fn tagged(id: &str, fingerprint: u64, at_ms: u64, op: Op) -> Command {
 
 #[test]
 fn repeated_request_id_returns_the_original_outcome_without_applying() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1, insert("k", "a"))).unwrap();
     let first = s
         .apply(2, &tagged("r1", 7, 10, update("k", "b", None)))
@@ -351,7 +351,7 @@ fn repeated_request_id_returns_the_original_outcome_without_applying() {
 
 #[test]
 fn reused_request_id_with_a_different_body_is_refused() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &tagged("r1", 7, 10, insert("k", "a"))).unwrap();
     let e = rejection(s.apply(2, &tagged("r1", 8, 11, insert("k2", "b"))));
     assert_eq!(e, Rejection::RequestIdReused { id: "r1".into() });
@@ -360,7 +360,7 @@ fn reused_request_id_with_a_different_body_is_refused() {
 
 #[test]
 fn request_ids_are_forgotten_after_the_window_and_past_the_count() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &tagged("old", 1, 0, insert("a", "1"))).unwrap();
     // 60 s later "old" is outside the window: the same id applies as new.
     s.apply(2, &tagged("old", 1, 60_001, insert("b", "1")))
@@ -378,7 +378,7 @@ fn request_ids_are_forgotten_after_the_window_and_past_the_count() {
 
 #[test]
 fn snapshot_round_trip_keeps_records_deadlines_and_request_ids() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1_000, insert_ttl("a", 500))).unwrap();
     s.apply(2, &tagged("r", 5, 1_000, insert("b", "22")))
         .unwrap();
@@ -393,7 +393,7 @@ fn snapshot_round_trip_keeps_records_deadlines_and_request_ids() {
         ),
     )
     .unwrap();
-    let t = Store::new();
+    let t = Table::new();
     t.restore(s.export(), s.revision());
     assert_eq!(t.export().records, s.export().records);
     assert_eq!(t.memory_bytes(), s.memory_bytes());
@@ -416,7 +416,7 @@ fn snapshot_round_trip_keeps_records_deadlines_and_request_ids() {
 
 #[test]
 fn event_window_resumes_in_order_and_compacts_whole_revisions() {
-    let s = Store::new();
+    let s = Table::new();
     s.events().set_limits(WindowLimits {
         max_events: 4,
         max_age_ms: u64::MAX,
@@ -454,7 +454,7 @@ fn event_window_resumes_in_order_and_compacts_whole_revisions() {
 
 #[test]
 fn restoring_a_snapshot_ends_live_subscriptions() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1, insert("a", "1"))).unwrap();
     let (_, mut rx) = s.events().subscribe(0).unwrap();
     let snapshot = s.export();
@@ -470,14 +470,11 @@ fn restoring_a_snapshot_ends_live_subscriptions() {
 
 #[test]
 fn outbox_holds_completed_and_expired_records_in_completion_order() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1_000, insert("a", "1"))).unwrap();
     s.apply(2, &one(1_000, insert_ttl("b", 10))).unwrap();
     s.apply(3, &one(1_000, insert("c", "3"))).unwrap();
-    assert_eq!(
-        (s.waiting_for_handoff(), s.oldest_waiting_since_ms()),
-        (0, None)
-    );
+    assert_eq!((s.outbox_depth(), s.outbox_oldest_since_ms()), (0, None));
     let complete = |k: &str| Op::Complete {
         key: k.into(),
         value: None,
@@ -489,13 +486,13 @@ fn outbox_holds_completed_and_expired_records_in_completion_order() {
         request: None,
         action: Action::Expire {
             keys: vec!["b".into()],
-            drop: false,
+            mode: ExpiredMode::Handoff,
         },
     };
     s.apply(5, &expire).unwrap();
     s.apply(6, &one(4_000, complete("a"))).unwrap();
-    assert_eq!(s.waiting_for_handoff(), 3);
-    assert_eq!(s.oldest_waiting_since_ms(), Some(2_000));
+    assert_eq!(s.outbox_depth(), 3);
+    assert_eq!(s.outbox_oldest_since_ms(), Some(2_000));
     let front: Vec<String> = s
         .outbox_front(10, usize::MAX)
         .iter()
@@ -508,7 +505,7 @@ fn outbox_holds_completed_and_expired_records_in_completion_order() {
         1,
         "at least one, even past the byte limit"
     );
-    let t = Store::new();
+    let t = Table::new();
     t.restore(s.export(), s.revision());
     let restored: Vec<String> = t
         .outbox_front(10, usize::MAX)
@@ -521,7 +518,7 @@ fn outbox_holds_completed_and_expired_records_in_completion_order() {
 
 #[test]
 fn evict_removes_only_records_waiting_with_that_completion_revision() {
-    let s = Store::new();
+    let s = Table::new();
     s.apply(1, &one(1_000, insert("a", "1"))).unwrap();
     s.apply(2, &one(1_000, insert("live", "1"))).unwrap();
     let complete = Op::Complete {
@@ -549,13 +546,10 @@ fn evict_removes_only_records_waiting_with_that_completion_revision() {
         .apply(4, &evict(&[("a", 2), ("live", 2), ("gone", 3)]))
         .unwrap();
     assert!(none.is_empty());
-    assert_eq!((s.len(), s.waiting_for_handoff()), (2, 1));
+    assert_eq!((s.len(), s.outbox_depth()), (2, 1));
     let done = s.apply(5, &evict(&[("a", 3)])).unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!(
-        (s.len(), s.waiting_for_handoff(), s.outbox_bytes()),
-        (1, 0, 0)
-    );
+    assert_eq!((s.len(), s.outbox_depth(), s.outbox_bytes()), (1, 0, 0));
     assert!(s.get("a").is_none());
     let ev = feed.try_recv().unwrap();
     assert_eq!(
@@ -568,4 +562,40 @@ fn evict_removes_only_records_waiting_with_that_completion_revision() {
     assert!(s.apply(6, &evict(&[("a", 3)])).unwrap().is_empty());
     s.apply(7, &one(3_000, insert("a", "again"))).unwrap();
     assert_eq!(s.get("a").unwrap().create_revision, 7);
+}
+
+#[test]
+fn expire_mode_decodes_log_entries_written_when_it_was_a_bool() {
+    // The shape of `Command` before `ExpiredMode` replaced `drop: bool`.
+    #[derive(serde::Serialize)]
+    #[allow(dead_code)]
+    enum LegacyAction {
+        Ops(Vec<Op>),
+        Expire { keys: Vec<String>, drop: bool },
+    }
+    #[derive(serde::Serialize)]
+    struct LegacyCommand {
+        at_ms: u64,
+        request: Option<RequestTag>,
+        action: LegacyAction,
+    }
+    for (drop, mode) in [(false, ExpiredMode::Handoff), (true, ExpiredMode::Drop)] {
+        let old = crate::codec::encode(&LegacyCommand {
+            at_ms: 7,
+            request: None,
+            action: LegacyAction::Expire {
+                keys: vec!["call/1".into()],
+                drop,
+            },
+        })
+        .unwrap();
+        let cmd: Command = crate::codec::decode(&old).unwrap();
+        assert_eq!(
+            cmd.action,
+            Action::Expire {
+                keys: vec!["call/1".into()],
+                mode
+            }
+        );
+    }
 }

@@ -15,13 +15,13 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
-use super::bootstrap::RaftNode;
+use super::{Duty, Pace};
+use crate::raft::Node;
+use crate::shutdown::Shutdown;
 
 /// Entries since the last snapshot, per record in the table, before the next one.
 const ENTRIES_PER_RECORD: u64 = 8;
-const CHECK_EVERY: Duration = Duration::from_millis(200);
+const PERIOD: Duration = Duration::from_millis(200);
 /// A triggered snapshot that has not shown up by then is triggered again.
 const RETRIGGER_AFTER: Duration = Duration::from_secs(30);
 
@@ -30,32 +30,48 @@ pub fn snapshot_due(since: u64, records: u64, every: u64) -> bool {
     since >= every.max(records / ENTRIES_PER_RECORD)
 }
 
-pub async fn run(node: RaftNode, every: u64, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Option<(u64, Instant)> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+/// Every node's compaction duty (snapshots are local: each node compacts
+/// its own log).
+pub struct Compaction {
+    /// `--snapshot-every`: the fewest entries between two snapshots.
+    every: u64,
+    /// The applied index a triggered snapshot should reach, and when it was asked for.
+    pending: Option<(u64, Instant)>,
+}
+
+impl Compaction {
+    pub fn new(every: u64) -> Compaction {
+        Compaction {
+            every,
+            pending: None,
         }
-        let m = node.raft_metrics();
-        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-        let snapshot = m.snapshot.map(|l| l.index).unwrap_or(0);
-        if let Some((at, when)) = pending {
-            if snapshot < at && when.elapsed() < RETRIGGER_AFTER {
-                continue; // the one asked for is still being built
+    }
+}
+
+impl Duty for Compaction {
+    const NAME: &'static str = "compaction";
+    const LEADER_ONLY: bool = false;
+
+    fn period(&self) -> Duration {
+        PERIOD
+    }
+
+    async fn round(&mut self, node: &Node, _shutdown: &mut Shutdown) -> Pace {
+        let s = node.status();
+        if let Some((at, when)) = self.pending {
+            if s.snapshot_index < at && when.elapsed() < RETRIGGER_AFTER {
+                return Pace::Idle; // the one asked for is still being built
             }
-            pending = None;
+            self.pending = None;
         }
-        let since = applied.saturating_sub(snapshot);
-        if snapshot_due(since, node.store.len() as u64, every) {
-            if let Err(e) = node.raft.trigger().snapshot().await {
-                tracing::debug!(error = %e, "snapshot trigger failed (shutting down?)");
-                return;
+        let since = s.applied_index.saturating_sub(s.snapshot_index);
+        if snapshot_due(since, node.table().len() as u64, self.every) {
+            match node.trigger_snapshot().await {
+                Ok(()) => self.pending = Some((s.applied_index, Instant::now())),
+                Err(e) => tracing::debug!(error = %e, "snapshot trigger failed (shutting down?)"),
             }
-            pending = Some((applied, Instant::now()));
         }
+        Pace::Idle
     }
 }
 

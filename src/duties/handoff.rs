@@ -1,16 +1,17 @@
-//! The leader's hand-off worker: outbox → sink → `Evict`.
+//! The leader's hand-off duty (the hand-off worker): outbox → sink → `Evict`.
+//! See `crate::handoff` for the pipeline and its guarantees.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use super::document::Document;
-use super::sink::Sink;
-use super::stats::{HandoffState, SinkStats};
-use crate::raft::bootstrap::RaftNode;
-use crate::raft::leader_clock_ms;
+use super::{Duty, Pace};
+use crate::handoff::{Document, HandoffState, Sink, SinkStats};
+use crate::raft::{leader_clock_ms, Consistency, Node};
+use crate::shutdown::Shutdown;
 use crate::state::{Action, Command};
 
 #[derive(Clone, Debug)]
@@ -39,86 +40,90 @@ impl Default for HandoffSettings {
 }
 
 /// How often an idle leader looks at the outbox, and a follower at its role.
-const IDLE_POLL: Duration = Duration::from_millis(20);
-const FOLLOWER_POLL: Duration = Duration::from_millis(100);
+const PERIOD: Duration = Duration::from_millis(20);
 /// Batches queued for the shadow sink before new ones are skipped for it.
 const SHADOW_QUEUE: usize = 64;
 
-/// Runs the worker until `stop`. `primary` and `shadow` are opened by the caller
-/// (so a bad sink spec fails at startup, not later).
-pub async fn run(
-    node: RaftNode,
+/// The shadow sink's task and the queue that feeds it.
+struct Shadow {
+    queue: mpsc::Sender<Arc<Vec<Document>>>,
+    task: JoinHandle<()>,
+}
+
+pub struct Handoff {
     settings: HandoffSettings,
     state: Arc<HandoffState>,
-    mut primary: Sink,
-    shadow: Option<Sink>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let shadow_tx = shadow.map(|sink| {
-        let (tx, rx) = mpsc::channel(SHADOW_QUEUE);
-        tokio::spawn(run_shadow(sink, rx, state.clone(), settings.write_timeout));
-        tx
-    });
-    let mut leading = false;
-    loop {
-        if *stop.borrow() {
-            return;
+    primary: Sink,
+    /// The shadow sink's queue and its task, owned here and joined on stop.
+    shadow: Option<Shadow>,
+}
+
+impl Handoff {
+    /// `primary` and `shadow` are opened by the caller, so that a bad sink
+    /// spec fails at startup, not later.
+    pub fn new(
+        settings: HandoffSettings,
+        state: Arc<HandoffState>,
+        primary: Sink,
+        shadow: Option<Sink>,
+    ) -> Handoff {
+        let shadow = shadow.map(|sink| {
+            let (tx, rx) = mpsc::channel(SHADOW_QUEUE);
+            let task = tokio::spawn(run_shadow(sink, rx, state.clone(), settings.write_timeout));
+            Shadow { queue: tx, task }
+        });
+        Handoff {
+            settings,
+            state,
+            primary,
+            shadow,
         }
-        if !node.raft.is_leader() {
-            if leading {
-                tracing::info!("hand-off worker paused: this node no longer leads");
-            }
-            leading = false;
-            state.set_active(false);
-            if pause(&mut stop, FOLLOWER_POLL).await {
-                return;
-            }
-            continue;
-        }
-        if !leading {
-            primary.on_leadership().await;
-            leading = true;
-            state.set_active(true);
+    }
+}
+
+impl Duty for Handoff {
+    const NAME: &'static str = "hand-off";
+    const LEADER_ONLY: bool = true;
+
+    fn period(&self) -> Duration {
+        PERIOD
+    }
+
+    async fn leadership(&mut self, leading: bool, node: &Node) {
+        self.state.set_active(leading);
+        if leading {
+            self.primary.on_leadership().await;
             tracing::info!(
-                outbox = node.store.waiting_for_handoff(),
+                outbox_depth = node.table().outbox_depth(),
                 "hand-off worker started: this node leads"
             );
+        } else {
+            tracing::info!("hand-off worker paused: this node no longer leads");
         }
-        if node.store.waiting_for_handoff() == 0 {
-            if pause(&mut stop, IDLE_POLL).await {
-                return;
-            }
-            continue;
+    }
+
+    async fn round(&mut self, node: &Node, shutdown: &mut Shutdown) -> Pace {
+        if node.table().outbox_depth() == 0 {
+            return Pace::Idle;
         }
         // Fence: confirm leadership with a quorum before touching the sink. A
         // deposed leader that has not noticed yet (cut off by a partition)
         // would otherwise keep writing batches the new leader also writes.
-        if node
-            .raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-            .is_err()
-        {
-            if pause(&mut stop, IDLE_POLL).await {
-                return;
-            }
-            continue;
+        if node.read_barrier(Consistency::Linearizable).await.is_err() {
+            return Pace::Idle;
         }
         let batch = node
-            .store
-            .outbox_front(settings.batch_records, settings.batch_bytes);
+            .table()
+            .outbox_front(self.settings.batch_records, self.settings.batch_bytes);
         if batch.is_empty() {
-            if pause(&mut stop, IDLE_POLL).await {
-                return;
-            }
-            continue;
+            return Pace::Idle;
         }
         let docs: Vec<Document> = batch
             .iter()
             .map(|(id, rec)| Document::new(id.clone(), rec))
             .collect();
-        if let (Some(tx), Some(stats)) = (&shadow_tx, &state.shadow) {
-            if tx.try_send(Arc::new(docs.clone())).is_err() {
+        if let (Some(shadow), Some(stats)) = (&self.shadow, &self.state.shadow) {
+            if shadow.queue.try_send(Arc::new(docs.clone())).is_err() {
                 stats.failed(
                     docs.len(),
                     "shadow sink is too far behind; this batch was skipped for it",
@@ -126,19 +131,20 @@ pub async fn run(
                 );
             }
         }
-        match deliver(
-            &node,
-            &settings,
-            &state.primary,
-            &mut primary,
+        let delivered = deliver(
+            node,
+            &self.settings,
+            &self.state.primary,
+            &mut self.primary,
             &docs,
-            &mut stop,
+            shutdown,
         )
-        .await
-        {
+        .await;
+        match delivered {
             Delivery::Acknowledged => {}
-            Delivery::Abandoned => continue,
-            Delivery::Stopped => return,
+            // Not evicted: whoever leads next (or this node after a restart)
+            // sends the batch again.
+            Delivery::Abandoned | Delivery::Stopped => return Pace::Idle,
         }
         let ids = docs.into_iter().map(|d| d.id).collect();
         let cmd = Command {
@@ -146,9 +152,9 @@ pub async fn run(
             request: None,
             action: Action::Evict { ids },
         };
-        match node.raft.client_write(cmd).await {
-            Ok(r) => {
-                let evicted = r.data.and_then(|o| o.ok()).map(|a| a.len()).unwrap_or(0);
+        match node.propose(cmd).await {
+            Ok(outcome) => {
+                let evicted = outcome.map(|a| a.len()).unwrap_or(0);
                 crate::metrics::METRICS
                     .handoff_evicted
                     .inc_by(evicted as u64);
@@ -157,6 +163,19 @@ pub async fn run(
             // again and the sink skips the duplicates.
             Err(e) => tracing::info!(error = %e, "evict proposal failed (leadership moved?)"),
         }
+        Pace::Busy
+    }
+
+    /// Closes the shadow sink's queue and waits for what it holds, at most
+    /// one write timeout.
+    async fn stopped(self) {
+        if let Some(Shadow { queue, task }) = self.shadow {
+            drop(queue);
+            let timeout = self.settings.write_timeout;
+            if tokio::time::timeout(timeout, task).await.is_err() {
+                tracing::warn!("shadow sink did not finish its queue within {timeout:?}");
+            }
+        }
     }
 }
 
@@ -164,18 +183,19 @@ enum Delivery {
     Acknowledged,
     /// Leadership was lost while retrying: the next leader takes over.
     Abandoned,
+    /// Shutdown was requested while retrying.
     Stopped,
 }
 
 /// Writes `docs` to the primary sink until it acknowledges them, backing off
 /// between attempts, for as long as this node leads.
 async fn deliver(
-    node: &RaftNode,
+    node: &Node,
     settings: &HandoffSettings,
     stats: &SinkStats,
     sink: &mut Sink,
     docs: &[Document],
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
 ) -> Delivery {
     let mut delay = settings.backoff_initial;
     loop {
@@ -193,27 +213,19 @@ async fn deliver(
                 return Delivery::Acknowledged;
             }
             Err(error) => {
-                // Full jitter over the upper half: spreads retries of several
-                // clusters sharing one sink without ever retrying at once.
+                // Jitter over the upper half of the delay: spreads the retries
+                // of several clusters sharing one sink, never retrying at once.
                 let wait = rand::rng().random_range(delay / 2..=delay);
                 stats.failed(docs.len(), &error, Some(wait));
-                if pause(stop, wait).await {
+                if shutdown.sleep(wait).await {
                     return Delivery::Stopped;
                 }
-                if !node.raft.is_leader() {
+                if !node.is_leader() {
                     return Delivery::Abandoned;
                 }
                 delay = (delay * 2).min(settings.backoff_max);
             }
         }
-    }
-}
-
-/// Sleeps for `d`; true if asked to stop meanwhile.
-async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = stop.wait_for(|s| *s) => true,
     }
 }
 

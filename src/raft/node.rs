@@ -1,0 +1,615 @@
+//! `raft::Node`: the one way into consensus for the rest of the server.
+//!
+//! Everything above this module (the API handlers, the leader's duties, the
+//! HTTP port, the process wiring) sees a node through a handful of calls:
+//!
+//! - [`Node::propose`]: put a command through the log and get its outcome;
+//! - [`Node::read_barrier`]: make the local table fit for a read at a
+//!   consistency level (ReadIndex, lease, or a staleness check);
+//! - [`Node::is_leader`] and [`Node::status`]: what this node is and knows;
+//! - membership and leadership changes, snapshots, and shutdown.
+//!
+//! openraft's types and errors stay behind this wall: callers get
+//! [`super::Error`] and [`Status`], which are ours. That keeps the choice of
+//! Raft library a detail of this folder, and it is where the batching of
+//! proposals and read barriers will live.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+
+use super::bootstrap::check_identity;
+use super::log_store::LogStore;
+use super::network::PeerNetwork;
+use super::peer_service::PeerService;
+use super::state_machine::StateMachine;
+use super::{Durability, Error, NodeId, Raft, RaftSettings};
+use crate::state::{Command, Outcome, Table};
+
+/// Read consistency, as the node enforces it before a local read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// ReadIndex: the leader confirms its leadership with a quorum and the
+    /// read waits until that commit point is applied.
+    Linearizable,
+    /// The leader's lease: no quorum round while the lease holds.
+    Lease,
+    /// Local state as it is; refused while the node replays its log after a
+    /// restart, and, with a bound, when the node is known to lag more.
+    Stale { max_staleness_ms: Option<u64> },
+}
+
+/// A node's role as operators see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Candidate,
+    Follower,
+    /// A member that replicates but does not vote.
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::Follower => "follower",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One member of the cluster as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub address: String,
+    pub voter: bool,
+    /// On the leader: ms since the member last acknowledged it (0 for the
+    /// leader itself). Unknown elsewhere.
+    pub last_ack_ms: Option<u64>,
+}
+
+/// What this node knows of itself and of the cluster, at one moment.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub leader_address: Option<String>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// The cluster's commit index as this node last learned it.
+    pub committed_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<Member>,
+    /// See [`Node::leader_contact_ms`].
+    pub leader_contact_ms: Option<u64>,
+    pub heartbeat_ms: u64,
+}
+
+impl Status {
+    pub fn voters(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.voter)
+    }
+}
+
+/// A leader change as one node saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaderChange {
+    /// Wall clock, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub term: u64,
+    /// The new leader; `None` while there is none.
+    pub leader: Option<NodeId>,
+}
+
+/// How many leader changes a node remembers for the status page.
+const LEADER_CHANGES_KEPT: usize = 20;
+
+/// A running Raft node. Cheap to clone; every clone is the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    advertise: String,
+    durability: Durability,
+    raft: Raft,
+    table: Arc<Table>,
+    sm: StateMachine,
+    log: LogStore,
+    /// Set once the state machine has applied everything the cluster had
+    /// committed when this node started. Until then local (STALE) reads could
+    /// show an older state than this node served before a restart.
+    recovered: AtomicBool,
+    contact: Arc<LeaderContact>,
+    leader_changes: Mutex<VecDeque<LeaderChange>>,
+}
+
+impl Node {
+    /// Opens storage (recovering it in `disk` mode) and starts the Raft node.
+    pub async fn start(s: &RaftSettings) -> anyhow::Result<Node> {
+        if s.id == 0 {
+            bail!("--id: node ids start at 1");
+        }
+        std::fs::create_dir_all(&s.data_dir)
+            .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
+        check_identity(&s.data_dir, s.id, s.durability)?;
+
+        let table = Arc::new(Table::new());
+        let (log, sm) = match s.durability {
+            Durability::Disk => {
+                let raft_dir = s.data_dir.join("raft");
+                let log = LogStore::open(&raft_dir)
+                    .with_context(|| format!("opening the Raft log in {}", raft_dir.display()))?;
+                let snap_dir = s.data_dir.join("snapshots");
+                let sm = StateMachine::open(table.clone(), &snap_dir)
+                    .with_context(|| format!("opening snapshots in {}", snap_dir.display()))?;
+                (log, sm)
+            }
+            Durability::Memory => (
+                LogStore::in_memory(),
+                StateMachine::in_memory(table.clone()),
+            ),
+        };
+
+        let config = Config {
+            cluster_name: "inflight".into(),
+            heartbeat_interval: s.heartbeat_ms,
+            election_timeout_min: s.election_timeout_ms.0,
+            election_timeout_max: s.election_timeout_ms.1,
+            // `duties::compaction` decides when to snapshot, in proportion to the table.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
+            install_snapshot_timeout: 30_000,
+            enable_pre_vote: Some(true),
+            // Bounds one AppendEntries message: 32 entries of at most a
+            // 4 MiB batch each stay under the 256 MiB peer message limit.
+            max_payload_entries: 32,
+            ..Default::default()
+        }
+        .validate()
+        .context("invalid Raft settings")?;
+
+        let raft = Raft::new(
+            s.id,
+            Arc::new(config),
+            PeerNetwork::new(s.peer_source_ip),
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .context("starting the Raft node")?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                id: s.id,
+                advertise: s.advertise.clone(),
+                durability: s.durability,
+                raft,
+                table,
+                sm,
+                log,
+                recovered: AtomicBool::new(false),
+                contact: Arc::new(LeaderContact::default()),
+                leader_changes: Mutex::default(),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address peers and clients use to reach this node.
+    pub fn advertise(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// The replicated table this node applies committed commands to. Read
+    /// it directly only after [`Node::read_barrier`].
+    pub fn table(&self) -> &Arc<Table> {
+        &self.inner.table
+    }
+
+    /// The peer RPC service that feeds incoming Raft messages to this node.
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.inner.raft.clone(), self.inner.contact.clone())
+    }
+
+    /// Proposes `cmd` through the log and returns what applying it produced.
+    /// Only the leader accepts proposals; elsewhere the error names it.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, Error> {
+        let metrics = &crate::metrics::METRICS;
+        metrics.proposals_pending.inc();
+        let written = self.inner.raft.client_write(cmd).await;
+        metrics.proposals_pending.dec();
+        if written.is_err() {
+            metrics.proposals_failed.inc();
+        }
+        written
+            .map_err(Error::from)?
+            .data
+            .ok_or_else(|| Error::Internal("a proposed command produced no outcome".into()))
+    }
+
+    /// Returns once the local table may be read at `consistency`, or why not.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
+        match consistency {
+            // The chaos suite's planted bug: a "linearizable" read that is not.
+            #[cfg(feature = "planted-bug-stale-reads")]
+            Consistency::Linearizable => Ok(()),
+            #[cfg(not(feature = "planted-bug-stale-reads"))]
+            Consistency::Linearizable => {
+                self.inner
+                    .raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await?;
+                Ok(())
+            }
+            Consistency::Lease => {
+                self.inner
+                    .raft
+                    .ensure_linearizable(ReadPolicy::LeaseRead)
+                    .await?;
+                Ok(())
+            }
+            Consistency::Stale { max_staleness_ms } => {
+                if !self.is_recovered() {
+                    return Err(Error::Unavailable(
+                        "node is still replaying its log after a restart; a local read could be older than one \
+                         it served before. Retry, or read from another node"
+                            .into(),
+                    ));
+                }
+                match max_staleness_ms {
+                    Some(max) => self.check_staleness(max),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// A leader is as fresh as its last quorum acknowledgement; a follower as
+    /// its last contact from a leader.
+    fn check_staleness(&self, max: u64) -> Result<(), Error> {
+        let source = if self.is_leader() {
+            "confirmed its leadership with a quorum"
+        } else {
+            "heard from the leader"
+        };
+        match self.leader_contact_ms() {
+            Some(s) if s <= max => Ok(()),
+            Some(s) => Err(Error::Unavailable(format!(
+                "max_staleness_ms: this node last {source} {s} ms ago, more than {max} ms; read from another node"
+            ))),
+            None => Err(Error::Unavailable(format!(
+                "max_staleness_ms: this node has not {source} since it started; read from another node"
+            ))),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.is_leader()
+    }
+
+    /// `Ok` on the leader; elsewhere the error that names the leader.
+    pub fn leader_only(&self) -> Result<(), Error> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        let s = self.status();
+        Err(Error::NotLeader {
+            leader: s.leader.zip(s.leader_address),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_leader = m.state == ServerState::Leader;
+        let members = membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                address: n.addr.clone(),
+                voter: voters.contains(id),
+                last_ack_ms: if *id == self.inner.id && is_leader {
+                    Some(0)
+                } else {
+                    m.heartbeat.as_ref().and_then(|h| {
+                        h.get(id)
+                            .and_then(|t| t.as_ref())
+                            .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
+                    })
+                },
+            })
+            .collect::<Vec<_>>();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Shutdown => Role::Shutdown,
+            ServerState::Learner => Role::Learner,
+            ServerState::Follower if voters.contains(&self.inner.id) => Role::Follower,
+            ServerState::Follower => Role::Learner,
+        };
+        let leader_contact_ms = if is_leader {
+            m.last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
+        } else {
+            self.inner.contact.millis_since()
+        };
+        Status {
+            id: self.inner.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            leader_address: m
+                .current_leader
+                .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            committed_index: m.cluster_committed.map(|c| c.index).unwrap_or(0),
+            snapshot_index: self.inner.sm.snapshot_index().unwrap_or(0),
+            members,
+            leader_contact_ms,
+            heartbeat_ms: self.inner.raft.config().heartbeat_interval,
+        }
+    }
+
+    /// Milliseconds since this node last heard from the leader; on the leader,
+    /// since a quorum last acknowledged it. `None` if never.
+    pub fn leader_contact_ms(&self) -> Option<u64> {
+        self.status().leader_contact_ms
+    }
+
+    /// The log index of the last snapshot this node holds (0 if none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.inner.sm.snapshot_index().unwrap_or(0)
+    }
+
+    pub fn is_recovered(&self) -> bool {
+        self.inner.recovered.load(Ordering::Acquire)
+    }
+
+    /// Whether this node has never voted nor held a log entry.
+    pub fn is_pristine(&self) -> bool {
+        self.inner.log.is_pristine()
+    }
+
+    /// The most recent leader changes this node saw, oldest first.
+    pub fn leader_changes(&self) -> Vec<LeaderChange> {
+        self.inner.leader_changes.lock().iter().copied().collect()
+    }
+
+    /// Waits (as long as it takes) for the state machine to catch up with the
+    /// cluster's commit point, then marks the node recovered.
+    pub async fn await_recovery(&self) {
+        match self.inner.raft.wait_for_recovery(None).await {
+            Ok(m) => {
+                self.inner.recovered.store(true, Ordering::Release);
+                tracing::info!(applied = ?m.last_applied.map(|l| l.index), "state machine caught up with the cluster");
+            }
+            Err(e) => tracing::warn!(error = %e, "waiting for recovery stopped"),
+        }
+    }
+
+    /// Records and logs every leader change this node sees, until the Raft
+    /// core stops.
+    pub async fn track_leader_changes(&self) {
+        let mut rx = self.inner.raft.metrics();
+        let mut last: Option<NodeId> = None;
+        loop {
+            let (leader, term) = {
+                let m = rx.borrow_and_update();
+                (m.current_leader, m.current_term)
+            };
+            if leader != last {
+                if leader.is_some() {
+                    crate::metrics::METRICS.leader_changes.inc();
+                }
+                {
+                    let mut seen = self.inner.leader_changes.lock();
+                    seen.push_back(LeaderChange {
+                        at_ms: super::leader_clock_ms(),
+                        term,
+                        leader,
+                    });
+                    while seen.len() > LEADER_CHANGES_KEPT {
+                        seen.pop_front();
+                    }
+                }
+                match leader {
+                    Some(l) => tracing::info!(leader = l, term, "leader changed"),
+                    None => tracing::info!(term, "no leader"),
+                }
+                last = leader;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Initializes a new cluster with `members` if this node is the one that
+    /// should (the lowest id) and its store is pristine. Returns whether it did.
+    pub async fn initialize_if_first(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+    ) -> anyhow::Result<bool> {
+        let Some((&lowest, _)) = members.first_key_value() else {
+            return Ok(false);
+        };
+        if !members.contains_key(&self.inner.id) {
+            bail!(
+                "--initial-cluster does not list this node's id {}",
+                self.inner.id
+            );
+        }
+        if lowest != self.inner.id || !self.is_pristine() {
+            return Ok(false);
+        }
+        let nodes: BTreeMap<NodeId, super::PeerNode> = members
+            .iter()
+            .map(|(id, a)| (*id, super::PeerNode { addr: a.clone() }))
+            .collect();
+        self.inner
+            .raft
+            .initialize(nodes)
+            .await
+            .context("initializing the cluster")?;
+        tracing::info!(members = ?members, "initialized a new cluster");
+        Ok(true)
+    }
+
+    /// Adds a non-voting member (leader only); returns once it is committed.
+    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<(), Error> {
+        self.inner
+            .raft
+            .add_learner(
+                id,
+                super::PeerNode {
+                    addr: address.to_string(),
+                },
+                false,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Turns a learner into a voter (leader only).
+    pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a member, voter or learner (leader only).
+    pub async fn remove(&self, id: NodeId, voter: bool) -> Result<(), Error> {
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.inner.raft.change_membership(change, false).await?;
+        Ok(())
+    }
+
+    /// Hands leadership to voter `to` and waits up to `wait` for it to lead.
+    pub async fn transfer_leader(&self, to: NodeId, wait: Duration) -> Result<(), Error> {
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?;
+        let waited = self
+            .inner
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader == Some(to), "leader transfer")
+            .await;
+        if waited.is_err() {
+            let now = self.status().leader;
+            return Err(Error::Unavailable(format!(
+                "node {to} did not take over within {wait:?} (leader now: {now:?}); it may be lagging or \
+                 unreachable"
+            )));
+        }
+        Ok(())
+    }
+
+    /// If this node leads, hands leadership to the voter that has acknowledged
+    /// it most recently and waits up to `wait`. Used on shutdown so that
+    /// clients see a new leader at once instead of after an election timeout.
+    pub async fn hand_over_leadership(&self, wait: Duration) {
+        if !self.is_leader() {
+            return;
+        }
+        let s = self.status();
+        let to = s
+            .voters()
+            .filter(|m| m.id != s.id)
+            .filter_map(|m| m.last_ack_ms.map(|ack| (ack, m.id)))
+            .min()
+            .map(|(_, id)| id);
+        let Some(to) = to else {
+            tracing::info!("shutdown: no other voter to hand leadership to");
+            return;
+        };
+        match self.transfer_leader(to, wait).await {
+            Ok(()) => tracing::info!(to, "shutdown: handed leadership over"),
+            Err(e) => tracing::warn!(to, error = %e, "shutdown: leadership hand-over failed"),
+        }
+    }
+
+    /// Asks for a snapshot to be built now (it is built in the background).
+    pub async fn trigger_snapshot(&self) -> Result<(), Error> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// Stops the Raft core. Proposals and reads fail from then on.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// The last time a leader's append (or heartbeat) reached this node: how a
+/// follower knows how stale its local state may be.
+#[derive(Debug)]
+pub struct LeaderContact {
+    epoch: std::time::Instant,
+    /// ms since `epoch` of the last contact + 1 (0 = never).
+    last: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            epoch: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last contact; `None` if there was none.
+    pub fn millis_since(&self) -> Option<u64> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some((self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(t)),
+        }
+    }
+}
