@@ -1,4 +1,6 @@
-//! The operator HTTP port: `/livez`, `/readyz`, `/status`.
+//! The operator HTTP port: `/livez`, `/readyz`, `/status`, `/metrics`,
+//! `/cluster` (every member's status, asked from this node) and `/` (the
+//! live status page).
 //!
 //! `/livez` answers as long as the process serves HTTP. `/readyz` is 200 only
 //! when this node knows a leader, heard from it within `READY_CONTACT_MS`,

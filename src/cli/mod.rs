@@ -242,7 +242,7 @@ pub struct ServeArgs {
     /// Address others use to reach this node (default: --listen).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// HTTP address for /livez, /readyz and /status.
+    /// HTTP address for /livez, /readyz, /status, /metrics, /cluster and the status page at /.
     #[arg(long)]
     pub http: Option<SocketAddr>,
     /// The initial voters: ID=HOST:PORT,... (the lowest id initializes the cluster once).
@@ -253,7 +253,8 @@ pub struct ServeArgs {
     pub join: Vec<String>,
     #[arg(long, value_enum, default_value = "disk")]
     pub durability: Durability,
-    /// Build a snapshot every N applied log entries.
+    /// The fewest applied entries between two snapshots; a large table waits
+    /// for max(N, records / 8) entries, so snapshot work stays proportional.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// Largest value accepted, in bytes.

@@ -11,8 +11,8 @@
 //!
 //! openraft's types and errors stay behind this wall: callers get
 //! [`super::Error`] and [`Status`], which are ours. That keeps the choice of
-//! Raft library a detail of this folder, and it is where the batching of
-//! proposals and read barriers will live.
+//! Raft library a detail of this folder, and gives batching of proposals and
+//! read barriers one place to live.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
