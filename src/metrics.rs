@@ -45,6 +45,9 @@ pub struct Metrics {
     pub proposals_applied: Gauge,
     pub proposals_failed: Counter,
     pub proposals_pending: Gauge,
+    pub proposal_batch_size: Histogram,
+    pub read_batch_size: Histogram,
+    pub frame_ops: Histogram,
     pub wal_fsync_seconds: Histogram,
     pub grpc_seconds: Family<GrpcLabels, Histogram>,
     pub peer_rtt_seconds: Family<PeerLabels, Histogram>,
@@ -66,6 +69,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00005, 2.0, 18))
 }
 
+fn batch_histogram() -> Histogram {
+    // 1 .. 4096
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut r = Registry::with_prefix("inflight");
@@ -76,6 +84,9 @@ impl Metrics {
             proposals_applied: Gauge::default(),
             proposals_failed: Counter::default(),
             proposals_pending: Gauge::default(),
+            proposal_batch_size: batch_histogram(),
+            read_batch_size: batch_histogram(),
+            frame_ops: batch_histogram(),
             wal_fsync_seconds: latency_histogram(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
             peer_rtt_seconds: Family::new_with_constructor(latency_histogram),
@@ -121,6 +132,21 @@ impl Metrics {
             "proposals_pending",
             "Client proposals in flight on this node",
             m.proposals_pending.clone(),
+        );
+        r.register(
+            "proposal_batch_size",
+            "Commands handed to the Raft core together (one batch of proposals)",
+            m.proposal_batch_size.clone(),
+        );
+        r.register(
+            "read_batch_size",
+            "Linearizable or lease reads served by one ReadIndex round or lease check",
+            m.read_batch_size.clone(),
+        );
+        r.register(
+            "frame_ops",
+            "Operations per frame received on the batching session stream",
+            m.frame_ops.clone(),
         );
         r.register(
             "wal_fsync_duration_seconds",

@@ -16,6 +16,7 @@ mod cluster;
 mod errors;
 mod grpc_metrics;
 mod records;
+mod session;
 mod validate;
 mod watch;
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
+use super::session::{session_stream, SessionStream};
 use super::watch::{watch_stream, WatchStream};
 use super::{record_to_pb, ApiError, Limits};
 use crate::codec;
@@ -35,7 +36,9 @@ impl Default for Retention {
 }
 
 /// The proto's `InFlight` service: validates each request, turns it into a
-/// command or a read, and goes through [`raft::Node`].
+/// command or a read, and goes through [`raft::Node`]. Cheap to clone: a
+/// session stream's task holds its own copy.
+#[derive(Clone)]
 pub struct InFlightService {
     node: raft::Node,
     limits: Limits,
@@ -91,13 +94,67 @@ impl InFlightService {
         &self,
         op: Op,
         request_id: String,
-    ) -> Result<Response<pb::MutationResponse>, Status> {
+    ) -> Result<pb::MutationResponse, ApiError> {
         let applied = self.propose(vec![op], request_id, false).await?;
         let a = applied
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Internal("an op produced no result".into()))?;
-        Ok(Response::new(mutation_response(a)))
+        Ok(mutation_response(a))
+    }
+
+    // One handler per operation, shared by the unary calls and the frames of
+    // the batching session (`session.rs`).
+
+    pub(super) async fn insert(
+        &self,
+        r: pb::InsertRequest,
+    ) -> Result<pb::MutationResponse, ApiError> {
+        let id = r.request_id.clone();
+        let op = self.insert_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    pub(super) async fn update(
+        &self,
+        r: pb::UpdateRequest,
+    ) -> Result<pb::MutationResponse, ApiError> {
+        let id = r.request_id.clone();
+        let op = self.update_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    pub(super) async fn delete(
+        &self,
+        r: pb::DeleteRequest,
+    ) -> Result<pb::MutationResponse, ApiError> {
+        let id = r.request_id.clone();
+        let op = self.delete_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    pub(super) async fn complete(
+        &self,
+        r: pb::CompleteRequest,
+    ) -> Result<pb::MutationResponse, ApiError> {
+        let id = r.request_id.clone();
+        let op = self.complete_op(r, "")?;
+        self.propose_one(op, id).await
+    }
+
+    pub(super) async fn get(&self, r: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
+        self.limits.key("key", &r.key)?;
+        self.read_barrier(r.consistency, r.max_staleness_ms).await?;
+        let (found, revision) = self.read(|s| s.get(&r.key))?;
+        match found {
+            Some(rec) => Ok(pb::GetResponse {
+                record: Some(record_to_pb(r.key, rec)),
+                revision,
+            }),
+            None => Err(ApiError::Rejected(crate::state::Rejection::NotFound {
+                key: r.key,
+            })),
+        }
     }
 
     /// Reads the local table, and the revision it is at (read after the data,
@@ -234,40 +291,36 @@ impl pb::in_flight_server::InFlight for InFlightService {
         &self,
         req: Request<pb::InsertRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
-        let r = req.into_inner();
-        let id = r.request_id.clone();
-        let op = self.insert_op(r, "")?;
-        self.propose_one(op, id).await
+        Ok(Response::new(
+            InFlightService::insert(self, req.into_inner()).await?,
+        ))
     }
 
     async fn update(
         &self,
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
-        let r = req.into_inner();
-        let id = r.request_id.clone();
-        let op = self.update_op(r, "")?;
-        self.propose_one(op, id).await
+        Ok(Response::new(
+            InFlightService::update(self, req.into_inner()).await?,
+        ))
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
-        let r = req.into_inner();
-        let id = r.request_id.clone();
-        let op = self.delete_op(r, "")?;
-        self.propose_one(op, id).await
+        Ok(Response::new(
+            InFlightService::delete(self, req.into_inner()).await?,
+        ))
     }
 
     async fn complete(
         &self,
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
-        let r = req.into_inner();
-        let id = r.request_id.clone();
-        let op = self.complete_op(r, "")?;
-        self.propose_one(op, id).await
+        Ok(Response::new(
+            InFlightService::complete(self, req.into_inner()).await?,
+        ))
     }
 
     async fn batch(
@@ -292,19 +345,9 @@ impl pb::in_flight_server::InFlight for InFlightService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let r = req.into_inner();
-        self.limits.key("key", &r.key)?;
-        self.read_barrier(r.consistency, r.max_staleness_ms).await?;
-        let (found, revision) = self.read(|s| s.get(&r.key))?;
-        match found {
-            Some(rec) => Ok(Response::new(pb::GetResponse {
-                record: Some(record_to_pb(r.key, rec)),
-                revision,
-            })),
-            None => {
-                Err(ApiError::Rejected(crate::state::Rejection::NotFound { key: r.key }).into())
-            }
-        }
+        Ok(Response::new(
+            InFlightService::get(self, req.into_inner()).await?,
+        ))
     }
 
     async fn scan(
@@ -338,5 +381,17 @@ impl pb::in_flight_server::InFlight for InFlightService {
         let r = req.into_inner();
         self.limits.prefix("prefix", &r.prefix)?;
         Ok(Response::new(watch_stream(self.node.table().clone(), r)?))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<tonic::Streaming<pb::Frame>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Ok(Response::new(session_stream(
+            self.clone(),
+            req.into_inner(),
+        )))
     }
 }

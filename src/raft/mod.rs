@@ -23,6 +23,7 @@
 //! a vote it reported as persisted. That is why `append` completes its
 //! callback only after fsync, and why the vote has its own file.
 
+mod batch;
 mod bootstrap;
 mod error;
 mod log_store;

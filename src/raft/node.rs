@@ -23,7 +23,10 @@ use anyhow::{bail, Context};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
+use super::batch::{self, Proposal, Reply};
 use super::bootstrap::check_identity;
 use super::log_store::LogStore;
 use super::network::PeerNetwork;
@@ -137,6 +140,11 @@ struct Inner {
     recovered: AtomicBool,
     contact: Arc<LeaderContact>,
     leader_changes: Mutex<VecDeque<LeaderChange>>,
+    /// The batchers' queues (see `batch`), and their tasks, joined on shutdown.
+    proposals: mpsc::UnboundedSender<Proposal>,
+    read_index: mpsc::UnboundedSender<Reply<()>>,
+    lease: mpsc::UnboundedSender<Reply<()>>,
+    batchers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Node {
@@ -193,6 +201,22 @@ impl Node {
         )
         .await
         .context("starting the Raft node")?;
+        let (proposals, proposals_rx) = mpsc::unbounded_channel();
+        let (read_index, read_index_rx) = mpsc::unbounded_channel();
+        let (lease, lease_rx) = mpsc::unbounded_channel();
+        let batchers = vec![
+            tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx)),
+            tokio::spawn(batch::read_loop(
+                raft.clone(),
+                ReadPolicy::ReadIndex,
+                read_index_rx,
+            )),
+            tokio::spawn(batch::read_loop(
+                raft.clone(),
+                ReadPolicy::LeaseRead,
+                lease_rx,
+            )),
+        ];
         Ok(Node {
             inner: Arc::new(Inner {
                 id: s.id,
@@ -205,6 +229,10 @@ impl Node {
                 recovered: AtomicBool::new(false),
                 contact: Arc::new(LeaderContact::default()),
                 leader_changes: Mutex::default(),
+                proposals,
+                read_index,
+                lease,
+                batchers: Mutex::new(batchers),
             }),
         })
     }
@@ -235,18 +263,35 @@ impl Node {
 
     /// Proposes `cmd` through the log and returns what applying it produced.
     /// Only the leader accepts proposals; elsewhere the error names it.
+    /// Concurrent proposals are batched (see `batch`); each still gets its
+    /// own log entry, revision and outcome.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, Error> {
         let metrics = &crate::metrics::METRICS;
         metrics.proposals_pending.inc();
-        let written = self.inner.raft.client_write(cmd).await;
+        let (reply, answer) = oneshot::channel();
+        let written = match self.inner.proposals.send(Proposal { cmd, reply }) {
+            Ok(()) => Self::answer(answer).await,
+            Err(_) => Err(Error::Stopped("the proposal batcher has stopped".into())),
+        };
         metrics.proposals_pending.dec();
         if written.is_err() {
             metrics.proposals_failed.inc();
         }
         written
-            .map_err(Error::from)?
-            .data
-            .ok_or_else(|| Error::Internal("a proposed command produced no outcome".into()))
+    }
+
+    async fn answer<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Stopped("the node is shutting down".into())))
+    }
+
+    /// Waits for the next batched round of `queue` (ReadIndex or lease).
+    async fn batched_read(&self, queue: &mpsc::UnboundedSender<Reply<()>>) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        match queue.send(reply) {
+            Ok(()) => Self::answer(answer).await,
+            Err(_) => Err(Error::Stopped("the read batcher has stopped".into())),
+        }
     }
 
     /// Returns once the local table may be read at `consistency`, or why not.
@@ -256,20 +301,8 @@ impl Node {
             #[cfg(feature = "planted-bug-stale-reads")]
             Consistency::Linearizable => Ok(()),
             #[cfg(not(feature = "planted-bug-stale-reads"))]
-            Consistency::Linearizable => {
-                self.inner
-                    .raft
-                    .ensure_linearizable(ReadPolicy::ReadIndex)
-                    .await?;
-                Ok(())
-            }
-            Consistency::Lease => {
-                self.inner
-                    .raft
-                    .ensure_linearizable(ReadPolicy::LeaseRead)
-                    .await?;
-                Ok(())
-            }
+            Consistency::Linearizable => self.batched_read(&self.inner.read_index).await,
+            Consistency::Lease => self.batched_read(&self.inner.lease).await,
             Consistency::Stale { max_staleness_ms } => {
                 if !self.is_recovered() {
                     return Err(Error::Unavailable(
@@ -573,10 +606,16 @@ impl Node {
             .map_err(|e| Error::Stopped(e.to_string()))
     }
 
-    /// Stops the Raft core. Proposals and reads fail from then on.
+    /// Stops the Raft core, then the batchers. Proposals and reads fail from
+    /// then on.
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+        let batchers = std::mem::take(&mut *self.inner.batchers.lock());
+        for task in batchers {
+            task.abort();
+            let _ = task.await;
         }
     }
 }

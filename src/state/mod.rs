@@ -32,14 +32,14 @@
 mod command;
 mod events;
 mod outbox;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod requests;
 mod snapshot;
 mod table;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod proptests;
 
 pub use command::{
     Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,

@@ -1,0 +1,112 @@
+//! The batching session: frames of independent operations on one stream.
+//!
+//! A unary call pays for its own HTTP/2 request, its own flush and, on the
+//! node, its own wake-ups. A frame carries many operations in one message:
+//! the node runs them all at once, so that its writes meet in one proposal
+//! batch and its linearizable reads in one ReadIndex round (`raft::batch`),
+//! and answers with one message. Each operation keeps the semantics of its
+//! unary call: its own validation, request id, outcome and error, reported
+//! as an `OpError` with the status code and leader hint the unary call would
+//! have carried.
+//!
+//! Frames of one stream are answered in order, one at a time: the client
+//! sends the next frame when the previous one is answered (that is what makes
+//! the batching natural), so there is nothing to gain from overlapping them.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::records::InFlightService;
+use super::ApiError;
+use crate::pb;
+use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
+
+/// Operations in one frame, at most: a frame is one message, and its
+/// results must fit one message too.
+pub const MAX_FRAME_OPS: usize = 4096;
+
+pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::FrameResult, Status>> + Send>>;
+
+/// Serves one session: reads frames until the client closes its side.
+pub fn session_stream(svc: InFlightService, mut frames: Streaming<pb::Frame>) -> SessionStream {
+    // One result queued while the next frame runs; more would only buffer
+    // for a client that has stopped reading.
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            let frame = match frames.message().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "session stream ended");
+                    return;
+                }
+            };
+            if frame.ops.len() > MAX_FRAME_OPS {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(format!(
+                        "frame {}: {} ops, more than the limit of {MAX_FRAME_OPS}",
+                        frame.id,
+                        frame.ops.len()
+                    ))))
+                    .await;
+                return;
+            }
+            crate::metrics::METRICS
+                .frame_ops
+                .observe(frame.ops.len() as f64);
+            let results =
+                futures::future::join_all(frame.ops.into_iter().map(|op| run_op(&svc, op))).await;
+            let answer = pb::FrameResult {
+                id: frame.id,
+                results,
+            };
+            if tx.send(Ok(answer)).await.is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx).fuse())
+}
+
+async fn run_op(svc: &InFlightService, op: pb::FrameOp) -> pb::OpResult {
+    use pb::frame_op::Op;
+    use pb::op_result::Result as R;
+    let result = match op.op {
+        Some(Op::Insert(r)) => svc.insert(r).await.map(R::Mutation),
+        Some(Op::Update(r)) => svc.update(r).await.map(R::Mutation),
+        Some(Op::Delete(r)) => svc.delete(r).await.map(R::Mutation),
+        Some(Op::Complete(r)) => svc.complete(r).await.map(R::Mutation),
+        Some(Op::Get(r)) => svc.get(r).await.map(R::Get),
+        None => Err(ApiError::invalid(
+            "op: empty frame op (set insert, update, delete, complete or get)",
+        )),
+    };
+    pb::OpResult {
+        result: Some(result.unwrap_or_else(|e| R::Error(op_error(e)))),
+    }
+}
+
+/// The status a unary call would have answered, as an `OpError`.
+fn op_error(e: ApiError) -> pb::OpError {
+    let status = Status::from(e);
+    let meta = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    pb::OpError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        leader_address: meta(LEADER_ADDR_KEY).unwrap_or_default(),
+        leader_id: meta(LEADER_ID_KEY)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    }
+}
