@@ -104,6 +104,8 @@ async fn ttl_record_expires_on_every_node_within_2s_also_across_a_leader_change(
         })
         .await
         .unwrap();
+    // Not a wait for a condition: the point is that 1.5 s pass, beyond the
+    // 1 s TTL the update cleared, and the record is still LIVE.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let g = client
         .get("call/c", Consistency::Linearizable)
@@ -158,7 +160,8 @@ async fn request_retried_across_a_leader_kill_applies_exactly_once() {
             let req = req.clone();
             tokio::spawn(async move { client.send_update(req).await })
         };
-        // Kill at different moments: before, while and after the write lands.
+        // Kill at different moments: before, while and after the write lands
+        // (the sleep is the point: it sets the moment).
         tokio::time::sleep(Duration::from_millis(round * 3)).await;
         c.kill(leader);
         let first = task
@@ -236,6 +239,8 @@ async fn linearizable_read_never_returns_a_value_older_than_an_acknowledged_writ
             reads
         }));
     }
+    // Not waits for a condition: the load runs for set spans before, during
+    // and after the leader's absence, and the readers check every read.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     c.kill(leader);
@@ -278,7 +283,9 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
         g.revision,
         second.revision
     );
-    // Once it has not heard from the leader for a while, a bound on staleness refuses it.
+    // Once it has not heard from the leader for a while, a bound on staleness
+    // refuses it. (The sleep is the point: 1.2 s without the leader, past the
+    // 500 ms bound asked for below.)
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let e = node
         .send_get(pb::GetRequest {

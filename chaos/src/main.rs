@@ -131,12 +131,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     // Heal everything, let the clients run on a healthy cluster, then stop them.
     fw.heal()?;
-    let members: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| !cluster.removed.contains(id))
-        .collect();
+    let members = cluster.members();
     for id in &members {
         cluster.resume(*id);
         cluster.spawn(*id)?;

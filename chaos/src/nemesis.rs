@@ -81,12 +81,7 @@ pub async fn inject(
     epoch: Instant,
 ) -> anyhow::Result<FaultRecord> {
     let started_ms = epoch.elapsed().as_millis() as u64;
-    let members: Vec<u64> = c
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| !c.removed.contains(id))
-        .collect();
+    let members = c.members();
     let leader = c.try_wait_leader(Duration::from_secs(20)).await;
     let pick = |rng: &mut StdRng, from: &[u64]| from[rng.random_range(0..from.len())];
     // Addresses on one side of a partition: its nodes and the clients homed on them.

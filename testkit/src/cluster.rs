@@ -280,10 +280,9 @@ impl Cluster {
     /// Starts a fresh node `id` that joins through the current members.
     pub fn join_new(&mut self, id: u64) -> std::io::Result<()> {
         let through: Vec<String> = self
-            .nodes
-            .values()
-            .filter(|n| !self.removed.contains(&n.id))
-            .map(|n| n.grpc.clone())
+            .members()
+            .iter()
+            .map(|id| self.nodes[id].grpc.clone())
             .collect();
         self.add(id, Membership::Join(through));
         self.spawn(id)
@@ -365,6 +364,15 @@ impl Cluster {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.paused = false;
         }
+    }
+
+    /// Ids of the nodes not removed from the membership.
+    pub fn members(&self) -> Vec<u64> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| !self.removed.contains(id))
+            .collect()
     }
 
     /// Ids of nodes with a process (paused or not).
