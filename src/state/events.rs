@@ -39,8 +39,7 @@ pub struct Event {
     pub key: String,
     /// The record after the change; for DELETED (and a dropped expiry), as it was removed.
     pub record: Record,
-    /// The leader's timestamp of the command that produced the event (its
-    /// `Command::at_ms`): for age-based trimming, and sent to watchers.
+    /// Entry timestamp, for age-based trimming.
     pub at_ms: u64,
     /// True on the last event of its revision (set by `EventLog::push`), so a
     /// reader of the live feed knows when it holds a whole revision.
