@@ -79,22 +79,22 @@ trap 'exit 130' INT TERM
 BASE=$(( 31000 + (RANDOM % 200) * 40 ))
 port() { echo $(( BASE + $1 )); }
 
-# --- inflight: 3 nodes, disk durability, default (file) sink ------------------
+# --- inflight: 3 nodes, disk durability, file sink ------------------------------
+# Started through `inflight dev --node ID`, which becomes that node's
+# `inflight serve` with the arguments `dev` gives it (one shared file sink in
+# $WORK/inflight/postflight), so this script builds no serve flags itself and
+# the failover run can kill and restart single nodes by pid.
 IF_EPS=""
-IF_CLUSTER=""
 for i in 1 2 3; do
     IF_EPS="$IF_EPS${IF_EPS:+,}127.0.0.1:$(port $i)"
-    IF_CLUSTER="$IF_CLUSTER${IF_CLUSTER:+,}$i=127.0.0.1:$(port $i)"
 done
 mkdir -p "$WORK/inflight"
 cat > "$WORK/inflight/start-node.sh" <<EOF
 #!/usr/bin/env bash
 # Starts (or restarts) inflight node \$1 in the background; its pid goes to node-\$1.pid.
 id=\$1
-cd "$WORK/inflight"
-setsid "$INFLIGHT" serve --id "\$id" --data-dir "$WORK/inflight/node-\$id" \\
-    --listen 127.0.0.1:\$(( $BASE + id )) --http 127.0.0.1:\$(( $BASE + 10 + id )) \\
-    --initial-cluster "$IF_CLUSTER" >> "$WORK/inflight/node-\$id.log" 2>&1 < /dev/null &
+setsid "$INFLIGHT" dev --nodes 3 --dir "$WORK/inflight" --durability disk \\
+    --grpc-port $(port 1) --http-port $(port 11) --node "\$id" < /dev/null &
 echo \$! > "$WORK/inflight/node-\$id.pid"
 EOF
 chmod +x "$WORK/inflight/start-node.sh"

@@ -1,13 +1,12 @@
 //! Every error in DESIGN.md's table comes back for its case, with a message
 //! that names the field and the limit; garbage on the port does not hurt.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{refusing_sink_args, Cluster, ClusterOptions};
+use testkit::cluster::refusing_sink;
+use testkit::{Cluster, ClusterOptions};
 
 use inflight::client::Consistency;
 use inflight::pb;
@@ -28,10 +27,9 @@ fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, nee
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_error_in_the_design_table_comes_back_for_its_case() {
     // The sink refuses, so the COMPLETED record stays to be probed.
-    let mut extra_args = vec!["--max-value-bytes".into(), "4096".into()];
-    extra_args.extend(refusing_sink_args());
     let c = Cluster::start(ClusterOptions {
-        extra_args,
+        extra_args: vec!["--max-value-bytes".into(), "4096".into()],
+        sink: Some(refusing_sink()),
         ..Default::default()
     })
     .await;

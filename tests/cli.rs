@@ -1,12 +1,12 @@
 //! The README's quick start, run as a newcomer would: `inflight dev` in one
 //! process, `inflight insert` / `get` / `status` from another.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, Cluster, ClusterOptions, BIN};
+use testkit::{free_port_block, wait_until_blocking as wait_until, Cluster, ClusterOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_inflight");
 
 /// Kills a child process when the test ends, also when it fails.
 struct Reaper(std::process::Child);
@@ -63,14 +63,6 @@ fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run inflight")
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -335,7 +327,7 @@ async fn cli_ttl_request_ids_batch_from_stdin_and_watch() {
     let run = |args: &[&str]| cli(&endpoints, args);
 
     // A watch in the background, from the first revision.
-    let watch_out = c.dir.path().join("watch.out");
+    let watch_out = c.dir.join("watch.out");
     let _watch = Reaper(
         Command::new(BIN)
             .args([

@@ -1,14 +1,13 @@
 //! Disk durability: whole-cluster restarts and damaged WAL tails.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use common::{last_segment, wait_for, Cluster, ClusterOptions};
 use inflight::client::Consistency;
+use testkit::cluster::last_segment;
+use testkit::{wait_for, Cluster, ClusterOptions};
 
 async fn read_all(c: &Cluster, id: u64, prefix: &str) -> BTreeMap<String, (String, u64)> {
     c.scan_all(&c.node_client(id), prefix, Consistency::Stale)
@@ -21,7 +20,7 @@ async fn read_all(c: &Cluster, id: u64, prefix: &str) -> BTreeMap<String, (Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_nodes_killed_and_restarted_keep_every_acknowledged_record() {
     let mut c = Cluster::start(ClusterOptions {
-        snapshot_every: 400,
+        snapshot_every: Some(400),
         ..Default::default()
     })
     .await;

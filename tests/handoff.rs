@@ -1,176 +1,31 @@
 //! Post-flight hand-off on real clusters with real sinks: a PostgreSQL server
 //! started by the test, the file sink, and a webhook receiver in the test.
 //!
-//! Every test also runs an eviction checker: it watches a node's event stream
-//! and, for every HANDED_OFF event, looks the record up in the sink. A record
-//! that left memory must already be in the sink, since the sink write is
-//! acknowledged before the Evict is even proposed.
-
-mod common;
+//! Every test also runs the eviction checker (`testkit::handoff`): it watches
+//! a node's event stream and, for every HANDED_OFF event, proves the sink held
+//! the record before the leader proposed its Evict, comparing the sink's
+//! arrival time (the PostgreSQL table's `received_at`, the file sink's
+//! `written_at_ms`, the webhook receiver's clock) with the event's `at_ms`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::postgres::Postgres;
-use common::{free_port, refusing_sink_args, wait_for, Cluster, ClusterOptions};
 use inflight::client::Client;
+use inflight::handoff::SinkSpec;
 use inflight::pb;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use testkit::cluster::refusing_sink;
+use testkit::handoff::{create_postgres_table, EvictionWatch, SinkView, TABLE};
+use testkit::postgres::Postgres;
+use testkit::sink::FileSink;
+use testkit::{free_port, now_ms, wait_for, wait_until, Cluster, ClusterOptions};
 use tonic::Code;
-
-const TABLE: &str = "inflight_postflight";
 
 /// handoff_id of a record completed by `resp`.
 fn handoff_id(resp: &pb::MutationResponse) -> String {
     format!("{}@{}", resp.record.as_ref().unwrap().key, resp.revision)
-}
-
-/// Where the checker looks records up.
-#[derive(Clone)]
-enum SinkView {
-    Postgres(String),
-    Webhook(Arc<Mutex<Vec<String>>>),
-    File(std::path::PathBuf),
-}
-
-impl SinkView {
-    /// The ids of `ids` that the sink does not hold.
-    async fn missing(&self, ids: &[String]) -> Vec<String> {
-        match self {
-            SinkView::Postgres(url) => {
-                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .expect("checker connects to postgres");
-                tokio::spawn(conn);
-                let rows = client
-                    .query(
-                        &format!("SELECT handoff_id FROM {TABLE} WHERE handoff_id = ANY($1)"),
-                        &[&ids],
-                    )
-                    .await
-                    .expect("checker query");
-                let found: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
-                ids.iter()
-                    .filter(|i| !found.contains(*i))
-                    .cloned()
-                    .collect()
-            }
-            SinkView::Webhook(received) => {
-                let got: BTreeSet<String> = received.lock().iter().cloned().collect();
-                ids.iter().filter(|i| !got.contains(*i)).cloned().collect()
-            }
-            SinkView::File(dir) => {
-                let got = file_sink_ids(dir);
-                ids.iter()
-                    .filter(|i| !got.contains_key(*i))
-                    .cloned()
-                    .collect()
-            }
-        }
-    }
-}
-
-/// Watches node `id` for HANDED_OFF events and checks each against the sink.
-struct EvictionChecker {
-    handed_off: Arc<Mutex<Vec<String>>>,
-    violations: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl EvictionChecker {
-    fn start(c: &Cluster, id: u64, sink: SinkView) -> EvictionChecker {
-        let client = c.node_client(id);
-        let handed_off = Arc::new(Mutex::new(Vec::new()));
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<String>>();
-        let reader = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut from = 1;
-                while !stop.load(Ordering::Relaxed) {
-                    let req = pb::WatchRequest {
-                        prefix: String::new(),
-                        from_revision: from,
-                        progress_interval_ms: 200,
-                    };
-                    let Ok(mut stream) = client.watch(req).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    while let Ok(Some(msg)) = stream.message().await {
-                        let ids: Vec<String> = msg
-                            .events
-                            .iter()
-                            .filter(|e| e.r#type == pb::EventType::HandedOff as i32)
-                            .map(|e| {
-                                let r = e.record.as_ref().unwrap();
-                                format!("{}@{}", r.key, r.mod_revision)
-                            })
-                            .collect();
-                        if let Some(last) = msg.events.last() {
-                            from = last.revision + 1;
-                        }
-                        if !ids.is_empty() && tx.send(ids).is_err() {
-                            return;
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        let checker = {
-            let (handed_off, violations) = (handed_off.clone(), violations.clone());
-            tokio::spawn(async move {
-                while let Some(mut ids) = rx.recv().await {
-                    while let Ok(more) = rx.try_recv() {
-                        ids.extend(more);
-                    }
-                    let missing = sink.missing(&ids).await;
-                    violations.lock().extend(missing);
-                    handed_off.lock().extend(ids);
-                }
-            })
-        };
-        EvictionChecker {
-            handed_off,
-            violations,
-            stop,
-            tasks: vec![reader, checker],
-        }
-    }
-
-    /// Waits until the checker has seen `n` hand-offs, then stops it and
-    /// asserts that none was evicted before its sink write.
-    async fn finish(self, n: usize) -> Vec<String> {
-        let seen = self.handed_off.clone();
-        wait_for(
-            Duration::from_secs(30),
-            &format!("the checker to see {n} HANDED_OFF events"),
-            || async { (seen.lock().len() >= n).then_some(()) },
-        )
-        .await;
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.abort();
-        }
-        let v = self.violations.lock().clone();
-        assert!(
-            v.is_empty(),
-            "{} records were evicted before the sink held them, e.g. {:?}",
-            v.len(),
-            &v[..v.len().min(5)]
-        );
-        let seen = seen.lock().clone();
-        seen
-    }
 }
 
 /// Every handoff_id in PostgreSQL, with how many rows it has.
@@ -189,47 +44,6 @@ async fn postgres_rows(pg: &Postgres) -> Vec<(String, String, serde_json::Value)
             (r.get(0), r.get(1), serde_json::from_str(&doc).unwrap())
         })
         .collect()
-}
-
-/// handoff_id → how many lines carry it, over every NDJSON segment in `dir`.
-fn file_sink_ids(dir: &Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap();
-        // A line still being written (no newline yet) is not there yet.
-        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-            let line = line.trim_end();
-
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|err| panic!("{}: bad line {line:?}: {err}", e.path().display()));
-            *out.entry(v["handoff_id"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-        }
-    }
-    out
-}
-
-/// Waits until no running node holds a record or an outbox entry.
-async fn wait_all_evicted(c: &Cluster, timeout: Duration) {
-    let running: Vec<u64> = c
-        .nodes
-        .values()
-        .filter(|n| n.child.is_some())
-        .map(|n| n.id)
-        .collect();
-    wait_for(timeout, "every node to evict every record", || async {
-        for id in &running {
-            let s = c.status(*id).await?;
-            if s.records != 0 || s.outbox_depth != 0 {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
 }
 
 /// Inserts, updates and completes `keys` with `workers` concurrent clients;
@@ -273,26 +87,24 @@ async fn ten_thousand_completed_records_reach_the_file_sink_and_postgres_exactly
     let pg = Postgres::start().await;
     let sink_dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(ClusterOptions {
-        extra_args: vec![
-            "--sink".into(),
-            format!("file:{}", sink_dir.path().display()),
-            "--shadow-sink".into(),
-            format!("postgres:{}", pg.url()),
-        ],
+        sink: Some(SinkSpec::File(sink_dir.path().into())),
+        shadow_sink: Some(SinkSpec::Postgres(pg.url())),
         ..Default::default()
     })
     .await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let follower = (1..=3).find(|i| *i != leader).unwrap();
-    let checker = EvictionChecker::start(&c, follower, SinkView::File(sink_dir.path().into()));
+    let checker = EvictionWatch::start(c.node_client(follower));
 
     let keys: Vec<String> = (0..10_000).map(|i| format!("msg/{i:05}")).collect();
     let expected: BTreeSet<String> = lifecycle(&c.client(), keys, 32).await.into_iter().collect();
     assert_eq!(expected.len(), 10_000);
-    wait_all_evicted(&c, Duration::from_secs(60)).await;
+    c.wait_all_evicted(Duration::from_secs(60)).await;
 
     // The file sink: every record exactly once.
-    let files = file_sink_ids(sink_dir.path());
+    let sink = FileSink::read(sink_dir.path());
+    assert!(sink.bad_lines.is_empty(), "{:?}", sink.bad_lines);
+    let files = sink.counts();
     assert_eq!(files.keys().cloned().collect::<BTreeSet<_>>(), expected);
     let dups: Vec<_> = files.iter().filter(|(_, n)| **n != 1).collect();
     assert!(dups.is_empty(), "duplicated in the file sink: {dups:?}");
@@ -333,7 +145,9 @@ async fn ten_thousand_completed_records_reach_the_file_sink_and_postgres_exactly
         "values are JSON objects in the database, not strings"
     );
 
-    let seen = checker.finish(10_000).await;
+    let seen = checker
+        .finish(10_000, &SinkView::File(sink_dir.path().into()))
+        .await;
     assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), expected);
 
     // The leader reports what it delivered.
@@ -360,19 +174,16 @@ async fn ten_thousand_completed_records_reach_the_file_sink_and_postgres_exactly
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_in_the_middle_of_hand_off_leaves_every_completed_record_in_postgres_once() {
     let pg = Postgres::start().await;
+    create_postgres_table(&pg.client().await).await;
     let mut c = Cluster::start(ClusterOptions {
-        extra_args: vec![
-            "--sink".into(),
-            format!("postgres:{}", pg.url()),
-            "--handoff-batch".into(),
-            "20".into(),
-        ],
+        sink: Some(SinkSpec::Postgres(pg.url())),
+        handoff_batch: Some(20),
         ..Default::default()
     })
     .await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let watcher = (1..=3).find(|i| *i != leader).unwrap();
-    let checker = EvictionChecker::start(&c, watcher, SinkView::Postgres(pg.url()));
+    let checker = EvictionWatch::start(c.node_client(watcher));
 
     // Writers complete records without pause while the leader is killed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -407,7 +218,7 @@ async fn leader_killed_in_the_middle_of_hand_off_leaves_every_completed_record_i
     // Kill the leader while records are waiting for hand-off.
     wait_for(
         Duration::from_secs(30),
-        "a hand-off backlog and deliveries",
+        "a non-empty outbox and deliveries",
         || async {
             let s = c.status(leader).await?;
             let delivered = s.handoff?.sinks.first()?.records_delivered;
@@ -428,7 +239,17 @@ async fn leader_killed_in_the_middle_of_hand_off_leaves_every_completed_record_i
     )
     .await;
     c.restart(leader);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The writers go on while the old leader comes back and follows.
+    wait_until(
+        Duration::from_secs(30),
+        "the old leader to rejoin as a follower",
+        || async {
+            c.status(leader)
+                .await
+                .is_some_and(|s| s.recovered && s.leader_id != 0)
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -446,7 +267,7 @@ async fn leader_killed_in_the_middle_of_hand_off_leaves_every_completed_record_i
             ),
         }
     }
-    wait_all_evicted(&c, Duration::from_secs(60)).await;
+    c.wait_all_evicted(Duration::from_secs(60)).await;
 
     let rows = postgres_rows(&pg).await;
     let mut per_key: HashMap<String, usize> = HashMap::new();
@@ -476,25 +297,24 @@ async fn leader_killed_in_the_middle_of_hand_off_leaves_every_completed_record_i
         "the run completed {} records",
         done.len()
     );
-    checker.finish(rows.len()).await;
+    checker
+        .finish(rows.len(), &SinkView::Postgres(pg.url()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then_drains() {
     let mut pg = Postgres::start().await;
+    create_postgres_table(&pg.client().await).await;
     let c = Cluster::start(ClusterOptions {
-        extra_args: vec![
-            "--sink".into(),
-            format!("postgres:{}", pg.url()),
-            "--memory-budget".into(),
-            "2MiB".into(),
-        ],
+        sink: Some(SinkSpec::Postgres(pg.url())),
+        memory_budget: Some("2MiB".into()),
         ..Default::default()
     })
     .await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let watcher = (1..=3).find(|i| *i != leader).unwrap();
-    let checker = EvictionChecker::start(&c, watcher, SinkView::Postgres(pg.url()));
+    let checker = EvictionWatch::start(c.node_client(watcher));
     let client = c.client();
     let value = |i: usize, pad: usize| format!(r#"{{"call":{i},"pad":"{}"}}"#, "x".repeat(pad));
 
@@ -529,7 +349,7 @@ async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then
     let msg = refusal.message();
     for part in [
         "memory budget",
-        "hand-off backlog",
+        "of it is the outbox",
         "postgres:",
         "updates, completes and deletes still work",
     ] {
@@ -567,6 +387,8 @@ async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then
             completed.len() as u64,
             "nothing evicted while the sink is down"
         );
+        // Not a wait for a condition: the point is that the sink stays
+        // down for 30 s, probed every half second.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let s = c.status(leader).await.unwrap();
@@ -578,21 +400,31 @@ async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then
 
     // The sink comes back: the backlog drains, and inserts work again.
     pg.resume().await;
-    wait_all_evicted(&c, Duration::from_secs(60)).await;
+    c.wait_all_evicted(Duration::from_secs(60)).await;
     client.insert("after", "x").await.unwrap();
     let rows = postgres_rows(&pg).await;
     let in_pg: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let expected: BTreeSet<String> = completed.iter().cloned().collect();
     assert_eq!(in_pg.len(), expected.len());
     assert_eq!(in_pg.into_iter().collect::<BTreeSet<_>>(), expected);
-    checker.finish(expected.len()).await;
+    checker
+        .finish(expected.len(), &SinkView::Postgres(pg.url()))
+        .await;
+}
+
+/// handoff_id → when the receiver first got it (Unix ms), and every
+/// handoff_id in arrival order.
+#[derive(Default)]
+struct Received {
+    first_at: Arc<Mutex<BTreeMap<String, u64>>>,
+    all: Mutex<Vec<String>>,
 }
 
 /// A webhook receiver: fails the first `failures` POSTs with 503, then
-/// records every handoff_id it is sent and answers 200.
-async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+/// records every handoff_id it is sent, with the arrival time, and answers 200.
+async fn webhook_receiver(failures: usize) -> (String, Arc<Received>, Arc<Mutex<usize>>) {
     use axum::routing::post;
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let received: Arc<Received> = Arc::default();
     let refused: Arc<Mutex<usize>> = Arc::default();
     let (r, f) = (received.clone(), refused.clone());
     let app = axum::Router::new().route(
@@ -600,6 +432,7 @@ async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Vec<String>>>, 
         post(move |body: String| {
             let (r, f) = (r.clone(), f.clone());
             async move {
+                let arrived = now_ms();
                 {
                     let mut n = f.lock();
                     if *n < failures {
@@ -608,10 +441,14 @@ async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Vec<String>>>, 
                     }
                 }
                 let docs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-                r.lock().extend(
-                    docs.iter()
-                        .map(|d| d["handoff_id"].as_str().unwrap().to_string()),
-                );
+                let ids = docs
+                    .iter()
+                    .map(|d| d["handoff_id"].as_str().unwrap().to_string());
+                let mut first_at = r.first_at.lock();
+                for id in ids {
+                    first_at.entry(id.clone()).or_insert(arrived);
+                    r.all.lock().push(id);
+                }
                 axum::http::StatusCode::OK
             }
         }),
@@ -632,27 +469,27 @@ async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Vec<String>>>, 
 async fn webhook_sink_retries_until_acknowledged_and_a_failing_shadow_sink_does_not_stop_eviction()
 {
     let (url, received, refused) = webhook_receiver(3).await;
-    let mut args = vec!["--sink".to_string(), format!("webhook:{url}")];
-    // The shadow is a webhook on a closed port: every write fails.
-    let dead = refusing_sink_args();
-    args.extend(["--shadow-sink".to_string(), dead[1].clone()]);
     let c = Cluster::start(ClusterOptions {
-        extra_args: args,
+        sink: Some(SinkSpec::Webhook(url)),
+        // The shadow is a webhook on a closed port: every write fails.
+        shadow_sink: Some(refusing_sink()),
         ..Default::default()
     })
     .await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let checker = EvictionChecker::start(&c, leader, SinkView::Webhook(received.clone()));
+    let checker = EvictionWatch::start(c.node_client(leader));
 
     let keys: Vec<String> = (0..300).map(|i| format!("msg/{i:03}")).collect();
     let expected: BTreeSet<String> = lifecycle(&c.client(), keys, 8).await.into_iter().collect();
-    wait_all_evicted(&c, Duration::from_secs(30)).await;
+    c.wait_all_evicted(Duration::from_secs(30)).await;
 
     assert_eq!(*refused.lock(), 3, "the receiver refused three POSTs");
-    let got = received.lock().clone();
+    let got = received.all.lock().clone();
     assert_eq!(got.len(), 300, "each record delivered once");
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
-    checker.finish(300).await;
+    checker
+        .finish(300, &SinkView::Webhook(received.first_at.clone()))
+        .await;
 
     // The shadow's failures are visible: status, metrics, log.
     let s = c.status(leader).await.unwrap();

@@ -1,8 +1,6 @@
 //! The operator surface on real clusters: status, health endpoints,
 //! membership changes and leader transfer.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -10,7 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Cluster, ClusterOptions, BIN};
+use inflight::cli::serve_args::Membership;
+use testkit::{wait_for, wait_until, Addresses, Cluster, ClusterOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_inflight");
+
 use inflight::client::Consistency;
 use tonic::Code;
 
@@ -125,7 +127,7 @@ async fn health_endpoints_report_what_they_promise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_turns_unready_on_a_cut_off_node_and_ready_again_after_catching_up() {
     let c = Cluster::start(ClusterOptions {
-        distinct_ips: true,
+        addresses: Addresses::DistinctIps,
         ..Default::default()
     })
     .await;
@@ -157,7 +159,7 @@ async fn readyz_turns_unready_on_a_cut_off_node_and_ready_again_after_catching_u
             .unwrap()
             .revision;
     }
-    fw.heal();
+    fw.heal().expect("heal the cut");
     wait_for(Duration::from_secs(20), "ready again", || async {
         (http_get(&http, "/readyz").0 == 200).then_some(())
     })
@@ -314,19 +316,37 @@ async fn removing_and_re_adding_a_node_under_load_causes_no_client_errors() {
             i
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The membership changes while writes are under way.
+    let writes_go_on = |after: u64| {
+        let written = written.clone();
+        move || {
+            let written = written.clone();
+            async move { written.load(Ordering::Relaxed) >= after + 10 }
+        }
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the writers to get going",
+        writes_go_on(0),
+    )
+    .await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let victim = (1..=3).find(|i| *i != leader).unwrap();
     client.remove_member(victim, false).await.expect("remove");
     c.stop(victim);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "writes to go on without the removed node",
+        writes_go_on(written.load(Ordering::Relaxed)),
+    )
+    .await;
     // Back as a fresh node with the same id: empty data directory, --join, promote.
     std::fs::remove_dir_all(&c.nodes[&victim].data_dir).unwrap();
     let join: Vec<String> = (1..=3)
         .filter(|i| *i != victim)
         .map(|i| c.nodes[&i].grpc.clone())
         .collect();
-    c.nodes.get_mut(&victim).unwrap().membership_args = vec!["--join".into(), join.join(",")];
+    c.nodes.get_mut(&victim).unwrap().membership = Membership::Join(join);
     c.restart(victim);
     // As the leader sees it: only the leader knows who acknowledges it, so
     // `reachable` also proves the answer came from the leader's membership.

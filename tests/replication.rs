@@ -1,14 +1,12 @@
 //! Replication on real 3-node clusters: reads on every node, leader failure,
 //! follower catch-up, joining a new node.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_for, Cluster, ClusterOptions};
 use inflight::client::{Client, Consistency};
+use testkit::{wait_for, Cluster, ClusterOptions};
 use tokio::sync::Mutex;
 
 /// Writes `count` records `prefix{i}` with `workers` concurrent tasks; returns key → value.
@@ -133,7 +131,7 @@ async fn leader_killed_abruptly_new_leader_elected_and_no_acknowledged_write_los
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stopped_follower_catches_up_after_10000_writes() {
     let mut c = Cluster::start(ClusterOptions {
-        snapshot_every: 3_000,
+        snapshot_every: Some(3_000),
         ..Default::default()
     })
     .await;
@@ -162,7 +160,7 @@ async fn stopped_follower_catches_up_after_10000_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joining_node_receives_snapshot_and_is_promoted_to_voter() {
     let mut c = Cluster::start(ClusterOptions {
-        snapshot_every: 500,
+        snapshot_every: Some(500),
         ..Default::default()
     })
     .await;
@@ -175,7 +173,7 @@ async fn joining_node_receives_snapshot_and_is_promoted_to_voter() {
         "the leader has a snapshot to send"
     );
 
-    c.add_joiner(4);
+    c.join_new(4).expect("start node 4");
     let members = wait_for(
         Duration::from_secs(20),
         "node 4 listed as a learner",

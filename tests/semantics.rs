@@ -1,13 +1,12 @@
 //! In-flight semantics on real clusters: TTL, request ids, read consistency
 //! under partitions, atomic batches, and watch streams.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{refusing_sink_args, wait_for, Cluster, ClusterOptions};
+use testkit::cluster::refusing_sink;
+use testkit::{wait_for, Addresses, Cluster, ClusterOptions};
 
 use inflight::client::{Client, ClientOptions, Consistency};
 use inflight::pb;
@@ -48,7 +47,7 @@ async fn wait_not_live_everywhere(
 async fn ttl_record_expires_on_every_node_within_2s_also_across_a_leader_change() {
     // The sink refuses, so EXPIRED records stay visible instead of being handed off.
     let mut c = Cluster::start(ClusterOptions {
-        extra_args: refusing_sink_args(),
+        sink: Some(refusing_sink()),
         ..Default::default()
     })
     .await;
@@ -105,6 +104,8 @@ async fn ttl_record_expires_on_every_node_within_2s_also_across_a_leader_change(
         })
         .await
         .unwrap();
+    // Not a wait for a condition: the point is that 1.5 s pass, beyond the
+    // 1 s TTL the update cleared, and the record is still LIVE.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let g = client
         .get("call/c", Consistency::Linearizable)
@@ -159,7 +160,8 @@ async fn request_retried_across_a_leader_kill_applies_exactly_once() {
             let req = req.clone();
             tokio::spawn(async move { client.send_update(req).await })
         };
-        // Kill at different moments: before, while and after the write lands.
+        // Kill at different moments: before, while and after the write lands
+        // (the sleep is the point: it sets the moment).
         tokio::time::sleep(Duration::from_millis(round * 3)).await;
         c.kill(leader);
         let first = task
@@ -237,6 +239,8 @@ async fn linearizable_read_never_returns_a_value_older_than_an_acknowledged_writ
             reads
         }));
     }
+    // Not waits for a condition: the load runs for set spans before, during
+    // and after the leader's absence, and the readers check every read.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     c.kill(leader);
@@ -253,7 +257,7 @@ async fn linearizable_read_never_returns_a_value_older_than_an_acknowledged_writ
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() {
     let c = Cluster::start(ClusterOptions {
-        distinct_ips: true,
+        addresses: Addresses::DistinctIps,
         ..Default::default()
     })
     .await;
@@ -279,7 +283,9 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
         g.revision,
         second.revision
     );
-    // Once it has not heard from the leader for a while, a bound on staleness refuses it.
+    // Once it has not heard from the leader for a while, a bound on staleness
+    // refuses it. (The sleep is the point: 1.2 s without the leader, past the
+    // 500 ms bound asked for below.)
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let e = node
         .send_get(pb::GetRequest {
@@ -302,7 +308,7 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
         .expect("another node answers");
     assert_eq!(bounded.record.unwrap().value, b"answered");
 
-    fw.heal();
+    fw.heal().expect("heal the cut");
     c.wait_applied(f, second.revision, Duration::from_secs(10))
         .await;
     let g = node.get("call/1", Consistency::Stale).await.unwrap();
@@ -312,7 +318,7 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn linearizable_read_on_an_isolated_old_leader_fails_rather_than_return_stale_data() {
     let c = Cluster::start(ClusterOptions {
-        distinct_ips: true,
+        addresses: Addresses::DistinctIps,
         ..Default::default()
     })
     .await;
@@ -361,7 +367,7 @@ async fn linearizable_read_on_an_isolated_old_leader_fails_rather_than_return_st
             ),
         }
     }
-    fw.heal();
+    fw.heal().expect("heal the cut");
     let g = client
         .get("call/1", Consistency::Linearizable)
         .await

@@ -7,10 +7,8 @@
 //! the record model of DESIGN.md.
 
 pub mod cluster;
-pub mod handoff_check;
 pub mod history;
 pub mod linearizability;
 pub mod model;
 pub mod nemesis;
-pub mod net;
 pub mod workload;

@@ -8,16 +8,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use inflight::client::Consistency;
-use inflight_chaos::cluster::Cluster;
-use inflight_chaos::handoff_check::{sink_documents, EvictionWatch};
+use inflight_chaos::cluster::{self, Cluster};
 use inflight_chaos::history::{Call, Operation, Outcome, Refusal};
 use inflight_chaos::linearizability::{check_key, Verdict};
 use inflight_chaos::nemesis::{inject, schedule};
-use inflight_chaos::net::Firewall;
 use inflight_chaos::workload::Workload;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
+use testkit::handoff::{check_evictions, EvictionWatch};
+use testkit::net::Firewall;
+use testkit::sink::FileSink;
+use testkit::wait::poll_for;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Profile {
@@ -90,9 +92,13 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     );
 
     let net = (77, (seed % 200) as u8 + 20);
-    let fw = Firewall::new(&format!("{seed}"))?;
-    let mut cluster = Cluster::start(bin, dir.clone(), 5, net)?;
-    cluster.wait_leader(Duration::from_secs(30)).await?;
+    let fw = Firewall::new(&format!("chaos_{seed}"))?;
+    let mut cluster = cluster::start(bin, dir.clone(), 5, net)?;
+    let sink_dir = cluster::sink_dir(&dir);
+    cluster
+        .try_wait_leader(Duration::from_secs(30))
+        .await
+        .context("no agreed leader within 30 s of the start")?;
     let epoch = Instant::now();
     let client_ips: Vec<String> = (0..5).map(|c| cluster.ip(100 + c)).collect();
     let client_home: Vec<(String, u64)> = client_ips
@@ -100,7 +106,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .enumerate()
         .map(|(c, ip)| (ip.clone(), c as u64 + 1))
         .collect();
-    let watch = EvictionWatch::start(cluster.admin()?, cluster.sink_dir.clone());
+    let watch = EvictionWatch::start(cluster.admin());
     let workload = Workload::start(cluster.endpoints(), client_ips, seed, epoch);
 
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
@@ -125,12 +131,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     // Heal everything, let the clients run on a healthy cluster, then stop them.
     fw.heal()?;
-    let members: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| !cluster.removed.contains(id))
-        .collect();
+    let members = cluster.members();
     for id in &members {
         cluster.resume(*id);
         cluster.spawn(*id)?;
@@ -152,7 +153,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     });
     let _ = healed_at;
     // A final read of every key, recorded like any other operation.
-    let admin = cluster.admin()?;
+    let admin = cluster.admin();
     for k in 0..inflight_chaos::workload::KEYS {
         let key = format!("k{k}");
         let called_at = epoch.elapsed().as_nanos() as u64;
@@ -182,8 +183,12 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // Hand-off: the backlog drains, then every acknowledged completion is in
     // the sink exactly once, and nothing left memory before its sink write.
     let drained = wait_drained(&cluster).await;
-    let (handed_off, early) = watch.stop();
-    let in_sink = sink_documents(&cluster.sink_dir);
+    let handed_off = watch.stop();
+    let sink = FileSink::read(&sink_dir);
+    // Every HANDED_OFF event's Evict was stamped no earlier than the sink
+    // line's write (testkit::handoff).
+    let early = check_evictions(&handed_off, &sink.first_written_ms());
+    let in_sink = sink.docs;
     let missing: Vec<&String> = recorded
         .completions
         .iter()
@@ -197,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // document per id sees every record once: so copies must be identical.
     let conflicting: Vec<&String> = in_sink
         .iter()
-        .filter(|(_, copies)| copies.iter().any(|c| c != &copies[0]))
+        .filter(|(_, copies)| copies.iter().any(|c| c.doc != copies[0].doc))
         .map(|(id, _)| id)
         .collect();
     let redundant: usize = in_sink.values().map(|c| c.len() - 1).sum();
@@ -218,7 +223,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         name: "handoff: no record evicted before its sink write".into(),
         passed: early.is_empty(),
         detail: format!(
-            "{} HANDED_OFF events checked; evicted before the sink held them: {:?}",
+            "{} HANDED_OFF events checked; not in the sink before their Evict: {:?}",
             handed_off.len(),
             &early[..early.len().min(5)]
         ),
@@ -301,13 +306,13 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 /// and serves a linearizable read: within 60 s of healing.
 async fn liveness(c: &Cluster, members: &[u64]) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let admin = c.admin()?;
+    let admin = c.admin();
     loop {
         let mut applied = Vec::new();
         let mut ok = c.leader().await.is_some();
         for id in members {
             match admin
-                .node_status(&c.nodes[id].grpc(), Duration::from_millis(500))
+                .node_status(&c.nodes[id].grpc, Duration::from_millis(500))
                 .await
             {
                 Ok(s) => applied.push(s.applied_index),
@@ -340,25 +345,9 @@ async fn liveness(c: &Cluster, members: &[u64]) -> anyhow::Result<Duration> {
 
 /// Waits until no member has records waiting for hand-off.
 async fn wait_drained(c: &Cluster) -> anyhow::Result<()> {
-    let admin = c.admin()?;
-    let started = Instant::now();
-    loop {
-        let mut empty = true;
-        for id in c.running() {
-            match admin
-                .node_status(&c.nodes[&id].grpc(), Duration::from_millis(500))
-                .await
-            {
-                Ok(s) if s.outbox_depth == 0 => {}
-                _ => empty = false,
-            }
-        }
-        if empty {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!("the hand-off backlog did not drain within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_for(Duration::from_secs(60), || async {
+        c.drained(false).await.then_some(())
+    })
+    .await
+    .context("the outbox did not drain within 60 s")
 }

@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::net::Firewall;
+use testkit::net::Firewall;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,13 +81,8 @@ pub async fn inject(
     epoch: Instant,
 ) -> anyhow::Result<FaultRecord> {
     let started_ms = epoch.elapsed().as_millis() as u64;
-    let members: Vec<u64> = c
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| !c.removed.contains(id))
-        .collect();
-    let leader = c.wait_leader(Duration::from_secs(20)).await.ok();
+    let members = c.members();
+    let leader = c.try_wait_leader(Duration::from_secs(20)).await;
     let pick = |rng: &mut StdRng, from: &[u64]| from[rng.random_range(0..from.len())];
     // Addresses on one side of a partition: its nodes and the clients homed on them.
     let side = |ids: &[u64]| -> Vec<String> {
@@ -152,7 +148,7 @@ pub async fn inject(
                 }
             };
             detail = format!("sides {a:?} | {b:?}, bridge {bridge:?}");
-            fw.partition(&side(&a), &side(&b))?;
+            fw.cut(&side(&a), &side(&b))?;
             tokio::time::sleep(hold).await;
             fw.heal()?;
         }
@@ -160,7 +156,7 @@ pub async fn inject(
             let l = leader.unwrap_or_else(|| pick(rng, &members));
             let others: Vec<u64> = members.iter().copied().filter(|x| *x != l).collect();
             detail = format!("drop {l} -> {others:?}");
-            fw.drop_from_to(&[c.ip(l)], &side(&others))?;
+            fw.cut_one_way(&[c.ip(l)], &side(&others))?;
             tokio::time::sleep(hold).await;
             fw.heal()?;
         }
@@ -172,12 +168,12 @@ pub async fn inject(
                 .collect();
             let gone = pick(rng, &followers);
             let fresh = c.nodes.keys().max().copied().unwrap_or(0) + 1;
-            let admin = c.admin()?;
+            let admin = c.admin();
             admin
                 .remove_member(gone, false)
                 .await
                 .map_err(|e| anyhow::anyhow!("remove node {gone}: {}", e.message()))?;
-            c.stop(gone);
+            c.terminate(gone, Duration::from_secs(10));
             c.removed.push(gone);
             c.join_new(fresh)?;
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -201,9 +197,11 @@ pub async fn inject(
         FaultKind::RollingRestart => {
             detail = format!("restarted {members:?} one by one");
             for id in &members {
-                c.stop(*id);
+                c.terminate(*id, Duration::from_secs(10));
                 c.spawn(*id)?;
-                c.wait_leader(Duration::from_secs(20)).await?;
+                c.try_wait_leader(Duration::from_secs(20))
+                    .await
+                    .context("no agreed leader within 20 s of a restart")?;
             }
         }
     }

@@ -4,9 +4,9 @@
 //! acknowledging makes memory grow with every Complete. Past the budget
 //! (`--memory-budget`) new work is refused: Insert gets `RESOURCE_EXHAUSTED`
 //! with a message that says what holds the memory and, when it is the
-//! hand-off backlog, which sink is behind and why. Update, Complete and
+//! outbox, which sink is behind and why. Update, Complete and
 //! Delete are still accepted, so operations already running can finish and
-//! the backlog can drain once the sink is back. Nothing is dropped.
+//! the outbox can drain once the sink is back. Nothing is dropped.
 //!
 //! The check runs before proposing, on the node that receives the request;
 //! memory accounting is replicated state, so every node gives the same answer

@@ -51,6 +51,7 @@ fn event_to_pb(e: &Event) -> pb::Event {
         r#type: kind as i32,
         revision: e.revision,
         record: Some(record_to_pb(e.key.clone(), e.record.clone())),
+        at_ms: e.at_ms,
     }
 }
 

@@ -7,6 +7,11 @@
 //! SIGTERM stops every node with SIGTERM (SIGKILL after a grace period).
 //! Children are tied to this process with PR_SET_PDEATHSIG, so killing `dev`
 //! hard does not leave orphans behind.
+//!
+//! `--node ID` runs just node ID of that same cluster in the foreground (the
+//! process becomes the node, so its pid is the node's): for scripts that kill
+//! and restart single nodes, like `benches/compare.sh`. Either way the node
+//! command line comes from `serve_args::NodeArgs`.
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -15,8 +20,10 @@ use std::time::Duration;
 use clap::Args;
 use tokio::process::{Child, Command};
 
+use super::serve_args::{Membership, NodeArgs};
 use crate::client::Client;
 use crate::handoff::SinkSpec;
+use crate::raft::Durability;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -35,9 +42,16 @@ pub struct DevArgs {
     /// Where every node hands off finished records (default: file:DIR/postflight).
     #[arg(long)]
     pub sink: Option<SinkSpec>,
+    /// Durability of every node's Raft log.
+    #[arg(long, value_enum, default_value = "disk")]
+    pub durability: Durability,
     /// Run a small simulated workload of calls and messages.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "node")]
     pub demo: bool,
+    /// Run only node ID of this cluster, in the foreground: this process
+    /// becomes `inflight serve` with the arguments `dev` would give that node.
+    #[arg(long, value_name = "ID")]
+    pub node: Option<u16>,
 }
 
 impl DevArgs {
@@ -48,37 +62,39 @@ impl DevArgs {
     }
 }
 
-/// The spec as a `--sink` argument (unlike `Display`, secrets not hidden).
-fn sink_arg(spec: &SinkSpec) -> String {
-    match spec {
-        SinkSpec::File(dir) => format!("file:{}", dir.display()),
-        SinkSpec::Postgres(url) => format!("postgres:{url}"),
-        SinkSpec::Webhook(url) => format!("webhook:{url}"),
-        SinkSpec::Noop => "noop".into(),
+impl DevArgs {
+    fn grpc(&self, id: u16) -> String {
+        format!("127.0.0.1:{}", self.grpc_port + id - 1)
+    }
+
+    /// Node `id`'s `serve` arguments.
+    fn node_args(&self, id: u16) -> NodeArgs {
+        let members = (1..=self.nodes)
+            .map(|i| (u64::from(i), self.grpc(i)))
+            .collect();
+        let mut n = NodeArgs::new(
+            id.into(),
+            self.dir.join(format!("node-{id}")),
+            self.grpc(id),
+            Membership::Initial(members),
+        );
+        n.http = Some(format!("127.0.0.1:{}", self.http_port + id - 1));
+        n.durability = Some(self.durability);
+        n.sink = Some(self.sink());
+        n
     }
 }
 
-fn spawn_node(exe: &PathBuf, args: &DevArgs, id: u16, initial: &str) -> std::io::Result<Child> {
-    let data = args.dir.join(format!("node-{id}"));
-    std::fs::create_dir_all(&data)?;
+fn spawn_node(exe: &PathBuf, args: &DevArgs, id: u16) -> std::io::Result<Child> {
+    let node = args.node_args(id);
+    std::fs::create_dir_all(&node.data_dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(args.dir.join(format!("node-{id}.log")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
-        .arg("--id")
-        .arg(id.to_string())
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", args.grpc_port + id - 1))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{}", args.http_port + id - 1))
-        .arg("--initial-cluster")
-        .arg(initial)
-        .arg("--sink")
-        .arg(sink_arg(&args.sink()))
+        .args(node.to_args())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -105,6 +121,42 @@ fn terminate(child: &Child) {
     }
 }
 
+/// `--node ID`: replaces this process with node `id`'s `inflight serve`,
+/// output to the node's log file as `dev` would.
+fn exec_node(exe: &PathBuf, args: &DevArgs, id: u16) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    if id == 0 || id > args.nodes {
+        eprintln!("error: --node: between 1 and --nodes ({})", args.nodes);
+        return ExitCode::from(2);
+    }
+    let node = args.node_args(id);
+    let log = std::fs::create_dir_all(&node.data_dir).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(args.dir.join(format!("node-{id}.log")))
+    });
+    let log = match log {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: node {id} in {}: {e}", args.dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(out) = log.try_clone() else {
+        return ExitCode::FAILURE;
+    };
+    let e = std::process::Command::new(exe)
+        .arg("serve")
+        .args(node.to_args())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(log)
+        .exec();
+    eprintln!("error: exec inflight serve: {e}");
+    ExitCode::FAILURE
+}
+
 pub async fn run(args: DevArgs) -> ExitCode {
     if args.nodes == 0 || args.nodes > 9 {
         eprintln!("error: --nodes: between 1 and 9");
@@ -117,20 +169,14 @@ pub async fn run(args: DevArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(id) = args.node {
+        return exec_node(&exe, &args, id);
+    }
     let ids: Vec<u16> = (1..=args.nodes).collect();
-    let endpoints: Vec<String> = ids
-        .iter()
-        .map(|id| format!("127.0.0.1:{}", args.grpc_port + id - 1))
-        .collect();
-    let initial = ids
-        .iter()
-        .zip(&endpoints)
-        .map(|(id, e)| format!("{id}={e}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints: Vec<String> = ids.iter().map(|id| args.grpc(*id)).collect();
     let mut children = Vec::new();
     for id in &ids {
-        match spawn_node(&exe, &args, *id, &initial) {
+        match spawn_node(&exe, &args, *id) {
             Ok(c) => children.push((*id, c)),
             Err(e) => {
                 eprintln!("error: starting node {id}: {e}");
@@ -142,8 +188,9 @@ pub async fn run(args: DevArgs) -> ExitCode {
         }
     }
     println!(
-        "inflight dev: {}-node cluster, disk durability, data in {}",
+        "inflight dev: {}-node cluster, {} durability, data in {}",
         args.nodes,
+        args.durability.as_str(),
         args.dir.display()
     );
     for (id, ep) in ids.iter().zip(&endpoints) {

@@ -4,6 +4,7 @@
 mod commands;
 mod demo;
 mod dev;
+pub mod serve_args;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

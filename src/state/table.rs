@@ -78,7 +78,7 @@ impl Table {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// COMPLETED and EXPIRED records: the hand-off backlog.
+    /// COMPLETED and EXPIRED records waiting for hand-off: the outbox depth.
     pub fn outbox_depth(&self) -> usize {
         self.outbox.lock().len()
     }

@@ -1,7 +1,8 @@
 //! `file:DIR`: NDJSON segment files.
 //!
 //! Each batch is appended to the current segment as one JSON document per
-//! line and fsynced before the sink acknowledges it. A segment is closed once
+//! line, with a `written_at_ms` field added (this node's clock just before
+//! the write), and fsynced before the sink acknowledges it. A segment is closed once
 //! it passes `max_segment_bytes`, and the next one starts. Segments are named
 //!
 //! ```text
@@ -116,9 +117,20 @@ impl Files {
             self.current = None;
             self.current = Some(self.create_segment(first.id.revision)?);
         }
-        let mut buf = Vec::with_capacity(fresh.iter().map(|d| d.json.len() + 1).sum());
+        // Each line also says when it was written (this node's clock, just
+        // before the write), so a reader can check it against the time of
+        // the `Evict` that followed.
+        let stamp = format!(",\"written_at_ms\":{}}}", crate::raft::leader_clock_ms());
+        let mut buf =
+            Vec::with_capacity(fresh.iter().map(|d| d.json.len() + stamp.len() + 1).sum());
         for d in &fresh {
-            buf.extend_from_slice(d.json.as_bytes());
+            match d.json.strip_suffix('}') {
+                Some(fields) => {
+                    buf.extend_from_slice(fields.as_bytes());
+                    buf.extend_from_slice(stamp.as_bytes());
+                }
+                None => buf.extend_from_slice(d.json.as_bytes()),
+            }
             buf.push(b'\n');
         }
         let Some(seg) = self.current.as_mut() else {
@@ -290,6 +302,17 @@ mod tests {
         let got = lines(dir.path());
         let ids: Vec<&str> = got.iter().map(|(_, id)| id.as_str()).collect();
         assert_eq!(ids, ["k5@5", "k9@9", "k120@120", "k121@121", "k1000@1000"]);
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+            for l in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(
+                    v["written_at_ms"].as_u64().unwrap() > 1_600_000_000_000,
+                    "{l}"
+                );
+                assert_eq!(v["value"]["a"], 1, "{l}");
+            }
+        }
         let files: HashSet<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
         assert!(files.len() >= 2, "rotated: {files:?}");
         assert!(

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for};
+use crate::wait::{free_port, wait_for};
 
 pub struct Postgres {
     dir: tempfile::TempDir,

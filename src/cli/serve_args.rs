@@ -1,0 +1,201 @@
+//! The `inflight serve` command line of one node, built in one place.
+//!
+//! Everything that starts nodes as child processes (`inflight dev`, the test
+//! harness in `testkit/`, the chaos suite, `benches/compare.sh` through
+//! `inflight dev --node`) describes a node with [`NodeArgs`] and turns it into
+//! arguments with [`NodeArgs::to_args`], so a flag is renamed or added once.
+
+use std::path::PathBuf;
+
+use crate::handoff::SinkSpec;
+use crate::raft::Durability;
+
+/// How a node finds its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// `--initial-cluster ID=HOST:PORT,...`: a member of the initial voters.
+    Initial(Vec<(u64, String)>),
+    /// `--join HOST:PORT,...`: a new node joining through these members.
+    Join(Vec<String>),
+}
+
+/// The arguments after `inflight serve` for one node. `None` leaves a flag
+/// out, so `serve`'s own default applies.
+#[derive(Clone, Debug)]
+pub struct NodeArgs {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// gRPC HOST:PORT.
+    pub listen: String,
+    /// HTTP HOST:PORT.
+    pub http: Option<String>,
+    pub membership: Membership,
+    pub durability: Option<Durability>,
+    pub snapshot_every: Option<u64>,
+    /// Source address of peer connections (a node on its own loopback address).
+    pub peer_source_ip: Option<String>,
+    pub sink: Option<SinkSpec>,
+    pub shadow_sink: Option<SinkSpec>,
+    /// As `--memory-budget` takes it: `2MiB`, `512MiB`, bytes.
+    pub memory_budget: Option<String>,
+    pub handoff_batch: Option<usize>,
+    /// Any other flags, appended last.
+    pub extra: Vec<String>,
+}
+
+impl NodeArgs {
+    /// A node with only the required settings.
+    pub fn new(id: u64, data_dir: PathBuf, listen: String, membership: Membership) -> NodeArgs {
+        NodeArgs {
+            id,
+            data_dir,
+            listen,
+            http: None,
+            membership,
+            durability: None,
+            snapshot_every: None,
+            peer_source_ip: None,
+            sink: None,
+            shadow_sink: None,
+            memory_budget: None,
+            handoff_batch: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The arguments after `serve`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--id".into(),
+            self.id.to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--listen".into(),
+            self.listen.clone(),
+        ];
+        let mut flag = |name: &str, value: String| {
+            a.push(name.into());
+            a.push(value);
+        };
+        if let Some(http) = &self.http {
+            flag("--http", http.clone());
+        }
+        match &self.membership {
+            Membership::Initial(members) => flag("--initial-cluster", initial_cluster(members)),
+            Membership::Join(through) => flag("--join", through.join(",")),
+        }
+        if let Some(d) = self.durability {
+            flag("--durability", d.as_str().into());
+        }
+        if let Some(n) = self.snapshot_every {
+            flag("--snapshot-every", n.to_string());
+        }
+        if let Some(ip) = &self.peer_source_ip {
+            flag("--peer-source-ip", ip.clone());
+        }
+        if let Some(s) = &self.sink {
+            flag("--sink", sink_arg(s));
+        }
+        if let Some(s) = &self.shadow_sink {
+            flag("--shadow-sink", sink_arg(s));
+        }
+        if let Some(b) = &self.memory_budget {
+            flag("--memory-budget", b.clone());
+        }
+        if let Some(n) = self.handoff_batch {
+            flag("--handoff-batch", n.to_string());
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+/// `1=HOST:PORT,2=HOST:PORT`.
+pub fn initial_cluster(members: &[(u64, String)]) -> String {
+    members
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The spec as a `--sink` argument (unlike `Display`, secrets not hidden).
+pub fn sink_arg(spec: &SinkSpec) -> String {
+    match spec {
+        SinkSpec::File(dir) => format!("file:{}", dir.display()),
+        SinkSpec::Postgres(url) => format!("postgres:{url}"),
+        SinkSpec::Webhook(url) => format!("webhook:{url}"),
+        SinkSpec::Noop => "noop".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn every_field_becomes_a_flag_that_serve_parses_back() {
+        let mut n = NodeArgs::new(
+            2,
+            "/tmp/n2".into(),
+            "127.0.0.1:7002".into(),
+            Membership::Initial(vec![
+                (1, "127.0.0.1:7001".into()),
+                (2, "127.0.0.1:7002".into()),
+            ]),
+        );
+        n.http = Some("127.0.0.1:8002".into());
+        n.durability = Some(Durability::Memory);
+        n.snapshot_every = Some(7);
+        n.peer_source_ip = Some("127.0.0.1".into());
+        n.sink = Some(SinkSpec::Postgres("postgres://u:pw@127.0.0.1/db".into()));
+        n.shadow_sink = Some(SinkSpec::File("/tmp/post".into()));
+        n.memory_budget = Some("2MiB".into());
+        n.handoff_batch = Some(20);
+        n.extra = vec!["--heartbeat-ms".into(), "40".into()];
+        let mut argv = vec!["inflight".to_string(), "serve".to_string()];
+        argv.extend(n.to_args());
+        let cli = super::super::Cli::try_parse_from(argv).expect("serve parses its own arguments");
+        let super::super::Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.id, 2);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/n2"));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
+        assert_eq!(s.http.unwrap().to_string(), "127.0.0.1:8002");
+        assert_eq!(
+            s.initial_cluster.as_deref(),
+            Some("1=127.0.0.1:7001,2=127.0.0.1:7002")
+        );
+        assert_eq!(s.durability, Durability::Memory);
+        assert_eq!(s.snapshot_every, 7);
+        assert_eq!(s.peer_source_ip.unwrap().to_string(), "127.0.0.1");
+        assert_eq!(
+            s.sink.map(|s| sink_arg(&s)).as_deref(),
+            Some("postgres:postgres://u:pw@127.0.0.1/db"),
+            "the password is passed on, not hidden"
+        );
+        assert_eq!(
+            s.shadow_sink.map(|s| sink_arg(&s)).as_deref(),
+            Some("file:/tmp/post")
+        );
+        assert_eq!(s.memory_budget, 2 << 20);
+        assert_eq!(s.handoff_batch, 20);
+        assert_eq!(s.heartbeat_ms, 40);
+    }
+
+    #[test]
+    fn a_joining_node_lists_the_members_it_joins_through() {
+        let n = NodeArgs::new(
+            4,
+            "/d".into(),
+            "127.0.0.1:1".into(),
+            Membership::Join(vec!["a:1".into(), "b:2".into()]),
+        );
+        let args = n.to_args();
+        let i = args.iter().position(|a| a == "--join").unwrap();
+        assert_eq!(args[i + 1], "a:1,b:2");
+        assert!(!args.contains(&"--initial-cluster".to_string()));
+    }
+}

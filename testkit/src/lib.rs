@@ -1,0 +1,26 @@
+//! The one test harness of `tests/`, `chaos/` and `benches/`.
+//!
+//! - [`cluster`]: a cluster of real `inflight serve` processes (command lines
+//!   from `inflight::cli::serve_args`), kill / stop / pause / restart / join;
+//! - [`net`]: nftables link cuts between the nodes' loopback addresses;
+//! - [`postgres`]: a throwaway PostgreSQL server per test;
+//! - [`sink`]: reading what the file sink wrote;
+//! - [`handoff`]: the HANDED_OFF checker, which proves every evicted record was
+//!   in its sink *before* the `Evict` was proposed;
+//! - [`wait`]: polling a condition with a deadline, and free ports.
+
+pub mod cluster;
+pub mod handoff;
+pub mod net;
+pub mod postgres;
+pub mod sink;
+pub mod wait;
+
+pub use cluster::{Addresses, Cluster, ClusterOptions, Node};
+pub use wait::{free_port, free_port_block, wait_for, wait_until, wait_until_blocking};
+
+/// Milliseconds since the Unix epoch on this machine's clock: the clock the
+/// leader stamps commands with (`inflight::raft::leader_clock_ms`).
+pub fn now_ms() -> u64 {
+    inflight::raft::leader_clock_ms()
+}
