@@ -32,8 +32,10 @@ use crate::pb::in_flight_client::InFlightClient;
 pub use crate::pb::Consistency;
 use crate::wire::{self, LEADER_ADDR_KEY};
 pub use report::{handoff_json, status_json, ClusterReport, MemberReport};
+use session::Session;
 
 mod report;
+mod session;
 
 pub type Result<T> = std::result::Result<T, Status>;
 
@@ -70,6 +72,11 @@ pub struct ClientOptions {
     /// client only ever talks to its own endpoints, and a node that is not
     /// the leader answers for itself (UNAVAILABLE for what needs the leader).
     pub follow_leader: bool,
+    /// Send inserts, updates, deletes, completes and gets in frames on one
+    /// session stream per node (default), so that the calls of many callers
+    /// sharing this client travel together. When false, each call is a unary
+    /// RPC of its own.
+    pub frames: bool,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +86,7 @@ impl Default for ClientOptions {
             retry_for: Duration::from_secs(20),
             local_address: None,
             follow_leader: true,
+            frames: true,
         }
     }
 }
@@ -100,6 +108,7 @@ pub struct Client {
 struct Inner {
     endpoints: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
     leader: Mutex<Option<String>>,
     next: AtomicUsize,
     opts: ClientOptions,
@@ -134,6 +143,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoints,
                 channels: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 next: AtomicUsize::new(0),
                 opts,
@@ -156,6 +166,56 @@ impl Client {
             .connect_lazy();
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// The session to `addr`, opened on first use.
+    fn session(&self, addr: &str) -> Result<Arc<Session>> {
+        if let Some(s) = self.inner.sessions.lock().get(addr) {
+            return Ok(s.clone());
+        }
+        let channel = self.channel(addr)?;
+        let mut sessions = self.inner.sessions.lock();
+        let s = sessions
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Session::open(channel, self.inner.opts.request_timeout)));
+        Ok(s.clone())
+    }
+
+    /// One mutation, in a frame or as a unary call (`ClientOptions::frames`).
+    async fn mutate(&self, op: pb::frame_op::Op) -> Result<pb::MutationResponse> {
+        use pb::frame_op::Op;
+        if !self.inner.opts.frames {
+            return self
+                .retrying(Route::Leader, |ch| {
+                    let op = op.clone();
+                    async move {
+                        let mut c = records(ch);
+                        match op {
+                            Op::Insert(r) => c.insert(r).await,
+                            Op::Update(r) => c.update(r).await,
+                            Op::Delete(r) => c.delete(r).await,
+                            Op::Complete(r) => c.complete(r).await,
+                            Op::Get(_) => Err(Status::internal("a get is not a mutation")),
+                        }
+                    }
+                })
+                .await;
+        }
+        self.retrying_at(Route::Leader, |target| {
+            let session = self.session(target);
+            let op = pb::FrameOp {
+                op: Some(op.clone()),
+            };
+            async move {
+                match session?.call(op).await? {
+                    pb::op_result::Result::Mutation(m) => Ok(m),
+                    _ => Err(Status::internal(
+                        "session: a mutation was answered with another kind of result",
+                    )),
+                }
+            }
+        })
+        .await
     }
 
     fn target(&self, route: Route) -> String {
@@ -187,6 +247,21 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>>>,
     {
+        self.retrying_at(route, |target| {
+            let channel = self.channel(target);
+            let attempt = channel.map(&mut call);
+            async move { attempt?.await.map(Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Like `retrying`, for calls that pick their own way to `target` (a
+    /// unary RPC on its channel, or an op in its session's next frame).
+    async fn retrying_at<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + self.inner.opts.retry_for;
         let mut backoff = Duration::from_millis(20);
         let mut redirects = 0;
@@ -195,13 +270,10 @@ impl Client {
         let mut from_a_node: Option<Status> = None;
         loop {
             let target = self.target(route);
-            let attempt = tokio::time::timeout(
-                self.inner.opts.request_timeout,
-                call(self.channel(&target)?),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(self.inner.opts.request_timeout, call(&target)).await;
             let status = match attempt {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(s)) => s,
                 Err(_) => Status::deadline_exceeded(format!(
                     "{target} did not answer within {:?}",
@@ -278,11 +350,7 @@ impl Client {
     /// Insert with every option (TTL, request id). An empty request id gets a fresh one.
     pub async fn send_insert(&self, mut req: pb::InsertRequest) -> Result<pb::MutationResponse> {
         ensure_id(&mut req.request_id);
-        self.retrying(Route::Leader, |ch| {
-            let req = req.clone();
-            async move { records(ch).insert(req).await }
-        })
-        .await
+        self.mutate(pb::frame_op::Op::Insert(req)).await
     }
 
     pub async fn update(
@@ -302,11 +370,7 @@ impl Client {
 
     pub async fn send_update(&self, mut req: pb::UpdateRequest) -> Result<pb::MutationResponse> {
         ensure_id(&mut req.request_id);
-        self.retrying(Route::Leader, |ch| {
-            let req = req.clone();
-            async move { records(ch).update(req).await }
-        })
-        .await
+        self.mutate(pb::frame_op::Op::Update(req)).await
     }
 
     pub async fn delete(&self, key: &str, if_version: Option<u64>) -> Result<pb::MutationResponse> {
@@ -320,11 +384,7 @@ impl Client {
 
     pub async fn send_delete(&self, mut req: pb::DeleteRequest) -> Result<pb::MutationResponse> {
         ensure_id(&mut req.request_id);
-        self.retrying(Route::Leader, |ch| {
-            let req = req.clone();
-            async move { records(ch).delete(req).await }
-        })
-        .await
+        self.mutate(pb::frame_op::Op::Delete(req)).await
     }
 
     pub async fn complete(
@@ -347,11 +407,7 @@ impl Client {
         mut req: pb::CompleteRequest,
     ) -> Result<pb::MutationResponse> {
         ensure_id(&mut req.request_id);
-        self.retrying(Route::Leader, |ch| {
-            let req = req.clone();
-            async move { records(ch).complete(req).await }
-        })
-        .await
+        self.mutate(pb::frame_op::Op::Complete(req)).await
     }
 
     /// Several mutations applied atomically (all or none).
@@ -384,9 +440,28 @@ impl Client {
     }
 
     pub async fn send_get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
-        self.retrying(Self::read_route(req.consistency), |ch| {
-            let req = req.clone();
-            async move { records(ch).get(req).await }
+        let route = Self::read_route(req.consistency);
+        if !self.inner.opts.frames {
+            return self
+                .retrying(route, |ch| {
+                    let req = req.clone();
+                    async move { records(ch).get(req).await }
+                })
+                .await;
+        }
+        self.retrying_at(route, |target| {
+            let session = self.session(target);
+            let op = pb::FrameOp {
+                op: Some(pb::frame_op::Op::Get(req.clone())),
+            };
+            async move {
+                match session?.call(op).await? {
+                    pb::op_result::Result::Get(g) => Ok(g),
+                    _ => Err(Status::internal(
+                        "session: a get was answered with another kind of result",
+                    )),
+                }
+            }
         })
         .await
     }
