@@ -579,8 +579,7 @@ impl Node {
     pub fn dead_reason(&self) -> Option<String> {
         let rx = self.inner.raft.metrics();
         let m = rx.borrow_watched();
-        let why = dead_reason_of(&m.running_state, m.state);
-        why
+        dead_reason_of(&m.running_state, m.state)
     }
 
     /// Resolves, with the cause, once the Raft core has died; never while it
