@@ -2,7 +2,9 @@
 //! `/cluster` (every member's status, asked from this node) and `/` (the
 //! live status page).
 //!
-//! `/livez` answers as long as the process serves HTTP. `/readyz` is 200 only
+//! `/livez` answers 200 while the Raft core runs, and 503 with the reason
+//! once it has died (a fatal storage error): the process is then on its way
+//! out (see `crate::node`), and a probe must not call it alive meanwhile. `/readyz` is 200 only
 //! when this node knows a leader, heard from it within `READY_CONTACT_MS`,
 //! is a voter, has applied its log to within `READY_LAG` entries and has
 //! recovered after a restart; `?verbose` lists each check. `/status` is the same
@@ -44,7 +46,7 @@ pub async fn serve(
     mut stop: Shutdown,
 ) {
     let app = Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -58,6 +60,16 @@ pub async fn serve(
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn livez(State(ops): State<Ops>) -> impl IntoResponse {
+    match ops.node.dead_reason() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("dead: {why}; the process exits so that its supervisor restarts it\n"),
+        ),
     }
 }
 
@@ -174,4 +186,63 @@ async fn readyz(State(ops): State<Ops>, Query(q): Query<ReadyQuery>) -> impl Int
         return (code, Json(json!({"ready": ok, "checks": body}))).into_response();
     }
     (code, if ok { "ok\n" } else { "not ready\n" }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::handoff::SinkSpec;
+    use crate::raft::{Durability, RaftSettings};
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let code = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (code, body.to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn livez_answers_503_with_the_reason_once_the_raft_core_is_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = raft::Node::start(&RaftSettings {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertise: "127.0.0.1:1".into(),
+            durability: Durability::Memory,
+            snapshot_every: 1_000,
+            heartbeat_ms: 50,
+            election_timeout_ms: (150, 300),
+            peer_source_ip: None,
+        })
+        .await
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handoff = Arc::new(HandoffState::new(&SinkSpec::Noop, None, 1 << 30));
+        tokio::spawn(serve(listener, node.clone(), handoff, Shutdown::never()));
+
+        assert_eq!(get(addr, "/livez").await, (200, "ok\n".to_string()));
+        assert_eq!(node.dead_reason(), None);
+        node.shutdown().await;
+        let why = tokio::time::timeout(Duration::from_secs(5), node.fatal())
+            .await
+            .expect("Node::fatal resolves once the core is dead");
+        assert_eq!(node.dead_reason().as_deref(), Some(why.as_str()));
+        let (code, body) = get(addr, "/livez").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("dead") && body.contains(&why), "{body}");
+    }
 }

@@ -13,6 +13,13 @@
 //!
 //! The listeners stop after the hand-over, not before, because the Raft peer
 //! service still shares the client port: the hand-over needs it.
+//!
+//! When the Raft core dies on its own (a fatal storage error such as a full
+//! disk or EIO; openraft never restarts it), the node is useless: it logs the
+//! cause, runs the same steps with short deadlines (no hand-over: it leads
+//! nothing any more), and `serve` returns an error, so the process exits
+//! non-zero within seconds and its supervisor restarts it. `/livez` answers
+//! 503 from the moment the core is dead.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +47,15 @@ const DUTIES_STOP: Duration = Duration::from_secs(20);
 const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 const LISTENERS_STOP: Duration = Duration::from_secs(5);
 const REST_STOP: Duration = Duration::from_secs(2);
+/// Each step's deadline when the Raft core has died: the process must be
+/// gone within seconds, and nothing that needs consensus can finish anyway.
+const DEAD_CORE_STEP: Duration = Duration::from_millis(1_000);
+
+/// Why `serve` stops other than on a stop signal.
+enum Failure {
+    Listener(&'static str),
+    RaftCore(String),
+}
 
 /// Everything `inflight serve` needs to run a node.
 #[derive(Clone, Debug)]
@@ -226,9 +242,24 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         }
         task = listeners.any_ended() => {
             tracing::error!(task, "a listener stopped on its own; shutting down");
-            Some(task)
+            Some(Failure::Listener(task))
+        }
+        why = node.fatal() => {
+            tracing::error!(
+                cause = %why,
+                "the Raft core is dead; exiting so that a supervisor restarts this node"
+            );
+            Some(Failure::RaftCore(why))
         }
     };
+    if let Some(Failure::RaftCore(why)) = failed {
+        duties.stop(DEAD_CORE_STEP).await;
+        listeners.stop(DEAD_CORE_STEP).await;
+        node.shutdown().await;
+        rest.stop(DEAD_CORE_STEP).await;
+        tracing::info!("stopped");
+        anyhow::bail!("the Raft core is dead: {why}");
+    }
     duties.stop(DUTIES_STOP).await;
     node.hand_over_leadership(HANDOVER_WAIT).await;
     listeners.stop(LISTENERS_STOP).await;
@@ -236,8 +267,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     rest.stop(REST_STOP).await;
     tracing::info!("stopped");
     match failed {
-        Some(task) => anyhow::bail!("the {task} listener stopped on its own (see the log)"),
-        None => Ok(()),
+        Some(Failure::Listener(task)) => {
+            anyhow::bail!("the {task} listener stopped on its own (see the log)")
+        }
+        _ => Ok(()),
     }
 }
 

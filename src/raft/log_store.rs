@@ -57,6 +57,8 @@ impl LogStore {
     /// Opens (or creates) the durable log in `dir`, recovering what is there.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // A vote replacement cut short (a crash, a full disk) leaves `vote.tmp`.
+        wal::remove_leftover_tmp(dir)?;
         let vote_path = dir.join("vote");
         let vote = read_vote_file(&vote_path)?;
         let (wal, rec) = Wal::open(&dir.join("wal"), wal::DEFAULT_SEGMENT_BYTES)?;
@@ -114,13 +116,17 @@ fn read_vote_file(path: &Path) -> io::Result<Option<Vote>> {
 fn write_vote_file(path: &Path, vote: &Vote) -> io::Result<()> {
     let body = codec::encode(vote)?;
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| -> io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
         f.write_all(&body)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         wal::sync_dir(dir)?;
     }

@@ -5,9 +5,10 @@
 //!
 //! - `log_store`: the Raft log and the vote. In `disk` durability they go
 //!   through `wal` (append-only segment files with a CRC per record, group
-//!   commit, torn-tail recovery) and a separately fsynced vote file, so a
-//!   restarted node remembers every entry it acknowledged and every vote it
-//!   cast. In `memory` durability nothing touches disk.
+//!   commit, recovery that cuts only a torn final write) and a separately
+//!   fsynced vote file, so a restarted node remembers every entry it
+//!   acknowledged and every vote it cast. In `memory` durability nothing
+//!   touches disk.
 //! - `state_machine`: feeds committed entries to `crate::state::Table` and
 //!   builds, stores and installs snapshots.
 //! - `network` / `peer_service`: peer RPCs over tonic, both directions.

@@ -606,6 +606,35 @@ impl Node {
             .map_err(|e| Error::Stopped(e.to_string()))
     }
 
+    /// Why the Raft core is dead, or `None` while it runs. A dead core
+    /// (a fatal storage error, a panic, or a shutdown) never comes back: the
+    /// process must exit so that its supervisor restarts it.
+    pub fn dead_reason(&self) -> Option<String> {
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow_watched();
+        dead_reason_of(&m.running_state, m.state)
+    }
+
+    /// Resolves, with the cause, once the Raft core has died; never while it
+    /// runs. The process wiring selects on it beside the stop signal.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Some(why) = {
+                let m = rx.borrow_and_update();
+                dead_reason_of(&m.running_state, m.state)
+            } {
+                return why;
+            }
+            // The sender goes away only when the core task has ended.
+            if rx.changed().await.is_err() {
+                return self
+                    .dead_reason()
+                    .unwrap_or_else(|| "the Raft core task ended".into());
+            }
+        }
+    }
+
     /// Stops the Raft core, then the batchers. Proposals and reads fail from
     /// then on.
     pub async fn shutdown(&self) {
@@ -617,6 +646,18 @@ impl Node {
             task.abort();
             let _ = task.await;
         }
+    }
+}
+
+fn dead_reason_of(
+    running: &Result<(), openraft::errors::Fatal<super::TypeConfig>>,
+    state: ServerState,
+) -> Option<String> {
+    match (running, state) {
+        (Err(openraft::errors::Fatal::Stopped), _) => Some("the Raft core was shut down".into()),
+        (Err(e), _) => Some(format!("the Raft core stopped on a fatal error: {e}")),
+        (Ok(()), ServerState::Shutdown) => Some("the Raft core is shut down".into()),
+        (Ok(()), _) => None,
     }
 }
 

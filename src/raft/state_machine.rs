@@ -90,6 +90,8 @@ impl StateMachine {
     /// A state machine whose snapshots live in `dir`; restores the newest one.
     pub fn open(table: Arc<Table>, dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // A snapshot write cut short (a crash, a full disk) leaves `*.tmp`.
+        super::wal::remove_leftover_tmp(dir)?;
         let sm = Self::new(table, Some(dir.to_path_buf()));
         if let Some((_, path)) = snapshot_files(dir)?.pop() {
             let bytes = std::fs::read(&path)?;
@@ -166,12 +168,17 @@ impl StateMachine {
             Some(dir) => {
                 let path = snapshot_file(dir, index);
                 let tmp = path.with_extension("tmp");
-                {
+                let written = (|| -> io::Result<()> {
                     let mut f = std::fs::File::create(&tmp)?;
                     f.write_all(bytes)?;
                     f.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                })();
+                if let Err(e) = written {
+                    // Do not leave a partial file behind on a full disk.
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
                 }
-                std::fs::rename(&tmp, &path)?;
                 super::wal::sync_dir(dir)?;
                 None
             }

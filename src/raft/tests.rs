@@ -167,31 +167,85 @@ async fn torn_last_record_is_cut_and_everything_before_it_kept() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_record_in_the_middle_drops_it_and_everything_after() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes entries 1..=n in one segment; returns the segment and the byte
+/// offset where the frame of entry `at` starts.
+async fn one_segment_of(dir: &std::path::Path, n: u64, at: u64) -> (std::path::PathBuf, u64) {
+    let entries: Vec<Entry> = (1..=n).map(|i| normal(i, &format!("k{i}"))).collect();
     {
-        let mut log = LogStore::open(dir.path()).unwrap();
-        for i in 1..=10 {
-            append(&mut log, vec![normal(i, "k")]).await;
-        }
+        let mut log = LogStore::open(dir).unwrap();
+        append(&mut log, entries.clone()).await;
     }
-    let seg = only_segment(&dir.path().join("wal"));
+    let seg = only_segment(&dir.join("wal"));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let from_at = super::wal::entry_frames(&entries[at as usize - 1..])
+        .unwrap()
+        .len() as u64;
+    (seg, len - from_at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_record_followed_by_valid_ones_refuses_to_start_naming_file_offset_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, at) = one_segment_of(dir.path(), 1_000, 100).await;
+    let before = std::fs::read(&seg).unwrap();
+    let mut bytes = before.clone();
+    // One flipped byte inside entry 100 (past its 8-byte header): the CRC catches it.
+    bytes[at as usize + 20] ^= 0x55;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = match LogStore::open(dir.path()) {
+        Ok(_) => panic!("opened a log with damage in the middle of its last segment"),
+        Err(e) => e.to_string(),
+    };
+    for part in [
+        "refusing to start",
+        "damaged log",
+        "checksum mismatch",
+        &seg.display().to_string(),
+        &format!("byte offset {at}"),
+        "log index 100",
+        "re-sync this node from the others",
+        "post-flight sink",
+    ] {
+        assert!(err.contains(part), "error names {part:?}: {err}");
+    }
+    // Nothing was cut: every acknowledged entry is still on disk.
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_length_field_followed_by_valid_records_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, at) = one_segment_of(dir.path(), 50, 10).await;
     let mut bytes = std::fs::read(&seg).unwrap();
-    // Flip one byte in the middle of the file: a CRC must catch it.
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
+    // A length that runs past the end of the file looks torn, but valid records follow.
+    bytes[at as usize + 2] = 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = match LogStore::open(dir.path()) {
+        Ok(_) => panic!("cut a log whose bad frame has valid frames after it"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("refusing to start") && err.contains("log index 10"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_final_record_with_nothing_after_it_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, at) = one_segment_of(dir.path(), 20, 20).await;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // A final write whose last sectors never made it: full length, wrong bytes.
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&[0, 0, 0, 0]);
     std::fs::write(&seg, &bytes).unwrap();
     let mut log = LogStore::open(dir.path()).unwrap();
-    let kept = indexes(&mut log).await;
-    assert!(
-        !kept.is_empty() && kept.len() < 10,
-        "kept a prefix: {kept:?}"
-    );
+    assert_eq!(indexes(&mut log).await, (1..=19).collect::<Vec<_>>());
     assert_eq!(
-        kept,
-        (1..=kept.len() as u64).collect::<Vec<_>>(),
-        "the prefix is contiguous"
+        std::fs::metadata(&seg).unwrap().len(),
+        at,
+        "cut at entry 20"
     );
 }
 
@@ -274,4 +328,77 @@ async fn damage_before_the_last_segment_refuses_to_start() {
     );
     // Nothing was deleted on the way.
     assert_eq!(std::fs::read_dir(&wal_dir).unwrap().count(), segs.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_segment_rotation_is_retried_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let write = |wal: &Wal, i: u64| {
+        let e = normal(i, &format!("key-{i:04}-{}", "x".repeat(100)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        wal.append(
+            super::wal::entry_frames([&e]).unwrap(),
+            i,
+            Box::new(move |r| tx.send(r).unwrap()),
+        )
+        .unwrap();
+        rx.recv().unwrap()
+    };
+    {
+        let (wal, _) = Wal::open(&wal_dir, 4096).unwrap();
+        // Block the name the next segment is built under: a directory cannot
+        // be removed or replaced by a file, so every rotation fails.
+        let blocker = wal_dir.join(format!("wal-{:020}.log.tmp", 2));
+        std::fs::create_dir(&blocker).unwrap();
+        for i in 1..=60 {
+            write(&wal, i).expect("writes go on while rotation fails");
+        }
+        let segs = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "log")
+                })
+                .count()
+        };
+        assert_eq!(segs(&wal_dir), 1, "no segment was started");
+        // The obstacle goes (space is freed): the next write rotates.
+        std::fs::remove_dir(&blocker).unwrap();
+        for i in 61..=70 {
+            write(&wal, i).expect("write after the obstacle is gone");
+        }
+        assert!(segs(&wal_dir) > 1, "rotation resumed");
+    }
+    let (_wal, rec) = Wal::open(&wal_dir, 4096).unwrap();
+    assert_eq!(
+        rec.entries.keys().copied().collect::<Vec<_>>(),
+        (1..=70).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_tmp_files_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = dir.path().join("raft");
+    let snaps = dir.path().join("snapshots");
+    drop(LogStore::open(&raft).unwrap());
+    drop(StateMachine::open(Arc::new(Table::new()), &snaps).unwrap());
+    let planted = [
+        snaps.join(format!("snap-{:020}.tmp", 42)),
+        raft.join("vote.tmp"),
+        raft.join("wal").join(format!("wal-{:020}.log.tmp", 2)),
+    ];
+    for p in &planted {
+        std::fs::write(p, b"half a file").unwrap();
+    }
+    drop(LogStore::open(&raft).unwrap());
+    drop(StateMachine::open(Arc::new(Table::new()), &snaps).unwrap());
+    for p in &planted {
+        assert!(!p.exists(), "{} is left", p.display());
+    }
 }

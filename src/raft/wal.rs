@@ -20,13 +20,26 @@
 //! | 4 | Option<log id> | committed (a hint; not fsynced on its own) |
 //!
 //! Recovery reads records until the first frame that is short, fails its CRC
-//! or does not decode. In the last segment that is a torn tail: everything
-//! before it is kept, the file is cut there, one warning line says what was
-//! discarded, and the node catches up from the leader. A crash mid-write
-//! looks exactly like this, and the entries of an unfinished write were never
-//! acknowledged. Damage in an older segment, or a gap in the indexes, is not
-//! a tail: later segments hold fsynced entries, so the node refuses to start
-//! rather than forget entries it may have acknowledged.
+//! or does not decode. What happens then depends on what follows it:
+//!
+//! - Nothing readable after it, in the last segment: a torn final write, the
+//!   one thing a crash mid-write leaves (a short record, or a full-length one
+//!   whose last sectors never reached the disk). Its entries were never
+//!   fsynced, so never acknowledged. The file is cut there, one warning line
+//!   says what was discarded, and the node catches up from the leader.
+//! - An intact record after it (searched byte by byte, since the bad frame's
+//!   length cannot be trusted), or later segments: damage, not a tear. The
+//!   records after it were written, maybe fsynced and acknowledged, after the
+//!   bad one; cutting would make the node forget entries it acknowledged, and
+//!   such a node can help elect a leader that lacks committed entries. So the
+//!   node refuses to start, naming the file, the byte offset and the log index
+//!   of the damaged record and the way out: re-sync this node from the others
+//!   (delete only its Raft log and snapshots; keep its vote, `node.id` and the
+//!   post-flight sink). A gap in the indexes is refused the same way.
+//!
+//! A crash during a large group-commit write could in principle persist a
+//! later page of that write and not an earlier one; that too reads as damage
+//! and makes the node refuse rather than guess: refusing is the safe error.
 //!
 //! Ordering on disk: a purge record is fsynced before any segment it makes
 //! obsolete is removed, and a full segment is fsynced before the next one is
@@ -39,6 +52,14 @@
 //! A segment is removed once every entry in it is purged (covered by a
 //! snapshot); a new segment starts when the current one passes the size limit
 //! and begins with a header record so that purge and commit survive removal.
+//! A new segment is built as `wal-<seq>.log.tmp` and renamed into place, so a
+//! rotation that fails (a full disk) leaves nothing behind and is simply tried
+//! again after the next write; `*.tmp` files found at start-up are removed.
+//!
+//! A failed write or fsync is final: the writer refuses everything after it
+//! (nothing may land behind a possible hole), every pending append reports
+//! the error, openraft stops its core on it, and the process exits so that a
+//! supervisor restarts it (see `crate::node`).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -124,18 +145,47 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Removes `*.tmp` files in `dir`: a new segment or a replaced file whose
+/// write failed or was cut short by a crash. Nothing reads them.
+pub(crate) fn remove_leftover_tmp(dir: &Path) -> io::Result<()> {
+    let mut removed = false;
+    for ent in fs::read_dir(dir)? {
+        let path = ent?.path();
+        if path.extension().is_some_and(|x| x == "tmp") {
+            fs::remove_file(&path)?;
+            tracing::info!(file = %path.display(), "removed a leftover temporary file");
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What to do about damage, in plain words. `dir` is the WAL directory.
+fn recovery_step(dir: &Path) -> String {
+    format!(
+        "To recover, re-sync this node from the others while they have a leader: stop it, delete \
+         only its Raft log and state (the WAL directory {} and the snapshots directory of its data \
+         directory), keep the vote file beside the WAL directory, node.id and the post-flight sink \
+         (by default DATA_DIR/postflight) untouched, and start it again; it catches up from the leader",
+        dir.display()
+    )
+}
+
 /// Damage that recovery must not paper over: it would forget entries this
 /// node may have acknowledged.
-fn unrecoverable(what: String) -> io::Error {
+fn unrecoverable(what: String, dir: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!(
-            "wal: {what}; refusing to start, since entries this node acknowledged may be lost. \
-             Remove this node's data directory and add it back under a new id"
+            "wal: {what}; refusing to start, since entries this node acknowledged may be lost. {}",
+            recovery_step(dir)
         ),
     )
 }
@@ -146,52 +196,157 @@ enum FrameError {
     Corrupt(String),
 }
 
+impl FrameError {
+    fn describe(&self) -> String {
+        match self {
+            FrameError::Torn(w) => format!("torn write ({w})"),
+            FrameError::Corrupt(w) => format!("corrupt record ({w})"),
+        }
+    }
+}
+
+/// The payload of the frame at `pos`, if its header and checksum hold.
+fn frame_at(bytes: &[u8], pos: usize) -> Result<&[u8], FrameError> {
+    let rest = &bytes[pos..];
+    if rest.len() < FRAME_HEADER {
+        return Err(FrameError::Torn("partial frame header"));
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len == 0 || len > MAX_FRAME {
+        return Err(FrameError::Corrupt(format!(
+            "impossible frame length {len}"
+        )));
+    }
+    if rest.len() < FRAME_HEADER + len {
+        return Err(FrameError::Torn("partial frame body"));
+    }
+    let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
+    if crc32fast::hash(payload) != crc {
+        return Err(FrameError::Corrupt("checksum mismatch".into()));
+    }
+    Ok(payload)
+}
+
+/// Decodes a record without applying it; returns the entry index of an entry record.
+fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
+    let (tag, body) = (payload[0], &payload[1..]);
+    match tag {
+        TAG_BASE => codec::decode::<(Option<LogId>, Option<LogId>)>(body).map(|_| None),
+        TAG_ENTRY => codec::decode::<Entry>(body).map(|e| Some(e.log_id.index)),
+        TAG_TRUNCATE => codec::decode::<Option<u64>>(body).map(|_| None),
+        TAG_PURGE => codec::decode::<LogId>(body).map(|_| None),
+        TAG_COMMITTED => codec::decode::<Option<LogId>>(body).map(|_| None),
+        other => Err(codec::CodecError::Decode(format!(
+            "unknown record tag {other}"
+        ))),
+    }
+}
+
+/// Where a segment stopped being readable.
+struct Stop {
+    offset: usize,
+    error: FrameError,
+}
+
 /// Replays the records of one segment into `state`; returns how many bytes are
-/// valid and, if it stopped early, why.
+/// valid and, if it stopped early, where and why. `last_entry` follows the
+/// index of the last entry record read.
 fn replay_segment(
     bytes: &[u8],
     state: &mut Recovered,
     max_index: &mut u64,
-) -> (usize, Option<FrameError>) {
+    last_entry: &mut Option<u64>,
+) -> (usize, Option<Stop>) {
     let mut pos = 0;
     while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if rest.len() < FRAME_HEADER {
-            return (pos, Some(FrameError::Torn("partial frame header")));
+        let applied = frame_at(bytes, pos).and_then(|payload| {
+            apply_record(payload, state, max_index)
+                .map(|idx| (payload.len(), idx))
+                .map_err(|e| FrameError::Corrupt(format!("undecodable record: {e}")))
+        });
+        match applied {
+            Ok((len, idx)) => {
+                if idx.is_some() {
+                    *last_entry = idx;
+                }
+                pos += FRAME_HEADER + len;
+            }
+            Err(error) => return (pos, Some(Stop { offset: pos, error })),
         }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len == 0 || len > MAX_FRAME {
-            return (
-                pos,
-                Some(FrameError::Corrupt(format!(
-                    "impossible frame length {len}"
-                ))),
-            );
-        }
-        if rest.len() < FRAME_HEADER + len {
-            return (pos, Some(FrameError::Torn("partial frame body")));
-        }
-        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            return (pos, Some(FrameError::Corrupt("checksum mismatch".into())));
-        }
-        if let Err(e) = apply_record(payload, state, max_index) {
-            return (
-                pos,
-                Some(FrameError::Corrupt(format!("undecodable record: {e}"))),
-            );
-        }
-        pos += FRAME_HEADER + len;
     }
     (pos, None)
 }
 
+/// The first intact record after a bad frame at `bad`: its offset and the
+/// first entry index from there on, if any. `None` means nothing readable
+/// follows, which is what a torn final write looks like; anything else is
+/// damage in the middle of the log.
+///
+/// Every byte offset is tried, since the bad frame's own length cannot be
+/// trusted; a frame counts only if its length fits, its tag is known, its
+/// checksum holds and it decodes, so garbage passes by chance about once in
+/// 2^32 tries. Data inside a torn frame that happens to be a valid frame
+/// (a value holding a copy of a WAL file) makes start-up refuse, never cut.
+fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
+    let mut q = bad + 1;
+    while q + FRAME_HEADER < bytes.len() {
+        let tag = bytes[q + FRAME_HEADER];
+        if tag <= TAG_COMMITTED {
+            if let Ok(payload) = frame_at(bytes, q) {
+                if decode_record(payload).is_ok() {
+                    // Found: the first entry from here on names the index after the damage.
+                    let mut pos = q;
+                    let mut first_entry = None;
+                    while let Ok(p) = frame_at(bytes, pos) {
+                        if let Ok(Some(idx)) = decode_record(p) {
+                            first_entry = Some(idx);
+                            break;
+                        }
+                        pos += FRAME_HEADER + p.len();
+                        if pos >= bytes.len() {
+                            break;
+                        }
+                    }
+                    return Some((q, first_entry));
+                }
+            }
+        }
+        q += 1;
+    }
+    None
+}
+
+/// The log index a damaged frame held, as far as its neighbours (and its own
+/// unverified bytes) tell.
+fn damaged_index(bytes: &[u8], at: usize, before: Option<u64>, after: Option<u64>) -> String {
+    // The damaged record's own claim, checked against its neighbours.
+    let own = bytes
+        .get(at + FRAME_HEADER..)
+        .and_then(|rest| {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
+            rest.get(..len.min(rest.len()))
+        })
+        .filter(|p| p.first() == Some(&TAG_ENTRY))
+        .and_then(|p| codec::decode::<Entry>(&p[1..]).ok())
+        .map(|e| e.log_id.index)
+        .filter(|i| before.is_none_or(|b| *i > b) && after.is_none_or(|a| *i < a));
+    match (before, after, own) {
+        (Some(b), Some(a), _) if a == b + 2 => format!("log index {}", b + 1),
+        (_, _, Some(i)) => format!("log index {i} (as the damaged bytes read)"),
+        (Some(b), Some(a), None) => format!("a record between log index {b} and {a}"),
+        (Some(b), None, None) => format!("a record after log index {b}"),
+        (None, Some(a), None) => format!("a record before log index {a}"),
+        (None, None, None) => "a record before any intact entry".into(),
+    }
+}
+
+/// Applies one record to the recovered state; returns the index of an entry record.
 fn apply_record(
     payload: &[u8],
     st: &mut Recovered,
     max_index: &mut u64,
-) -> Result<(), codec::CodecError> {
+) -> Result<Option<u64>, codec::CodecError> {
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
         TAG_BASE => {
@@ -209,6 +364,7 @@ fn apply_record(
             st.entries.split_off(&idx);
             st.entries.insert(idx, e);
             *max_index = (*max_index).max(idx);
+            return Ok(Some(idx));
         }
         TAG_TRUNCATE => {
             let after: Option<u64> = codec::decode(body)?;
@@ -233,7 +389,7 @@ fn apply_record(
             )))
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 enum Request {
@@ -263,35 +419,48 @@ impl Wal {
             purged: None,
             committed: None,
         };
+        remove_leftover_tmp(dir)?;
         let found = list_segments(dir)?;
         let mut segments = Vec::new();
         let mut cut: Option<String> = None;
+        let mut last_entry: Option<u64> = None;
         for (i, (seq, path)) in found.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(path)?.read_to_end(&mut bytes)?;
             let mut max_index = 0;
-            let (valid, err) = replay_segment(&bytes, &mut st, &mut max_index);
-            if let Some(err) = err {
+            let (valid, stop) = replay_segment(&bytes, &mut st, &mut max_index, &mut last_entry);
+            if let Some(Stop { offset, error }) = stop {
                 let later = found.len() - i - 1;
-                let what = match err {
-                    FrameError::Torn(w) => format!("torn write ({w})"),
-                    FrameError::Corrupt(w) => format!("corrupt record ({w})"),
-                };
-                if later > 0 {
-                    // Not a tail: later segments hold entries that were fsynced
-                    // (and maybe acknowledged) after this one; dropping them
-                    // could lose committed entries, so stop instead.
-                    return Err(unrecoverable(format!(
-                        "{what} in {} at offset {valid}, with {later} later segment(s) after it",
-                        path.display()
-                    )));
+                let what = error.describe();
+                let intact = intact_after(&bytes, offset);
+                if intact.is_some() || later > 0 {
+                    // Not a torn final write: intact records follow the bad
+                    // one (here or in later segments), and they were written
+                    // (maybe fsynced and acknowledged) after it. Cutting here
+                    // could forget committed entries, so stop instead.
+                    let (follows, after_index) = match intact {
+                        Some((q, first)) => {
+                            (format!("an intact record follows at offset {q}"), first)
+                        }
+                        None => (format!("{later} later segment(s) follow it"), None),
+                    };
+                    let index = damaged_index(&bytes, offset, last_entry, after_index);
+                    return Err(unrecoverable(
+                        format!(
+                            "damaged log: {what} in {} at byte offset {offset}, holding {index}; {follows}, \
+                             so this is damage, not a torn final write",
+                            path.display()
+                        ),
+                        dir,
+                    ));
                 }
                 OpenOptions::new()
                     .write(true)
                     .open(path)?
                     .set_len(valid as u64)?;
                 cut = Some(format!(
-                    "{what} in {} at offset {valid}: kept the {valid} valid bytes before it, discarded the {} bytes after",
+                    "{what} in {} at offset {valid}, the final record: kept the {valid} valid bytes before it, \
+                     discarded the {} bytes of the unfinished write",
                     path.display(),
                     bytes.len() - valid,
                 ));
@@ -315,17 +484,21 @@ impl Wal {
         st.entries = st.entries.split_off(&first_expected);
         if let (Some((&first, _)), true) = (st.entries.first_key_value(), st.purged.is_some()) {
             if first != first_expected {
-                return Err(unrecoverable(format!(
-                    "the log resumes at index {first} but the purge point is {}",
-                    first_expected - 1
-                )));
+                return Err(unrecoverable(
+                    format!(
+                        "the log resumes at index {first} but the purge point is {}",
+                        first_expected - 1
+                    ),
+                    dir,
+                ));
             }
         }
         for (prev, next) in st.entries.keys().zip(st.entries.keys().skip(1)) {
             if *next != prev + 1 {
-                return Err(unrecoverable(format!(
-                    "the log skips from index {prev} to {next}"
-                )));
+                return Err(unrecoverable(
+                    format!("the log skips from index {prev} to {next}"),
+                    dir,
+                ));
             }
         }
         // Committed may only point at entries we still have (or the purge point).
@@ -499,6 +672,7 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
+            let failed_before = self.failed.is_some();
             let result = self.write(&buf, sync, max_index);
             for done in dones.drain(..) {
                 done(match &result {
@@ -507,12 +681,12 @@ impl Writer {
                 });
             }
             if let Err(e) = result {
-                tracing::error!(error = %e, "wal: write failed; the log store stops accepting writes");
+                if !failed_before {
+                    tracing::error!(error = %e, "wal: write failed; the log store stops accepting writes");
+                }
                 continue;
             }
-            if let Err(e) = self.maintain() {
-                tracing::error!(error = %e, "wal: segment rotation or cleanup failed");
-            }
+            self.maintain();
         }
         if self.failed.is_none() {
             let _ = self.file.sync_data();
@@ -547,31 +721,78 @@ impl Writer {
     }
 
     /// Starts a new segment when the current one is full; removes segments
-    /// whose entries are all purged.
-    fn maintain(&mut self) -> io::Result<()> {
+    /// whose entries are all purged. A failure here is logged and retried
+    /// after the next write: records keep going to the current segment.
+    fn maintain(&mut self) {
         if self.size >= self.segment_bytes {
-            // Whatever went into the old segment unsynced (commit hints,
-            // truncations) must not be lost behind fsynced newer segments.
-            self.file.sync_data()?;
-            let seq = self.segments.last().map(|s| s.seq + 1).unwrap_or(1);
-            let path = segment_path(&self.dir, seq);
+            if let Err(e) = self.rotate() {
+                tracing::error!(
+                    error = %e,
+                    "wal: cannot start a new segment; writing on in the current one and retrying after the next write"
+                );
+            }
+        }
+        if let Err(e) = self.remove_purged() {
+            tracing::error!(error = %e, "wal: cannot remove purged segments; retrying after the next write");
+        }
+    }
+
+    /// Starts the next segment. It is built as `*.tmp` (header record,
+    /// fsync) and renamed into place, so a failure (a full disk) leaves no
+    /// half-made segment for recovery to trip over and no name taken: the
+    /// next attempt starts over.
+    fn rotate(&mut self) -> io::Result<()> {
+        // Whatever went into the old segment unsynced (commit hints,
+        // truncations) must not be lost behind fsynced newer segments.
+        if let Err(e) = self.file.sync_data() {
+            // A failed fsync may have dropped those pages: no later write may
+            // land behind that possible hole.
+            self.failed = Some(format!("fsync before rotation: {e}"));
+            return Err(e);
+        }
+        let seq = self.segments.last().map(|s| s.seq + 1).unwrap_or(1);
+        let path = segment_path(&self.dir, seq);
+        let tmp = path.with_extension("log.tmp");
+        let made = (|| -> io::Result<(File, u64)> {
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
-                .open(&path)?;
+                .open(&tmp)?;
             let mut buf = Vec::new();
             frame(&mut buf, TAG_BASE, &(self.purged, self.committed))?;
             file.write_all(&buf)?;
             file.sync_data()?;
+            fs::rename(&tmp, &path)?;
             sync_dir(&self.dir)?;
-            self.file = file;
-            self.size = buf.len() as u64;
-            self.segments.push(Segment {
-                seq,
-                path,
-                max_index: 0,
-            });
-        }
+            Ok((file, buf.len() as u64))
+        })();
+        let (file, size) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                // Renamed but not known durable: remove it too, so that the
+                // segment written on in the meantime stays the last one.
+                if path.exists() {
+                    let _ = fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        };
+        self.file = file;
+        self.size = size;
+        self.segments.push(Segment {
+            seq,
+            path,
+            max_index: 0,
+        });
+        Ok(())
+    }
+
+    fn remove_purged(&mut self) -> io::Result<()> {
         let purged = self.purged.as_ref().map(|p| p.index);
         let Some(purged) = purged else { return Ok(()) };
         let keep_from = self
@@ -581,8 +802,12 @@ impl Writer {
             .unwrap_or(self.segments.len() - 1)
             .min(self.segments.len() - 1);
         if keep_from > 0 {
-            for seg in self.segments.drain(..keep_from) {
-                fs::remove_file(&seg.path)?;
+            // One at a time, so a failure leaves the rest listed for the next try.
+            for _ in 0..keep_from {
+                match fs::remove_file(&self.segments[0].path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => drop(self.segments.remove(0)),
+                }
             }
             sync_dir(&self.dir)?;
         }
