@@ -69,8 +69,10 @@ pub(super) async fn propose_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pro
 async fn propose_batch(raft: Raft, batch: Vec<Proposal>) {
     let (cmds, replies): (Vec<Command>, Vec<Reply<Outcome>>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    // Fused: once the core ends the stream (a fatal error), the remaining
+    // replies see `None`, never a poll of a finished stream.
     let mut results = match raft.client_write_many(cmds).await {
-        Ok(stream) => stream,
+        Ok(stream) => stream.fuse(),
         Err(fatal) => {
             let e = Error::Stopped(fatal.to_string());
             for r in replies {
