@@ -17,6 +17,8 @@ use tonic::Code;
 use crate::history::{Call, Operation, Outcome, Refusal};
 
 pub const KEYS: u64 = 8;
+/// Recording clients that share one client address (and one `Client`).
+pub const CLIENTS_PER_HOST: usize = 3;
 
 /// A completed record the client was told about: its hand-off id.
 #[derive(Clone, Debug)]
@@ -38,39 +40,48 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts `clients` clients; client `c` sends from `ips[c]`.
+    /// Starts `CLIENTS_PER_HOST` recording clients per address in `ips`. The
+    /// clients of one address share one `Client` (and one home-node
+    /// `Client`), as the callers of one service would: their calls meet in
+    /// frames, so the frames that faults cut carry many operations.
     pub fn start(endpoints: Vec<String>, ips: Vec<String>, seed: u64, epoch: Instant) -> Workload {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = ips
-            .into_iter()
-            .enumerate()
-            .map(|(c, ip)| {
-                let opts = ClientOptions {
-                    request_timeout: Duration::from_millis(1_000),
-                    retry_for: Duration::from_millis(2_500),
-                    local_address: ip.parse().ok(),
-                    follow_leader: true,
-                };
-                let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
-                // Half of the reads go to the client's home node only, as a
-                // client reading from its nearest node would: a follower must
-                // refuse a linearizable read, never answer it from local state.
-                let home = Client::with_options(
-                    [endpoints[c % endpoints.len()].clone()],
-                    ClientOptions {
-                        follow_leader: false,
-                        retry_for: Duration::ZERO,
-                        ..opts
-                    },
-                )
-                .expect("client");
+        let mut tasks = Vec::new();
+        for (c, ip) in ips.into_iter().enumerate() {
+            let opts = ClientOptions {
+                request_timeout: Duration::from_millis(1_000),
+                retry_for: Duration::from_millis(2_500),
+                local_address: ip.parse().ok(),
+                follow_leader: true,
+                frames: true,
+            };
+            let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
+            // Half of the reads go to the client's home node only, as a
+            // client reading from its nearest node would: a follower must
+            // refuse a linearizable read, never answer it from local state.
+            let home = Client::with_options(
+                [endpoints[c % endpoints.len()].clone()],
+                ClientOptions {
+                    follow_leader: false,
+                    retry_for: Duration::ZERO,
+                    ..opts
+                },
+            )
+            .expect("client");
+            for j in 0..CLIENTS_PER_HOST {
                 let (recorded, stop) = (recorded.clone(), stop.clone());
-                tokio::spawn(run_client(
-                    c as u32, client, home, seed, epoch, recorded, stop,
-                ))
-            })
-            .collect();
+                tasks.push(tokio::spawn(run_client(
+                    (c * CLIENTS_PER_HOST + j) as u32,
+                    client.clone(),
+                    home.clone(),
+                    seed,
+                    epoch,
+                    recorded,
+                    stop,
+                )));
+            }
+        }
         Workload {
             recorded,
             stop,
