@@ -137,6 +137,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
     let records = pb::in_flight_server::InFlightServer::new(InFlightService::new(
         node.clone(),
+        listeners.signal(),
         o.limits,
         o.retention,
         handoff.clone(),
@@ -144,7 +145,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     .max_decoding_message_size(max_msg.max(16 << 20));
     let cluster =
         pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
-    let peers = pb::raft_server::RaftServer::new(node.peer_service())
+    let peers = pb::raft_server::RaftServer::new(node.peer_service(listeners.signal()))
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
     let mut grpc_stop = listeners.signal();

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::session::{session_stream, SessionStream};
@@ -12,6 +13,7 @@ use crate::codec;
 use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft::{self, leader_clock_ms};
+use crate::shutdown::Shutdown;
 use crate::state::{Action, Applied, Command, Op, RequestTag, Table, TtlChange};
 
 /// A scan page stops once its values reach this many bytes (it always holds
@@ -41,6 +43,9 @@ impl Default for Retention {
 #[derive(Clone)]
 pub struct InFlightService {
     node: raft::Node,
+    /// The listeners' stop signal: long-lived streams (sessions, watches)
+    /// end on it, so that the server's graceful stop can finish.
+    stop: Shutdown,
     limits: Limits,
     retention: Retention,
     handoff: Arc<HandoffState>,
@@ -49,12 +54,14 @@ pub struct InFlightService {
 impl InFlightService {
     pub fn new(
         node: raft::Node,
+        stop: Shutdown,
         limits: Limits,
         retention: Retention,
         handoff: Arc<HandoffState>,
     ) -> Self {
         InFlightService {
             node,
+            stop,
             limits,
             retention,
             handoff,
@@ -380,7 +387,10 @@ impl pb::in_flight_server::InFlight for InFlightService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
         self.limits.prefix("prefix", &r.prefix)?;
-        Ok(Response::new(watch_stream(self.node.table().clone(), r)?))
+        let events = watch_stream(self.node.table().clone(), r)?;
+        Ok(Response::new(Box::pin(
+            events.take_until(self.stop.clone().into_requested()),
+        )))
     }
 
     type SessionStream = SessionStream;
@@ -392,6 +402,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         Ok(Response::new(session_stream(
             self.clone(),
             req.into_inner(),
+            self.stop.clone(),
         )))
     }
 }

@@ -23,6 +23,7 @@ use tonic::{Status, Streaming};
 use super::records::InFlightService;
 use super::ApiError;
 use crate::pb;
+use crate::shutdown::Shutdown;
 use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 
 /// Operations in one frame, at most: a frame is one message, and its
@@ -31,14 +32,24 @@ pub const MAX_FRAME_OPS: usize = 4096;
 
 pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::FrameResult, Status>> + Send>>;
 
-/// Serves one session: reads frames until the client closes its side.
-pub fn session_stream(svc: InFlightService, mut frames: Streaming<pb::Frame>) -> SessionStream {
+/// Serves one session: reads frames until the client closes its side, or,
+/// between two frames, until the node stops (the client then retries the
+/// ops of its next frame on another node).
+pub fn session_stream(
+    svc: InFlightService,
+    mut frames: Streaming<pb::Frame>,
+    mut stop: Shutdown,
+) -> SessionStream {
     // One result queued while the next frame runs; more would only buffer
     // for a client that has stopped reading.
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         loop {
-            let frame = match frames.message().await {
+            let next = tokio::select! {
+                next = frames.message() => next,
+                _ = stop.requested() => return,
+            };
+            let frame = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => {

@@ -256,9 +256,10 @@ impl Node {
         &self.inner.table
     }
 
-    /// The peer RPC service that feeds incoming Raft messages to this node.
-    pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.inner.raft.clone(), self.inner.contact.clone())
+    /// The peer RPC service that feeds incoming Raft messages to this node;
+    /// its replication streams end on `stop`.
+    pub fn peer_service(&self, stop: crate::shutdown::Shutdown) -> PeerService {
+        PeerService::new(self.inner.raft.clone(), self.inner.contact.clone(), stop)
     }
 
     /// Proposes `cmd` through the log and returns what applying it produced.

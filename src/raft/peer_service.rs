@@ -21,6 +21,7 @@ use super::state_machine::decode_snapshot;
 use super::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::codec;
 use crate::pb::{RaftMessage, SnapshotChunk};
+use crate::shutdown::Shutdown;
 
 /// Snapshots larger than this are refused (a peer would have to hold them in memory).
 const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
@@ -28,11 +29,18 @@ const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
 pub struct PeerService {
     raft: Raft,
     contact: Arc<LeaderContact>,
+    /// The listeners' stop signal: replication streams end on it, so that
+    /// the server's graceful stop can finish.
+    stop: Shutdown,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, contact: Arc<LeaderContact>) -> Self {
-        PeerService { raft, contact }
+    pub fn new(raft: Raft, contact: Arc<LeaderContact>, stop: Shutdown) -> Self {
+        PeerService {
+            raft,
+            contact,
+            stop,
+        }
     }
 }
 
@@ -107,7 +115,8 @@ impl crate::pb::raft_server::Raft for PeerService {
                         .map_err(|e| Status::internal(e.to_string()))
                 }
                 Err(fatal) => Err(stopped(fatal)),
-            });
+            })
+            .take_until(self.stop.clone().into_requested());
         Ok(Response::new(Box::pin(output)))
     }
 
