@@ -43,8 +43,8 @@ impl Shutdown {
     /// A future that resolves once shutdown is requested, owning its signal:
     /// for `take_until` on the long-lived response streams, which must end
     /// for a server's graceful stop to finish.
-    pub fn into_requested(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.requested().await }
+    pub async fn into_requested(mut self) {
+        self.requested().await
     }
 
     /// Sleeps for `d`; returns true if shutdown was requested meanwhile.
