@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: a 3-node inflight cluster (disk durability), a
 # 3-node etcd cluster and one Redis server, all on loopback on this machine,
-# driven by the same closed-loop load generator (benches/load) in one run.
-# Writes a markdown report to stdout and to BENCHMARKS.md.
+# driven by the same closed-loop load generator (benches/load) in one run;
+# optionally a second 3-node inflight cluster with memory durability.
+# Writes a markdown report to stdout and to BENCHMARKS.md (or --out).
 #
 # usage: benches/compare.sh [--duration SECS] [--clients N] [--workloads LIST]
 #                           [--connections N] [--records N] [--failover-rounds N]
 #                           [--out FILE]
-#   --workloads  comma-separated subset of insert,update,get,lifecycle,mixed,memory,failover
-#                (default: all)
+#   --workloads  comma-separated subset of (default: all)
+#       insert      new keys, on all three systems; also CPU per insert: the
+#                   three server processes (/proc/PID/stat) plus the load
+#                   generator, for inflight and etcd
+#       update      existing keys, on all three systems
+#       get         inflight linearizable, lease, stale; etcd linearizable,
+#                   serializable; Redis GET
+#       lifecycle   insert, 3 updates, complete, on all three systems
+#       mixed       90% linearizable get, 10% update, on all three systems
+#       single      one client on one connection, one op at a time: insert
+#                   and linearizable get, inflight (disk) and etcd (its leader)
+#       memory-durability
+#                   a second 3-node inflight cluster, --durability memory,
+#                   running those of insert,update,get,lifecycle,mixed that are
+#                   selected (all five if none is); up only for its own runs
+#       memory      memory per record: --records records into inflight and Redis
+#       failover    kill -9 the inflight leader under writes, --failover-rounds times
 #
 # Needs etcd (Debian: etcd-server) and redis-server (Debian: redis-server);
 # installs them with apt-get when run as root, else says what to install.
@@ -20,7 +36,8 @@ ROOT=$PWD
 DURATION=10
 CLIENTS=64
 CONNECTIONS=8
-WORKLOADS=insert,update,get,lifecycle,mixed,memory,failover
+ALL_WORKLOADS=insert,update,get,lifecycle,mixed,single,memory-durability,memory,failover
+WORKLOADS=$ALL_WORKLOADS
 RECORDS=1000000
 ROUNDS=10
 OUT=BENCHMARKS.md
@@ -34,11 +51,23 @@ while [ $# -gt 0 ]; do
         --records) RECORDS=$2; shift 2 ;;
         --failover-rounds) ROUNDS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+for wl in ${WORKLOADS//,/ }; do
+    case ",$ALL_WORKLOADS," in
+        *",$wl,"*) ;;
+        *) echo "compare.sh: unknown workload $wl (one of $ALL_WORKLOADS)" >&2; exit 2 ;;
+    esac
+done
 has() { case ",$WORKLOADS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+# The workloads the memory-durability cluster runs.
+MEM_WORKLOADS=()
+if has memory-durability; then
+    for wl in insert update get lifecycle mixed; do has $wl && MEM_WORKLOADS+=($wl); done
+    [ ${#MEM_WORKLOADS[@]} -gt 0 ] || MEM_WORKLOADS=(insert update get lifecycle mixed)
+fi
 
 # --- prerequisites -----------------------------------------------------------
 missing=()
@@ -63,42 +92,56 @@ LOAD=$ROOT/target/release/inflight-load
 WORK=$(mktemp -d /tmp/inflight-compare.XXXXXX)
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
-PIDS=()
+PIDS=()      # every etcd and Redis process
+ETCD_PIDS=() # the etcd members' pids, in member order (also in PIDS)
 cleanup() {
     # Keep the raw results (JSON per run) for a look after the fact.
     rm -rf "$ROOT/target/compare-last" && cp -r "$RESULTS" "$ROOT/target/compare-last" 2>/dev/null || true
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    for f in "$WORK"/inflight/node-*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
+    # Both inflight clusters (disk: $WORK/inflight, memory: $WORK/inflight-memory).
+    for f in "$WORK"/inflight*/node-*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A block of free loopback ports.
-BASE=$(( 31000 + (RANDOM % 200) * 40 ))
+# A block of free loopback ports: inflight (disk) +1..3 gRPC, +11..13 HTTP;
+# etcd +21..23 client, +31..33 peer; Redis +39; inflight (memory) +41..43
+# gRPC, +51..53 HTTP.
+BASE=$(( 31000 + (RANDOM % 150) * 60 ))
 port() { echo $(( BASE + $1 )); }
 
 # --- inflight: 3 nodes, disk durability, file sink ------------------------------
 # Started through `inflight dev --node ID`, which becomes that node's
 # `inflight serve` with the arguments `dev` gives it (one shared file sink in
-# $WORK/inflight/postflight), so this script builds no serve flags itself and
-# the failover run can kill and restart single nodes by pid.
-IF_EPS=""
-for i in 1 2 3; do
-    IF_EPS="$IF_EPS${IF_EPS:+,}127.0.0.1:$(port $i)"
-done
-mkdir -p "$WORK/inflight"
-cat > "$WORK/inflight/start-node.sh" <<EOF
+# DIR/postflight), so this script builds no serve flags itself, the failover
+# run can kill and restart single nodes by pid, and the pid in DIR/node-ID.pid
+# is the server's own (for its CPU time).
+inflight_cluster() { # dir durability grpc-port http-port: writes dir/start-node.sh
+    local dir=$1 durability=$2 grpc=$3 http=$4
+    mkdir -p "$dir"
+    cat > "$dir/start-node.sh" <<EOF
 #!/usr/bin/env bash
 # Starts (or restarts) inflight node \$1 in the background; its pid goes to node-\$1.pid.
 id=\$1
-setsid "$INFLIGHT" dev --nodes 3 --dir "$WORK/inflight" --durability disk \\
-    --grpc-port $(port 1) --http-port $(port 11) --node "\$id" < /dev/null &
-echo \$! > "$WORK/inflight/node-\$id.pid"
+setsid "$INFLIGHT" dev --nodes 3 --dir "$dir" --durability $durability \\
+    --grpc-port $grpc --http-port $http --node "\$id" < /dev/null &
+echo \$! > "$dir/node-\$id.pid"
 EOF
-chmod +x "$WORK/inflight/start-node.sh"
+    chmod +x "$dir/start-node.sh"
+}
+IF_EPS=""
+IFM_EPS=""
+for i in 1 2 3; do
+    IF_EPS="$IF_EPS${IF_EPS:+,}127.0.0.1:$(port $i)"
+    IFM_EPS="$IFM_EPS${IFM_EPS:+,}127.0.0.1:$(port $((40 + i)))"
+done
+inflight_cluster "$WORK/inflight" disk "$(port 1)" "$(port 11)"
 for i in 1 2 3; do "$WORK/inflight/start-node.sh" $i; done
+# The memory-durability cluster is started only for its own runs (below), so
+# it takes no CPU from the others.
+inflight_cluster "$WORK/inflight-memory" memory "$(port 41)" "$(port 51)"
 
 # --- etcd: 3 members ---------------------------------------------------------
 ETCD_EPS=""
@@ -118,6 +161,7 @@ for i in 1 2 3; do
         --initial-cluster-token inflight-bench --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
         > "$WORK/etcd/e$i.log" 2>&1 < /dev/null &
     PIDS+=($!)
+    ETCD_PIDS+=($!)
 done
 
 # --- Redis: one server, no persistence ----------------------------------------
@@ -131,10 +175,10 @@ wait_until() { # what, command...
     local what=$1; shift
     for _ in $(seq 1 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
     echo "compare.sh: $what did not come up; logs in $WORK" >&2
-    tail -n 20 "$WORK"/inflight/*.log "$WORK"/etcd/*.log "$WORK"/redis.log >&2 || true
+    tail -n 20 "$WORK"/inflight*/*.log "$WORK"/etcd/*.log "$WORK"/redis.log >&2 || true
     exit 1
 }
-inflight_ready() { "$INFLIGHT" --endpoints "$IF_EPS" status --json | python3 -c \
+inflight_ready() { "$INFLIGHT" --endpoints "${1:-$IF_EPS}" status --json | python3 -c \
     'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["leader"] and all(m["reachable"] for m in s["members"]) else 1)'; }
 etcd_ready() { for i in 1 2 3; do curl -sf "http://127.0.0.1:$(port $((20 + i)))/health" | grep -q '"health":"true"' || return 1; done; }
 redis_ready() { redis-cli -p "$REDIS_PORT" ping | grep -q PONG; }
@@ -143,24 +187,137 @@ wait_until "etcd" etcd_ready
 wait_until "redis" redis_ready
 echo "== all three systems are up (work dir $WORK)" >&2
 
-run() { # system endpoints workload read
-    local sys=$1 eps=$2 wl=$3 read=$4
-    echo "== $sys $wl ($read), ${DURATION}s, $CLIENTS clients" >&2
+# run LABEL SYSTEM ENDPOINTS WORKLOAD READ [CLIENTS CONNECTIONS]
+# One load run; its JSON goes to $RESULTS/LABEL-WORKLOAD-READ.json.
+run() {
+    local label=$1 sys=$2 eps=$3 wl=$4 read=$5 clients=${6:-$CLIENTS} conns=${7:-$CONNECTIONS}
+    echo "== $label $wl ($read), ${DURATION}s, $clients clients, $conns connections" >&2
     "$LOAD" run --system "$sys" --endpoints "$eps" --workload "$wl" --read "$read" \
-        --clients "$CLIENTS" --connections "$CONNECTIONS" --duration "${DURATION}s" \
-        --json "$RESULTS/$sys-$wl-$read.json" > /dev/null
+        --clients "$clients" --connections "$conns" --duration "${DURATION}s" \
+        --json "$RESULTS/$label-$wl-$read.json" > /dev/null
 }
 
-for wl in insert update lifecycle mixed; do
+# --- CPU time of server processes ----------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+ticks() { # pid: its utime + stime so far (fields 14 and 15 of /proc/PID/stat), in clock ticks
+    local stat
+    stat=$(cat "/proc/$1/stat") || return 1
+    # Field 2 is "(comm)" and may hold spaces: split what follows its ")".
+    # There, field 3 (state) comes first, so utime is the 12th and stime the 13th.
+    stat=${stat##*) }
+    set -- $stat
+    echo $(( ${12} + ${13} ))
+}
+expect_comm() { # pid name what: the process must be running the named program
+    local comm
+    comm=$(cat "/proc/$1/comm" 2>/dev/null || echo gone)
+    [ "$comm" = "$2" ] && return 0
+    echo "compare.sh: $3 has pid $1, which is '$comm', not $2: cannot measure its CPU" >&2
+    exit 1
+}
+inflight_procs() { # dir: "node-ID=PID" for the cluster's three servers
+    local dir=$1 i pid
+    for i in 1 2 3; do
+        pid=$(cat "$dir/node-$i.pid")
+        expect_comm "$pid" inflight "inflight node $i ($dir)"
+        echo "node-$i=$pid"
+    done
+}
+etcd_procs() {
+    local i
+    for i in 1 2 3; do
+        expect_comm "${ETCD_PIDS[$((i - 1))]}" etcd "etcd member e$i"
+        echo "e$i=${ETCD_PIDS[$((i - 1))]}"
+    done
+}
+# cpu_run LABEL SYSTEM ENDPOINTS NAME=PID... : the insert run of LABEL, with
+# the CPU ticks each listed server process spent during it written to
+# $RESULTS/cpu-LABEL-insert.json (the load generator's own CPU is in the run's JSON).
+cpu_run() {
+    local label=$1 sys=$2 eps=$3; shift 3
+    local procs=("$@") before=() after=() p i json sep=""
+    for p in "${procs[@]}"; do before+=("$(ticks "${p#*=}")"); done
+    run "$label" "$sys" "$eps" insert linearizable
+    for p in "${procs[@]}"; do after+=("$(ticks "${p#*=}")"); done
+    json="{\"system\":\"$label\",\"workload\":\"insert\",\"clk_tck\":$CLK_TCK,\"processes\":["
+    for i in "${!procs[@]}"; do
+        p=${procs[$i]}
+        json="$json$sep{\"name\":\"${p%%=*}\",\"pid\":${p#*=},\"ticks\":$(( after[i] - before[i] ))}"
+        sep=,
+    done
+    echo "$json]}" > "$RESULTS/cpu-$label-insert.json"
+}
+
+if has insert; then
+    mapfile -t IF_PROCS < <(inflight_procs "$WORK/inflight")
+    mapfile -t ETCD_PROCS < <(etcd_procs)
+    [ ${#IF_PROCS[@]} -eq 3 ] && [ ${#ETCD_PROCS[@]} -eq 3 ] || exit 1
+    cpu_run inflight inflight "$IF_EPS" "${IF_PROCS[@]}"
+    cpu_run etcd etcd "$ETCD_EPS" "${ETCD_PROCS[@]}"
+    run redis redis "$REDIS_EP" insert linearizable
+fi
+for wl in update lifecycle mixed; do
     has $wl || continue
-    run inflight "$IF_EPS" $wl linearizable
-    run etcd "$ETCD_EPS" $wl linearizable
-    run redis "$REDIS_EP" $wl linearizable
+    run inflight inflight "$IF_EPS" $wl linearizable
+    run etcd etcd "$ETCD_EPS" $wl linearizable
+    run redis redis "$REDIS_EP" $wl linearizable
 done
 if has get; then
-    for r in linearizable lease stale; do run inflight "$IF_EPS" get $r; done
-    for r in linearizable serializable; do run etcd "$ETCD_EPS" get $r; done
-    run redis "$REDIS_EP" get linearizable
+    for r in linearizable lease stale; do run inflight inflight "$IF_EPS" get $r; done
+    for r in linearizable serializable; do run etcd etcd "$ETCD_EPS" get $r; done
+    run redis redis "$REDIS_EP" get linearizable
+fi
+
+if has single; then
+    # One client on one connection. inflight's client finds the leader itself;
+    # etcd's connection goes to the member that leads now, so that neither
+    # pays a forwarding hop (etcd's best case).
+    ETCD_LEADER_EP=$(python3 - "$ETCD_EPS" <<'EOF' || true
+import json, sys, urllib.request
+for ep in sys.argv[1].split(","):
+    try:
+        req = urllib.request.Request(f"http://{ep}/v3/maintenance/status", data=b"{}", method="POST")
+        s = json.load(urllib.request.urlopen(req, timeout=3))
+    except Exception:
+        continue
+    if s.get("leader") and s["leader"] == s.get("header", {}).get("member_id"):
+        print(ep)
+        break
+EOF
+)
+    if [ -z "$ETCD_LEADER_EP" ]; then
+        echo "compare.sh: could not find etcd's leader; the one-client etcd runs use member 1" >&2
+        ETCD_LEADER_EP=${ETCD_EPS%%,*}
+        leader=false
+    else
+        leader=true
+    fi
+    echo "{\"etcd_endpoint\":\"$ETCD_LEADER_EP\",\"etcd_leader\":$leader}" > "$RESULTS/single.json"
+    for wl in insert get; do
+        run single-inflight inflight "$IF_EPS" $wl linearizable 1 1
+        run single-etcd etcd "$ETCD_LEADER_EP" $wl linearizable 1 1
+    done
+fi
+
+if [ ${#MEM_WORKLOADS[@]} -gt 0 ]; then
+    echo "== starting the memory-durability inflight cluster" >&2
+    for i in 1 2 3; do "$WORK/inflight-memory/start-node.sh" $i; done
+    wait_until "inflight (memory durability)" inflight_ready "$IFM_EPS"
+    for wl in "${MEM_WORKLOADS[@]}"; do
+        case $wl in
+            insert)
+                mapfile -t IFM_PROCS < <(inflight_procs "$WORK/inflight-memory")
+                [ ${#IFM_PROCS[@]} -eq 3 ] || exit 1
+                cpu_run inflight-memory inflight "$IFM_EPS" "${IFM_PROCS[@]}" ;;
+            get) for r in linearizable lease stale; do run inflight-memory inflight "$IFM_EPS" get $r; done ;;
+            *) run inflight-memory inflight "$IFM_EPS" $wl linearizable ;;
+        esac
+    done
+    echo "== stopping the memory-durability inflight cluster" >&2
+    for f in "$WORK"/inflight-memory/node-*.pid; do
+        kill -9 "$(cat "$f")" 2>/dev/null || true
+        rm -f "$f"
+    done
 fi
 
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
@@ -208,6 +365,7 @@ MODEL=$(lscpu | sed -n 's/^Model name: *//p' | sed -n 1p)
 MACHINE="$(nproc) cores ($MODEL), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 python3 "$ROOT/benches/report.py" "$RESULTS" \
     --command "$COMMAND" --machine "$MACHINE" --duration "$DURATION" --clients "$CLIENTS" \
-    --connections "$CONNECTIONS" --versions "inflight $INFLIGHT_VERSION; $ETCD_VERSION; Redis $REDIS_VERSION" \
+    --connections "$CONNECTIONS" --cores "$(nproc)" \
+    --versions "inflight $INFLIGHT_VERSION; $ETCD_VERSION; Redis $REDIS_VERSION" \
     | tee "$OUT"
 echo "== wrote $OUT" >&2

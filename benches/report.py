@@ -2,7 +2,15 @@
 """Turns the JSON results of one benches/compare.sh run into BENCHMARKS.md.
 
 usage: report.py RESULTS_DIR --command CMD --machine TEXT --versions TEXT
-                 --duration S --clients N --connections N
+                 --duration S --clients N --connections N [--cores N]
+
+Files read from RESULTS_DIR (each optional; what is missing is left out):
+  SYSTEM-WORKLOAD-READ.json          inflight-load runs; SYSTEM is inflight
+                                     (disk), inflight-memory, etcd or redis
+  single-SYSTEM-WORKLOAD-READ.json   one client, one connection (inflight, etcd)
+  single.json                        which etcd member the one-client runs used
+  cpu-SYSTEM-insert.json             server CPU ticks during that insert run
+  memory-*.json, fill-*.json, failover.json
 """
 import argparse
 import datetime
@@ -45,6 +53,35 @@ def errors(*rs):
     return notes
 
 
+def p50(r):
+    return r["latency_ms"]["p50"]
+
+
+def cpu(results, label):
+    """CPU spent in LABEL's insert run: servers (from /proc/PID/stat) and the
+    load generator (getrusage around its timed loop), or None."""
+    c = load(results, f"cpu-{label}-insert.json")
+    r = load(results, f"{label}-insert-linearizable.json")
+    if not c or not r or "cpu_s" not in r:
+        return None
+    procs = [(p["name"], p["ticks"] / c["clk_tck"]) for p in c["processes"]]
+    servers = sum(s for _, s in procs)
+    client = r["cpu_s"]["total"]
+    total = servers + client
+    n = r["ops"]
+    return {
+        "procs": procs,
+        "servers_s": servers,
+        "client_s": client,
+        "total_s": total,
+        "inserts": n,
+        "duration_s": r["duration_s"],
+        "us_per_insert": total / n * 1e6 if n else None,
+        "servers_us": servers / n * 1e6 if n else None,
+        "client_us": client / n * 1e6 if n else None,
+    }
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("results")
@@ -54,18 +91,27 @@ def main():
     p.add_argument("--duration", required=True)
     p.add_argument("--clients", required=True)
     p.add_argument("--connections", required=True)
+    p.add_argument("--cores", type=int, default=None)
     a = p.parse_args()
     R = lambda n: load(a.results, n)  # noqa: E731
 
-    rows = [
-        ("insert (new keys)", R("inflight-insert-linearizable.json"), R("etcd-insert-linearizable.json"), R("redis-insert-linearizable.json")),
-        ("update (existing keys)", R("inflight-update-linearizable.json"), R("etcd-update-linearizable.json"), R("redis-update-linearizable.json")),
-        ("get, linearizable (Redis: GET)", R("inflight-get-linearizable.json"), R("etcd-get-linearizable.json"), R("redis-get-linearizable.json")),
-        ("get, lease (etcd: serializable)", R("inflight-get-lease.json"), R("etcd-get-serializable.json"), R("redis-get-linearizable.json")),
-        ("get, stale (etcd: serializable)", R("inflight-get-stale.json"), R("etcd-get-serializable.json"), R("redis-get-linearizable.json")),
-        ("lifecycle (insert, 3 updates, complete)", R("inflight-lifecycle-linearizable.json"), R("etcd-lifecycle-linearizable.json"), R("redis-lifecycle-linearizable.json")),
-        ("mixed (90% linearizable get, 10% update)", R("inflight-mixed-linearizable.json"), R("etcd-mixed-linearizable.json"), R("redis-mixed-linearizable.json")),
+    # (workload, inflight run, etcd run, Redis run): file names without the
+    # system prefix.
+    spec = [
+        ("insert (new keys)", "insert-linearizable", "insert-linearizable", "insert-linearizable"),
+        ("update (existing keys)", "update-linearizable", "update-linearizable", "update-linearizable"),
+        ("get, linearizable (Redis: GET)", "get-linearizable", "get-linearizable", "get-linearizable"),
+        ("get, lease (etcd: serializable)", "get-lease", "get-serializable", "get-linearizable"),
+        ("get, stale (etcd: serializable)", "get-stale", "get-serializable", "get-linearizable"),
+        ("lifecycle (insert, 3 updates, complete)", "lifecycle-linearizable", "lifecycle-linearizable", "lifecycle-linearizable"),
+        ("mixed (90% linearizable get, 10% update)", "mixed-linearizable", "mixed-linearizable", "mixed-linearizable"),
     ]
+    rows = [(name, R(f"inflight-{i}.json"), R(f"inflight-memory-{i}.json"), R(f"etcd-{e}.json"), R(f"redis-{r}.json"))
+            for name, i, e, r in spec]
+    any_memory = any(m for _, _, m, _, _ in rows)
+    single = {(sys, wl): R(f"single-{sys}-{wl}-linearizable.json") for sys in ("inflight", "etcd") for wl in ("insert", "get")}
+    single_info = R("single.json")
+    cpus = {label: cpu(a.results, label) for label in ("inflight", "etcd", "inflight-memory")}
     out = []
     w = out.append
     w("# Benchmarks: inflight against etcd and Redis")
@@ -77,6 +123,9 @@ def main():
     w(f"- Versions: {a.versions}")
     w("- inflight: 3 nodes, `--durability disk` (vote and log fsynced before they count), default file sink; "
       "etcd: 3 members, default settings; Redis: one server, `--save '' --appendonly no`.")
+    if any_memory:
+        w("- inflight (memory): a second 3-node inflight cluster, `--durability memory` (nothing on disk), "
+          "up only during its own runs; its rows are for information, every target is measured on the disk cluster.")
     w(f"- Load: `benches/load` (`inflight-load`), closed loop, {a.clients} clients over {a.connections} connections, "
       f"{a.duration} s per run, 256-byte values, 38-byte keys. Latencies in ms. "
       "On etcd and Redis, insert and update are a plain put/SET, complete is a delete.")
@@ -84,12 +133,18 @@ def main():
     w("| workload | inflight ops/s | p50 | p99 | p99.9 | etcd ops/s | p99 | Redis ops/s | p99 | inflight/etcd | inflight/Redis |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     notes = []
-    for name, i, e, r in rows:
-        if not (i or e or r):
-            continue
-        w(f"| {name} | {ops(i)} | {lat(i, 'p50')} | {lat(i, 'p99')} | {lat(i, 'p999')} | {ops(e)} | {lat(e, 'p99')} "
-          f"| {ops(r)} | {lat(r, 'p99')} | {fmt_ratio(ratio(i, e))} | {fmt_ratio(ratio(i, r))} |")
-        notes += [f"{name}: {n}" for n in errors(i, e, r)]
+    for name, i, m, e, r in rows:
+        if i or e or r:
+            w(f"| {name} | {ops(i)} | {lat(i, 'p50')} | {lat(i, 'p99')} | {lat(i, 'p999')} | {ops(e)} | {lat(e, 'p99')} "
+              f"| {ops(r)} | {lat(r, 'p99')} | {fmt_ratio(ratio(i, e))} | {fmt_ratio(ratio(i, r))} |")
+            notes += [f"{name}: {n}" for n in errors(i, e, r)]
+        if m:
+            # etcd and Redis as in the row above; the ratios are against them.
+            w(f"| ↳ same, inflight (memory) | {ops(m)} | {lat(m, 'p50')} | {lat(m, 'p99')} | {lat(m, 'p999')} | | "
+              f"| | | {fmt_ratio(ratio(m, e))} | {fmt_ratio(ratio(m, r))} |")
+            notes += [f"{name}, inflight (memory): {n}" for n in errors(m)]
+    for (sys, wl), r in single.items():
+        notes += [f"one client, {wl}: {n}" for n in errors(r)]
     if notes:
         w("")
         w("Errors during the runs:")
@@ -109,18 +164,40 @@ def main():
             p = i["latency_ms"]["p99"] / e["latency_ms"]["p99"] if e["latency_ms"]["p99"] else None
             if p is not None:
                 target(f"{label} p99", f"{p:.2f}× etcd's ({i['latency_ms']['p99']:.2f} vs {e['latency_ms']['p99']:.2f} ms)", "≤ 0.25×", p <= 0.25)
-    i, e = R("inflight-get-linearizable.json"), R("etcd-get-linearizable.json")
-    if i and e:
-        x = ratio(i, e)
-        target("linearizable get", f"{x:.2f}× etcd linearizable range", "≥ 10×", x >= 10)
-    i, r = R("inflight-get-stale.json"), R("redis-get-linearizable.json")
-    if i and r:
-        x = ratio(i, r)
-        target("stale get", f"{x:.2f}× Redis GET", "≥ 0.5×", x >= 0.5)
     i, e = R("inflight-lifecycle-linearizable.json"), R("etcd-lifecycle-linearizable.json")
     if i and e:
         x = ratio(i, e)
         target("lifecycle", f"{x:.2f}× etcd", "≥ 8×", x >= 8)
+    i, e = R("inflight-get-linearizable.json"), R("etcd-get-linearizable.json")
+    if i and e:
+        x = ratio(i, e)
+        target("linearizable get", f"{x:.2f}× etcd linearizable range", "≥ 10×", x >= 10)
+    i, e = R("inflight-get-lease.json"), R("etcd-get-serializable.json")
+    if i and e:
+        x = ratio(i, e)
+        target("lease get", f"{x:.2f}× etcd serializable range", "≥ 10×", x >= 10)
+    i, r = R("inflight-get-stale.json"), R("redis-get-linearizable.json")
+    if i and r:
+        x = ratio(i, r)
+        target("stale get", f"{x:.2f}× Redis GET", "≥ 0.5×", x >= 0.5)
+    i, e = R("inflight-mixed-linearizable.json"), R("etcd-mixed-linearizable.json")
+    if i and e:
+        x = ratio(i, e)
+        target("mixed 90/10", f"{x:.2f}× etcd", "≥ 8×", x >= 8)
+    i, e = single[("inflight", "insert")], single[("etcd", "insert")]
+    if i and e and p50(e):
+        x = p50(i) / p50(e)
+        target("one client: write p50", f"{p50(i):.2f} vs etcd put {p50(e):.2f} ms ({x:.2f}×)", "≤ etcd's (≤ 1×)", x <= 1)
+    i, e = single[("inflight", "get")], single[("etcd", "get")]
+    if i and e and p50(e):
+        x = p50(i) / p50(e)
+        target("one client: linearizable get p50", f"{p50(i):.2f} vs etcd linearizable range {p50(e):.2f} ms ({x:.2f}×)",
+               "≤ ½ etcd's (≤ 0.5×)", x <= 0.5)
+    ci, ce = cpus["inflight"], cpus["etcd"]
+    if ci and ce and ci["us_per_insert"] and ce["us_per_insert"]:
+        x = ci["us_per_insert"] / ce["us_per_insert"]
+        target("CPU per write", f"{ci['us_per_insert']:.0f} vs etcd {ce['us_per_insert']:.0f} CPU-µs per insert ({x:.2f}×)",
+               "none (shown)", None)
 
     mi, mr = R("memory-inflight.json"), R("memory-redis.json")
     mem_lines = []
@@ -148,13 +225,60 @@ def main():
         fo_lines.append(f"kill -9 of the leader under write load, {fo['rounds']} times; time from the kill to the first "
                         "successful write started after it (ms): " + ", ".join(f"{x:.0f}" for x in fo["outage_ms"]))
 
+    if any(single.values()):
+        w("")
+        w("## One client, one operation at a time")
+        w("")
+        where = ""
+        if single_info:
+            where = (" etcd's connection went to its leader."
+                     if single_info.get("etcd_leader") else
+                     " etcd's connection went to member 1 (its leader could not be found).")
+        w(f"`--clients 1 --connections 1`, {a.duration} s per run; the inflight cluster is the disk one. "
+          f"Latencies in ms.{where}")
+        w("")
+        w("| operation | inflight p50 | p99 | ops/s | etcd p50 | p99 | ops/s | inflight/etcd p50 |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for wl, name in (("insert", "insert (etcd: put)"), ("get", "linearizable get (etcd: linearizable range)")):
+            i, e = single[("inflight", wl)], single[("etcd", wl)]
+            if not (i or e):
+                continue
+            w(f"| {name} | {lat(i, 'p50')} | {lat(i, 'p99')} | {ops(i)} | {lat(e, 'p50')} | {lat(e, 'p99')} | {ops(e)} "
+              f"| {fmt_ratio(ratio(i, e, key=p50))} |")
+    if any(cpus.values()):
+        w("")
+        w("## CPU per insert")
+        w("")
+        w(f"In the insert runs above ({a.clients} clients, {a.connections} connections): user + system CPU of the "
+          "three server processes (`/proc/PID/stat`, before and after the run) and of the load generator "
+          "(`getrusage` around its timed loop), divided by the inserts done."
+          + (f" The machine has {a.cores} cores, {a.cores * float(a.duration):.0f} core-seconds per run." if a.cores else ""))
+        w("")
+        w("| system | inserts | server CPU s (each) | load generator CPU s | total CPU s | servers µs/insert "
+          "| load generator µs/insert | **CPU-µs per insert** |")
+        w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        for label, name in (("inflight", "inflight (disk)"), ("etcd", "etcd"), ("inflight-memory", "inflight (memory)")):
+            c = cpus[label]
+            if not c:
+                continue
+            each = ", ".join(f"{s:.2f}" for _, s in c["procs"])
+            us = lambda x: "–" if x is None else f"{x:.0f}"  # noqa: E731
+            w(f"| {name} | {c['inserts']:,} | {each} | {c['client_s']:.2f} | {c['total_s']:.2f} | {us(c['servers_us'])} "
+              f"| {us(c['client_us'])} | **{us(c['us_per_insert'])}** |")
+        ci, ce = cpus["inflight"], cpus["etcd"]
+        if ci and ce and ci["us_per_insert"] and ce["us_per_insert"]:
+            w("")
+            w(f"inflight (disk) spends {ci['us_per_insert'] / ce['us_per_insert']:.2f}× etcd's CPU per insert.")
     w("")
     w("## Targets")
+    w("")
+    w("All ratios are from this one run; inflight is the disk-durability cluster.")
     w("")
     w("| target | measured | goal | met |")
     w("| --- | --- | --- | --- |")
     for name, value, goal, ok in targets:
-        w(f"| {name} | {value} | {goal} | {'yes' if ok else '**no**'} |")
+        met = "–" if ok is None else "yes" if ok else "**no**"
+        w(f"| {name} | {value} | {goal} | {met} |")
     if mem_lines:
         w("")
         w("## Memory")

@@ -81,7 +81,8 @@ async fn sigterm_on_the_leader_hands_leadership_over_joins_its_tasks_and_fails_n
     }
     let failed = failed.lock().clone();
     assert!(failed.is_empty(), "writes failed: {failed:?}");
-    for key in acked.lock().iter() {
+    let acked = acked.lock().clone();
+    for key in &acked {
         client
             .get(key, Consistency::Linearizable)
             .await

@@ -5,7 +5,8 @@
 //! answer, and sends the next, for `--duration`. Workers share
 //! `--connections` connections. Latency is recorded per operation (for
 //! `lifecycle`, per whole lifecycle) in an HDR histogram; the result is one
-//! JSON object (ops/s, p50, p99, p99.9, errors) on stdout or in `--json`.
+//! JSON object (ops/s, p50, p99, p99.9, errors, and the CPU time this process
+//! spent in the timed loop) on stdout or in `--json`.
 
 mod failover;
 mod targets;
@@ -105,6 +106,9 @@ struct FillArgs {
     records: usize,
 }
 
+/// Workers that preload the keys of update, get and mixed (at least).
+const PRELOAD_WORKERS: usize = 64;
+
 /// A key of 38 bytes, unique to this run (`nonce`) and `n`.
 fn key(prefix: &str, nonce: u32, n: u64) -> String {
     let width = 38 - prefix.len() - 1;
@@ -196,9 +200,11 @@ async fn run(a: RunArgs) -> anyhow::Result<serde_json::Value> {
         a.workload,
         Workload::Update | Workload::Get | Workload::Mixed
     ) {
+        // Preloading is not measured: at least PRELOAD_WORKERS in flight, so
+        // that a one-client run does not insert its keys one at a time.
         preload(
             &conns,
-            c.clients,
+            c.clients.max(PRELOAD_WORKERS),
             "bench",
             nonce,
             a.keys,
@@ -209,6 +215,7 @@ async fn run(a: RunArgs) -> anyhow::Result<serde_json::Value> {
     }
     let ops = Arc::new(AtomicU64::new(0));
     let next_key = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_time()?;
     let started = Instant::now();
     let deadline = started + a.duration;
     let bar = progress(c.quiet, a.duration.as_secs().max(1), "run");
@@ -294,6 +301,7 @@ async fn run(a: RunArgs) -> anyhow::Result<serde_json::Value> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_time()?;
     ticker.abort();
     bar.finish_and_clear();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
@@ -309,6 +317,12 @@ async fn run(a: RunArgs) -> anyhow::Result<serde_json::Value> {
         "errors": errors,
         "first_error": first_error,
         "ops_per_sec": hist.len() as f64 / elapsed,
+        // CPU this process spent in the timed loop (all threads), seconds.
+        "cpu_s": {
+            "user": cpu_after.user - cpu_before.user,
+            "system": cpu_after.system - cpu_before.system,
+            "total": cpu_after.total() - cpu_before.total(),
+        },
         "latency_ms": {
             "p50": ms(0.50),
             "p99": ms(0.99),
@@ -317,6 +331,36 @@ async fn run(a: RunArgs) -> anyhow::Result<serde_json::Value> {
             "mean": hist.mean() / 1000.0,
         },
     }))
+}
+
+/// CPU time used so far by this process (every thread), in seconds.
+#[derive(Clone, Copy)]
+struct CpuTime {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTime {
+    fn total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+fn cpu_time() -> anyhow::Result<CpuTime> {
+    // SAFETY: rusage is plain data (all zeros is a valid value) and
+    // getrusage only writes into the struct we hand it.
+    let (rc, ru) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut ru), ru)
+    };
+    if rc != 0 {
+        anyhow::bail!("getrusage: {}", std::io::Error::last_os_error());
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(CpuTime {
+        user: secs(ru.ru_utime),
+        system: secs(ru.ru_stime),
+    })
 }
 
 async fn lifecycle(conn: &mut Conn, key: &str, size: usize, n: u64) -> anyhow::Result<()> {
