@@ -201,18 +201,30 @@ impl Client {
                 })
                 .await;
         }
-        self.retrying_at(Route::Leader, |target| {
+        self.framed(Route::Leader, op, |r| match r {
+            pb::op_result::Result::Mutation(m) => Some(m),
+            _ => None,
+        })
+        .await
+    }
+
+    /// One op in its target's next frame, retried like a unary call;
+    /// `answer` picks the expected kind of result out of the op's outcome.
+    async fn framed<T>(
+        &self,
+        route: Route,
+        op: pb::frame_op::Op,
+        answer: fn(pb::op_result::Result) -> Option<T>,
+    ) -> Result<T> {
+        self.retrying_at(route, |target| {
             let session = self.session(target);
             let op = pb::FrameOp {
                 op: Some(op.clone()),
             };
             async move {
-                match session?.call(op).await? {
-                    pb::op_result::Result::Mutation(m) => Ok(m),
-                    _ => Err(Status::internal(
-                        "session: a mutation was answered with another kind of result",
-                    )),
-                }
+                answer(session?.call(op).await?).ok_or_else(|| {
+                    Status::internal("session: an op was answered with another kind of result")
+                })
             }
         })
         .await
@@ -449,19 +461,9 @@ impl Client {
                 })
                 .await;
         }
-        self.retrying_at(route, |target| {
-            let session = self.session(target);
-            let op = pb::FrameOp {
-                op: Some(pb::frame_op::Op::Get(req.clone())),
-            };
-            async move {
-                match session?.call(op).await? {
-                    pb::op_result::Result::Get(g) => Ok(g),
-                    _ => Err(Status::internal(
-                        "session: a get was answered with another kind of result",
-                    )),
-                }
-            }
+        self.framed(route, pb::frame_op::Op::Get(req), |r| match r {
+            pb::op_result::Result::Get(g) => Some(g),
+            _ => None,
         })
         .await
     }

@@ -64,6 +64,28 @@ fn normal(index: u64, key: &str) -> Entry {
     )
 }
 
+/// Appends one entry (key `key-<i>-xxx…`, about 110 bytes) at index `i` and
+/// waits for the writer's answer.
+fn append_padded(wal: &Wal, i: u64) -> std::io::Result<()> {
+    append_entry(
+        wal,
+        i,
+        &normal(i, &format!("key-{i:04}-{}", "x".repeat(100))),
+    )
+}
+
+/// Appends `e` at index `i` and waits for the writer's answer.
+fn append_entry(wal: &Wal, i: u64, e: &Entry) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    wal.append(
+        super::wal::entry_frames([e]).unwrap(),
+        i,
+        Box::new(move |r| tx.send(r).unwrap()),
+    )
+    .unwrap();
+    rx.recv().unwrap()
+}
+
 async fn append(log: &mut LogStore, entries: Vec<Entry>) {
     log.blocking_append(entries).await.expect("append flushed");
 }
@@ -257,26 +279,13 @@ async fn segments_rotate_and_fully_purged_ones_are_removed() {
         let (wal, rec) = Wal::open(&wal_dir, 4096).unwrap();
         assert!(rec.entries.is_empty());
         for i in 1..=200u64 {
-            let e = normal(i, &format!("key-{i:04}-{}", "x".repeat(100)));
-            let frames = super::wal::entry_frames([&e]).unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            wal.append(frames, i, Box::new(move |r| tx.send(r).unwrap()))
-                .unwrap();
-            rx.recv().unwrap().unwrap();
+            append_padded(&wal, i).unwrap();
         }
         let before = std::fs::read_dir(&wal_dir).unwrap().count();
         assert!(before > 3, "4 KiB segments rotated: {before}");
         wal.purge(log_id::<TypeConfig>(1, 1, 150)).unwrap();
         // One more write drives the maintenance that follows it.
-        let e = normal(201, "last");
-        let (tx, rx) = std::sync::mpsc::channel();
-        wal.append(
-            super::wal::entry_frames([&e]).unwrap(),
-            201,
-            Box::new(move |r| tx.send(r).unwrap()),
-        )
-        .unwrap();
-        rx.recv().unwrap().unwrap();
+        append_entry(&wal, 201, &normal(201, "last")).unwrap();
         drop(wal);
         let after = std::fs::read_dir(&wal_dir).unwrap().count();
         assert!(
@@ -297,15 +306,7 @@ async fn damage_before_the_last_segment_refuses_to_start() {
     {
         let (wal, _) = Wal::open(&wal_dir, 4096).unwrap();
         for i in 1..=100u64 {
-            let e = normal(i, &format!("key-{i:04}-{}", "x".repeat(100)));
-            let (tx, rx) = std::sync::mpsc::channel();
-            wal.append(
-                super::wal::entry_frames([&e]).unwrap(),
-                i,
-                Box::new(move |r| tx.send(r).unwrap()),
-            )
-            .unwrap();
-            rx.recv().unwrap().unwrap();
+            append_padded(&wal, i).unwrap();
         }
     }
     let mut segs: Vec<_> = std::fs::read_dir(&wal_dir)
@@ -334,17 +335,7 @@ async fn damage_before_the_last_segment_refuses_to_start() {
 async fn failed_segment_rotation_is_retried_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let wal_dir = dir.path().join("wal");
-    let write = |wal: &Wal, i: u64| {
-        let e = normal(i, &format!("key-{i:04}-{}", "x".repeat(100)));
-        let (tx, rx) = std::sync::mpsc::channel();
-        wal.append(
-            super::wal::entry_frames([&e]).unwrap(),
-            i,
-            Box::new(move |r| tx.send(r).unwrap()),
-        )
-        .unwrap();
-        rx.recv().unwrap()
-    };
+    let write = append_padded;
     {
         let (wal, _) = Wal::open(&wal_dir, 4096).unwrap();
         // Block the name the next segment is built under: a directory cannot
