@@ -1,20 +1,31 @@
 //! inflight: a Raft-replicated, in-memory store for the live state of
 //! operations that are still running.
 //!
-//! Data flows one way through the modules:
+//! Data flows one way through the modules (an arrow means "calls into"):
 //!
 //! ```text
-//! client / cli ──► api ──► raft ──► state
-//!                   ▲
-//!                 http (reads status)
+//!   cli ──► client ─ ─ ─(gRPC: pb, wire)─ ─ ─►  api ──────┐
+//!    │                                           │        │
+//!    └──► node (wires a server process)          ▼        ▼
+//!          │                         duties ──► raft ──► state
+//!          ├─► http ──► api (status)    │                   ▲
+//!          │                            └──► handoff ───────┘
+//!          └─► shutdown (owns every task)     (sinks, documents)
 //! ```
 //!
-//! - [`api`]: the gRPC services, request validation, error → status mapping.
-//! - [`raft`]: openraft glue: log storage, peer network, snapshots, bootstrap.
-//! - [`state`]: the deterministic state machine (records, apply).
-//! - [`client`]: the Rust client library (leader discovery, retries).
+//! - [`state`]: the deterministic state machine (`Table`, commands, apply).
+//! - [`raft`]: consensus; [`raft::Node`] is the one way in (`propose`,
+//!   `read_barrier`, `is_leader`, `status`), openraft stays inside.
+//! - [`api`]: the gRPC services (unary calls and the batching session),
+//!   request validation, the one error → status mapping.
+//! - [`duties`]: what a node does besides answering: expiry and hand-off (on
+//!   the leader), compaction (everywhere); the other proposers beside `api`.
+//! - [`handoff`]: the sinks, the post-flight document, hand-off stats.
+//! - [`client`]: the Rust client library (frames, leader discovery,
+//!   retries); it shares only [`pb`] and [`wire`] with the server.
 //! - [`cli`]: the `inflight` command line.
-//! - [`node`]: one server process: wires the above together.
+//! - [`node`]: one server process; [`shutdown`]: its tasks and their order of
+//!   stopping; [`http`]: the operator port.
 //! - [`codec`]: the single place bytes are encoded and decoded.
 //! - [`metrics`]: the Prometheus registry (`/metrics`).
 
