@@ -2,13 +2,16 @@
 //!
 //! A `Client` holds a list of endpoints and remembers which one is the leader.
 //! Mutations and LINEARIZABLE/LEASE reads go to the leader if one is known,
-//! else to the next endpoint in turn; STALE reads go to the endpoints in
-//! turn, so followers share that load. When a node answers `UNAVAILABLE` with
-//! the leader's address in `x-inflight-leader`, the client follows it at once;
-//! when a node is down, drops the connection mid-call, times out or knows no
-//! leader, the client tries the next endpoint after an exponential backoff
-//! with jitter, until
-//! `ClientOptions::retry_for` has passed. Other errors return at once.
+//! else to the next endpoint in turn. STALE reads and watches go to the
+//! client's current endpoint (its first, until that one fails), so that they
+//! share frames; give the `Client`s of different processes their endpoints
+//! in different orders to spread STALE reads over the followers (with
+//! `frames: false` they rotate over the endpoints call by call). When a node
+//! answers `UNAVAILABLE` with the leader's address in `x-inflight-leader`,
+//! the client follows it at once; when a node is down, drops the connection
+//! mid-call, times out or knows no leader, the client tries the next endpoint
+//! after an exponential backoff with jitter, until `ClientOptions::retry_for`
+//! has passed. Other errors return at once.
 //!
 //! Every mutation carries a request id: the caller's, or a time-ordered
 //! UUIDv7 made at the first attempt. Retries (after a timeout, a leader
@@ -237,9 +240,14 @@ impl Client {
             }
         }
         let n = self.inner.endpoints.len();
+        // With frames, calls for any node stay on the current endpoint (until
+        // it fails) so that they share its frames: spreading them over every
+        // node would split each frame three ways. Unary calls rotate.
         let i = match route {
-            Route::Leader => self.inner.next.load(Ordering::Relaxed),
-            Route::Any => self.inner.next.fetch_add(1, Ordering::Relaxed),
+            Route::Any if !self.inner.opts.frames => {
+                self.inner.next.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => self.inner.next.load(Ordering::Relaxed),
         };
         self.inner.endpoints[i % n].clone()
     }
