@@ -424,7 +424,10 @@ mod tests {
         assert_eq!(body.records, vec![("k".to_string(), record)]);
         assert_eq!(body.requests.len(), 1);
         let r = &body.requests[0];
-        assert_eq!((r.id.as_str(), r.fingerprint, r.at_ms, r.revision), ("r", 5, 20, 7));
+        assert_eq!(
+            (r.id.as_str(), r.fingerprint, r.at_ms, r.revision),
+            ("r", 5, 20, 7)
+        );
         assert_eq!(
             r.answer,
             Ok(vec![Receipt {

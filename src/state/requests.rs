@@ -147,9 +147,7 @@ impl RequestTable {
     ) -> Result<(), Rejection> {
         while self.bytes + need > max_bytes {
             match self.order.front() {
-                Some((at, _)) if at.saturating_add(min_window_ms) <= now_ms => {
-                    self.forget_oldest()
-                }
+                Some((at, _)) if at.saturating_add(min_window_ms) <= now_ms => self.forget_oldest(),
                 _ => {
                     return Err(Rejection::RequestIdsExhausted {
                         held_bytes: self.bytes,

@@ -473,7 +473,10 @@ fn a_full_id_table_refuses_new_ids_rather_than_forget_one_inside_the_min_window(
         }
         assert!(s.request_id_bytes() <= MAX, "the bound holds");
     }
-    assert!(accepted > 0 && refused > 0, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
     assert_eq!(s.len() as u64, 1 + accepted);
     let retry = s
         .apply(3_000, &tag("X", 3_500, update("x", "1", None)))
