@@ -24,7 +24,8 @@ fn insert_command() -> Command {
             id: "0193e4a4-6f1c-7c4e-9d1a-2b3c4d5e6f70".into(),
             fingerprint: 0x1234_5678_9abc_def0,
             window_ms: 600_000,
-            max_ids: 100_000,
+            min_window_ms: 60_000,
+            max_bytes: 256 << 20,
         }),
         action: inflight::state::Action::Ops(vec![Op::Insert {
             key: "call/0000000000000000000000000000000042".into(),

@@ -55,6 +55,15 @@ pub fn decode_snapshot_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, C
     decode_with(bytes, config().with_limit::<MAX_SNAPSHOT_DECODED>())
 }
 
+/// Decodes the value at the start of a snapshot payload and ignores what
+/// follows: for reading a header (the format) before choosing the body type.
+pub fn decode_snapshot_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let config = config().with_limit::<MAX_SNAPSHOT_DECODED>();
+    bincode::serde::decode_from_slice(bytes, config)
+        .map(|(value, _)| value)
+        .map_err(|e| CodecError::Decode(e.to_string()))
+}
+
 fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
     bytes: &[u8],
     config: C,

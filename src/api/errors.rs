@@ -45,8 +45,12 @@ impl ApiError {
 
     /// The error for a failed command; batches name the failing op.
     pub fn from_failure(f: Failure, batch: bool) -> Self {
-        // A reused request id is about the whole request, not one of its ops.
-        let whole = matches!(f.rejection, Rejection::RequestIdReused { .. });
+        // A reused request id, or a full id table, is about the whole
+        // request, not one of its ops.
+        let whole = matches!(
+            f.rejection,
+            Rejection::RequestIdReused { .. } | Rejection::RequestIdsExhausted { .. }
+        );
         if batch && !whole {
             ApiError::BatchRejected {
                 op: f.op,
@@ -79,6 +83,7 @@ fn rejection_status(r: &Rejection, msg: String) -> Status {
             Status::failed_precondition(msg)
         }
         Rejection::RequestIdReused { .. } => Status::invalid_argument(msg),
+        Rejection::RequestIdsExhausted { .. } => Status::resource_exhausted(msg),
     }
 }
 

@@ -20,19 +20,32 @@ use crate::state::{Action, Applied, Command, Op, RequestTag, Table, TtlChange};
 /// at least one record), so pages of large values stay a sane message size.
 pub const SCAN_PAGE_BYTES: usize = 4 << 20;
 
-/// How long the cluster remembers request ids. Set by the leader's flags and
-/// carried in every tagged command, so all replicas forget at the same point.
+/// How the cluster keeps request ids. Set by the leader's flags and carried
+/// in every tagged command, so all replicas forget, and refuse, at the same
+/// point of the log.
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
+    /// Ids are forgotten once this old.
     pub window_ms: u64,
-    pub max_ids: u32,
+    /// Ids are never forgotten younger than this; past `max_bytes` new tagged
+    /// writes are refused instead. Must cover the client library's longest
+    /// retry (`ClientOptions::retry_for` plus one `request_timeout`).
+    pub min_window_ms: u64,
+    /// The id table's bound in bytes.
+    pub max_bytes: u64,
 }
+
+/// The default guaranteed window: the client library's default retry span
+/// (20 s) plus its last attempt's timeout (5 s), with room for clock skew
+/// between successive leaders.
+pub const DEFAULT_MIN_WINDOW_MS: u64 = 60_000;
 
 impl Default for Retention {
     fn default() -> Self {
         Retention {
             window_ms: 10 * 60 * 1000,
-            max_ids: 100_000,
+            min_window_ms: DEFAULT_MIN_WINDOW_MS,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -85,7 +98,8 @@ impl InFlightService {
                 fingerprint: codec::fingerprint(&ops)
                     .map_err(|e| ApiError::Internal(e.to_string()))?,
                 window_ms: self.retention.window_ms,
-                max_ids: self.retention.max_ids,
+                min_window_ms: self.retention.min_window_ms,
+                max_bytes: self.retention.max_bytes,
             })
         };
         let cmd = Command {

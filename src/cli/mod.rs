@@ -279,12 +279,19 @@ pub struct ServeArgs {
     /// At most this many records expired per second (spread over 100 ms batches).
     #[arg(long, default_value_t = 5_000)]
     pub expire_rate: u32,
-    /// How long request ids are remembered for deduplicating retries.
+    /// Request ids (deduplication of retries) are forgotten once this old.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub request_id_window: std::time::Duration,
-    /// At most this many request ids are remembered.
-    #[arg(long, default_value_t = 100_000)]
-    pub request_id_max: u32,
+    /// Request ids are kept at least this long: past --request-id-max-bytes,
+    /// new tagged writes are refused with RESOURCE_EXHAUSTED rather than an
+    /// id younger than this forgotten. Must cover the clients' longest retry
+    /// (the Rust client: retry_for 20 s plus one 5 s request timeout).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_id_min_window: std::time::Duration,
+    /// The remembered request ids hold at most this much memory (about 220
+    /// bytes per single-op request with a 36-byte id).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub request_id_max_bytes: u64,
     /// Watch: how many recent events each node keeps for resuming watches.
     #[arg(long, default_value_t = 100_000)]
     pub watch_window_events: usize,
@@ -389,8 +396,13 @@ impl ServeArgs {
         if self.expire_rate == 0 {
             return Err("--expire-rate: must be at least 1".into());
         }
-        if self.request_id_max == 0 || self.request_id_window.is_zero() {
-            return Err("--request-id-window and --request-id-max: must be positive".into());
+        if self.request_id_max_bytes == 0 || self.request_id_window.is_zero() {
+            return Err("--request-id-window and --request-id-max-bytes: must be positive".into());
+        }
+        if self.request_id_min_window > self.request_id_window {
+            return Err(
+                "--request-id-min-window: cannot be longer than --request-id-window".into(),
+            );
         }
         if self.snapshot_every == 0 {
             return Err("--snapshot-every: must be at least 1".into());
@@ -440,7 +452,8 @@ impl ServeArgs {
 
             retention: Retention {
                 window_ms: self.request_id_window.as_millis() as u64,
-                max_ids: self.request_id_max,
+                min_window_ms: self.request_id_min_window.as_millis() as u64,
+                max_bytes: self.request_id_max_bytes,
             },
             expiry: ExpirySettings {
                 rate_per_sec: self.expire_rate,

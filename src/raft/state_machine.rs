@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec;
-use crate::state::{SnapshotBody, Table, SNAPSHOT_FORMAT};
+use crate::state::{SnapshotBody, SnapshotBodyV2, Table, SNAPSHOT_FORMAT};
 
 const MAGIC: &[u8; 8] = b"IFSNAP1\n";
 
@@ -218,14 +218,24 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let (meta, body): (SnapshotMeta, SnapshotBody) =
-        codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
-    if body.format != SNAPSHOT_FORMAT {
-        return Err(format!(
-            "unknown snapshot format {} (this build reads {SNAPSHOT_FORMAT})",
-            body.format
-        ));
-    }
+    // The body's first field is its format: read it, then the body as that
+    // format wrote it.
+    let (_, format): (SnapshotMeta, u32) =
+        codec::decode_snapshot_prefix(payload).map_err(|e| e.to_string())?;
+    let (meta, body) = match format {
+        SNAPSHOT_FORMAT => codec::decode_snapshot_payload::<(SnapshotMeta, SnapshotBody)>(payload)
+            .map_err(|e| e.to_string())?,
+        2 => {
+            let (meta, old): (SnapshotMeta, SnapshotBodyV2) =
+                codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
+            (meta, SnapshotBody::from(old))
+        }
+        other => {
+            return Err(format!(
+                "unknown snapshot format {other} (this build reads 2 and {SNAPSHOT_FORMAT})"
+            ))
+        }
+    };
     Ok((meta, body))
 }
 
@@ -363,5 +373,76 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Err(io::Error::other(
             "the current snapshot kept being replaced while being read",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::snapshot_v2::{RememberedV2, SnapshotBodyV2};
+    use crate::state::{Applied, Receipt, Record, RecordState};
+
+    fn blob(payload: Vec<u8>) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    #[test]
+    fn a_format_2_snapshot_is_read_with_its_request_ids_as_receipts() {
+        let record = Record {
+            value: bytes::Bytes::from_static(b"v"),
+            version: 3,
+            create_revision: 1,
+            mod_revision: 7,
+            created_at_ms: 10,
+            updated_at_ms: 20,
+            expires_at_ms: None,
+            state: RecordState::Live,
+        };
+        let old = SnapshotBodyV2 {
+            format: 2,
+            revision: 9,
+            records: vec![("k".into(), record.clone())],
+            requests: vec![RememberedV2 {
+                id: "r".into(),
+                fingerprint: 5,
+                at_ms: 20,
+                outcome: Ok(vec![Applied {
+                    key: "k".into(),
+                    record: record.clone(),
+                    revision: 7,
+                }]),
+            }],
+        };
+        let meta = SnapshotMeta::default();
+        let bytes = blob(codec::encode(&(&meta, &old)).unwrap());
+        let (_, body) = decode_snapshot(&bytes).unwrap();
+        assert_eq!(body.format, SNAPSHOT_FORMAT);
+        assert_eq!(body.revision, 9);
+        assert_eq!(body.records, vec![("k".to_string(), record)]);
+        assert_eq!(body.requests.len(), 1);
+        let r = &body.requests[0];
+        assert_eq!(
+            (r.id.as_str(), r.fingerprint, r.at_ms, r.revision),
+            ("r", 5, 20, 7)
+        );
+        assert_eq!(
+            r.answer,
+            Ok(vec![Receipt {
+                version: 3,
+                mod_revision: 7,
+                state: RecordState::Live
+            }])
+        );
+
+        // The current format round-trips; an unknown one is refused.
+        let again = encode_snapshot(&meta, &body).unwrap();
+        assert_eq!(decode_snapshot(&again).unwrap().1.requests, body.requests);
+        let mut future = body;
+        future.format = SNAPSHOT_FORMAT + 1;
+        let e = decode_snapshot(&encode_snapshot(&meta, &future).unwrap()).unwrap_err();
+        assert!(e.contains("unknown snapshot format"), "{e}");
     }
 }

@@ -13,24 +13,109 @@ pub struct Command {
     /// this, never their own clock, so apply stays deterministic.
     pub at_ms: u64,
     /// Names the logical request for deduplication of retries.
+    #[serde(with = "tag_wire")]
     pub request: Option<RequestTag>,
     pub action: Action,
 }
 
-/// Identity of a client request, and how long the cluster remembers ids.
+/// Identity of a client request, and how the cluster keeps ids.
 ///
 /// The retention bounds travel with every tagged command (set by the
-/// proposing leader) so that every replica forgets ids at exactly the same
-/// point in the log; a per-node setting could make replicas disagree on
-/// whether a retry is a duplicate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// proposing leader) so that every replica forgets ids, and refuses new ones
+/// when the table is full, at exactly the same point in the log; a per-node
+/// setting could make replicas disagree on whether a retry is a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestTag {
     pub id: String,
     /// Hash of the request body (the encoded action), so that a reused id
     /// with a different body is told apart from a retry.
     pub fingerprint: u64,
+    /// Ids older than this are forgotten.
     pub window_ms: u64,
-    pub max_ids: u32,
+    /// Ids younger than this are never forgotten: a new tagged request that
+    /// would need one of them to go is refused instead. At least the longest
+    /// retry the client library makes.
+    pub min_window_ms: u64,
+    /// The table of ids holds at most this many bytes (see `requests::cost`).
+    pub max_bytes: u64,
+}
+
+/// How many bytes each id of a tag written before byte bounds existed
+/// (`max_ids`, a count) stands for when such an entry is replayed.
+pub const LEGACY_BYTES_PER_ID: u64 = 256;
+
+/// The encoding of `Command::request`.
+///
+/// bincode writes `Option<T>` as a 0 or 1 byte and then `T`, and an enum as
+/// its variant index (0, 1, 2 take one byte each) and then the variant. So
+/// `None` and `V1` read exactly the bytes that `Option<RequestTagV1>` wrote
+/// before byte bounds existed, and log entries written then still decode;
+/// only new entries use `V2`.
+mod tag_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{RequestTag, LEGACY_BYTES_PER_ID};
+
+    #[derive(Serialize, Deserialize)]
+    struct RequestTagV1 {
+        id: String,
+        fingerprint: u64,
+        window_ms: u64,
+        max_ids: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct RequestTagV2 {
+        id: String,
+        fingerprint: u64,
+        window_ms: u64,
+        min_window_ms: u64,
+        max_bytes: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum Wire {
+        None,
+        V1(RequestTagV1),
+        V2(RequestTagV2),
+    }
+
+    pub fn serialize<S: Serializer>(tag: &Option<RequestTag>, s: S) -> Result<S::Ok, S::Error> {
+        match tag {
+            None => Wire::None,
+            Some(t) => Wire::V2(RequestTagV2 {
+                id: t.id.clone(),
+                fingerprint: t.fingerprint,
+                window_ms: t.window_ms,
+                min_window_ms: t.min_window_ms,
+                max_bytes: t.max_bytes,
+            }),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RequestTag>, D::Error> {
+        Ok(match Wire::deserialize(d)? {
+            Wire::None => None,
+            // The old count bound, as bytes, and no guaranteed minimum: the
+            // behaviour those entries were proposed with (forget the oldest
+            // when full), now the same on every replica that replays them.
+            Wire::V1(t) => Some(RequestTag {
+                id: t.id,
+                fingerprint: t.fingerprint,
+                window_ms: t.window_ms,
+                min_window_ms: 0,
+                max_bytes: u64::from(t.max_ids) * LEGACY_BYTES_PER_ID,
+            }),
+            Wire::V2(t) => Some(RequestTag {
+                id: t.id,
+                fingerprint: t.fingerprint,
+                window_ms: t.window_ms,
+                min_window_ms: t.min_window_ms,
+                max_bytes: t.max_bytes,
+            }),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +253,21 @@ pub enum Rejection {
     NotLive { key: String, state: RecordState },
     #[error("request_id: {id:?} was already used for a different request; use a new id for a new request")]
     RequestIdReused { id: String },
+    /// Remembering one more request id would take the id table past its byte
+    /// bound, and every id it holds is still inside the guaranteed window:
+    /// forgetting one could let a retry apply twice, so the new request is
+    /// refused instead (nothing applied, the id not remembered).
+    #[error(
+        "request_id: the cluster cannot remember another request id: {held_bytes} of \
+         {max_bytes} bytes (--request-id-max-bytes) are held by ids younger than the \
+         guaranteed {min_window_ms} ms (--request-id-min-window); retry later, or raise \
+         --request-id-max-bytes"
+    )]
+    RequestIdsExhausted {
+        held_bytes: u64,
+        max_bytes: u64,
+        min_window_ms: u64,
+    },
 }
 
 /// Which op of a command failed, and why. Nothing of the command was applied.

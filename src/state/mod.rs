@@ -13,8 +13,8 @@
 //!   the single apply task writes, plus an ordered key index for `Scan`;
 //! - the TTL index: LIVE records by deadline, so the leader finds due records
 //!   in O(log n) and expiry never scans the table;
-//! - recent request ids with their outcomes, so a retried mutation is
-//!   answered, not applied twice;
+//! - recent request ids with a receipt of what each produced, so a retried
+//!   mutation is answered, not applied twice (bounded in bytes; see `requests`);
 //! - the outbox: COMPLETED and EXPIRED records in completion order, waiting
 //!   for the leader's hand-off worker (see `outbox`); a committed `Evict`
 //!   removes them once a sink has acknowledged them;
@@ -47,6 +47,10 @@ pub use command::{
 pub use events::{Compacted, Event, EventKind, EventLog, WindowLimits, LIVE_BUFFER};
 pub use outbox::HandoffId;
 pub use record::{Record, RecordState};
-pub use requests::Remembered;
-pub use snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
+pub use requests::{Receipt, Remembered};
+pub use snapshot::{SnapshotBody, SnapshotBodyV2, SNAPSHOT_FORMAT};
+/// The previous snapshot format, still read.
+pub mod snapshot_v2 {
+    pub use super::snapshot::{RememberedV2, SnapshotBodyV2};
+}
 pub use table::{ScanPage, Table};

@@ -95,7 +95,8 @@ fn commands(steps: Vec<(Action, u64, Option<u8>)>) -> Vec<Command> {
                     id: format!("req-{t}"),
                     fingerprint: codec::fingerprint(ops).expect("ops encode"),
                     window_ms: 3_000,
-                    max_ids: 3,
+                    min_window_ms: 1_000,
+                    max_bytes: 700,
                 }),
                 _ => None,
             };

@@ -2,12 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::command::Outcome;
 use super::record::Record;
-use super::requests::Remembered;
+use super::requests::{Receipt, Remembered};
 
 /// Bumped whenever `SnapshotBody` changes shape; a node refuses a snapshot of a
 /// format it does not know instead of misreading it.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+///
+/// 3: request ids are kept as receipts (version, mod revision, state per op)
+/// instead of whole outcomes. Format 2 is still read (`SnapshotBodyV2`).
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// The state machine's content at one log index, keys in order.
 #[derive(Debug, Serialize, Deserialize)]
@@ -15,6 +19,60 @@ pub struct SnapshotBody {
     pub format: u32,
     pub revision: u64,
     pub records: Vec<(String, Record)>,
-    /// Recent request ids with their outcomes, oldest first.
+    /// Recent request ids with what they produced, oldest first.
     pub requests: Vec<Remembered>,
+}
+
+/// A format 2 snapshot: request ids with the whole outcome.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotBodyV2 {
+    pub format: u32,
+    pub revision: u64,
+    pub records: Vec<(String, Record)>,
+    pub requests: Vec<RememberedV2>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RememberedV2 {
+    pub id: String,
+    pub fingerprint: u64,
+    pub at_ms: u64,
+    pub outcome: Outcome,
+}
+
+impl From<SnapshotBodyV2> for SnapshotBody {
+    /// Keeps every id and the answer a retry gets (a whole outcome holds
+    /// the receipts); the revision is the applied ops' one. A remembered
+    /// failure applied nothing, so it has no revision to keep (0).
+    fn from(old: SnapshotBodyV2) -> Self {
+        let requests = old
+            .requests
+            .into_iter()
+            .map(|r| Remembered {
+                id: r.id,
+                fingerprint: r.fingerprint,
+                at_ms: r.at_ms,
+                revision: match &r.outcome {
+                    Ok(applied) => applied.first().map(|a| a.revision).unwrap_or(0),
+                    Err(_) => 0,
+                },
+                answer: r.outcome.map(|applied| {
+                    applied
+                        .iter()
+                        .map(|a| Receipt {
+                            version: a.record.version,
+                            mod_revision: a.record.mod_revision,
+                            state: a.record.state,
+                        })
+                        .collect()
+                }),
+            })
+            .collect();
+        SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            revision: old.revision,
+            records: old.records,
+            requests,
+        }
+    }
 }

@@ -9,12 +9,12 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use super::command::{
-    Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, TtlChange,
+    Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
 };
 use super::events::{Event, EventKind, EventLog};
 use super::outbox::{HandoffId, Outbox};
 use super::record::{Record, RecordState};
-use super::requests::{Remembered, RequestTable};
+use super::requests::{self, Receipt, Remembered, RequestTable, Seen};
 use super::snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
 
 /// The replicated table. Readers (RPC threads) and the one apply task share it.
@@ -184,31 +184,70 @@ impl Table {
     pub fn apply(&self, revision: u64, cmd: &Command) -> Outcome {
         let outcome = match &cmd.request {
             None => self.apply_action(revision, cmd),
-            Some(tag) => {
-                let mut requests = self.requests.lock();
-                requests.evict(cmd.at_ms, tag.window_ms, tag.max_ids);
-                match requests.get(&tag.id) {
-                    // A retry: answer what the first attempt got, change nothing.
-                    Some(seen) if seen.fingerprint == tag.fingerprint => seen.outcome.clone(),
-                    Some(_) => Err(Failure {
-                        op: 0,
-                        rejection: Rejection::RequestIdReused { id: tag.id.clone() },
-                    }),
-                    None => {
-                        let outcome = self.apply_action(revision, cmd);
-                        requests.remember(Remembered {
-                            id: tag.id.clone(),
-                            fingerprint: tag.fingerprint,
-                            at_ms: cmd.at_ms,
-                            outcome: outcome.clone(),
-                        });
-                        outcome
-                    }
-                }
-            }
+            Some(tag) => self.apply_tagged(revision, cmd, tag),
         };
         self.advance_revision(revision);
         outcome
+    }
+
+    /// A command with a request id: a retry is answered from what was
+    /// remembered; a new request is applied only if its id can be remembered
+    /// for the guaranteed window.
+    ///
+    /// The refusal is decided here, at apply, from replicated state and the
+    /// bounds in the tag, not by the leader before proposing: a leader's
+    /// admission check sees the table as of its last applied entry, not the
+    /// entries in flight (nor those a deposed leader left in the log), so it
+    /// could not keep the bound without forgetting early; here every replica
+    /// refuses the same entries.
+    fn apply_tagged(&self, revision: u64, cmd: &Command, tag: &RequestTag) -> Outcome {
+        let mut requests = self.requests.lock();
+        requests.forget_expired(cmd.at_ms, tag.window_ms.max(tag.min_window_ms));
+        if let Some(seen) = requests.get(&tag.id) {
+            if seen.fingerprint != tag.fingerprint {
+                return Err(Failure {
+                    op: 0,
+                    rejection: Rejection::RequestIdReused { id: tag.id.clone() },
+                });
+            }
+            // A retry: answer from the receipts, change nothing.
+            return replay(seen, &cmd.action);
+        }
+        let ops: &[Op] = match &cmd.action {
+            Action::Ops(ops) => ops,
+            _ => &[],
+        };
+        let need = requests::cost_bound(&tag.id, ops);
+        if let Err(rejection) =
+            requests.make_room(cmd.at_ms, tag.min_window_ms, tag.max_bytes, need)
+        {
+            return Err(Failure { op: 0, rejection });
+        }
+        let outcome = self.apply_action(revision, cmd);
+        let answer = match &outcome {
+            Ok(applied) => Ok(applied
+                .iter()
+                .map(|a| Receipt {
+                    version: a.record.version,
+                    mod_revision: a.record.mod_revision,
+                    state: a.record.state,
+                })
+                .collect()),
+            Err(f) => Err(f.clone()),
+        };
+        requests.remember(Remembered {
+            id: tag.id.clone(),
+            fingerprint: tag.fingerprint,
+            at_ms: cmd.at_ms,
+            revision,
+            answer,
+        });
+        outcome
+    }
+
+    /// Bytes the remembered request ids hold (as the bound counts them).
+    pub fn request_id_bytes(&self) -> u64 {
+        self.requests.lock().bytes()
     }
 
     fn apply_action(&self, revision: u64, cmd: &Command) -> Outcome {
@@ -448,6 +487,37 @@ impl Table {
         self.advance_revision(revision);
         self.restores.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// The answer to a retry of a remembered request: the first attempt's
+/// failure, or per op the key (from the retried request, which has the same
+/// body) and the remembered version, mod revision and state, at the first
+/// attempt's revision. The value and the other record fields are not kept:
+/// the value is empty, `create_revision` is 0 (never a real revision, so it
+/// marks a replayed answer) and the times are 0.
+fn replay(seen: &Seen, action: &Action) -> Outcome {
+    let receipts = seen.answer.as_ref().map_err(Clone::clone)?;
+    let Action::Ops(ops) = action else {
+        return Ok(Vec::new());
+    };
+    Ok(receipts
+        .iter()
+        .zip(ops)
+        .map(|(r, op)| Applied {
+            key: op.key().to_string(),
+            record: Record {
+                value: Default::default(),
+                version: r.version,
+                create_revision: 0,
+                mod_revision: r.mod_revision,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                expires_at_ms: None,
+                state: r.state,
+            },
+            revision: seen.revision,
+        })
+        .collect())
 }
 
 /// What `op` does to a key whose current state is `current`: the new state

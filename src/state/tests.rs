@@ -314,16 +314,45 @@ fn dropped_expiry_removes_the_record() {
 }
 
 fn tagged(id: &str, fingerprint: u64, at_ms: u64, op: Op) -> Command {
+    tagged_within(id, fingerprint, at_ms, op, 60_000, 10_000, 1 << 20)
+}
+
+fn tagged_within(
+    id: &str,
+    fingerprint: u64,
+    at_ms: u64,
+    op: Op,
+    window_ms: u64,
+    min_window_ms: u64,
+    max_bytes: u64,
+) -> Command {
     Command {
         at_ms,
         request: Some(RequestTag {
             id: id.into(),
             fingerprint,
-            window_ms: 60_000,
-            max_ids: 3,
+            window_ms,
+            min_window_ms,
+            max_bytes,
         }),
         action: Action::Ops(vec![op]),
     }
+}
+
+/// What a replayed answer keeps of the first one: key, revision, version,
+/// mod revision and state (not the value or the times).
+fn receipt_of(a: &[Applied]) -> Vec<(String, u64, u64, u64, RecordState)> {
+    a.iter()
+        .map(|a| {
+            (
+                a.key.clone(),
+                a.revision,
+                a.record.version,
+                a.record.mod_revision,
+                a.record.state,
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -336,7 +365,13 @@ fn repeated_request_id_returns_the_original_outcome_without_applying() {
     let again = s
         .apply(3, &tagged("r1", 7, 20, update("k", "b", None)))
         .unwrap();
-    assert_eq!(first, again, "the retry gets the first attempt's response");
+    assert_eq!(
+        receipt_of(&again),
+        receipt_of(&first),
+        "the retry gets the first attempt's revision, version and state"
+    );
+    assert_eq!(again[0].record.create_revision, 0, "marked as a replay");
+    assert!(again[0].record.value.is_empty(), "the value is not kept");
     assert_eq!(s.get("k").unwrap().version, 2, "applied once");
     assert_eq!(s.revision(), 3);
     // A failed first attempt is remembered too.
@@ -347,6 +382,37 @@ fn repeated_request_id_returns_the_original_outcome_without_applying() {
         .apply(5, &tagged("r2", 9, 31, insert("k", "dup")))
         .unwrap_err();
     assert_eq!(f1, f2);
+    // A delete's receipt is the removed record's.
+    let d1 = s
+        .apply(
+            6,
+            &tagged(
+                "r3",
+                11,
+                40,
+                Op::Delete {
+                    key: "k".into(),
+                    if_version: None,
+                },
+            ),
+        )
+        .unwrap();
+    let d2 = s
+        .apply(
+            7,
+            &tagged(
+                "r3",
+                11,
+                41,
+                Op::Delete {
+                    key: "k".into(),
+                    if_version: None,
+                },
+            ),
+        )
+        .unwrap();
+    assert_eq!(receipt_of(&d1), receipt_of(&d2));
+    assert_eq!(d2[0].record.mod_revision, 2);
 }
 
 #[test]
@@ -359,21 +425,143 @@ fn reused_request_id_with_a_different_body_is_refused() {
 }
 
 #[test]
-fn request_ids_are_forgotten_after_the_window_and_past_the_count() {
+fn request_ids_are_forgotten_after_the_window() {
     let s = Table::new();
     s.apply(1, &tagged("old", 1, 0, insert("a", "1"))).unwrap();
-    // 60 s later "old" is outside the window: the same id applies as new.
-    s.apply(2, &tagged("old", 1, 60_001, insert("b", "1")))
+    // 60 s later "old" is still inside the window: a retry.
+    s.apply(2, &tagged("old", 1, 60_000, insert("a", "1")))
+        .unwrap();
+    assert_eq!(s.get("a").unwrap().version, 1);
+    // Past it, the same id applies as new.
+    s.apply(3, &tagged("old", 1, 60_001, insert("b", "1")))
         .unwrap();
     assert!(s.get("b").is_some());
-    for (i, id) in ["x", "y", "z"].iter().enumerate() {
-        s.apply(
-            3 + i as u64,
-            &tagged(id, 1, 60_002, insert(&format!("c{i}"), "1")),
-        )
+    assert_eq!(s.remembered_requests(), 1);
+}
+
+/// The issue's scenario on the state machine: a small id table, an update
+/// with id X, then many more tagged writes inside the guaranteed window, then
+/// the retry of X. The bound holds, the fillers past it are refused (before
+/// anything is applied), and X is answered, not applied again.
+#[test]
+fn a_full_id_table_refuses_new_ids_rather_than_forget_one_inside_the_min_window() {
+    const MAX: u64 = 4_096;
+    let tag = |id: &str, at: u64, op: Op| tagged_within(id, 1, at, op, 600_000, 20_000, MAX);
+    let s = Table::new();
+    s.apply(1, &one(0, insert("x", "0"))).unwrap();
+    let first = s
+        .apply(2, &tag("X", 1_000, update("x", "1", None)))
         .unwrap();
+    assert_eq!(first[0].record.version, 2);
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..2_000u64 {
+        let revision = 3 + i;
+        match s.apply(
+            revision,
+            &tag(&format!("w{i}"), 1_000 + i, insert(&format!("k{i}"), "v")),
+        ) {
+            Ok(_) => accepted += 1,
+            Err(Failure {
+                op: 0,
+                rejection: Rejection::RequestIdsExhausted { max_bytes, .. },
+            }) => {
+                assert_eq!(max_bytes, MAX);
+                assert!(s.get(&format!("k{i}")).is_none(), "refused before applying");
+                refused += 1;
+            }
+            Err(f) => panic!("unexpected {f:?}"),
+        }
+        assert!(s.request_id_bytes() <= MAX, "the bound holds");
     }
-    assert_eq!(s.remembered_requests(), 3, "bounded by max_ids");
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert_eq!(s.len() as u64, 1 + accepted);
+    let retry = s
+        .apply(3_000, &tag("X", 3_500, update("x", "1", None)))
+        .unwrap();
+    assert_eq!(receipt_of(&retry), receipt_of(&first));
+    assert_eq!(s.get("x").unwrap().version, 2, "X applied exactly once");
+    // A refused id was never remembered: once the oldest ids are past the
+    // guaranteed window they make room, and the same request applies.
+    let later = 1_000 + 20_000 + 10;
+    let w = format!("w{}", 1_999);
+    s.apply(3_001, &tag(&w, later, insert("k1999", "v")))
+        .unwrap();
+    assert!(s.get("k1999").is_some());
+    assert!(s.request_id_bytes() <= MAX);
+    // ... and X, the oldest, was the first to go.
+    assert!(!s.remembers_request("X"));
+}
+
+#[test]
+fn an_id_table_bound_too_small_for_one_request_refuses_it() {
+    let s = Table::new();
+    let e = rejection(s.apply(
+        1,
+        &tagged_within("r", 1, 0, insert("k", "v"), 60_000, 0, 10),
+    ));
+    assert!(matches!(e, Rejection::RequestIdsExhausted { .. }), "{e:?}");
+    assert!(s.get("k").is_none());
+    assert_eq!(s.revision(), 1);
+}
+
+#[test]
+fn request_tags_written_before_byte_bounds_still_decode() {
+    #[derive(serde::Serialize)]
+    struct LegacyTag {
+        id: String,
+        fingerprint: u64,
+        window_ms: u64,
+        max_ids: u32,
+    }
+    #[derive(serde::Serialize)]
+    struct LegacyCommand {
+        at_ms: u64,
+        request: Option<LegacyTag>,
+        action: Action,
+    }
+    let action = Action::Ops(vec![insert("k", "v")]);
+    for request in [
+        None,
+        Some(LegacyTag {
+            id: "r".into(),
+            fingerprint: 9,
+            window_ms: 600_000,
+            max_ids: 100_000,
+        }),
+    ] {
+        let had_tag = request.is_some();
+        let old = crate::codec::encode(&LegacyCommand {
+            at_ms: 5,
+            request,
+            action: action.clone(),
+        })
+        .unwrap();
+        let cmd: Command = crate::codec::decode(&old).unwrap();
+        assert_eq!(cmd.action, action);
+        match cmd.request {
+            None => assert!(!had_tag),
+            Some(t) => {
+                assert!(had_tag);
+                assert_eq!(
+                    t,
+                    RequestTag {
+                        id: "r".into(),
+                        fingerprint: 9,
+                        window_ms: 600_000,
+                        min_window_ms: 0,
+                        max_bytes: 100_000 * crate::state::command::LEGACY_BYTES_PER_ID,
+                    }
+                );
+            }
+        }
+    }
+    // New commands round-trip.
+    let cmd = tagged("n", 3, 4, insert("k", "v"));
+    let back: Command = crate::codec::decode(&crate::codec::encode(&cmd).unwrap()).unwrap();
+    assert_eq!(back, cmd);
 }
 
 #[test]
@@ -576,7 +764,8 @@ fn expire_mode_decodes_log_entries_written_when_it_was_a_bool() {
     #[derive(serde::Serialize)]
     struct LegacyCommand {
         at_ms: u64,
-        request: Option<RequestTag>,
+        // Always `None` here: written as the single byte 0 whatever the tag type.
+        request: Option<()>,
         action: LegacyAction,
     }
     for (drop, mode) in [(false, ExpiredMode::Handoff), (true, ExpiredMode::Drop)] {
