@@ -26,6 +26,7 @@
 
 mod batch;
 mod bootstrap;
+mod durable_file;
 mod error;
 mod log_store;
 mod network;
