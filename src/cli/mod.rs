@@ -370,6 +370,24 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(out)
 }
 
+/// Refuses a value limit whose log entries could outgrow a peer message.
+fn check_max_value_bytes(max: usize) -> Result<(), String> {
+    use crate::raft::{
+        APPEND_ENTRIES_MAX, ENTRY_OVERHEAD_BYTES, MAX_VALUE_BYTES_BOUND, PEER_MESSAGE_BYTES,
+    };
+    if max > MAX_VALUE_BYTES_BOUND {
+        return Err(format!(
+            "--max-value-bytes: {max} exceeds the limit of {MAX_VALUE_BYTES_BOUND} bytes: a batch may \
+             carry {factor} x this in one log entry, and one AppendEntries message between nodes carries \
+             up to {APPEND_ENTRIES_MAX} entries (each with up to {ENTRY_OVERHEAD_BYTES} bytes of keys \
+             and framing) within the {PEER_MESSAGE_BYTES}-byte peer message limit; a larger value \
+             could stop replication",
+            factor = crate::api::BATCH_VALUE_FACTOR,
+        ));
+    }
+    Ok(())
+}
+
 impl ServeArgs {
     pub fn into_options(self) -> Result<ServeOptions, String> {
         let initial_cluster = match &self.initial_cluster {
@@ -392,6 +410,7 @@ impl ServeArgs {
         if self.request_id_max == 0 || self.request_id_window.is_zero() {
             return Err("--request-id-window and --request-id-max: must be positive".into());
         }
+        check_max_value_bytes(self.max_value_bytes)?;
         if self.snapshot_every == 0 {
             return Err("--snapshot-every: must be at least 1".into());
         }

@@ -64,6 +64,28 @@ type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
+/// The largest gRPC message between peers, either direction (the Raft service).
+pub const PEER_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Log entries in one AppendEntries message, at most (openraft's
+/// `max_payload_entries`).
+pub const APPEND_ENTRIES_MAX: usize = 32;
+
+/// Room per log entry for everything but values: up to 1,000 keys of at most
+/// 512 bytes, op framing, a request id. Generous on purpose.
+pub const ENTRY_OVERHEAD_BYTES: usize = 1 << 20;
+
+/// The largest `--max-value-bytes` whose log entries always fit a peer
+/// message: a batch's values total up to
+/// [`crate::api::BATCH_VALUE_FACTOR`] × the value limit in one entry, and one
+/// AppendEntries carries up to [`APPEND_ENTRIES_MAX`] entries within
+/// [`PEER_MESSAGE_BYTES`]. (256 MiB / 32 − 1 MiB) / 4 = 1.75 MiB. A larger
+/// limit would let followers refuse a full AppendEntries, and the cluster
+/// would stop replicating.
+pub const MAX_VALUE_BYTES_BOUND: usize = (PEER_MESSAGE_BYTES / APPEND_ENTRIES_MAX
+    - ENTRY_OVERHEAD_BYTES)
+    / crate::api::BATCH_VALUE_FACTOR;
+
 /// The leader's wall clock in ms since the Unix epoch: the time stamped into
 /// commands. Replicas never read their own clock while applying.
 pub fn leader_clock_ms() -> u64 {

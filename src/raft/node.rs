@@ -184,9 +184,10 @@ impl Node {
             max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
             install_snapshot_timeout: 30_000,
             enable_pre_vote: Some(true),
-            // Bounds one AppendEntries message: 32 entries of at most a
-            // 4 MiB batch each stay under the 256 MiB peer message limit.
-            max_payload_entries: 32,
+            // Bounds one AppendEntries message: with `--max-value-bytes` at
+            // most `MAX_VALUE_BYTES_BOUND` (checked at start), this many
+            // entries stay under the peer message limit.
+            max_payload_entries: super::APPEND_ENTRIES_MAX as u64,
             ..Default::default()
         }
         .validate()
