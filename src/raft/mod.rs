@@ -26,6 +26,7 @@
 
 mod batch;
 mod bootstrap;
+mod clock;
 mod durable_file;
 mod error;
 mod log_store;
@@ -86,13 +87,32 @@ pub const MAX_VALUE_BYTES_BOUND: usize = (PEER_MESSAGE_BYTES / APPEND_ENTRIES_MA
     - ENTRY_OVERHEAD_BYTES)
     / crate::api::BATCH_VALUE_FACTOR;
 
-/// The leader's wall clock in ms since the Unix epoch: the time stamped into
-/// commands. Replicas never read their own clock while applying.
-pub fn leader_clock_ms() -> u64 {
-    std::time::SystemTime::now()
+/// This node's wall clock in ms since the Unix epoch. Commands are stamped
+/// with [`Node::stamp`], which follows this clock only gradually (see
+/// `clock`); this is for what is shown, not stamped. Replicas never read
+/// their own clock while applying.
+pub fn wall_clock_ms() -> u64 {
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    #[cfg(feature = "test-clock-offset")]
+    let ms = ms.saturating_add_signed(test_clock_offset_ms());
+    ms
+}
+
+/// Tests only (feature `test-clock-offset`): shifts every wall clock reading
+/// by a signed number of ms, so that a test can make a node's clock jump.
+/// `INFLIGHT_TEST_CLOCK_OFFSET_MS` holds the offset, or
+/// `INFLIGHT_TEST_CLOCK_OFFSET_FILE` names a file holding it; both are read
+/// again at every reading, so a test can change the file while a node runs.
+#[cfg(feature = "test-clock-offset")]
+fn test_clock_offset_ms() -> i64 {
+    let text = match std::env::var_os("INFLIGHT_TEST_CLOCK_OFFSET_FILE") {
+        Some(path) => std::fs::read_to_string(path).ok(),
+        None => std::env::var("INFLIGHT_TEST_CLOCK_OFFSET_MS").ok(),
+    };
+    text.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Durability of the Raft log, vote and snapshots.
