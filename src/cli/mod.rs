@@ -293,11 +293,11 @@ pub struct ServeArgs {
     pub watch_window_age: std::time::Duration,
     /// Where completed and expired records are handed off: file:DIR,
     /// postgres:URL, webhook:URL or noop (default: file:DATA_DIR/postflight).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub sink: Option<SinkSpec>,
     /// A second sink fed beside the primary; its failures are counted and
     /// logged but never hold back eviction.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub shadow_sink: Option<SinkSpec>,
     /// Records (live and waiting for hand-off) may hold this much memory;
     /// past it Insert is refused with RESOURCE_EXHAUSTED (e.g. 512MiB, 2GiB).
