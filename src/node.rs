@@ -146,8 +146,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let cluster =
         pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
     let peers = pb::raft_server::RaftServer::new(node.peer_service(listeners.signal()))
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20);
+        .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
     let mut grpc_stop = listeners.signal();
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -87,7 +87,7 @@ pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus 
         voters: s.voters().count() as u32,
         outbox_oldest_age_ms: table
             .outbox_oldest_since_ms()
-            .map(|t| crate::raft::leader_clock_ms().saturating_sub(t)),
+            .map(|t| crate::raft::wall_clock_ms().saturating_sub(t)),
         handoff: Some(handoff_status(node, handoff)),
     }
 }

@@ -24,7 +24,7 @@ pub use cluster::{node_status, ClusterService};
 pub use errors::ApiError;
 pub use grpc_metrics::GrpcMetricsLayer;
 pub use records::{InFlightService, Retention};
-pub use validate::Limits;
+pub use validate::{Limits, BATCH_VALUE_FACTOR};
 
 use crate::pb;
 use crate::state::{Record, RecordState};

@@ -12,7 +12,7 @@ use super::{record_to_pb, ApiError, Limits};
 use crate::codec;
 use crate::handoff::HandoffState;
 use crate::pb;
-use crate::raft::{self, leader_clock_ms};
+use crate::raft;
 use crate::shutdown::Shutdown;
 use crate::state::{Action, Applied, Command, Op, RequestTag, Table, TtlChange};
 
@@ -103,7 +103,7 @@ impl InFlightService {
             })
         };
         let cmd = Command {
-            at_ms: leader_clock_ms(),
+            at_ms: self.node.stamp(),
             request,
             action: Action::Ops(ops),
         };

@@ -8,6 +8,8 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const MAX_BATCH_OPS: usize = 1_000;
+/// A batch (one log entry) may carry values totalling this many times the value limit.
+pub const BATCH_VALUE_FACTOR: usize = 4;
 /// The longest TTL accepted: 30 days.
 pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -91,7 +93,7 @@ impl Limits {
                 Op::Delete { .. } => 0,
             })
             .sum();
-        let limit = self.max_value_bytes.saturating_mul(4);
+        let limit = self.max_value_bytes.saturating_mul(BATCH_VALUE_FACTOR);
         if total > limit {
             return Err(ApiError::invalid(format!(
                 "ops: values total {total} bytes, over the batch limit of {limit} bytes"

@@ -40,7 +40,7 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 8001)]
     pub http_port: u16,
     /// Where every node hands off finished records (default: file:DIR/postflight).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub sink: Option<SinkSpec>,
     /// Durability of every node's Raft log.
     #[arg(long, value_enum, default_value = "disk")]

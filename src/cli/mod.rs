@@ -300,11 +300,11 @@ pub struct ServeArgs {
     pub watch_window_age: std::time::Duration,
     /// Where completed and expired records are handed off: file:DIR,
     /// postgres:URL, webhook:URL or noop (default: file:DATA_DIR/postflight).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub sink: Option<SinkSpec>,
     /// A second sink fed beside the primary; its failures are counted and
     /// logged but never hold back eviction.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub shadow_sink: Option<SinkSpec>,
     /// Records (live and waiting for hand-off) may hold this much memory;
     /// past it Insert is refused with RESOURCE_EXHAUSTED (e.g. 512MiB, 2GiB).
@@ -377,6 +377,24 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(out)
 }
 
+/// Refuses a value limit whose log entries could outgrow a peer message.
+fn check_max_value_bytes(max: usize) -> Result<(), String> {
+    use crate::raft::{
+        APPEND_ENTRIES_MAX, ENTRY_OVERHEAD_BYTES, MAX_VALUE_BYTES_BOUND, PEER_MESSAGE_BYTES,
+    };
+    if max > MAX_VALUE_BYTES_BOUND {
+        return Err(format!(
+            "--max-value-bytes: {max} exceeds the limit of {MAX_VALUE_BYTES_BOUND} bytes: a batch may \
+             carry {factor} x this in one log entry, and one AppendEntries message between nodes carries \
+             up to {APPEND_ENTRIES_MAX} entries (each with up to {ENTRY_OVERHEAD_BYTES} bytes of keys \
+             and framing) within the {PEER_MESSAGE_BYTES}-byte peer message limit; a larger value \
+             could stop replication",
+            factor = crate::api::BATCH_VALUE_FACTOR,
+        ));
+    }
+    Ok(())
+}
+
 impl ServeArgs {
     pub fn into_options(self) -> Result<ServeOptions, String> {
         let initial_cluster = match &self.initial_cluster {
@@ -404,6 +422,7 @@ impl ServeArgs {
                 "--request-id-min-window: cannot be longer than --request-id-window".into(),
             );
         }
+        check_max_value_bytes(self.max_value_bytes)?;
         if self.snapshot_every == 0 {
             return Err("--snapshot-every: must be at least 1".into());
         }

@@ -185,6 +185,40 @@ mod tests {
         assert_eq!(s.heartbeat_ms, 40);
     }
 
+    fn serve_options(extra: &[&str]) -> Result<crate::node::ServeOptions, String> {
+        let mut n = NodeArgs::new(
+            1,
+            "/tmp/n1".into(),
+            "127.0.0.1:7001".into(),
+            Membership::Initial(vec![(1, "127.0.0.1:7001".into())]),
+        );
+        n.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut argv = vec!["inflight".to_string(), "serve".to_string()];
+        argv.extend(n.to_args());
+        let cli = super::super::Cli::try_parse_from(argv).expect("serve parses");
+        let super::super::Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        s.into_options()
+    }
+
+    #[test]
+    fn max_value_bytes_beyond_what_a_peer_message_carries_is_refused() {
+        let bound = crate::raft::MAX_VALUE_BYTES_BOUND;
+        assert_eq!(bound, 1_835_008, "(256 MiB / 32 - 1 MiB) / 4");
+        let ok = serve_options(&["--max-value-bytes", &bound.to_string()]).unwrap();
+        assert_eq!(ok.limits.max_value_bytes, bound);
+        assert!(serve_options(&[]).is_ok(), "the default fits");
+        let e =
+            serve_options(&["--max-value-bytes", &(bound + 1).to_string()]).expect_err("refused");
+        assert!(e.contains("--max-value-bytes"), "{e}");
+        assert!(e.contains(&bound.to_string()), "names the bound: {e}");
+        assert!(
+            e.contains("AppendEntries") && e.contains("peer message"),
+            "says why: {e}"
+        );
+    }
+
     #[test]
     fn a_joining_node_lists_the_members_it_joins_through() {
         let n = NodeArgs::new(

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::{Duty, Pace};
-use crate::raft::{leader_clock_ms, Node};
+use crate::raft::Node;
 use crate::shutdown::Shutdown;
 use crate::state::{Action, Command, ExpiredMode};
 
@@ -48,7 +48,7 @@ impl Duty for Expiry {
     }
 
     async fn round(&mut self, node: &Node, _shutdown: &mut Shutdown) -> Pace {
-        let now = leader_clock_ms();
+        let now = node.stamp();
         let keys = node.table().due(now, self.per_round);
         if keys.is_empty() {
             return Pace::Idle;

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::{Duty, Pace};
 use crate::handoff::{Document, HandoffState, Sink, SinkStats};
-use crate::raft::{leader_clock_ms, Consistency, Node};
+use crate::raft::{Consistency, Node};
 use crate::shutdown::Shutdown;
 use crate::state::{Action, Command};
 
@@ -148,7 +148,7 @@ impl Duty for Handoff {
         }
         let ids = docs.into_iter().map(|d| d.id).collect();
         let cmd = Command {
-            at_ms: leader_clock_ms(),
+            at_ms: node.stamp(),
             request: None,
             action: Action::Evict { ids },
         };

@@ -37,5 +37,5 @@ pub mod sink;
 mod stats;
 
 pub use document::Document;
-pub use sink::{Sink, SinkError, SinkSpec};
+pub use sink::{Sink, SinkError, SinkSpec, SinkSpecParser};
 pub use stats::{HandoffState, SinkRole, SinkSnapshot, SinkStats};

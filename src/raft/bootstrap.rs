@@ -78,10 +78,40 @@ pub(super) fn check_identity(dir: &Path, id: NodeId, durability: Durability) -> 
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let body = format!("id={id}\ndurability={}\n", durability.as_str());
-            std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
-            super::wal::sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+            super::durable_file::replace(&path, &[body.as_bytes()])
+                .with_context(|| format!("writing {}", path.display()))?;
             Ok(())
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_written_durably_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // A temporary file left by a write cut short must not get in the way.
+        std::fs::write(
+            super::super::durable_file::tmp_path(&dir.path().join(ID_FILE)),
+            b"id=9",
+        )
+        .unwrap();
+        check_identity(dir.path(), 3, Durability::Disk).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(ID_FILE)).unwrap(),
+            "id=3\ndurability=disk\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![ID_FILE.to_string()], "no .tmp left behind");
+        // Read back: the same id starts, another is refused.
+        check_identity(dir.path(), 3, Durability::Disk).unwrap();
+        let e = check_identity(dir.path(), 4, Durability::Disk).unwrap_err();
+        assert!(e.to_string().contains("belongs to node 3"), "{e}");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::{self, Write};
+use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
+use super::durable_file;
 use super::wal::{self, Wal};
 use super::{Entry, LogId, TypeConfig, Vote};
 use crate::codec;
@@ -115,22 +116,7 @@ fn read_vote_file(path: &Path) -> io::Result<Option<Vote>> {
 
 fn write_vote_file(path: &Path, vote: &Vote) -> io::Result<()> {
     let body = codec::encode(vote)?;
-    let tmp = path.with_extension("tmp");
-    let written = (|| -> io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Some(dir) = path.parent() {
-        wal::sync_dir(dir)?;
-    }
-    Ok(())
+    durable_file::replace(path, &[&crc32fast::hash(&body).to_le_bytes(), &body])
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

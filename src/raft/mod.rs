@@ -26,6 +26,8 @@
 
 mod batch;
 mod bootstrap;
+mod clock;
+mod durable_file;
 mod error;
 mod log_store;
 mod network;
@@ -63,13 +65,54 @@ type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
-/// The leader's wall clock in ms since the Unix epoch: the time stamped into
-/// commands. Replicas never read their own clock while applying.
-pub fn leader_clock_ms() -> u64 {
-    std::time::SystemTime::now()
+/// The largest gRPC message between peers, either direction (the Raft service).
+pub const PEER_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Log entries in one AppendEntries message, at most (openraft's
+/// `max_payload_entries`).
+pub const APPEND_ENTRIES_MAX: usize = 32;
+
+/// Room per log entry for everything but values: up to 1,000 keys of at most
+/// 512 bytes, op framing, a request id. Generous on purpose.
+pub const ENTRY_OVERHEAD_BYTES: usize = 1 << 20;
+
+/// The largest `--max-value-bytes` whose log entries always fit a peer
+/// message: a batch's values total up to
+/// [`crate::api::BATCH_VALUE_FACTOR`] × the value limit in one entry, and one
+/// AppendEntries carries up to [`APPEND_ENTRIES_MAX`] entries within
+/// [`PEER_MESSAGE_BYTES`]. (256 MiB / 32 − 1 MiB) / 4 = 1.75 MiB. A larger
+/// limit would let followers refuse a full AppendEntries, and the cluster
+/// would stop replicating.
+pub const MAX_VALUE_BYTES_BOUND: usize = (PEER_MESSAGE_BYTES / APPEND_ENTRIES_MAX
+    - ENTRY_OVERHEAD_BYTES)
+    / crate::api::BATCH_VALUE_FACTOR;
+
+/// This node's wall clock in ms since the Unix epoch. Commands are stamped
+/// with [`Node::stamp`], which follows this clock only gradually (see
+/// `clock`); this is for what is shown, not stamped. Replicas never read
+/// their own clock while applying.
+pub fn wall_clock_ms() -> u64 {
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    #[cfg(feature = "test-clock-offset")]
+    let ms = ms.saturating_add_signed(test_clock_offset_ms());
+    ms
+}
+
+/// Tests only (feature `test-clock-offset`): shifts every wall clock reading
+/// by a signed number of ms, so that a test can make a node's clock jump.
+/// `INFLIGHT_TEST_CLOCK_OFFSET_MS` holds the offset, or
+/// `INFLIGHT_TEST_CLOCK_OFFSET_FILE` names a file holding it; both are read
+/// again at every reading, so a test can change the file while a node runs.
+#[cfg(feature = "test-clock-offset")]
+fn test_clock_offset_ms() -> i64 {
+    let text = match std::env::var_os("INFLIGHT_TEST_CLOCK_OFFSET_FILE") {
+        Some(path) => std::fs::read_to_string(path).ok(),
+        None => std::env::var("INFLIGHT_TEST_CLOCK_OFFSET_MS").ok(),
+    };
+    text.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Durability of the Raft log, vote and snapshots.

@@ -78,8 +78,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client: self.channel(&node.addr).map(|c| {
                 RaftClient::new(c)
-                    .max_decoding_message_size(256 << 20)
-                    .max_encoding_message_size(256 << 20)
+                    .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+                    .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
             }),
         }
     }

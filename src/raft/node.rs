@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::batch::{self, Proposal, Reply};
 use super::bootstrap::check_identity;
+use super::clock::LeaderClock;
 use super::log_store::LogStore;
 use super::network::PeerNetwork;
 use super::peer_service::PeerService;
@@ -139,6 +140,8 @@ struct Inner {
     /// show an older state than this node served before a restart.
     recovered: AtomicBool,
     contact: Arc<LeaderContact>,
+    /// What this node stamps into commands while it leads.
+    clock: LeaderClock,
     leader_changes: Mutex<VecDeque<LeaderChange>>,
     /// The batchers' queues (see `batch`), and their tasks, joined on shutdown.
     proposals: mpsc::UnboundedSender<Proposal>,
@@ -184,9 +187,10 @@ impl Node {
             max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
             install_snapshot_timeout: 30_000,
             enable_pre_vote: Some(true),
-            // Bounds one AppendEntries message: 32 entries of at most a
-            // 4 MiB batch each stay under the 256 MiB peer message limit.
-            max_payload_entries: 32,
+            // Bounds one AppendEntries message: with `--max-value-bytes` at
+            // most `MAX_VALUE_BYTES_BOUND` (checked at start), this many
+            // entries stay under the peer message limit.
+            max_payload_entries: super::APPEND_ENTRIES_MAX as u64,
             ..Default::default()
         }
         .validate()
@@ -228,6 +232,7 @@ impl Node {
                 log,
                 recovered: AtomicBool::new(false),
                 contact: Arc::new(LeaderContact::default()),
+                clock: LeaderClock::new(super::wall_clock_ms),
                 leader_changes: Mutex::default(),
                 proposals,
                 read_index,
@@ -235,6 +240,13 @@ impl Node {
                 batchers: Mutex::new(batchers),
             }),
         })
+    }
+
+    /// The time to stamp into a command this node proposes (ms since the
+    /// Unix epoch): the leader's clock, which follows the wall clock only
+    /// gradually and never goes back (see `clock`).
+    pub fn stamp(&self) -> u64 {
+        self.inner.clock.stamp(self.inner.table.last_stamp_ms())
     }
 
     pub fn id(&self) -> NodeId {
@@ -463,7 +475,7 @@ impl Node {
                 {
                     let mut seen = self.inner.leader_changes.lock();
                     seen.push_back(LeaderChange {
-                        at_ms: super::leader_clock_ms(),
+                        at_ms: super::wall_clock_ms(),
                         term,
                         leader,
                     });

@@ -9,7 +9,10 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult, TransferLeaderRequest,
+    VoteRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -58,6 +61,25 @@ fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft node stopped: {e}"))
 }
 
+/// Whether an AppendEntries answer counts as contact with the leader for
+/// `max_staleness_ms`: only one this node accepted (its log now matches the
+/// sender's up to the entries sent). A `Conflict` (our log diverges, so we
+/// may lack what the leader has) or a `HigherVote` (the sender is not our
+/// leader: a deposed leader still sending) says nothing about how fresh our
+/// state is, so it must not make a STALE read look fresh.
+pub(super) fn counts_as_contact(resp: &AppendEntriesResponse<TypeConfig>) -> bool {
+    match resp {
+        AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) => true,
+        AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => false,
+    }
+}
+
+/// [`counts_as_contact`] for one answer on a replication stream: `Ok` is an
+/// accepted append; `Err` is a conflict or a higher vote.
+pub(super) fn stream_counts_as_contact(result: &StreamAppendResult<TypeConfig>) -> bool {
+    result.is_ok()
+}
+
 #[tonic::async_trait]
 impl crate::pb::raft_server::Raft for PeerService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -76,7 +98,9 @@ impl crate::pb::raft_server::Raft for PeerService {
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
         let resp = self.raft.append_entries(rpc).await.map_err(stopped)?;
-        self.contact.touch();
+        if counts_as_contact(&resp) {
+            self.contact.touch();
+        }
         encode(&resp)
     }
 
@@ -107,7 +131,7 @@ impl crate::pb::raft_server::Raft for PeerService {
             .stream_append(Box::pin(input))
             .map(move |r| match r {
                 Ok(result) => {
-                    if result.is_ok() {
+                    if stream_counts_as_contact(&result) {
                         contact.touch();
                     }
                     codec::encode(&result)
@@ -174,5 +198,40 @@ impl crate::pb::raft_server::Raft for PeerService {
                 .await
                 .map_err(stopped)?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::StreamAppendError;
+    use openraft::testing::log_id as log_id_of;
+
+    use super::*;
+    use crate::raft::LogId;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        log_id_of::<TypeConfig>(term, 1, index)
+    }
+
+    #[test]
+    fn only_accepted_appends_count_as_leader_contact() {
+        let higher = openraft::impls::Vote::new(9, 2);
+        assert!(counts_as_contact(&AppendEntriesResponse::Success));
+        assert!(counts_as_contact(&AppendEntriesResponse::PartialSuccess(
+            Some(log_id(1, 3))
+        )));
+        assert!(!counts_as_contact(&AppendEntriesResponse::Conflict));
+        assert!(!counts_as_contact(&AppendEntriesResponse::HigherVote(
+            higher
+        )));
+
+        assert!(stream_counts_as_contact(&Ok(Some(log_id(1, 3)))));
+        assert!(stream_counts_as_contact(&Ok(None)));
+        assert!(!stream_counts_as_contact(&Err(
+            StreamAppendError::Conflict(log_id(1, 3))
+        )));
+        assert!(!stream_counts_as_contact(&Err(
+            StreamAppendError::HigherVote(higher)
+        )));
     }
 }

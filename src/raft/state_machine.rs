@@ -14,7 +14,7 @@
 //! removed) and streamed to peers. A snapshot never replaces a newer one: a
 //! build of older state that finishes after an install is dropped.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -167,19 +167,7 @@ impl StateMachine {
         let kept = match &self.inner.dir {
             Some(dir) => {
                 let path = snapshot_file(dir, index);
-                let tmp = path.with_extension("tmp");
-                let written = (|| -> io::Result<()> {
-                    let mut f = std::fs::File::create(&tmp)?;
-                    f.write_all(bytes)?;
-                    f.sync_all()?;
-                    std::fs::rename(&tmp, &path)
-                })();
-                if let Err(e) = written {
-                    // Do not leave a partial file behind on a full disk.
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                super::wal::sync_dir(dir)?;
+                super::durable_file::replace(&path, &[bytes])?;
                 None
             }
             None => Some(bytes.clone()),

@@ -30,6 +30,9 @@ pub struct Table {
     events: EventLog,
     /// The log index of the last applied entry: the cluster revision as this node sees it.
     revision: AtomicU64,
+    /// The latest leader stamp (`at_ms`) applied: a new leader's clock starts
+    /// no earlier.
+    last_stamp_ms: AtomicU64,
     /// Approximate bytes held by records (keys, values, metadata).
     bytes: AtomicUsize,
     /// Odd while `restore` replaces the table; bumped before and after, so a
@@ -64,6 +67,12 @@ impl Table {
     /// (a blank or membership entry).
     pub fn advance_revision(&self, revision: u64) {
         self.revision.store(revision, Ordering::Release);
+    }
+
+    /// The latest `at_ms` of an applied command (or, after a restore, of a
+    /// record's last change); 0 if none.
+    pub fn last_stamp_ms(&self) -> u64 {
+        self.last_stamp_ms.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
@@ -186,6 +195,7 @@ impl Table {
             None => self.apply_action(revision, cmd),
             Some(tag) => self.apply_tagged(revision, cmd, tag),
         };
+        self.last_stamp_ms.fetch_max(cmd.at_ms, Ordering::AcqRel);
         self.advance_revision(revision);
         outcome
     }
@@ -467,7 +477,9 @@ impl Table {
         let mut bytes = 0;
         let mut outbox = self.outbox.lock();
         outbox.clear();
+        let mut newest_stamp = body.requests.iter().map(|r| r.at_ms).max().unwrap_or(0);
         for (key, record) in body.records {
+            newest_stamp = newest_stamp.max(record.updated_at_ms);
             bytes += record.footprint(&key);
             let key: Arc<str> = Arc::from(key);
             order.insert(key.clone());
@@ -481,6 +493,7 @@ impl Table {
         }
         self.requests.lock().restore(body.requests);
         self.bytes.store(bytes, Ordering::Relaxed);
+        self.last_stamp_ms.fetch_max(newest_stamp, Ordering::AcqRel);
         drop(outbox);
 
         self.events.reset(revision);

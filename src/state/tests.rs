@@ -788,3 +788,19 @@ fn expire_mode_decodes_log_entries_written_when_it_was_a_bool() {
         );
     }
 }
+
+#[test]
+fn the_last_applied_stamp_only_grows_and_survives_a_restore() {
+    let s = Table::new();
+    assert_eq!(s.last_stamp_ms(), 0);
+    s.apply(1, &one(5_000, insert("a", "1"))).unwrap();
+    assert_eq!(s.last_stamp_ms(), 5_000);
+    // A rejected command still carries a leader stamp.
+    s.apply(2, &one(4_000, insert("a", "2"))).unwrap_err();
+    assert_eq!(s.last_stamp_ms(), 5_000);
+    s.apply(3, &one(6_000, update("a", "3", None))).unwrap();
+    assert_eq!(s.last_stamp_ms(), 6_000);
+    let t = Table::new();
+    t.restore(s.export(), s.revision());
+    assert_eq!(t.last_stamp_ms(), 6_000);
+}

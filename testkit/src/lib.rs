@@ -20,7 +20,7 @@ pub use cluster::{Addresses, Cluster, ClusterOptions, Node};
 pub use wait::{free_port, free_port_block, wait_for, wait_until, wait_until_blocking};
 
 /// Milliseconds since the Unix epoch on this machine's clock: the clock the
-/// leader stamps commands with (`inflight::raft::leader_clock_ms`).
+/// leader's stamps follow (`inflight::raft::wall_clock_ms`).
 pub fn now_ms() -> u64 {
-    inflight::raft::leader_clock_ms()
+    inflight::raft::wall_clock_ms()
 }

@@ -120,7 +120,7 @@ impl Files {
         // Each line also says when it was written (this node's clock, just
         // before the write), so a reader can check it against the time of
         // the `Evict` that followed.
-        let stamp = format!(",\"written_at_ms\":{}}}", crate::raft::leader_clock_ms());
+        let stamp = format!(",\"written_at_ms\":{}}}", crate::raft::wall_clock_ms());
         let mut buf =
             Vec::with_capacity(fresh.iter().map(|d| d.json.len() + stamp.len() + 1).sum());
         for d in &fresh {

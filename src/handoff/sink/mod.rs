@@ -10,6 +10,7 @@
 
 mod file;
 mod postgres;
+mod redact;
 mod webhook;
 
 use std::path::PathBuf;
@@ -22,8 +23,9 @@ pub use webhook::WebhookSink;
 use super::document::Document;
 
 /// A sink as given on the command line: `file:DIR`, `postgres:URL`,
-/// `webhook:URL` or `noop`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `webhook:URL` or `noop`. `Display` and `Debug` hide secrets (see
+/// `redact`); only `cli::serve_args::sink_arg` and the sinks themselves see them.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SinkSpec {
     File(PathBuf),
     Postgres(String),
@@ -43,7 +45,10 @@ impl FromStr for SinkSpec {
 
         let need = |what: &str| -> Result<String, String> {
             if rest.is_empty() {
-                Err(format!("sink {s:?}: `{kind}:` needs {what}"))
+                Err(format!(
+                    "sink {:?}: `{kind}:` needs {what}",
+                    redact::spec(s)
+                ))
             } else {
                 Ok(rest.to_string())
             }
@@ -53,58 +58,79 @@ impl FromStr for SinkSpec {
             "postgres" => {
                 let url = need("a connection URL, e.g. postgres://user@127.0.0.1:5432/db")?;
                 url.parse::<tokio_postgres::Config>()
-                    .map_err(|e| format!("sink {}: bad PostgreSQL URL: {e}", redact(s)))?;
+                    .map_err(|e| format!("sink {}: bad PostgreSQL URL: {e}", redact::spec(s)))?;
                 Ok(SinkSpec::Postgres(url))
             }
             "webhook" => {
                 let url = need("an http:// URL")?;
                 let parsed = reqwest::Url::parse(&url)
-                    .map_err(|e| format!("sink {}: bad webhook URL: {e}", redact(s)))?;
+                    .map_err(|e| format!("sink {}: bad webhook URL: {e}", redact::spec(s)))?;
                 if parsed.scheme() != "http" {
                     return Err(format!(
                         "sink {}: only http:// webhooks are supported (this build has no TLS); \
                          put a TLS-terminating proxy in front of an https endpoint",
-                        redact(s)
+                        redact::spec(s)
                     ));
                 }
                 Ok(SinkSpec::Webhook(url))
             }
             "noop" if rest.is_empty() => Ok(SinkSpec::Noop),
             _ => Err(format!(
-                "sink {s:?}: expected file:DIR, postgres:URL, webhook:URL or noop"
+                "sink {:?}: expected file:DIR, postgres:URL, webhook:URL or noop",
+                redact::spec(s)
             )),
         }
     }
 }
 
 impl std::fmt::Display for SinkSpec {
-    /// The spec with any password in a URL hidden, for logs and status.
+    /// The spec with its secrets hidden, for logs, status and errors.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SinkSpec::File(dir) => write!(f, "file:{}", dir.display()),
-            SinkSpec::Postgres(url) => write!(f, "postgres:{}", redact(url)),
-            SinkSpec::Webhook(url) => write!(f, "webhook:{}", redact(url)),
+            SinkSpec::Postgres(url) => write!(f, "postgres:{}", redact::conninfo(url)),
+            SinkSpec::Webhook(url) => write!(f, "webhook:{}", redact::url(url, true)),
             SinkSpec::Noop => write!(f, "noop"),
         }
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        _ => url.to_string(),
+impl std::fmt::Debug for SinkSpec {
+    /// As `Display`: options structs holding a spec are logged with `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SinkSpec({self})")
+    }
+}
+
+/// clap's parser for `--sink` and `--shadow-sink`. clap's own message for a
+/// value that does not parse quotes the value, secrets and all; this one
+/// shows only the redacted spec.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkSpecParser;
+
+impl clap::builder::TypedValueParser for SinkSpecParser {
+    type Value = SinkSpec;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SinkSpec, clap::Error> {
+        use clap::error::ErrorKind;
+        let flag = arg
+            .and_then(|a| a.get_long())
+            .map_or_else(|| "a sink".to_string(), |l| format!("--{l}"));
+        let fail = |kind, msg: String| clap::Error::raw(kind, format!("{msg}\n")).with_cmd(cmd);
+        let text = value
+            .to_str()
+            .ok_or_else(|| fail(ErrorKind::InvalidUtf8, format!("{flag}: not UTF-8")))?;
+        text.parse().map_err(|e: String| {
+            fail(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {flag}: {e}"),
+            )
+        })
     }
 }
 
@@ -199,5 +225,98 @@ mod tests {
             .parse::<SinkSpec>()
             .unwrap_err();
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn every_secret_form_is_hidden_in_display_and_debug() {
+        for (given, shown) in [
+            ("postgres://app:s3cret@127.0.0.1/db", "postgres:postgres://app:***@127.0.0.1/db"),
+            (
+                "postgres:host=127.0.0.1 user=app password=s3cret dbname=db",
+                "postgres:host=127.0.0.1 user=app password=*** dbname=db",
+            ),
+            (
+                "postgres:postgres://app@127.0.0.1/db?password=s3cret",
+                "postgres:postgres://app@127.0.0.1/db?password=***",
+            ),
+            (
+                "webhook:http://127.0.0.1:9/in?token=s3cret&x=1",
+                "webhook:http://127.0.0.1:9/in?token=***&x=1",
+            ),
+            (
+                "webhook:http://127.0.0.1:9/in?api_key=s3cret&key=s3cret&secret=s3cret&password=s3cret",
+                "webhook:http://127.0.0.1:9/in?api_key=***&key=***&secret=***&password=***",
+            ),
+            ("webhook:http://u:s3cret@127.0.0.1:9/in", "webhook:http://u:***@127.0.0.1:9/in"),
+            ("webhook:http://s3cret@127.0.0.1:9/in", "webhook:http://***@127.0.0.1:9/in"),
+        ] {
+            let spec: SinkSpec = given.parse().unwrap();
+            assert_eq!(spec.to_string(), shown);
+            let debug = format!("{spec:?}");
+            assert!(!debug.contains("s3cret") && debug.contains(shown), "{debug}");
+            // The secret is kept for the sink itself and for child processes.
+            assert!(crate::cli::serve_args::sink_arg(&spec).contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn parse_errors_and_clap_errors_hide_secrets() {
+        use clap::builder::TypedValueParser;
+        for bad in [
+            "webhook:https://u:s3cret@h/in?token=s3cret",
+            "postgres:host=h password=s3cret port=notaport",
+            "webhok:http://u:s3cret@h/",
+            "pg:password=s3cret",
+        ] {
+            let e = bad.parse::<SinkSpec>().unwrap_err();
+            assert!(e.contains("sink") && !e.contains("s3cret"), "{bad}: {e}");
+            let cmd = clap::Command::new("inflight");
+            let arg = clap::Arg::new("sink").long("sink");
+            let e = SinkSpecParser
+                .parse_ref(&cmd, Some(&arg), std::ffi::OsStr::new(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--sink") && !e.contains("s3cret"), "{bad}: {e}");
+            // And through the real command line.
+            use clap::Parser;
+            let argv = [
+                "inflight",
+                "serve",
+                "--id",
+                "1",
+                "--data-dir",
+                "/tmp/x",
+                "--sink",
+                bad,
+            ];
+            let e = crate::cli::Cli::try_parse_from(argv)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("--sink") && !e.contains("s3cret"), "{bad}: {e}");
+            let argv = ["inflight", "dev", "--sink", bad];
+            let e = crate::cli::Cli::try_parse_from(argv)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("--sink") && !e.contains("s3cret"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn webhook_errors_hide_secrets() {
+        // Nothing listens on port 1 of loopback: the POST fails to connect.
+        let url = "http://u:s3cret@127.0.0.1:1/in?token=s3cret";
+        let mut sink = Sink::open(&SinkSpec::Webhook(url.into()), 1).unwrap();
+        let doc = Document {
+            id: crate::state::HandoffId {
+                key: "k".into(),
+                revision: 1,
+            },
+            state: "COMPLETED",
+            json: "{}".into(),
+        };
+        let e = sink.write(&[doc]).await.unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1:1") && !e.contains("s3cret"), "{e}");
     }
 }

@@ -30,7 +30,7 @@ impl WebhookSink {
             .map_err(|e| SinkError(format!("webhook sink: {e}")))?;
         Ok(WebhookSink {
             url: url.to_string(),
-            shown: redact(url),
+            shown: redact::url(url, true),
             http,
         })
     }
@@ -48,10 +48,11 @@ impl WebhookSink {
             .send()
             .await
             .map_err(|e| {
+                // reqwest's message quotes the URL, secrets and all.
                 SinkError(format!(
                     "webhook sink: POST {}: {}",
                     self.shown,
-                    error_chain(&e)
+                    error_chain(&e.without_url())
                 ))
             })?;
         let status = resp.status();
