@@ -84,9 +84,21 @@ pub fn session_stream(
     Box::pin(ReceiverStream::new(rx).fuse())
 }
 
+/// Runs one op of a frame. It is timed and counted under the same method
+/// name and status code as the unary call it stands for, so the request
+/// metrics mean the same whichever way a client sends.
 async fn run_op(svc: &InFlightService, op: pb::FrameOp) -> pb::OpResult {
     use pb::frame_op::Op;
     use pb::op_result::Result as R;
+    let started = std::time::Instant::now();
+    let method = match &op.op {
+        Some(Op::Insert(_)) => "Insert",
+        Some(Op::Update(_)) => "Update",
+        Some(Op::Delete(_)) => "Delete",
+        Some(Op::Complete(_)) => "Complete",
+        Some(Op::Get(_)) => "Get",
+        None => "unknown",
+    };
     let result = match op.op {
         Some(Op::Insert(r)) => svc.insert(r).await.map(R::Mutation),
         Some(Op::Update(r)) => svc.update(r).await.map(R::Mutation),
@@ -97,8 +109,14 @@ async fn run_op(svc: &InFlightService, op: pb::FrameOp) -> pb::OpResult {
             "op: empty frame op (set insert, update, delete, complete or get)",
         )),
     };
+    let result = result.unwrap_or_else(|e| R::Error(op_error(e)));
+    let code = match &result {
+        R::Error(e) => tonic::Code::from_i32(e.code),
+        _ => tonic::Code::Ok,
+    };
+    crate::metrics::METRICS.observe_grpc(method, started, code);
     pb::OpResult {
-        result: Some(result.unwrap_or_else(|e| R::Error(op_error(e)))),
+        result: Some(result),
     }
 }
 
