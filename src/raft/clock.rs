@@ -30,17 +30,18 @@ pub const SLEW_MS_PER_SEC: u64 = 100;
 /// idle and picks up (monotonic progress, slew, the replicated floor) when
 /// the node next leads.
 pub struct LeaderClock {
-    wall_ms: fn() -> u64,
+    /// The wall clock, µs since the Unix epoch.
+    wall_us: fn() -> u64,
     /// The last stamp (µs, so that frequent small steps still slew) and when
     /// it was taken.
     last: Mutex<Option<(u64, Instant)>>,
 }
 
 impl LeaderClock {
-    /// A clock that reads `wall_ms` (ms since the Unix epoch) as its wall clock.
-    pub fn new(wall_ms: fn() -> u64) -> LeaderClock {
+    /// A clock that reads `wall_us` (µs since the Unix epoch) as its wall clock.
+    pub fn new(wall_us: fn() -> u64) -> LeaderClock {
         LeaderClock {
-            wall_ms,
+            wall_us,
             last: Mutex::new(None),
         }
     }
@@ -48,11 +49,15 @@ impl LeaderClock {
     /// The next stamp, ms since the Unix epoch; `floor_ms` is the last stamp
     /// this node applied. Never below an earlier stamp or the floor.
     pub fn stamp(&self, floor_ms: u64) -> u64 {
-        self.stamp_at(Instant::now(), (self.wall_ms)(), floor_ms)
+        self.stamp_at_us(Instant::now(), (self.wall_us)(), floor_ms)
     }
 
+    #[cfg(test)]
     fn stamp_at(&self, now: Instant, wall_ms: u64, floor_ms: u64) -> u64 {
-        let wall = wall_ms.saturating_mul(1000);
+        self.stamp_at_us(now, wall_ms.saturating_mul(1000), floor_ms)
+    }
+
+    fn stamp_at_us(&self, now: Instant, wall: u64, floor_ms: u64) -> u64 {
         let floor = floor_ms.saturating_mul(1000);
         let mut last = self.last.lock();
         let next = match *last {
@@ -93,7 +98,7 @@ mod tests {
 
     fn clock() -> (LeaderClock, Instant) {
         (
-            LeaderClock::new(super::super::wall_clock_ms),
+            LeaderClock::new(super::super::wall_clock_us),
             Instant::now(),
         )
     }
@@ -168,7 +173,7 @@ mod tests {
 
     #[test]
     fn the_real_clock_is_monotonic() {
-        let c = LeaderClock::new(super::super::wall_clock_ms);
+        let c = LeaderClock::new(super::super::wall_clock_us);
         let mut last = 0;
         for _ in 0..1_000 {
             let s = c.stamp(0);

@@ -92,13 +92,20 @@ pub const MAX_VALUE_BYTES_BOUND: usize = (PEER_MESSAGE_BYTES / APPEND_ENTRIES_MA
 /// `clock`); this is for what is shown, not stamped. Replicas never read
 /// their own clock while applying.
 pub fn wall_clock_ms() -> u64 {
-    let ms = std::time::SystemTime::now()
+    wall_clock_us() / 1000
+}
+
+/// The wall clock in µs since the Unix epoch. The leader clock reads this
+/// one: reading whole ms would leave its stamps up to a millisecond behind
+/// the wall clock that sinks and clients read.
+pub fn wall_clock_us() -> u64 {
+    let us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     #[cfg(feature = "test-clock-offset")]
-    let ms = ms.saturating_add_signed(test_clock_offset_ms());
-    ms
+    let us = us.saturating_add_signed(test_clock_offset_ms().saturating_mul(1000));
+    us
 }
 
 /// Tests only (feature `test-clock-offset`): shifts every wall clock reading

@@ -232,7 +232,7 @@ impl Node {
                 log,
                 recovered: AtomicBool::new(false),
                 contact: Arc::new(LeaderContact::default()),
-                clock: LeaderClock::new(super::wall_clock_ms),
+                clock: LeaderClock::new(super::wall_clock_us),
                 leader_changes: Mutex::default(),
                 proposals,
                 read_index,
