@@ -361,3 +361,45 @@ async fn unary_and_framed_clients_see_the_same_errors() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_large_values_are_split_across_frames_within_the_message_limits() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    c.wait_leader(Duration::from_secs(20)).await;
+    let client = c.client();
+    // 24 values of 900 KiB from callers sharing one client: 21 MiB in all,
+    // more than one request (16 MiB) or one answer may carry.
+    let writers: Vec<_> = (0..24)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let value = vec![b'a' + (i % 26) as u8; 900 << 10];
+                client
+                    .insert(&format!("call/big-{i}"), value)
+                    .await
+                    .unwrap_or_else(|e| panic!("insert {i}: {e}"));
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let readers: Vec<_> = (0..24)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .get(&format!("call/big-{i}"), Consistency::Linearizable)
+                    .await
+                    .unwrap_or_else(|e| panic!("get {i}: {e}"))
+                    .record
+                    .unwrap();
+                assert_eq!(r.value.len(), 900 << 10);
+                assert!(r.value.iter().all(|b| *b == b'a' + (i % 26) as u8));
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+}

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -27,8 +28,13 @@ use crate::pb;
 use crate::pb::op_result::Result as OpOutcome;
 use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 
-/// Operations in one frame, at most (the server's limit).
-const MAX_FRAME_OPS: usize = 4096;
+/// Operations in one frame, at most. The answer to a frame is one message
+/// too: 32 gets of the largest records (1 MiB by default) stay well inside
+/// the 64 MiB the client accepts.
+const MAX_FRAME_OPS: usize = 32;
+/// Encoded bytes of the ops in one frame, at most (a single larger op still
+/// goes alone): far inside the node's 16 MiB request limit.
+const MAX_FRAME_BYTES: usize = 4 << 20;
 
 struct Queued {
     op: pb::FrameOp,
@@ -69,11 +75,29 @@ struct Stream {
 async fn run(channel: Channel, mut queue: mpsc::UnboundedReceiver<Queued>, timeout: Duration) {
     let mut stream: Option<Stream> = None;
     let mut next_id: u64 = 0;
-    while let Some(first) = queue.recv().await {
+    // An op taken from the queue that did not fit the previous frame.
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match queue.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut bytes = first.op.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_FRAME_OPS {
             match queue.try_recv() {
-                Ok(q) => batch.push(q),
+                Ok(q) => {
+                    let len = q.op.encoded_len();
+                    if bytes + len > MAX_FRAME_BYTES {
+                        carried = Some(q);
+                        break;
+                    }
+                    bytes += len;
+                    batch.push(q);
+                }
                 Err(_) => break,
             }
         }
@@ -89,7 +113,9 @@ async fn run(channel: Channel, mut queue: mpsc::UnboundedReceiver<Queued>, timeo
         let answer =
             match tokio::time::timeout(timeout, exchange(&channel, &mut stream, frame)).await {
                 Ok(Ok(r)) if r.id == next_id && r.results.len() == n => Ok(r.results),
-                Ok(Ok(r)) => Err(Status::internal(format!(
+                // The ops may or may not have been applied: UNKNOWN, which the
+                // caller retries with the same request id.
+                Ok(Ok(r)) => Err(Status::unknown(format!(
                     "session: frame {next_id} of {n} ops was answered as frame {} with {} results",
                     r.id,
                     r.results.len()

@@ -393,3 +393,41 @@ async fn leftover_tmp_files_are_removed_at_start() {
         assert!(!p.exists(), "{} is left", p.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_record_whose_checksum_holds_but_does_not_decode_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    {
+        let (wal, _) = Wal::open(&wal_dir, 1 << 20).unwrap();
+        for i in 1..=20u64 {
+            append_padded(&wal, i).unwrap();
+        }
+    }
+    // A whole, checksummed record that this version cannot decode (as one
+    // written by a newer version would be): nothing tore it, so cutting it
+    // could drop an acknowledged entry.
+    let mut segs: Vec<_> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let mut payload = vec![1u8]; // the entry tag
+    payload.extend_from_slice(&[0xff; 40]);
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    let mut bytes = std::fs::read(last).unwrap();
+    let before = bytes.len();
+    bytes.extend_from_slice(&frame);
+    std::fs::write(last, &bytes).unwrap();
+    let err = match Wal::open(&wal_dir, 1 << 20) {
+        Ok(_) => panic!("opened a log whose final record does not decode"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("does not decode"), "{err}");
+    assert!(err.contains(&format!("offset {before}")), "{err}");
+    // Nothing was cut.
+    assert_eq!(std::fs::read(last).unwrap().len(), before + frame.len());
+}

@@ -194,6 +194,10 @@ fn unrecoverable(what: String, dir: &Path) -> io::Error {
 enum FrameError {
     Torn(&'static str),
     Corrupt(String),
+    /// The checksum holds but the record does not decode: nothing tore it,
+    /// so it is never cut (written by a newer version, or damaged before its
+    /// checksum was computed).
+    Undecodable(String),
 }
 
 impl FrameError {
@@ -201,6 +205,10 @@ impl FrameError {
         match self {
             FrameError::Torn(w) => format!("torn write ({w})"),
             FrameError::Corrupt(w) => format!("corrupt record ({w})"),
+            FrameError::Undecodable(w) => format!(
+                "a record whose checksum holds but which does not decode ({w}; written by a newer \
+                 version of inflight?)"
+            ),
         }
     }
 }
@@ -263,7 +271,7 @@ fn replay_segment(
         let applied = frame_at(bytes, pos).and_then(|payload| {
             apply_record(payload, state, max_index)
                 .map(|idx| (payload.len(), idx))
-                .map_err(|e| FrameError::Corrupt(format!("undecodable record: {e}")))
+                .map_err(|e| FrameError::Undecodable(e.to_string()))
         });
         match applied {
             Ok((len, idx)) => {
@@ -433,7 +441,8 @@ impl Wal {
                 let later = found.len() - i - 1;
                 let what = error.describe();
                 let intact = intact_after(&bytes, offset);
-                if intact.is_some() || later > 0 {
+                let undecodable = matches!(error, FrameError::Undecodable(_));
+                if intact.is_some() || later > 0 || undecodable {
                     // Not a torn final write: intact records follow the bad
                     // one (here or in later segments), and they were written
                     // (maybe fsynced and acknowledged) after it. Cutting here
@@ -442,7 +451,8 @@ impl Wal {
                         Some((q, first)) => {
                             (format!("an intact record follows at offset {q}"), first)
                         }
-                        None => (format!("{later} later segment(s) follow it"), None),
+                        None if later > 0 => (format!("{later} later segment(s) follow it"), None),
+                        None => ("its checksum holds".to_string(), None),
                     };
                     let index = damaged_index(&bytes, offset, last_entry, after_index);
                     return Err(unrecoverable(
