@@ -21,6 +21,7 @@ fn insert_command() -> Command {
     Command {
         at_ms: 1_795_780_672_920,
         request: Some(RequestTag {
+            legacy_max_ids: None,
             id: "0193e4a4-6f1c-7c4e-9d1a-2b3c4d5e6f70".into(),
             fingerprint: 0x1234_5678_9abc_def0,
             window_ms: 600_000,

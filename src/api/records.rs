@@ -94,6 +94,7 @@ impl InFlightService {
         } else {
             self.limits.request_id(&request_id)?;
             Some(RequestTag {
+                legacy_max_ids: None,
                 id: request_id,
                 fingerprint: codec::fingerprint(&ops)
                     .map_err(|e| ApiError::Internal(e.to_string()))?,

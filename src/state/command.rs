@@ -38,11 +38,13 @@ pub struct RequestTag {
     pub min_window_ms: u64,
     /// The table of ids holds at most this many bytes (see `requests::cost`).
     pub max_bytes: u64,
+    /// Set only on tags decoded from log entries written before byte bounds
+    /// existed: such an entry is replayed under the rule it was first applied
+    /// with (keep at most this many ids, forget the oldest, never refuse), so
+    /// that a node replaying it reaches the state an older node reached, and
+    /// it is encoded back in its old form when replicated.
+    pub legacy_max_ids: Option<u32>,
 }
-
-/// How many bytes each id of a tag written before byte bounds existed
-/// (`max_ids`, a count) stands for when such an entry is replayed.
-pub const LEGACY_BYTES_PER_ID: u64 = 256;
 
 /// The encoding of `Command::request`.
 ///
@@ -54,7 +56,7 @@ pub const LEGACY_BYTES_PER_ID: u64 = 256;
 mod tag_wire {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{RequestTag, LEGACY_BYTES_PER_ID};
+    use super::RequestTag;
 
     #[derive(Serialize, Deserialize)]
     struct RequestTagV1 {
@@ -83,13 +85,21 @@ mod tag_wire {
     pub fn serialize<S: Serializer>(tag: &Option<RequestTag>, s: S) -> Result<S::Ok, S::Error> {
         match tag {
             None => Wire::None,
-            Some(t) => Wire::V2(RequestTagV2 {
-                id: t.id.clone(),
-                fingerprint: t.fingerprint,
-                window_ms: t.window_ms,
-                min_window_ms: t.min_window_ms,
-                max_bytes: t.max_bytes,
-            }),
+            Some(t) => match t.legacy_max_ids {
+                Some(max_ids) => Wire::V1(RequestTagV1 {
+                    id: t.id.clone(),
+                    fingerprint: t.fingerprint,
+                    window_ms: t.window_ms,
+                    max_ids,
+                }),
+                None => Wire::V2(RequestTagV2 {
+                    id: t.id.clone(),
+                    fingerprint: t.fingerprint,
+                    window_ms: t.window_ms,
+                    min_window_ms: t.min_window_ms,
+                    max_bytes: t.max_bytes,
+                }),
+            },
         }
         .serialize(s)
     }
@@ -97,15 +107,15 @@ mod tag_wire {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RequestTag>, D::Error> {
         Ok(match Wire::deserialize(d)? {
             Wire::None => None,
-            // The old count bound, as bytes, and no guaranteed minimum: the
-            // behaviour those entries were proposed with (forget the oldest
-            // when full), now the same on every replica that replays them.
+            // Replayed under the old count rule (see `legacy_max_ids`): no
+            // byte bound and no guaranteed minimum.
             Wire::V1(t) => Some(RequestTag {
                 id: t.id,
                 fingerprint: t.fingerprint,
                 window_ms: t.window_ms,
                 min_window_ms: 0,
-                max_bytes: u64::from(t.max_ids) * LEGACY_BYTES_PER_ID,
+                max_bytes: u64::MAX,
+                legacy_max_ids: Some(t.max_ids),
             }),
             Wire::V2(t) => Some(RequestTag {
                 id: t.id,
@@ -113,6 +123,7 @@ mod tag_wire {
                 window_ms: t.window_ms,
                 min_window_ms: t.min_window_ms,
                 max_bytes: t.max_bytes,
+                legacy_max_ids: None,
             }),
         })
     }

@@ -92,6 +92,7 @@ fn commands(steps: Vec<(Action, u64, Option<u8>)>) -> Vec<Command> {
             at_ms += dt;
             let request = match (&action, tag) {
                 (Action::Ops(ops), Some(t)) => Some(RequestTag {
+                    legacy_max_ids: None,
                     id: format!("req-{t}"),
                     fingerprint: codec::fingerprint(ops).expect("ops encode"),
                     window_ms: 3_000,

@@ -135,6 +135,14 @@ impl RequestTable {
         }
     }
 
+    /// Forgets the oldest ids until at most `n` are held (the count rule of
+    /// request tags written before byte bounds existed).
+    pub fn keep_at_most(&mut self, n: usize) {
+        while self.order.len() > n {
+            self.forget_oldest();
+        }
+    }
+
     /// Makes room for an id costing `need` bytes within `max_bytes`,
     /// forgetting only ids at least `min_window_ms` old. If that is not
     /// enough, nothing more is forgotten and the new request is refused.

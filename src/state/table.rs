@@ -213,6 +213,11 @@ impl Table {
     fn apply_tagged(&self, revision: u64, cmd: &Command, tag: &RequestTag) -> Outcome {
         let mut requests = self.requests.lock();
         requests.forget_expired(cmd.at_ms, tag.window_ms.max(tag.min_window_ms));
+        if let Some(max_ids) = tag.legacy_max_ids {
+            // An entry written before byte bounds: the count rule it was
+            // first applied with (keep room for one more, forget the oldest).
+            requests.keep_at_most(max_ids.max(1) as usize - 1);
+        }
         if let Some(seen) = requests.get(&tag.id) {
             if seen.fingerprint != tag.fingerprint {
                 return Err(Failure {

@@ -329,6 +329,7 @@ fn tagged_within(
     Command {
         at_ms,
         request: Some(RequestTag {
+            legacy_max_ids: None,
             id: id.into(),
             fingerprint,
             window_ms,
@@ -523,6 +524,11 @@ fn request_tags_written_before_byte_bounds_still_decode() {
         action: Action,
     }
     let action = Action::Ops(vec![insert("k", "v")]);
+    let cmd_with = |t: RequestTag| Command {
+        at_ms: 5,
+        request: Some(t),
+        action: Action::Ops(vec![insert("k", "v")]),
+    };
     for request in [
         None,
         Some(LegacyTag {
@@ -552,8 +558,18 @@ fn request_tags_written_before_byte_bounds_still_decode() {
                         fingerprint: 9,
                         window_ms: 600_000,
                         min_window_ms: 0,
-                        max_bytes: 100_000 * crate::state::command::LEGACY_BYTES_PER_ID,
+                        max_bytes: u64::MAX,
+                        legacy_max_ids: Some(100_000),
                     }
+                );
+                // Replicated onwards, it keeps its old form (and rule).
+                let again: Command =
+                    crate::codec::decode(&crate::codec::encode(&cmd_with(t.clone())).unwrap())
+                        .unwrap();
+                assert_eq!(again.request, Some(t));
+                assert_eq!(
+                    crate::codec::encode(&cmd_with(again.request.unwrap())).unwrap(),
+                    old
                 );
             }
         }
@@ -803,4 +819,30 @@ fn the_last_applied_stamp_only_grows_and_survives_a_restore() {
     let t = Table::new();
     t.restore(s.export(), s.revision());
     assert_eq!(t.last_stamp_ms(), 6_000);
+}
+
+#[test]
+fn request_tags_from_before_byte_bounds_replay_under_their_count_rule() {
+    // Entries written with `max_ids: 3` keep at most 3 ids, forgetting the
+    // oldest and never refusing, as the nodes that first applied them did.
+    let legacy = |id: &str, at_ms: u64, op: Op| Command {
+        at_ms,
+        request: Some(RequestTag {
+            id: id.into(),
+            fingerprint: 1,
+            window_ms: 600_000,
+            min_window_ms: 0,
+            max_bytes: u64::MAX,
+            legacy_max_ids: Some(3),
+        }),
+        action: Action::Ops(vec![op]),
+    };
+    let s = Table::new();
+    for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        s.apply(i as u64 + 1, &legacy(id, 1_000 + i as u64, insert(id, "v")))
+            .unwrap();
+    }
+    assert_eq!(s.remembered_requests(), 3);
+    assert!(!s.remembers_request("a"));
+    assert!(s.remembers_request("b") && s.remembers_request("d"));
 }
