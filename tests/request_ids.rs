@@ -41,13 +41,7 @@ async fn retry_after_many_tagged_writes(kill_after_ms: u64) {
     .await;
     let client = c.client();
     client.insert("msg/x", "queued").await.unwrap();
-    let before = client
-        .get("msg/x", Consistency::Linearizable)
-        .await
-        .unwrap()
-        .record
-        .unwrap()
-        .version;
+    let before = version_of(&client, "msg/x").await;
 
     // The first attempt of X goes to the leader, which is killed before it
     // answers. This client does not retry, so the caller never learns whether
@@ -115,13 +109,7 @@ async fn retry_after_many_tagged_writes(kill_after_ms: u64) {
     // The retry of X: answered from the remembered id if X landed, applied
     // now if it did not and there is room, or refused before it is applied.
     let retry = client.send_update(x.clone()).await;
-    let after = client
-        .get("msg/x", Consistency::Linearizable)
-        .await
-        .unwrap()
-        .record
-        .unwrap()
-        .version;
+    let after = version_of(&client, "msg/x").await;
     eprintln!(
         "kill after {kill_after_ms} ms: first attempt answered: {}; others: {ok} accepted, {refused} refused; retry: {}",
         first.is_ok(),
@@ -154,4 +142,15 @@ async fn retry_after_many_tagged_writes(kill_after_ms: u64) {
         )
         .await;
     }
+}
+
+/// The record's version, read linearizably.
+async fn version_of(client: &inflight::client::Client, key: &str) -> u64 {
+    client
+        .get(key, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .record
+        .unwrap()
+        .version
 }

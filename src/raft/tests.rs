@@ -74,6 +74,16 @@ fn append_padded(wal: &Wal, i: u64) -> std::io::Result<()> {
     )
 }
 
+/// The WAL's segment files, in replay order.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs
+}
+
 /// Appends `e` at index `i` and waits for the writer's answer.
 fn append_entry(wal: &Wal, i: u64, e: &Entry) -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -145,13 +155,9 @@ async fn reopened_log_has_appends_truncates_purges_vote_and_committed() {
     );
 }
 
+/// The newest (last) segment file.
 fn only_segment(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
+    segments(dir).pop().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,11 +315,7 @@ async fn damage_before_the_last_segment_refuses_to_start() {
             append_padded(&wal, i).unwrap();
         }
     }
-    let mut segs: Vec<_> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
+    let segs = segments(&wal_dir);
     assert!(segs.len() > 2);
     let mut bytes = std::fs::read(&segs[0]).unwrap();
     let at = bytes.len() - 10;
@@ -407,11 +409,7 @@ async fn a_final_record_whose_checksum_holds_but_does_not_decode_refuses_to_star
     // A whole, checksummed record that this version cannot decode (as one
     // written by a newer version would be): nothing tore it, so cutting it
     // could drop an acknowledged entry.
-    let mut segs: Vec<_> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
+    let segs = segments(&wal_dir);
     let last = segs.last().unwrap();
     let mut payload = vec![1u8]; // the entry tag
     payload.extend_from_slice(&[0xff; 40]);
