@@ -91,6 +91,10 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     m.records.set(s.records as i64);
     m.memory_bytes.set(s.memory_bytes as i64);
     m.outbox_depth.set(s.outbox_depth as i64);
+    if let Some(h) = &s.handoff {
+        m.dead_letters.set(h.dead_letters as i64);
+        m.dead_letter_bytes.set(h.dead_letter_bytes as i64);
+    }
     m.outbox_oldest_age_seconds
         .set(s.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
     (

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub handoff_records: Family<HandoffLabels, Counter>,
     pub handoff_write_seconds: Family<HandoffLabels, Histogram>,
     pub handoff_evicted: Counter,
+    pub handoff_dead_lettered: Counter,
+    pub dead_letters: Gauge,
+    pub dead_letter_bytes: Gauge,
     pub memory_budget_bytes: Gauge,
     pub inserts_refused_budget: Counter,
 }
@@ -99,6 +102,9 @@ impl Metrics {
             handoff_records: Family::default(),
             handoff_write_seconds: Family::new_with_constructor(latency_histogram),
             handoff_evicted: Counter::default(),
+            handoff_dead_lettered: Counter::default(),
+            dead_letters: Gauge::default(),
+            dead_letter_bytes: Gauge::default(),
             memory_budget_bytes: Gauge::default(),
             inserts_refused_budget: Counter::default(),
             registry: Registry::default(),
@@ -186,7 +192,8 @@ impl Metrics {
         );
         r.register(
             "handoff_batches",
-            "Sink writes by this node's hand-off worker, by sink role and result (ok, error)",
+            "Sink writes by this node's hand-off worker, by sink role and result (ok; error: \
+             retried; refused: the sink refused the content, the batch is split)",
             m.handoff_batches.clone(),
         );
         r.register(
@@ -203,6 +210,21 @@ impl Metrics {
             "handoff_evicted_records",
             "Records evicted by committed Evict entries this node proposed as leader",
             m.handoff_evicted.clone(),
+        );
+        r.register(
+            "handoff_dead_lettered_records",
+            "Records this node, as leader, set aside as dead letters after the sink refused them alone",
+            m.handoff_dead_lettered.clone(),
+        );
+        r.register(
+            "handoff_dead_letters",
+            "Records the sink refused for good, waiting for `inflight handoff retry` or `drop`",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "handoff_dead_letter_bytes",
+            "Bytes held by those records (part of memory_bytes)",
+            m.dead_letter_bytes.clone(),
         );
         r.register(
             "memory_budget_bytes",

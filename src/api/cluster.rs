@@ -8,6 +8,7 @@ use super::ApiError;
 use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft;
+use crate::state::{Action, Command, HandoffId};
 
 pub struct ClusterService {
     node: raft::Node,
@@ -61,6 +62,32 @@ pub fn handoff_status(node: &raft::Node, handoff: &HandoffState) -> pb::HandoffS
             .collect(),
         outbox_bytes: node.table().outbox_bytes() as u64,
         memory_budget_bytes: handoff.memory_budget_bytes,
+        dead_letters: node.table().dead_letter_count() as u64,
+        dead_letter_bytes: node.table().dead_letter_bytes() as u64,
+        dead_letter_sample: node
+            .table()
+            .dead_letters(None, DEAD_LETTER_SAMPLE)
+            .iter()
+            .map(|d| dead_letter_pb(node.table(), d))
+            .collect(),
+    }
+}
+
+/// How many dead letters a status shows (the oldest).
+const DEAD_LETTER_SAMPLE: usize = 5;
+
+pub fn dead_letter_pb(table: &crate::state::Table, d: &crate::state::DeadLetter) -> pb::DeadLetter {
+    pb::DeadLetter {
+        handoff_id: d.id.to_string(),
+        key: d.id.key.clone(),
+        completion_revision: d.id.revision,
+        error: d.error.clone(),
+        failed_revision: d.revision,
+        failed_at_ms: d.at_ms,
+        bytes: table
+            .get(&d.id.key)
+            .map(|r| r.footprint(&d.id.key) as u64)
+            .unwrap_or(0),
     }
 }
 
@@ -228,6 +255,137 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         Ok(Response::new(pb::TransferLeaderResponse { leader_id: to }))
     }
+
+    async fn handoff_failed(
+        &self,
+        req: Request<pb::HandoffFailedRequest>,
+    ) -> Result<Response<pb::HandoffFailedResponse>, Status> {
+        let r = req.into_inner();
+        let limit = match r.limit as usize {
+            0 => FAILED_PAGE,
+            n => n.min(FAILED_PAGE_MAX),
+        };
+        let after = match r.after.as_str() {
+            "" => None,
+            s => Some(parse_handoff_id(s)?),
+        };
+        let table = self.node.table();
+        let mut page = table.dead_letters(after.as_ref(), limit + 1);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok(Response::new(pb::HandoffFailedResponse {
+            records: page.iter().map(|d| dead_letter_pb(table, d)).collect(),
+            more,
+            total: table.dead_letter_count() as u64,
+            total_bytes: table.dead_letter_bytes() as u64,
+        }))
+    }
+
+    async fn handoff_retry(
+        &self,
+        req: Request<pb::HandoffRetryRequest>,
+    ) -> Result<Response<pb::HandoffChangeResponse>, Status> {
+        let r = req.into_inner();
+        self.node.leader_only().map_err(ApiError::from)?;
+        let ids = match (r.all, r.keys.is_empty()) {
+            (true, true) => None,
+            (true, false) => {
+                return Err(ApiError::invalid("keys: give keys or all, not both").into())
+            }
+            (false, _) => Some(self.dead_letter_ids(&r.keys)?),
+        };
+        let done = self.propose_handoff(Action::Requeue { ids }).await?;
+        tracing::info!(records = ?done.handoff_ids, revision = done.revision,
+            "operator: dead letters put back in the hand-off queue");
+        Ok(Response::new(done))
+    }
+
+    async fn handoff_drop(
+        &self,
+        req: Request<pb::HandoffDropRequest>,
+    ) -> Result<Response<pb::HandoffChangeResponse>, Status> {
+        let r = req.into_inner();
+        self.node.leader_only().map_err(ApiError::from)?;
+        let ids = self.dead_letter_ids(&r.keys)?;
+        let done = self.propose_handoff(Action::Discard { ids }).await?;
+        tracing::warn!(records = ?done.handoff_ids, revision = done.revision,
+            "operator: dead letters dropped from memory without hand-off");
+        Ok(Response::new(done))
+    }
+}
+
+impl ClusterService {
+    /// The dead letters under `keys`, or the first key that is not one.
+    fn dead_letter_ids(&self, keys: &[String]) -> Result<Vec<HandoffId>, ApiError> {
+        if keys.is_empty() {
+            return Err(ApiError::invalid(
+                "keys: name at least one key (see `inflight handoff failed`)",
+            ));
+        }
+        if keys.len() > MAX_HANDOFF_KEYS {
+            return Err(ApiError::invalid(format!(
+                "keys: at most {MAX_HANDOFF_KEYS} per request, got {}",
+                keys.len()
+            )));
+        }
+        keys.iter()
+            .map(|key| {
+                self.node.table().dead_letter(key).map(|d| d.id).ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "key {key:?} is not a record the sink refused (see `inflight handoff failed`)"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Proposes an operator's hand-off command; the handoff ids it changed.
+    async fn propose_handoff(&self, action: Action) -> Result<pb::HandoffChangeResponse, ApiError> {
+        let cmd = Command {
+            at_ms: self.node.stamp(),
+            request: None,
+            action,
+        };
+        let applied = self
+            .node
+            .propose(cmd)
+            .await
+            .map_err(ApiError::from)?
+            .map_err(|f| ApiError::from_failure(f, false))?;
+        let revision = applied
+            .first()
+            .map(|a| a.revision)
+            .unwrap_or_else(|| self.node.table().revision());
+        Ok(pb::HandoffChangeResponse {
+            handoff_ids: applied
+                .iter()
+                .map(|a| {
+                    HandoffId {
+                        key: a.key.clone(),
+                        revision: a.record.mod_revision,
+                    }
+                    .to_string()
+                })
+                .collect(),
+            revision,
+        })
+    }
+}
+
+/// Keys per `handoff retry` or `drop` request, at most.
+const MAX_HANDOFF_KEYS: usize = 10_000;
+/// Dead letters per `handoff failed` page: the default and the most.
+const FAILED_PAGE: usize = 100;
+const FAILED_PAGE_MAX: usize = 10_000;
+
+/// Reads `key@revision` (the key may itself hold `@`).
+fn parse_handoff_id(s: &str) -> Result<HandoffId, ApiError> {
+    let bad = || ApiError::invalid(format!("after: {s:?} is not a handoff id (KEY@REVISION)"));
+    let (key, rev) = s.rsplit_once('@').ok_or_else(bad)?;
+    Ok(HandoffId {
+        key: key.to_string(),
+        revision: rev.parse().map_err(|_| bad())?,
+    })
 }
 
 /// How long a leader transfer may take before the caller hears it failed.

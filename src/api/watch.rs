@@ -46,6 +46,7 @@ fn event_to_pb(e: &Event) -> pb::Event {
         EventKind::Completed => pb::EventType::Completed,
         EventKind::Expired => pb::EventType::Expired,
         EventKind::HandedOff => pb::EventType::HandedOff,
+        EventKind::Discarded => pb::EventType::Discarded,
     };
     pb::Event {
         r#type: kind as i32,

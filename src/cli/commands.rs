@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::json;
 
-use super::{Command, LeaderCommand, MemberCommand};
+use super::{Command, HandoffCommand, LeaderCommand, MemberCommand};
 use crate::client::Client;
 use crate::pb;
 use crate::wire::human_bytes;
@@ -191,6 +191,7 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
         } => watch(&client, prefix, from_revision, json, progress).await,
         Command::Status { json } => return status(&client, json).await,
         Command::Member(m) => member(&client, m).await,
+        Command::Handoff(h) => handoff(&client, h).await,
         Command::Leader(LeaderCommand::Transfer { id }) => client
             .transfer_leader(id)
             .await
@@ -373,6 +374,60 @@ async fn watch(
             }
         }
     }
+}
+
+async fn handoff(client: &Client, cmd: HandoffCommand) -> Result<(), tonic::Status> {
+    let changed = |what: &str, r: pb::HandoffChangeResponse| {
+        println!(
+            "{what} {} record(s) (revision {}){}",
+            r.handoff_ids.len(),
+            r.revision,
+            if r.handoff_ids.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.handoff_ids.join(", "))
+            }
+        )
+    };
+    match cmd {
+        HandoffCommand::Failed { limit, json } => {
+            let mut after = String::new();
+            let mut shown = 0;
+            loop {
+                let page_limit = match limit {
+                    0 => 1_000,
+                    n => (n - shown).min(1_000),
+                };
+                let page = client.handoff_failed(page_limit as u32, &after).await?;
+                if shown == 0 && !json {
+                    println!(
+                        "{} record(s) refused by the sink ({})",
+                        page.total,
+                        human_bytes(page.total_bytes)
+                    );
+                }
+                for d in &page.records {
+                    if json {
+                        println!("{}", crate::client::dead_letter_json(d));
+                    } else {
+                        println!("{}\t{}", d.handoff_id, d.error);
+                    }
+                }
+                shown += page.records.len();
+                match page.records.last() {
+                    Some(last) if page.more && (limit == 0 || shown < limit) => {
+                        after = last.handoff_id.clone()
+                    }
+                    _ => break,
+                }
+            }
+        }
+        HandoffCommand::Retry { keys, all } => {
+            changed("queued again", client.handoff_retry(keys, all).await?)
+        }
+        HandoffCommand::Drop { keys } => changed("dropped", client.handoff_drop(keys).await?),
+    }
+    Ok(())
 }
 
 async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status> {

@@ -162,6 +162,37 @@ pub enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(LeaderCommand),
+    /// Records the sink refused for good (dead letters).
+    #[command(subcommand)]
+    Handoff(HandoffCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HandoffCommand {
+    /// List records the sink refused, with its error, oldest first.
+    Failed {
+        /// At most this many (all when 0).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put refused records back in the hand-off queue (after fixing the
+    /// sink or its schema); a record refused again is set aside again.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["keys", "all"])))]
+    Retry {
+        keys: Vec<String>,
+        /// Every refused record.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove refused records from memory without hand-off. Their data is
+    /// gone from the cluster; the decision is logged by the leader.
+    Drop {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -34,7 +34,7 @@ use crate::pb::cluster_client::ClusterClient;
 use crate::pb::in_flight_client::InFlightClient;
 pub use crate::pb::Consistency;
 use crate::wire::{self, LEADER_ADDR_KEY};
-pub use report::{handoff_json, status_json, ClusterReport, MemberReport};
+pub use report::{dead_letter_json, handoff_json, status_json, ClusterReport, MemberReport};
 use session::Session;
 
 mod report;
@@ -561,6 +561,47 @@ impl Client {
             ClusterClient::new(ch)
                 .transfer_leader(pb::TransferLeaderRequest { to })
                 .await
+        })
+        .await
+    }
+
+    /// Records the sink refused for good, from the leader's view.
+    pub async fn handoff_failed(
+        &self,
+        limit: u32,
+        after: &str,
+    ) -> Result<pb::HandoffFailedResponse> {
+        let req = pb::HandoffFailedRequest {
+            limit,
+            after: after.into(),
+        };
+        self.retrying(Route::Leader, |ch| {
+            let req = req.clone();
+            async move { ClusterClient::new(ch).handoff_failed(req).await }
+        })
+        .await
+    }
+
+    /// Puts dead letters (`keys`, or every one with `all`) back in the hand-off queue.
+    pub async fn handoff_retry(
+        &self,
+        keys: Vec<String>,
+        all: bool,
+    ) -> Result<pb::HandoffChangeResponse> {
+        let req = pb::HandoffRetryRequest { keys, all };
+        self.retrying(Route::Leader, |ch| {
+            let req = req.clone();
+            async move { ClusterClient::new(ch).handoff_retry(req).await }
+        })
+        .await
+    }
+
+    /// Removes dead letters from memory without hand-off.
+    pub async fn handoff_drop(&self, keys: Vec<String>) -> Result<pb::HandoffChangeResponse> {
+        let req = pb::HandoffDropRequest { keys };
+        self.retrying(Route::Leader, |ch| {
+            let req = req.clone();
+            async move { ClusterClient::new(ch).handoff_drop(req).await }
         })
         .await
     }

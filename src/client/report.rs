@@ -118,6 +118,9 @@ impl ClusterReport {
             "outbox_bytes": h.map(|h| h.outbox_bytes),
             "memory_bytes": leader.map(|l| l.memory_bytes),
             "memory_budget_bytes": h.map(|h| h.memory_budget_bytes),
+            "dead_letters": h.map(|h| h.dead_letters),
+            "dead_letter_bytes": h.map(|h| h.dead_letter_bytes),
+            "dead_letter_sample": h.map(|h| handoff_json(h)["dead_letter_sample"].clone()),
             "sinks": sinks,
         })
     }
@@ -165,6 +168,17 @@ impl ClusterReport {
                 (None, None) => {}
             }
             lines.push(line);
+        }
+        if h.dead_letters > 0 {
+            lines.push(format!(
+                "  {} record(s) refused by the sink for good ({}), set aside until \
+                 `inflight handoff retry` or `drop`; oldest:",
+                h.dead_letters,
+                crate::wire::human_bytes(h.dead_letter_bytes)
+            ));
+            for d in &h.dead_letter_sample {
+                lines.push(format!("    {}: {}", d.handoff_id, d.error));
+            }
         }
         lines
     }
@@ -237,6 +251,22 @@ pub fn handoff_json(h: &pb::HandoffStatus) -> serde_json::Value {
         "sinks": sinks,
         "outbox_bytes": h.outbox_bytes,
         "memory_budget_bytes": h.memory_budget_bytes,
+        "dead_letters": h.dead_letters,
+        "dead_letter_bytes": h.dead_letter_bytes,
+        "dead_letter_sample": h.dead_letter_sample.iter().map(dead_letter_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One dead letter as JSON: `inflight handoff failed --json` and the status.
+pub fn dead_letter_json(d: &pb::DeadLetter) -> serde_json::Value {
+    serde_json::json!({
+        "handoff_id": d.handoff_id,
+        "key": d.key,
+        "completion_revision": d.completion_revision,
+        "error": d.error,
+        "failed_revision": d.failed_revision,
+        "failed_at_ms": d.failed_at_ms,
+        "bytes": d.bytes,
     })
 }
 

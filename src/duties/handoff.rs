@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Duty, Pace};
-use crate::handoff::{Document, HandoffState, Sink, SinkStats};
+use crate::handoff::{Document, HandoffState, Sink, SinkError, SinkStats};
 use crate::raft::{Consistency, Node};
 use crate::shutdown::Shutdown;
-use crate::state::{Action, Command};
+use crate::state::{Action, Command, HandoffId};
 
 #[derive(Clone, Debug)]
 pub struct HandoffSettings {
@@ -131,26 +131,51 @@ impl Duty for Handoff {
                 );
             }
         }
-        let delivered = deliver(
+        let (delivered, refused) = match deliver(
             node,
             &self.settings,
             &self.state.primary,
             &mut self.primary,
-            &docs,
+            docs,
             shutdown,
         )
-        .await;
-        match delivered {
-            Delivery::Acknowledged => {}
-            // Not evicted: whoever leads next (or this node after a restart)
-            // sends the batch again.
+        .await
+        {
+            Delivery::Done { delivered, refused } => (delivered, refused),
+            // Nothing is evicted: whoever leads next (or this node after a
+            // restart) sends the batch again, and the sink skips what it holds.
             Delivery::Abandoned | Delivery::Stopped => return Pace::Idle,
+        };
+        if !refused.is_empty() {
+            for (id, error) in &refused {
+                tracing::warn!(handoff_id = %id, %error,
+                    "the sink refused this record for good; it is set aside as a dead letter \
+                     (see `inflight handoff failed`)");
+            }
+            let n = refused.len();
+            let cmd = Command {
+                at_ms: node.stamp(),
+                request: None,
+                action: Action::DeadLetter { refused },
+            };
+            match node.propose(cmd).await {
+                Ok(_) => {
+                    crate::metrics::METRICS
+                        .handoff_dead_lettered
+                        .inc_by(n as u64);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "dead-letter proposal failed (leadership moved?)")
+                }
+            }
         }
-        let ids = docs.into_iter().map(|d| d.id).collect();
+        if delivered.is_empty() {
+            return Pace::Busy;
+        }
         let cmd = Command {
             at_ms: node.stamp(),
             request: None,
-            action: Action::Evict { ids },
+            action: Action::Evict { ids: delivered },
         };
         match node.propose(cmd).await {
             Ok(outcome) => {
@@ -180,48 +205,109 @@ impl Duty for Handoff {
 }
 
 enum Delivery {
-    Acknowledged,
+    /// Every record was either acknowledged by the sink or refused by it for
+    /// good, alone, with the sink's error.
+    Done {
+        delivered: Vec<HandoffId>,
+        refused: Vec<(HandoffId, String)>,
+    },
     /// Leadership was lost while retrying: the next leader takes over.
     Abandoned,
     /// Shutdown was requested while retrying.
     Stopped,
 }
 
-/// Writes `docs` to the primary sink until it acknowledges them, backing off
-/// between attempts, for as long as this node leads.
+/// How much of a sink's error a dead letter keeps: enough to name the
+/// problem, never a whole echoed document in replicated state.
+const MAX_ERROR_CHARS: usize = 1_000;
+
+/// Writes `docs` to the primary sink until each record is acknowledged or
+/// refused for good, for as long as this node leads.
+///
+/// A transient failure (no connection, a timeout, a 5xx) retries the same
+/// records with backoff, as long as it takes. A permanent refusal of several
+/// records splits them in halves, each delivered on its own, until the
+/// records the sink refuses stand alone: one bad record among 500 costs
+/// about 2·log2(500) ≈ 18 writes, and every other record is delivered.
 async fn deliver(
+    node: &Node,
+    settings: &HandoffSettings,
+    stats: &SinkStats,
+    sink: &mut Sink,
+    docs: Vec<Document>,
+    shutdown: &mut Shutdown,
+) -> Delivery {
+    let mut delivered = Vec::with_capacity(docs.len());
+    let mut refused = Vec::new();
+    // Slices still to deliver, as (start, end) of `docs`; the front is on top.
+    let mut pending = vec![(0, docs.len())];
+    while let Some((start, end)) = pending.pop() {
+        let part = &docs[start..end];
+        match deliver_one(node, settings, stats, sink, part, shutdown).await {
+            Attempt::Acknowledged => delivered.extend(part.iter().map(|d| d.id.clone())),
+            Attempt::Refused(error) if part.len() == 1 => {
+                let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+                refused.push((part[0].id.clone(), error));
+            }
+            Attempt::Refused(_) => {
+                let mid = start + part.len() / 2;
+                pending.push((mid, end));
+                pending.push((start, mid));
+            }
+            Attempt::Abandoned => return Delivery::Abandoned,
+            Attempt::Stopped => return Delivery::Stopped,
+        }
+    }
+    Delivery::Done { delivered, refused }
+}
+
+enum Attempt {
+    Acknowledged,
+    /// The sink refused these records' content: the same write would fail again.
+    Refused(String),
+    Abandoned,
+    Stopped,
+}
+
+/// Writes `docs` until the sink acknowledges or refuses them for good,
+/// backing off between transient failures, for as long as this node leads.
+async fn deliver_one(
     node: &Node,
     settings: &HandoffSettings,
     stats: &SinkStats,
     sink: &mut Sink,
     docs: &[Document],
     shutdown: &mut Shutdown,
-) -> Delivery {
+) -> Attempt {
     let mut delay = settings.backoff_initial;
     loop {
         let started = Instant::now();
         let result = match tokio::time::timeout(settings.write_timeout, sink.write(docs)).await {
-            Ok(r) => r.map_err(|e| e.0),
-            Err(_) => Err(format!(
+            Ok(r) => r,
+            Err(_) => Err(SinkError::transient(format!(
                 "sink did not answer within {:?}",
                 settings.write_timeout
-            )),
+            ))),
         };
         match result {
             Ok(()) => {
                 stats.succeeded(docs.len(), started.elapsed());
-                return Delivery::Acknowledged;
+                return Attempt::Acknowledged;
             }
-            Err(error) => {
+            Err(e) if e.permanent => {
+                stats.refused(docs.len(), &e.message);
+                return Attempt::Refused(e.message);
+            }
+            Err(e) => {
                 // Jitter over the upper half of the delay: spreads the retries
                 // of several clusters sharing one sink, never retrying at once.
                 let wait = rand::rng().random_range(delay / 2..=delay);
-                stats.failed(docs.len(), &error, Some(wait));
+                stats.failed(docs.len(), &e.message, Some(wait));
                 if shutdown.sleep(wait).await {
-                    return Delivery::Stopped;
+                    return Attempt::Stopped;
                 }
                 if !node.is_leader() {
-                    return Delivery::Abandoned;
+                    return Attempt::Abandoned;
                 }
                 delay = (delay * 2).min(settings.backoff_max);
             }
@@ -243,7 +329,7 @@ async fn run_shadow(
         let started = Instant::now();
         match tokio::time::timeout(timeout, sink.write(&docs)).await {
             Ok(Ok(())) => stats.succeeded(docs.len(), started.elapsed()),
-            Ok(Err(e)) => stats.failed(docs.len(), &e.0, None),
+            Ok(Err(e)) => stats.failed(docs.len(), &e.message, None),
             Err(_) => stats.failed(
                 docs.len(),
                 &format!("sink did not answer within {timeout:?}"),

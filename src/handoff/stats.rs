@@ -146,6 +146,25 @@ impl SinkStats {
             .inc_by(records as u64);
     }
 
+    /// Counts a batch whose content the sink refused for good (it will be
+    /// split, or set aside if it is one record). The sink itself answers, so
+    /// this does not make it "failing".
+    pub fn refused(&self, records: usize, error: &str) {
+        let mut c = self.inner.lock();
+        c.batches_failed += 1;
+        c.last_error = Some((Instant::now(), error.to_string()));
+        drop(c);
+        tracing::debug!(sink = %self.spec, records, error, "hand-off batch refused by the sink");
+        METRICS
+            .handoff_batches
+            .get_or_create(&self.labels("refused"))
+            .inc();
+        METRICS
+            .handoff_records
+            .get_or_create(&self.labels("refused"))
+            .inc_by(records as u64);
+    }
+
     pub fn snapshot(&self) -> SinkSnapshot {
         let c = self.inner.lock();
         SinkSnapshot {

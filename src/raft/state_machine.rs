@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec;
-use crate::state::{SnapshotBody, SnapshotBodyV2, Table, SNAPSHOT_FORMAT};
+use crate::state::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, Table, SNAPSHOT_FORMAT};
 
 const MAGIC: &[u8; 8] = b"IFSNAP1\n";
 
@@ -213,6 +213,11 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
     let (meta, body) = match format {
         SNAPSHOT_FORMAT => codec::decode_snapshot_payload::<(SnapshotMeta, SnapshotBody)>(payload)
             .map_err(|e| e.to_string())?,
+        3 => {
+            let (meta, old): (SnapshotMeta, SnapshotBodyV3) =
+                codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
+            (meta, SnapshotBody::from(old))
+        }
         2 => {
             let (meta, old): (SnapshotMeta, SnapshotBodyV2) =
                 codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
@@ -220,7 +225,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
         }
         other => {
             return Err(format!(
-                "unknown snapshot format {other} (this build reads 2 and {SNAPSHOT_FORMAT})"
+                "unknown snapshot format {other} (this build reads 2, 3 and {SNAPSHOT_FORMAT})"
             ))
         }
     };
@@ -378,6 +383,21 @@ mod tests {
     }
 
     #[test]
+    fn a_format_3_snapshot_is_read_with_no_dead_letters() {
+        let old = crate::state::SnapshotBodyV3 {
+            format: 3,
+            revision: 4,
+            records: Vec::new(),
+            requests: Vec::new(),
+        };
+        let meta = SnapshotMeta::default();
+        let bytes = blob(codec::encode(&(&meta, &old)).unwrap());
+        let (_, body) = decode_snapshot(&bytes).unwrap();
+        assert_eq!((body.format, body.revision), (SNAPSHOT_FORMAT, 4));
+        assert!(body.dead_letters.is_empty());
+    }
+
+    #[test]
     fn a_format_2_snapshot_is_read_with_its_request_ids_as_receipts() {
         let record = Record {
             value: bytes::Bytes::from_static(b"v"),
@@ -428,6 +448,7 @@ mod tests {
         // The current format round-trips; an unknown one is refused.
         let again = encode_snapshot(&meta, &body).unwrap();
         assert_eq!(decode_snapshot(&again).unwrap().1.requests, body.requests);
+        assert!(body.dead_letters.is_empty());
         let mut future = body;
         future.format = SNAPSHOT_FORMAT + 1;
         let e = decode_snapshot(&encode_snapshot(&meta, &future).unwrap()).unwrap_err();

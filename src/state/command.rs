@@ -144,6 +144,18 @@ pub enum Action {
     /// revision is removed; anything else (already evicted, a new record under
     /// the same key) is left alone.
     Evict { ids: Vec<HandoffId> },
+    /// Proposed by the hand-off worker for records the sink refused for good
+    /// (each alone, with the sink's error): they leave the hand-off queue
+    /// for the dead letters, so the records behind them are delivered. Only a
+    /// record still waiting (or already set aside) with exactly this
+    /// completion revision is touched.
+    DeadLetter { refused: Vec<(HandoffId, String)> },
+    /// An operator's `handoff retry`: dead letters go back into the queue at
+    /// their place. `None` means every dead letter.
+    Requeue { ids: Option<Vec<HandoffId>> },
+    /// An operator's `handoff drop`: dead letters are removed from memory
+    /// without ever reaching the sink. Only dead letters are touched.
+    Discard { ids: Vec<HandoffId> },
 }
 
 /// What happens to a LIVE record whose deadline passed.
@@ -230,6 +242,10 @@ impl std::fmt::Display for Command {
             Action::Ops(ops) => write!(f, "batch({} ops)", ops.len()),
             Action::Expire { keys, .. } => write!(f, "expire({} keys)", keys.len()),
             Action::Evict { ids } => write!(f, "evict({} records)", ids.len()),
+            Action::DeadLetter { refused } => write!(f, "dead-letter({} records)", refused.len()),
+            Action::Requeue { ids: None } => write!(f, "requeue(all)"),
+            Action::Requeue { ids: Some(ids) } => write!(f, "requeue({} records)", ids.len()),
+            Action::Discard { ids } => write!(f, "discard({} records)", ids.len()),
         }
     }
 }

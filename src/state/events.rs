@@ -30,6 +30,9 @@ pub enum EventKind {
     Expired,
     /// A sink acknowledged the record and a committed `Evict` removed it.
     HandedOff,
+    /// An operator dropped a record the sink had refused (`handoff drop`):
+    /// removed without hand-off.
+    Discarded,
 }
 
 #[derive(Clone, Debug)]

@@ -17,12 +17,14 @@
 //!   mutation is answered, not applied twice (bounded in bytes; see `requests`);
 //! - the outbox: COMPLETED and EXPIRED records in completion order, waiting
 //!   for the leader's hand-off worker (see `outbox`); a committed `Evict`
-//!   removes them once a sink has acknowledged them;
+//!   removes them once a sink has acknowledged them; records the sink
+//!   refused for good wait apart as dead letters for an operator;
 //! - the event window for `Watch` (local to each node, see `events`).
 //!
 //! A command is a list of ops applied atomically (a single-op RPC is a list
-//! of one), a leader-proposed expiry of due records, or a leader-proposed
-//! eviction of records a sink has acknowledged.
+//! of one), a leader-proposed expiry of due records, a leader-proposed
+//! eviction of records a sink has acknowledged, the setting aside of records
+//! a sink refused (dead letters), or an operator's retry or drop of those.
 
 //!
 //! What does not live here: Raft bookkeeping (last applied log id,
@@ -45,10 +47,10 @@ pub use command::{
     Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
 };
 pub use events::{Compacted, Event, EventKind, EventLog, WindowLimits, LIVE_BUFFER};
-pub use outbox::HandoffId;
+pub use outbox::{DeadLetter, HandoffId};
 pub use record::{Record, RecordState};
 pub use requests::{Receipt, Remembered};
-pub use snapshot::{SnapshotBody, SnapshotBodyV2, SNAPSHOT_FORMAT};
+pub use snapshot::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, SNAPSHOT_FORMAT};
 /// The previous snapshot format, still read.
 pub mod snapshot_v2 {
     pub use super::snapshot::{RememberedV2, SnapshotBodyV2};

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::Outcome;
+use super::outbox::DeadLetter;
 use super::record::Record;
 use super::requests::{Receipt, Remembered};
 
@@ -11,7 +12,8 @@ use super::requests::{Receipt, Remembered};
 ///
 /// 3: request ids are kept as receipts (version, mod revision, state per op)
 /// instead of whole outcomes. Format 2 is still read (`SnapshotBodyV2`).
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// 4: the hand-off's dead letters. Format 3 is still read (`SnapshotBodyV3`).
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// The state machine's content at one log index, keys in order.
 #[derive(Debug, Serialize, Deserialize)]
@@ -21,6 +23,29 @@ pub struct SnapshotBody {
     pub records: Vec<(String, Record)>,
     /// Recent request ids with what they produced, oldest first.
     pub requests: Vec<Remembered>,
+    /// Records the sink refused for good, set aside from the hand-off queue.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// A format 3 snapshot: no dead letters (none existed).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotBodyV3 {
+    pub format: u32,
+    pub revision: u64,
+    pub records: Vec<(String, Record)>,
+    pub requests: Vec<Remembered>,
+}
+
+impl From<SnapshotBodyV3> for SnapshotBody {
+    fn from(old: SnapshotBodyV3) -> Self {
+        SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            revision: old.revision,
+            records: old.records,
+            requests: old.requests,
+            dead_letters: Vec::new(),
+        }
+    }
 }
 
 /// A format 2 snapshot: request ids with the whole outcome.
@@ -73,6 +98,7 @@ impl From<SnapshotBodyV2> for SnapshotBody {
             revision: old.revision,
             records: old.records,
             requests,
+            dead_letters: Vec::new(),
         }
     }
 }

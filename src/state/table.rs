@@ -12,7 +12,7 @@ use super::command::{
     Action, Applied, Command, ExpiredMode, Failure, Op, Outcome, Rejection, RequestTag, TtlChange,
 };
 use super::events::{Event, EventKind, EventLog};
-use super::outbox::{HandoffId, Outbox};
+use super::outbox::{DeadLetter, HandoffId, Outbox};
 use super::record::{Record, RecordState};
 use super::requests::{self, Receipt, Remembered, RequestTable, Seen};
 use super::snapshot::{SnapshotBody, SNAPSHOT_FORMAT};
@@ -270,7 +270,123 @@ impl Table {
             Action::Ops(ops) => self.apply_ops(revision, cmd.at_ms, ops),
             Action::Expire { keys, mode } => Ok(self.expire(revision, cmd.at_ms, keys, *mode)),
             Action::Evict { ids } => Ok(self.evict(revision, cmd.at_ms, ids)),
+            Action::DeadLetter { refused } => Ok(self.set_aside(revision, cmd.at_ms, refused)),
+            Action::Requeue { ids } => Ok(self.requeue(revision, ids.as_deref())),
+            Action::Discard { ids } => Ok(self.discard(revision, cmd.at_ms, ids)),
         }
+    }
+
+    /// The record `id` names, if it is still the one that completed at
+    /// `id.revision` (not LIVE, not evicted, not a newer record under the key).
+    fn completed(&self, id: &HandoffId) -> Option<(Arc<str>, Record)> {
+        let entry = self.records.get(id.key.as_str())?;
+        let rec = entry.value();
+        (rec.state != RecordState::Live && rec.mod_revision == id.revision)
+            .then(|| (entry.key().clone(), rec.clone()))
+    }
+
+    /// Sets records the sink refused for good aside as dead letters.
+    fn set_aside(
+        &self,
+        revision: u64,
+        at_ms: u64,
+        refused: &[(HandoffId, String)],
+    ) -> Vec<Applied> {
+        let mut applied = Vec::new();
+        let mut outbox = self.outbox.lock();
+        for (id, error) in refused {
+            let Some((key, rec)) = self.completed(id) else {
+                continue;
+            };
+            if outbox.set_aside(id.revision, key, error, (revision, at_ms)) {
+                applied.push(Applied {
+                    key: id.key.clone(),
+                    record: rec,
+                    revision,
+                });
+            }
+        }
+        applied
+    }
+
+    /// Puts dead letters (all of them for `None`) back in the hand-off queue.
+    fn requeue(&self, revision: u64, ids: Option<&[HandoffId]>) -> Vec<Applied> {
+        let mut outbox = self.outbox.lock();
+        let slots: Vec<(u64, Arc<str>)> = match ids {
+            None => outbox.dead_ids(),
+            Some(ids) => ids
+                .iter()
+                .map(|id| (id.revision, Arc::from(id.key.as_str())))
+                .collect(),
+        };
+        let mut applied = Vec::new();
+        for (rev, key) in slots {
+            if !outbox.requeue(rev, key.clone()) {
+                continue;
+            }
+            if let Some(rec) = self.get(&key) {
+                applied.push(Applied {
+                    key: key.to_string(),
+                    record: rec,
+                    revision,
+                });
+            }
+        }
+        applied
+    }
+
+    /// Removes dead letters without hand-off (an operator's decision).
+    fn discard(&self, revision: u64, at_ms: u64, ids: &[HandoffId]) -> Vec<Applied> {
+        let mut applied = Vec::new();
+        let mut events = Vec::new();
+        for id in ids {
+            let Some((key, rec)) = self.completed(id) else {
+                continue;
+            };
+            if !self.outbox.lock().is_dead(id.revision, &key) {
+                continue;
+            }
+            self.set_key(&id.key, None);
+            events.push(Event {
+                kind: EventKind::Discarded,
+                revision,
+                key: id.key.clone(),
+                record: rec.clone(),
+                at_ms,
+                ends_revision: false,
+            });
+            applied.push(Applied {
+                key: id.key.clone(),
+                record: rec,
+                revision,
+            });
+        }
+        self.events.push(events);
+        applied
+    }
+
+    /// Records the sink refused for good (`DeadLetter`), not yet retried or dropped.
+    pub fn dead_letter_count(&self) -> usize {
+        self.outbox.lock().dead_len()
+    }
+
+    /// Bytes held by dead letters (part of `memory_bytes`).
+    pub fn dead_letter_bytes(&self) -> usize {
+        self.outbox.lock().dead_bytes()
+    }
+
+    /// Dead letters after `after` (exclusive), oldest completion first.
+    pub fn dead_letters(&self, after: Option<&HandoffId>, limit: usize) -> Vec<DeadLetter> {
+        self.outbox.lock().dead_letters(after, limit)
+    }
+
+    /// The dead letter held under `key`, if the record there is one.
+    pub fn dead_letter(&self, key: &str) -> Option<DeadLetter> {
+        let (key, revision) = {
+            let entry = self.records.get(key)?;
+            (entry.key().clone(), entry.value().mod_revision)
+        };
+        self.outbox.lock().dead_letter(revision, &key)
     }
 
     /// Removes records a sink acknowledged. Only a record that still waits
@@ -468,6 +584,7 @@ impl Table {
             revision: self.revision(),
             records,
             requests: self.requests.lock().export(),
+            dead_letters: self.outbox.lock().dead_letters(None, usize::MAX),
         }
     }
 
@@ -495,6 +612,10 @@ impl Table {
                 outbox.insert(record.mod_revision, key.clone(), record.footprint(&key));
             }
             self.records.insert(key, record);
+        }
+        for d in body.dead_letters {
+            let key: Arc<str> = Arc::from(d.id.key.as_str());
+            outbox.set_aside(d.id.revision, key, &d.error, (d.revision, d.at_ms));
         }
         self.requests.lock().restore(body.requests);
         self.bytes.store(bytes, Ordering::Relaxed);

@@ -846,3 +846,148 @@ fn request_tags_from_before_byte_bounds_replay_under_their_count_rule() {
     assert!(!s.remembers_request("a"));
     assert!(s.remembers_request("b") && s.remembers_request("d"));
 }
+
+fn id(key: &str, revision: u64) -> HandoffId {
+    HandoffId {
+        key: key.into(),
+        revision,
+    }
+}
+
+fn leader_cmd(action: Action) -> Command {
+    Command {
+        at_ms: 5_000,
+        request: None,
+        action,
+    }
+}
+
+/// Three completed records `a`, `b`, `c` at revisions 4, 5, 6.
+fn three_completed() -> Table {
+    let s = Table::new();
+    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+        s.apply(1 + i as u64, &one(1_000, insert(k, "value")))
+            .unwrap();
+    }
+    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+        let complete = Op::Complete {
+            key: k.to_string(),
+            value: None,
+            if_version: None,
+        };
+        s.apply(4 + i as u64, &one(2_000, complete)).unwrap();
+    }
+    s
+}
+
+fn front_ids(s: &Table) -> Vec<String> {
+    s.outbox_front(100, usize::MAX)
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_dead_letter_leaves_the_queue_but_not_memory_until_retried_or_dropped() {
+    let s = three_completed();
+    let bytes = s.memory_bytes();
+    let refused = vec![(id("b", 5), "sink says no".to_string())];
+    // A stale id (wrong revision), a LIVE or missing record is not set aside.
+    s.apply(7, &one(2_000, insert("live", "v"))).unwrap();
+    let stale = vec![
+        (id("b", 4), "x".to_string()),
+        (id("live", 7), "x".to_string()),
+        (id("gone", 1), "x".to_string()),
+    ];
+    assert!(s
+        .apply(8, &leader_cmd(Action::DeadLetter { refused: stale }))
+        .unwrap()
+        .is_empty());
+    let set = s
+        .apply(9, &leader_cmd(Action::DeadLetter { refused }))
+        .unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!(front_ids(&s), ["a@4", "c@6"], "b left the queue");
+    assert_eq!((s.outbox_depth(), s.dead_letter_count()), (2, 1));
+    assert_eq!(
+        s.outbox_bytes() + s.dead_letter_bytes(),
+        3 * s.get("a").unwrap().footprint("a")
+    );
+    assert!(
+        s.memory_bytes() > bytes,
+        "still counted (plus the new LIVE record)"
+    );
+    let d = s.dead_letter("b").unwrap();
+    assert_eq!(
+        (d.id.clone(), d.error.as_str(), d.revision, d.at_ms),
+        (id("b", 5), "sink says no", 9, 5_000)
+    );
+    assert!(s.dead_letter("a").is_none());
+    assert_eq!(s.get("b").unwrap().state, RecordState::Completed);
+
+    // Evict does not touch it either way: a dead letter leaves only by drop.
+    // Retry puts it back at its place in the queue.
+    let back = s
+        .apply(10, &leader_cmd(Action::Requeue { ids: None }))
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(front_ids(&s), ["a@4", "b@5", "c@6"]);
+    assert_eq!((s.dead_letter_count(), s.dead_letter_bytes()), (0, 0));
+    // Refused again: aside again with the new entry's revision.
+    let refused = vec![(id("b", 5), "still no".to_string())];
+    s.apply(11, &leader_cmd(Action::DeadLetter { refused }))
+        .unwrap();
+    assert_eq!(s.dead_letter("b").unwrap().revision, 11);
+    // Requeue of something that is not a dead letter changes nothing.
+    let ids = Some(vec![id("a", 4), id("b", 4)]);
+    assert!(s
+        .apply(12, &leader_cmd(Action::Requeue { ids }))
+        .unwrap()
+        .is_empty());
+
+    // Survives a snapshot, on every node that restores it.
+    let t = Table::new();
+    t.restore(s.export(), s.revision());
+    assert_eq!(t.dead_letter("b"), s.dead_letter("b"));
+    assert_eq!(front_ids(&t), ["a@4", "c@6"]);
+    assert_eq!(
+        (t.outbox_bytes(), t.dead_letter_bytes(), t.memory_bytes()),
+        (s.outbox_bytes(), s.dead_letter_bytes(), s.memory_bytes())
+    );
+
+    // Drop: only a dead letter goes, with a DISCARDED event.
+    let (_, mut feed) = s.events().subscribe(0).unwrap();
+    let ids = vec![id("a", 4), id("b", 5)];
+    let gone = s.apply(13, &leader_cmd(Action::Discard { ids })).unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].key, "b");
+    assert!(s.get("b").is_none());
+    assert!(s.get("a").is_some(), "a waiting record is not dropped");
+    assert_eq!((s.dead_letter_count(), s.dead_letter_bytes()), (0, 0));
+    let ev = feed.try_recv().unwrap();
+    assert_eq!((ev.kind, ev.key.as_str()), (EventKind::Discarded, "b"));
+}
+
+#[test]
+fn dead_letters_list_in_completion_order_and_page() {
+    let s = three_completed();
+    let refused = vec![
+        (id("c", 6), "e3".to_string()),
+        (id("a", 4), "e1".to_string()),
+    ];
+    s.apply(7, &leader_cmd(Action::DeadLetter { refused }))
+        .unwrap();
+    let all: Vec<String> = s
+        .dead_letters(None, 10)
+        .iter()
+        .map(|d| d.id.to_string())
+        .collect();
+    assert_eq!(all, ["a@4", "c@6"]);
+    let next = s.dead_letters(Some(&id("a", 4)), 10);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        (next[0].id.clone(), next[0].error.as_str()),
+        (id("c", 6), "e3")
+    );
+    assert_eq!(s.dead_letters(None, 1).len(), 1);
+}

@@ -69,7 +69,7 @@ impl FileSink {
         max_segment_bytes: u64,
     ) -> Result<FileSink, SinkError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            SinkError(format!(
+            SinkError::transient(format!(
                 "file sink: cannot create directory {}: {e}",
                 dir.display()
             ))
@@ -91,7 +91,7 @@ impl FileSink {
         let docs = docs.to_vec();
         tokio::task::spawn_blocking(move || inner.lock().write(&docs))
             .await
-            .map_err(|e| SinkError(format!("file sink: writer task failed: {e}")))?
+            .map_err(|e| SinkError::transient(format!("file sink: writer task failed: {e}")))?
     }
 
     pub async fn refresh_recent(&mut self) {
@@ -134,7 +134,7 @@ impl Files {
             buf.push(b'\n');
         }
         let Some(seg) = self.current.as_mut() else {
-            return Err(SinkError("file sink: no open segment".into()));
+            return Err(SinkError::transient("file sink: no open segment"));
         };
         let written = seg.file.write_all(&buf).and_then(|_| seg.file.sync_data());
         if let Err(e) = written {
@@ -144,7 +144,7 @@ impl Files {
             let path = seg.path.clone();
             let _ = seg.file.set_len(seg.len).and_then(|_| seg.file.sync_data());
             self.current = None;
-            return Err(SinkError(format!(
+            return Err(SinkError::transient(format!(
                 "file sink: cannot write {}: {e}",
                 path.display()
             )));
@@ -169,7 +169,7 @@ impl Files {
                     File::open(&self.dir)
                         .and_then(|d| d.sync_all())
                         .map_err(|e| {
-                            SinkError(format!(
+                            SinkError::transient(format!(
                                 "file sink: cannot sync directory {}: {e}",
                                 self.dir.display()
                             ))
@@ -178,14 +178,14 @@ impl Files {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(SinkError(format!(
+                    return Err(SinkError::transient(format!(
                         "file sink: cannot create {}: {e}",
                         path.display()
                     )))
                 }
             }
         }
-        Err(SinkError(format!(
+        Err(SinkError::transient(format!(
             "file sink: too many segments starting at revision {first_revision} in {}",
             self.dir.display()
         )))
@@ -364,6 +364,6 @@ mod tests {
         let blocker = dir.path().join("not-a-dir");
         std::fs::write(&blocker, b"x").unwrap();
         let e = FileSink::open(&blocker.join("sub"), 1).err().unwrap();
-        assert!(e.0.contains("not-a-dir"), "{e}");
+        assert!(e.message.contains("not-a-dir"), "{e}");
     }
 }

@@ -148,9 +148,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Why a sink did not acknowledge a batch. The batch stays in the outbox.
+///
+/// `permanent` says the sink refused the batch's content and would refuse it
+/// again unchanged (PostgreSQL rejected a document, a webhook answered 400,
+/// 413, 415 or 422); the hand-off worker then splits the batch to find the
+/// records it refuses. Anything else (no connection, a timeout, a 5xx, a
+/// redirect, a full disk) is transient: the same batch is sent again later.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>) -> SinkError {
+        SinkError {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> SinkError {
+        SinkError {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+}
 
 /// An open sink.
 pub enum Sink {

@@ -16,6 +16,10 @@
 //! batch sent again after a leader change changes nothing. The batch is
 //! acknowledged when the statement's transaction has committed.
 //!
+//! A statement the server refuses for its rows (`refuses_content`) is a
+//! permanent refusal: the worker splits the batch to find the records at
+//! fault and sets them aside as dead letters. Other errors are retried.
+//!
 //! The connection is opened lazily and reopened after any error. No TLS:
 //! use a local socket, a loopback connection or a TLS-terminating proxy.
 
@@ -46,15 +50,14 @@ impl PostgresSink {
         let mut config: tokio_postgres::Config = self
             .url
             .parse()
-            .map_err(|e| SinkError(format!("postgres sink: bad URL: {e}")))?;
+            .map_err(|e| SinkError::transient(format!("postgres sink: bad URL: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("inflight");
         }
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| SinkError(format!("postgres sink: cannot connect: {}", describe(&e))))?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+            SinkError::transient(format!("postgres sink: cannot connect: {}", describe(&e)))
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres sink connection closed");
@@ -73,7 +76,7 @@ impl PostgresSink {
             ))
             .await
             .map_err(|e| {
-                SinkError(format!(
+                SinkError::transient(format!(
                     "postgres sink: cannot create table {TABLE}: {}",
                     describe(&e)
                 ))
@@ -112,13 +115,32 @@ impl PostgresSink {
                 Ok(())
             }
             // The connection is dropped: the next attempt starts clean.
-            Err(e) => Err(SinkError(format!(
-                "postgres sink: insert of {} records failed: {}",
-                docs.len(),
-                describe(&e)
-            ))),
+            Err(e) => {
+                let message = format!(
+                    "postgres sink: insert of {} records failed: {}",
+                    docs.len(),
+                    describe(&e)
+                );
+                Err(if refuses_content(&e) {
+                    SinkError::permanent(message)
+                } else {
+                    SinkError::transient(message)
+                })
+            }
         }
     }
+}
+
+/// Whether the server refused the rows themselves, so that the same rows
+/// would be refused again: SQLSTATE class 22 (data exception: a document
+/// `jsonb` will not take, such as one holding `\u0000`), 23 (integrity
+/// constraint violation: a constraint an operator added to the table) or
+/// 54 (program limit exceeded: a document too large). Every other error
+/// (connection, permissions, a missing table, a serialization failure, the
+/// server shutting down) says nothing about the rows and is retried.
+fn refuses_content(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23" | "54"))
 }
 
 /// The server's message when there is one (it names the problem), else the

@@ -1,7 +1,12 @@
 //! `webhook:URL`: one HTTP POST per batch, a JSON array of documents.
 //!
-//! Any 2xx answer acknowledges the batch; anything else, a timeout or a
-//! connection error does not, and the batch is sent again later. Requests
+//! Any 2xx answer acknowledges the batch. 400, 413, 415 and 422 refuse its
+//! content: the worker splits the batch to find the records the receiver
+//! refuses and sets them aside as dead letters. Anything else, a timeout or
+//! a connection error does not acknowledge it, and the batch is sent again
+//! later. Redirects are never followed: a 3xx is a failure (the receiver
+//! stored nothing; point the sink at the final URL), never an
+//! acknowledgement. Requests
 //! carry `Content-Type: application/json` and `X-Inflight-Batch-First`, the
 //! first record's handoff id. Receivers must deduplicate on `handoff_id`:
 //! after a leader change the same records can arrive twice.
@@ -26,8 +31,9 @@ impl WebhookSink {
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(3))
             .user_agent(concat!("inflight/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| SinkError(format!("webhook sink: {e}")))?;
+            .map_err(|e| SinkError::transient(format!("webhook sink: {e}")))?;
         Ok(WebhookSink {
             url: url.to_string(),
             shown: redact::url(url, true),
@@ -49,7 +55,7 @@ impl WebhookSink {
             .await
             .map_err(|e| {
                 // reqwest's message quotes the URL, secrets and all.
-                SinkError(format!(
+                SinkError::transient(format!(
                     "webhook sink: POST {}: {}",
                     self.shown,
                     error_chain(&e.without_url())
@@ -59,16 +65,43 @@ impl WebhookSink {
         if status.is_success() {
             return Ok(());
         }
+        let redirect = if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(|l| redact::url(l, true))
+                .unwrap_or_default();
+            format!(
+                " (redirect to {to:?} not followed: a redirect is not an acknowledgement; \
+                 point the sink at the final URL)"
+            )
+        } else {
+            String::new()
+        };
         let body = resp.text().await.unwrap_or_default();
         let body: String = body.chars().take(200).collect();
-        Err(SinkError(format!(
-            "webhook sink: POST {} answered {status}{}",
+        let message = format!(
+            "webhook sink: POST {} answered {status}{redirect}{}",
             self.shown,
             if body.is_empty() {
                 String::new()
             } else {
                 format!(": {body}")
             }
-        )))
+        );
+        Err(if refuses_content(status) {
+            SinkError::permanent(message)
+        } else {
+            SinkError::transient(message)
+        })
     }
+}
+
+/// The answers that refuse the request's content, so that the same body
+/// would be refused again: malformed (400), too large (413), unsupported
+/// media type (415), unprocessable (422). 401, 403, 404, 429 and 5xx are
+/// about the receiver or its configuration and are retried.
+fn refuses_content(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 415 | 422)
 }
