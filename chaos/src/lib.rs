@@ -6,6 +6,7 @@
 //! of the operations, consistent with real time, explains every outcome under
 //! the record model of DESIGN.md.
 
+pub mod availability;
 pub mod cluster;
 pub mod history;
 pub mod linearizability;

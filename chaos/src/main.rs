@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use inflight::client::Consistency;
+use inflight_chaos::availability;
 use inflight_chaos::cluster::{self, Cluster};
 use inflight_chaos::history::{Call, Operation, Outcome, Refusal};
 use inflight_chaos::linearizability::{check_key, Verdict};
@@ -111,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let mut faults_log = std::fs::File::create(dir.join("faults.jsonl"))?;
+    let mut faults = Vec::new();
     for kind in schedule(seed, extra) {
         tokio::time::sleep(gap).await;
         let r = inject(kind, &mut cluster, &fw, &mut rng, hold, &client_home, epoch).await;
@@ -118,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             Ok(f) => {
                 println!("chaos: {:>7} ms  {:?}: {}", f.started_ms, f.kind, f.detail);
                 writeln!(faults_log, "{}", serde_json::to_string(&f)?)?;
+                faults.push(f);
             }
             Err(e) => {
                 println!("chaos: {kind:?} could not be applied: {e:#}");
@@ -139,6 +142,10 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let healed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut recorded = workload.stop().await;
+    let run_end_ms = epoch.elapsed().as_millis() as u64;
+    // Availability is measured on the clients' history alone, before the
+    // final reads below are added to it.
+    let (outages, outage_by_kind) = availability::measure(&faults, &recorded.ops, run_end_ms);
 
     let mut checks = Vec::new();
     // Liveness: a leader, every member caught up and serving reads.
@@ -265,6 +272,11 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "checks": checks.iter().map(|c| json!({"check": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),
         "passed": passed,
         "failed": failed,
+        "availability": {
+            "measure": "per fault, the longest stretch without an acknowledged write that overlaps its window (ms)",
+            "by_kind": outage_by_kind,
+            "faults": outages,
+        },
     });
     std::fs::write(
         dir.join("verdict.json"),
@@ -288,6 +300,12 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .count(),
         dir.display()
     );
+    for (kind, s) in &outage_by_kind {
+        println!(
+            "chaos: availability {kind}: longest write outage {} ms, median {} ms, over {} fault(s)",
+            s.max_ms, s.median_ms, s.faults
+        );
+    }
     println!("{passed} passed, {failed} failed");
     cluster.kill_all();
     let ok = if args.expect_violation {

@@ -62,7 +62,7 @@ pub fn schedule(seed: u64, extra: usize) -> Vec<FaultKind> {
     s
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FaultRecord {
     pub kind: FaultKind,
     pub detail: String,
