@@ -134,6 +134,11 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let mut listeners = Tasks::new("listeners");
     let mut rest = Tasks::new("node");
 
+    // Requests: an update of the largest value, with room; a batch of up to
+    // 4 × that fits 16 MiB. Answers stay within wire::RESPONSE_BYTES (values
+    // are left out past it), except watches that ask for larger messages, up
+    // to wire::MAX_WATCH_MESSAGE_BYTES: the encoding limit is that, a
+    // backstop that turns a larger message into an error status.
     let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
     let records = pb::in_flight_server::InFlightServer::new(InFlightService::new(
         node.clone(),
@@ -142,7 +147,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         o.retention,
         handoff.clone(),
     ))
-    .max_decoding_message_size(max_msg.max(16 << 20));
+    .max_decoding_message_size(max_msg.max(16 << 20))
+    .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
     let cluster =
         pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
     let peers = pb::raft_server::RaftServer::new(node.peer_service(listeners.signal()))

@@ -15,6 +15,33 @@ pub const LEADER_ID_KEY: &str = "x-inflight-leader-id";
 /// Metadata key carrying the position of the op that failed a batch.
 pub const FAILED_OP_KEY: &str = "x-inflight-failed-op";
 
+/// The largest message a gRPC client accepts unless told otherwise (tonic's,
+/// grpc-go's and grpc-java's default decode limit).
+pub const DEFAULT_CLIENT_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The bound on one answer of the record API: every `MutationResponse`,
+/// `BatchResponse`, `FrameResult`, `GetResponse` and `ScanResponse` stays
+/// within this many encoded bytes, and so does a `WatchResponse` unless the
+/// watcher asked for larger ones (`WatchRequest.max_message_bytes`). A
+/// default client's limit less 64 KiB, left for the gRPC and HTTP/2 framing
+/// and for the few fields counted loosely.
+///
+/// Answers that carry many records (a batch of completes of large records,
+/// a frame of gets, a scan page) keep it by leaving values out: once the
+/// next record's value would pass it, that record and every later one of
+/// the answer come with `value_omitted` set and an empty value. A single
+/// record always fits with its value, since `--max-value-bytes` is at most
+/// 1,835,008.
+pub const RESPONSE_BYTES: usize = DEFAULT_CLIENT_MESSAGE_BYTES - (64 << 10);
+
+/// The smallest `WatchRequest.max_message_bytes` accepted: room for any one
+/// event without its value (a key is at most 512 bytes).
+pub const MIN_WATCH_MESSAGE_BYTES: usize = 64 << 10;
+
+/// The largest `WatchRequest.max_message_bytes` accepted, and so the largest
+/// message the node sends and the client library accepts.
+pub const MAX_WATCH_MESSAGE_BYTES: usize = 64 << 20;
+
 /// A gRPC endpoint for `HOST:PORT`, with the HTTP/2 settings every channel
 /// uses, peer or client: fast connect failure, keep-alives that notice a dead
 /// peer within seconds, Nagle off, and windows big enough for 4 MiB batches.

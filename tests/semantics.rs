@@ -509,10 +509,7 @@ async fn batch_with_one_failing_guard_changes_nothing() {
 }
 
 /// Reads watch messages until `want` events arrived; returns (revision, key) pairs.
-async fn collect_events(
-    stream: &mut tonic::Streaming<pb::WatchResponse>,
-    want: usize,
-) -> Vec<(u64, String)> {
+async fn collect_events(stream: &mut inflight::client::Watch, want: usize) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     while out.len() < want {
         let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -606,6 +603,7 @@ async fn watch_resumed_after_disconnect_delivers_every_later_event_exactly_once_
             prefix: "call/".into(),
             from_revision: expected.last().unwrap().0 + 1,
             progress_interval_ms: 200,
+            ..Default::default()
         })
         .await
         .unwrap();

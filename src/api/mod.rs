@@ -16,6 +16,7 @@ mod cluster;
 mod errors;
 mod grpc_metrics;
 mod records;
+mod response;
 mod session;
 mod validate;
 mod watch;
@@ -45,5 +46,6 @@ pub fn record_to_pb(key: String, r: Record) -> pb::Record {
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
         expires_at_ms: r.expires_at_ms,
+        value_omitted: false,
     }
 }

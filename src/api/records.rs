@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
+use super::response::{self, RESPONSE_BYTES};
 use super::session::{session_stream, SessionStream};
 use super::watch::{watch_stream, WatchStream};
 use super::{record_to_pb, ApiError, Limits};
@@ -15,10 +16,6 @@ use crate::pb;
 use crate::raft;
 use crate::shutdown::Shutdown;
 use crate::state::{Action, Applied, Command, Op, RequestTag, Table, TtlChange};
-
-/// A scan page stops once its values reach this many bytes (it always holds
-/// at least one record), so pages of large values stay a sane message size.
-pub const SCAN_PAGE_BYTES: usize = 4 << 20;
 
 /// How the cluster keeps request ids. Set by the leader's flags and carried
 /// in every tagged command, so all replicas forget, and refuse, at the same
@@ -360,10 +357,10 @@ impl pb::in_flight_server::InFlight for InFlightService {
         self.limits.batch_bytes(&ops)?;
         let applied = self.propose(ops, r.request_id, true).await?;
         let revision = applied.first().map(|a| a.revision).unwrap_or(0);
-        Ok(Response::new(pb::BatchResponse {
-            results: applied.into_iter().map(mutation_response).collect(),
-            revision,
-        }))
+        let mut results: Vec<_> = applied.into_iter().map(mutation_response).collect();
+        // 1,000 completes of large records must not answer with all their values.
+        response::bound_values(&mut results, RESPONSE_BYTES, response::mutation_record);
+        Ok(Response::new(pb::BatchResponse { results, revision }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -382,14 +379,21 @@ impl pb::in_flight_server::InFlight for InFlightService {
         let limit = self.limits.scan_limit(r.limit)?;
         self.read_barrier(r.consistency, r.max_staleness_ms).await?;
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
-        let (page, revision) = self.read(|s| s.scan(&r.prefix, after, limit, SCAN_PAGE_BYTES))?;
+        // The table stops a page once its values reach the bound, which the
+        // last record's value (and 10,000 keys of 512 bytes) can pass: the
+        // page is cut to what fits in the encoded answer.
+        let (page, revision) = self.read(|s| s.scan(&r.prefix, after, limit, RESPONSE_BYTES))?;
+        let mut records: Vec<pb::Record> = page
+            .records
+            .into_iter()
+            .map(|(k, v)| record_to_pb(k, v))
+            .collect();
+        let fits = response::scan_page_len(&records, RESPONSE_BYTES);
+        let more = page.more || fits < records.len();
+        records.truncate(fits);
         Ok(Response::new(pb::ScanResponse {
-            records: page
-                .records
-                .into_iter()
-                .map(|(k, v)| record_to_pb(k, v))
-                .collect(),
-            more: page.more,
+            records,
+            more,
             revision,
         }))
     }

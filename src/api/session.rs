@@ -9,6 +9,11 @@
 //! as an `OpError` with the status code and leader hint the unary call would
 //! have carried.
 //!
+//! A frame's answer is one message too, bounded like a batch's: once the
+//! next record's value would take it past `RESPONSE_BYTES`, the values of
+//! that result and every later one are left out (`value_omitted`), gets
+//! included; the client library reads those gets again, alone.
+//!
 //! Frames of one stream are answered in order, one at a time: the client
 //! sends the next frame when the previous one is answered (that is what makes
 //! the batching natural), so there is nothing to gain from overlapping them.
@@ -21,13 +26,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::records::InFlightService;
+use super::response::{self, RESPONSE_BYTES};
 use super::ApiError;
 use crate::pb;
 use crate::shutdown::Shutdown;
 use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 
 /// Operations in one frame, at most: a frame is one message, and its
-/// results must fit one message too.
+/// results must fit one message too (4,096 value-less results of 512-byte
+/// keys take about 2.5 MiB).
 pub const MAX_FRAME_OPS: usize = 4096;
 
 pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::FrameResult, Status>> + Send>>;
@@ -70,8 +77,10 @@ pub fn session_stream(
             crate::metrics::METRICS
                 .frame_ops
                 .observe(frame.ops.len() as f64);
-            let results =
+            let mut results =
                 futures::future::join_all(frame.ops.into_iter().map(|op| run_op(&svc, op))).await;
+            // The answer is one message: values past the bound are left out.
+            response::bound_values(&mut results, RESPONSE_BYTES, response::op_record);
             let answer = pb::FrameResult {
                 id: frame.id,
                 results,

@@ -1,10 +1,20 @@
 //! `Watch`: streaming change events from this node's event window.
 //!
-//! Guarantees, per stream: events in revision order, whole revisions per
-//! message, no gaps and no duplicates (the backlog is copied and the live
-//! feed subscribed under one lock). After `progress_interval_ms` without
-//! events the stream gets a progress message carrying the node's applied
-//! revision, once every event up to it has been sent.
+//! Guarantees, per stream: events in revision order, no gaps and no
+//! duplicates (the backlog is copied and the live feed subscribed under one
+//! lock). After `progress_interval_ms` without events the stream gets a
+//! progress message carrying the node's applied revision, once every event
+//! up to it has been sent.
+//!
+//! Messages stay within the watcher's `max_message_bytes` (by default
+//! [`RESPONSE_BYTES`], what a default 4 MiB client accepts). They hold whole
+//! revisions, except a revision too large for one message (a batch of
+//! completes of large records, an `Evict` of many): it is split over several
+//! messages, each but the last flagged `more_in_revision` and carrying, as
+//! its `revision`, the one before the revision being split. So `revision` +
+//! 1 is always where to resume: a watcher cut off inside a split revision
+//! gets it again from its first event. An event that does not fit a message
+//! alone goes without its value (`value_omitted`) rather than never.
 //!
 //! A watcher can neither stall apply nor grow memory without bound: the live
 //! feed is a bounded broadcast that apply never waits on, and each stream has
@@ -24,14 +34,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::record_to_pb;
+use super::response::{field_len, omit_value, ANSWER_FIELDS_BYTES};
 use crate::pb;
 use crate::state::{Event, EventKind, Table};
+use crate::wire::{MAX_WATCH_MESSAGE_BYTES, MIN_WATCH_MESSAGE_BYTES, RESPONSE_BYTES};
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 const DEFAULT_PROGRESS: Duration = Duration::from_millis(5_000);
 const MIN_PROGRESS: Duration = Duration::from_millis(100);
-/// Events per message, at most (a larger revision still goes out whole).
+/// A message is closed at the first revision end past this many events (a
+/// larger revision is split by bytes only).
 const EVENTS_PER_MESSAGE: usize = 256;
 /// Messages queued for one stream before the watcher counts as slow.
 const QUEUE: usize = 8;
@@ -71,6 +84,16 @@ pub fn watch_stream(table: Arc<Table>, req: pb::WatchRequest) -> Result<WatchStr
         }
         ms => Duration::from_millis(ms.into()),
     };
+    let max_bytes = match req.max_message_bytes as usize {
+        0 => RESPONSE_BYTES,
+        b if !(MIN_WATCH_MESSAGE_BYTES..=MAX_WATCH_MESSAGE_BYTES).contains(&b) => {
+            return Err(Status::invalid_argument(format!(
+                "max_message_bytes: {b} is outside {MIN_WATCH_MESSAGE_BYTES}..={MAX_WATCH_MESSAGE_BYTES} \
+                 (0 = the default, {RESPONSE_BYTES})"
+            )))
+        }
+        b => b,
+    };
     let (tx, rx) = mpsc::channel(QUEUE);
     let cancel = Arc::new(Mutex::new(None));
     let w = Watcher {
@@ -80,6 +103,7 @@ pub fn watch_stream(table: Arc<Table>, req: pb::WatchRequest) -> Result<WatchStr
         cancel: cancel.clone(),
         sent_through: req.from_revision.saturating_sub(1),
         progress,
+        max_bytes,
     };
     tokio::spawn(w.run(backlog, live));
     Ok(Box::pin(WatchOutput {
@@ -116,6 +140,24 @@ struct Watcher {
     /// Every event up to this revision has been sent (or filtered out).
     sent_through: u64,
     progress: Duration,
+    /// The largest encoded message this watcher accepts.
+    max_bytes: usize,
+}
+
+/// A message being filled.
+struct Message {
+    events: Vec<pb::Event>,
+    /// Its encoded size so far, its own fields included.
+    bytes: usize,
+}
+
+impl Default for Message {
+    fn default() -> Self {
+        Message {
+            events: Vec::new(),
+            bytes: ANSWER_FIELDS_BYTES,
+        }
+    }
 }
 
 enum Sent {
@@ -149,8 +191,8 @@ impl Watcher {
                 Err(broadcast::error::RecvError::Closed) => return self.replaced(),
             }
             // Take what else is queued, and always the rest of a revision
-            // begun (apply is publishing it right now): only whole revisions
-            // are sent, so `sent_through` never splits one.
+            // begun (apply is publishing it right now): `send_events` is
+            // given whole revisions, so it knows where each one ends.
             loop {
                 let mid_revision = pending.last().is_some_and(|e| !e.ends_revision);
                 if !mid_revision && pending.len() >= EVENTS_PER_MESSAGE {
@@ -185,44 +227,78 @@ impl Watcher {
         }
     }
 
-    /// Sends events (after dropping ones already sent and ones outside the
-    /// prefix), whole revisions per message.
+    /// Sends `events`, whole revisions, after dropping ones already sent and
+    /// ones outside the prefix. A message closes at a revision end once it
+    /// holds `EVENTS_PER_MESSAGE` events, or wherever the next event would
+    /// take it past `max_bytes`: inside a revision, that makes a fragment.
     async fn send_events(&mut self, events: Vec<Arc<Event>>) -> Sent {
-        let mut batch: Vec<pb::Event> = Vec::new();
-        let mut batch_rev = self.sent_through;
+        let mut msg = Message::default();
+        // The revision whose events are being taken; all before it are whole.
+        let mut current = self.sent_through;
         for e in events {
             if e.revision <= self.sent_through {
                 continue;
             }
-            if e.revision != batch_rev && batch.len() >= EVENTS_PER_MESSAGE {
-                let msg = pb::WatchResponse {
-                    events: std::mem::take(&mut batch),
-                    revision: batch_rev,
-                    progress: false,
-                };
-                if let Sent::Done = self.send(Ok(msg)).await {
+            if e.revision != current {
+                // `current` is complete (in `msg` or sent).
+                if msg.events.len() >= EVENTS_PER_MESSAGE {
+                    if let Sent::Done = self.flush(&mut msg, current, false).await {
+                        return Sent::Done;
+                    }
+                }
+                current = e.revision;
+            }
+            if !e.key.starts_with(&self.prefix) {
+                continue;
+            }
+            let mut event = event_to_pb(&e);
+            let mut len = field_len(prost::Message::encoded_len(&event));
+            if msg.bytes + len > self.max_bytes && !msg.events.is_empty() {
+                // Everything before `current` is whole; `current` continues
+                // in the next message if `msg` already holds some of it.
+                let split = msg.events.last().is_some_and(|l| l.revision == current);
+                if let Sent::Done = self.flush(&mut msg, current - 1, split).await {
                     return Sent::Done;
                 }
-                // Delivered whole revisions: a cancellation from here on names the next one.
-                self.sent_through = batch_rev;
             }
-            batch_rev = e.revision;
-            if e.key.starts_with(&self.prefix) {
-                batch.push(event_to_pb(&e));
+            if msg.bytes + len > self.max_bytes {
+                // Too large even alone: deliver it without its value.
+                if let Some(r) = event.record.as_mut() {
+                    omit_value(r);
+                }
+                len = field_len(prost::Message::encoded_len(&event));
             }
+            msg.bytes += len;
+            msg.events.push(event);
         }
-        if !batch.is_empty() {
-            let msg = pb::WatchResponse {
-                events: batch,
-                revision: batch_rev,
-                progress: false,
-            };
-            if let Sent::Done = self.send(Ok(msg)).await {
+        // `events` ends at a revision end: `current` is whole.
+        if !msg.events.is_empty() {
+            if let Sent::Done = self.flush(&mut msg, current, false).await {
                 return Sent::Done;
             }
         }
-        self.sent_through = self.sent_through.max(batch_rev);
+        self.sent_through = self.sent_through.max(current);
         Sent::Ok
+    }
+
+    /// Sends the events gathered in `msg`: every event up to `whole` has
+    /// been delivered once it is sent, and `split` says the revision after
+    /// `whole` continues in the next message.
+    async fn flush(&mut self, msg: &mut Message, whole: u64, split: bool) -> Sent {
+        let events = std::mem::take(msg).events;
+        let sent = self
+            .send(Ok(pb::WatchResponse {
+                events,
+                revision: whole,
+                progress: false,
+                more_in_revision: split,
+            }))
+            .await;
+        if let Sent::Ok = sent {
+            // A cancellation from here on names the revision after `whole`.
+            self.sent_through = self.sent_through.max(whole);
+        }
+        sent
     }
 
     /// A progress message, but only if nothing is waiting in the feed: the
@@ -241,6 +317,7 @@ impl Watcher {
             events: Vec::new(),
             revision,
             progress: true,
+            more_in_revision: false,
         }))
         .await
     }
@@ -269,5 +346,167 @@ impl Watcher {
             "watch cancelled: {why}; resume with from_revision {}",
             self.sent_through + 1
         )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::state::{Record, RecordState};
+
+    fn event(revision: u64, key: &str, value_len: usize) -> Event {
+        Event {
+            kind: EventKind::Completed,
+            revision,
+            key: key.into(),
+            record: Record {
+                value: vec![b'v'; value_len].into(),
+                version: 2,
+                create_revision: 1,
+                mod_revision: revision,
+                created_at_ms: 1,
+                updated_at_ms: 2,
+                expires_at_ms: None,
+                state: RecordState::Completed,
+            },
+            at_ms: 2,
+            ends_revision: false,
+        }
+    }
+
+    /// Revision 1: three small events; 2: ten of 30,000 bytes (two fit a
+    /// 64 KiB message); 3: one of 100,000 bytes (too large alone); 4: outside
+    /// the prefix; 5: one small.
+    fn table() -> Arc<Table> {
+        let t = Arc::new(Table::new());
+        let log = t.events();
+        log.push((1..=3).map(|i| event(1, &format!("a/{i}"), 10)).collect());
+        log.push(
+            (0..10)
+                .map(|i| event(2, &format!("a/big/{i}"), 30_000))
+                .collect(),
+        );
+        log.push(vec![event(3, "a/huge", 100_000)]);
+        log.push(vec![event(4, "b/other", 10)]);
+        log.push(vec![event(5, "a/last", 10)]);
+        t
+    }
+
+    async fn messages(table: Arc<Table>, from: u64, n: usize) -> Vec<pb::WatchResponse> {
+        let req = pb::WatchRequest {
+            prefix: "a/".into(),
+            from_revision: from,
+            progress_interval_ms: 0,
+            max_message_bytes: MIN_WATCH_MESSAGE_BYTES as u32,
+        };
+        let mut s = watch_stream(table, req).unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let m = tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .expect("watch stalled")
+                .expect("stream ended")
+                .expect("stream error");
+            out.push(m);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_revision_larger_than_the_limit_is_split_and_an_event_too_large_alone_loses_its_value(
+    ) {
+        let got = messages(table(), 1, 6).await;
+        let shape: Vec<(Vec<u64>, u64, bool)> = got
+            .iter()
+            .map(|m| {
+                (
+                    m.events.iter().map(|e| e.revision).collect(),
+                    m.revision,
+                    m.more_in_revision,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                // Revision 1 whole, then the start of revision 2: a fragment
+                // whose `revision` says only revision 1 is complete.
+                (vec![1, 1, 1, 2, 2], 1, true),
+                (vec![2, 2], 1, true),
+                (vec![2, 2], 1, true),
+                (vec![2, 2], 1, true),
+                // The rest of revision 2 ends a message before revision 3,
+                // which does not fit with it.
+                (vec![2, 2], 2, false),
+                // Revision 3 alone, without its value; revision 4 is
+                // filtered out; 5 follows.
+                (vec![3, 5], 5, false),
+            ]
+        );
+        for m in &got {
+            assert!(
+                m.encoded_len() <= MIN_WATCH_MESSAGE_BYTES,
+                "{}",
+                m.encoded_len()
+            );
+        }
+        let records: Vec<&pb::Record> = got
+            .iter()
+            .flat_map(|m| &m.events)
+            .map(|e| e.record.as_ref().unwrap())
+            .collect();
+        let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        let mut want = vec!["a/1", "a/2", "a/3"];
+        let big: Vec<String> = (0..10).map(|i| format!("a/big/{i}")).collect();
+        want.extend(big.iter().map(String::as_str));
+        want.extend(["a/huge", "a/last"]);
+        assert_eq!(keys, want, "every event once, in order");
+        for r in &records {
+            if r.key == "a/huge" {
+                assert!(r.value_omitted && r.value.is_empty());
+                assert_eq!((r.version, r.mod_revision), (2, 3));
+            } else {
+                assert!(!r.value_omitted && !r.value.is_empty(), "{}", r.key);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resuming_after_the_last_whole_revision_gets_a_split_revision_from_its_start() {
+        let t = table();
+        let first = messages(t.clone(), 1, 2).await;
+        assert_eq!(first[1].events.len(), 2, "two of revision 2's ten events");
+        assert!(first[1].more_in_revision);
+        let resume = first[1].revision + 1;
+        assert_eq!(resume, 2);
+        let again = messages(t, resume, 6).await;
+        assert!(again[..4]
+            .iter()
+            .all(|m| m.more_in_revision && m.revision == 1));
+        let revs: Vec<u64> = again
+            .iter()
+            .flat_map(|m| m.events.iter().map(|e| e.revision))
+            .collect();
+        assert_eq!(revs, [vec![2; 10], vec![3, 5]].concat());
+        assert_eq!(again[0].events[0].record.as_ref().unwrap().key, "a/big/0");
+        assert_eq!(again.last().unwrap().revision, 5);
+    }
+
+    #[tokio::test]
+    async fn a_message_limit_outside_the_range_is_refused() {
+        for bad in [1_000, MAX_WATCH_MESSAGE_BYTES as u32 + 1] {
+            let req = pb::WatchRequest {
+                max_message_bytes: bad,
+                ..Default::default()
+            };
+            let e = watch_stream(Arc::new(Table::new()), req)
+                .err()
+                .expect("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("max_message_bytes"), "{}", e.message());
+        }
     }
 }

@@ -38,6 +38,10 @@ fn record_json(r: &pb::Record) -> serde_json::Value {
     });
     if let (Some(obj), Some(val)) = (v.as_object_mut(), value.as_object()) {
         obj.extend(val.clone());
+        if r.value_omitted {
+            // Left out to keep the answer within the message limit; not empty.
+            obj.insert("value_omitted".into(), json!(true));
+        }
     }
     v
 }
@@ -335,6 +339,7 @@ async fn watch(
             prefix,
             from_revision: from,
             progress_interval_ms: 0,
+            max_message_bytes: 0,
         })
         .await?;
     loop {
@@ -364,13 +369,12 @@ async fn watch(
                 v["revision"] = json!(e.revision);
                 println!("{v}");
             } else {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    e.revision,
-                    kind,
-                    r.key,
+                let value = if r.value_omitted {
+                    "(value omitted: too large for one message; get the key)".into()
+                } else {
                     String::from_utf8_lossy(&r.value)
-                );
+                };
+                println!("{}\t{}\t{}\t{}", e.revision, kind, r.key, value);
             }
         }
     }

@@ -17,6 +17,15 @@
 //! UUIDv7 made at the first attempt. Retries (after a timeout, a leader
 //! change, or an `UNKNOWN` outcome) reuse it, so the cluster applies the
 //! mutation at most once and answers a retry with the first attempt's result.
+//!
+//! Records come back as `pb::Record`. An answer carrying many records stays
+//! within what a default gRPC client accepts by leaving values out, flagged
+//! `value_omitted` (an omitted value is empty, with the flag set; an empty
+//! value has the flag unset): `batch` results, mutations that shared a frame
+//! with others, and watch events too large for one message. Every other
+//! field of such a record is exact; `get` the key for its value. `get`
+//! itself always returns the value: when its frame had no room for it, the
+//! client reads the key again, alone.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,13 +51,55 @@ mod session;
 
 pub type Result<T> = std::result::Result<T, Status>;
 
-/// Largest response the client accepts (a scan page of large values, or one value).
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Largest response the client accepts. Every answer of the record API
+/// stays within `wire::RESPONSE_BYTES` (4 MiB - 64 KiB) by leaving values
+/// out (`Record::value_omitted`); only a watch asking for larger messages
+/// (`WatchRequest::max_message_bytes`) gets more, up to this.
+const MAX_RESPONSE_BYTES: usize = wire::MAX_WATCH_MESSAGE_BYTES;
+/// Largest request the client sends: a batch carries up to 4 × 1.75 MiB of
+/// values and 1,000 keys, far below this; the node accepts at least 16 MiB.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 fn records(ch: Channel) -> InFlightClient<Channel> {
     InFlightClient::new(ch)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// An open watch stream (`Client::watch`). Messages come as the node sent
+/// them: events in revision order, whole revisions per message except that a
+/// revision larger than the watcher's `max_message_bytes` is split over
+/// several messages, each but its last flagged `more_in_revision`. Events
+/// are passed on as they arrive; the resume point moves only at revision
+/// ends, so a stream cut off inside a split revision resumes at that
+/// revision's first event (those of its events already received come again).
+#[derive(Debug)]
+pub struct Watch {
+    stream: Streaming<pb::WatchResponse>,
+    resume_from: u64,
+}
+
+impl Watch {
+    /// The next message; `None` when the node ended the stream cleanly (it
+    /// is stopping), an error status when it cancelled the stream.
+    pub async fn message(&mut self) -> Result<Option<pb::WatchResponse>> {
+        let msg = self.stream.message().await?;
+        if let Some(m) = &msg {
+            // Every event up to `m.revision` has been delivered, including on
+            // a fragment, whose `revision` is the one before the split one.
+            if m.revision > 0 {
+                self.resume_from = self.resume_from.max(m.revision + 1);
+            }
+        }
+        Ok(msg)
+    }
+
+    /// The `from_revision` to watch again from after this stream ends: one
+    /// past the last revision delivered whole (the request's own
+    /// `from_revision` until a message arrived).
+    pub fn resume_from(&self) -> u64 {
+        self.resume_from
+    }
 }
 
 /// A new request id: UUIDv7, so ids sort by creation time.
@@ -430,7 +481,9 @@ impl Client {
         self.mutate(pb::frame_op::Op::Complete(req)).await
     }
 
-    /// Several mutations applied atomically (all or none).
+    /// Several mutations applied atomically (all or none). The answer stays
+    /// within 4 MiB - 64 KiB: from the first record whose value would pass
+    /// that on, results come with `value_omitted` set and no value.
     pub async fn batch(&self, mut req: pb::BatchRequest) -> Result<pb::BatchResponse> {
         ensure_id(&mut req.request_id);
         self.retrying(Route::Leader, |ch| {
@@ -469,9 +522,21 @@ impl Client {
                 })
                 .await;
         }
-        self.framed(route, pb::frame_op::Op::Get(req), |r| match r {
-            pb::op_result::Result::Get(g) => Some(g),
-            _ => None,
+        let got = self
+            .framed(route, pb::frame_op::Op::Get(req.clone()), |r| match r {
+                pb::op_result::Result::Get(g) => Some(g),
+                _ => None,
+            })
+            .await?;
+        if !got.record.as_ref().is_some_and(|r| r.value_omitted) {
+            return Ok(got);
+        }
+        // The frame's answer had no room left for this value: read the key
+        // again on its own, where one record always fits. Still a read made
+        // within this call, at the requested consistency.
+        self.retrying(route, |ch| {
+            let req = req.clone();
+            async move { records(ch).get(req).await }
         })
         .await
     }
@@ -503,13 +568,19 @@ impl Client {
 
     /// Opens a watch on some node (any node serves watches from its own state).
     /// The stream ends with an error status when the server cancels it; resume
-    /// with `from_revision` = the last revision seen + 1.
-    pub async fn watch(&self, req: pb::WatchRequest) -> Result<Streaming<pb::WatchResponse>> {
-        self.retrying(Route::Any, |ch| {
-            let req = req.clone();
-            async move { records(ch).watch(req).await }
+    /// with `from_revision` = [`Watch::resume_from`].
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<Watch> {
+        let resume_from = req.from_revision;
+        let stream = self
+            .retrying(Route::Any, |ch| {
+                let req = req.clone();
+                async move { records(ch).watch(req).await }
+            })
+            .await?;
+        Ok(Watch {
+            stream,
+            resume_from,
         })
-        .await
     }
 
     // ----- cluster ---------------------------------------------------------

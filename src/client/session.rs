@@ -29,8 +29,9 @@ use crate::pb::op_result::Result as OpOutcome;
 use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 
 /// Operations in one frame, at most. The answer to a frame is one message
-/// too: 32 gets of the largest records (1 MiB by default) stay well inside
-/// the 64 MiB the client accepts.
+/// too, which the node keeps within `wire::RESPONSE_BYTES` by leaving values
+/// out (`value_omitted`): a get answered that way is read again alone
+/// (`Client::send_get`), so fewer ops per frame means fewer second reads.
 const MAX_FRAME_OPS: usize = 32;
 /// Encoded bytes of the ops in one frame, at most (a single larger op still
 /// goes alone): far inside the node's 16 MiB request limit.

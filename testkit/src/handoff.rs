@@ -165,25 +165,32 @@ impl EvictionWatch {
                         prefix: String::new(),
                         from_revision: from,
                         progress_interval_ms: 200,
+                        max_message_bytes: 0,
                     };
                     let Ok(mut stream) = client.watch(req).await else {
                         // Not a wait for a condition: a pause between reconnects.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     };
+                    // The events of a revision split over several messages are
+                    // kept only once it is whole: a reconnect inside it gets
+                    // the revision again from its start.
+                    let mut split: Vec<Eviction> = Vec::new();
                     while let Ok(Some(msg)) = stream.message().await {
-                        let mut seen = evictions.lock();
                         for e in &msg.events {
-                            from = e.revision + 1;
                             if e.r#type != pb::EventType::HandedOff as i32 {
                                 continue;
                             }
                             let Some(r) = &e.record else { continue };
-                            seen.push(Eviction {
+                            split.push(Eviction {
                                 handoff_id: format!("{}@{}", r.key, r.mod_revision),
                                 at_ms: e.at_ms,
                             });
                         }
+                        if !msg.more_in_revision {
+                            evictions.lock().append(&mut split);
+                        }
+                        from = stream.resume_from();
                     }
                 }
             })
