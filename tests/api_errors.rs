@@ -323,7 +323,7 @@ async fn garbage_on_the_grpc_port_does_not_crash_the_node() {
             .record
             .unwrap()
             .value,
-        b"yes"
+        &b"yes"[..]
     );
     assert_eq!(
         c.wait_leader(Duration::from_secs(5)).await,

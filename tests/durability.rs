@@ -13,7 +13,12 @@ async fn read_all(c: &Cluster, id: u64, prefix: &str) -> BTreeMap<String, (Strin
     c.scan_all(&c.node_client(id), prefix, Consistency::Stale)
         .await
         .into_iter()
-        .map(|r| (r.key, (String::from_utf8(r.value).unwrap(), r.version)))
+        .map(|r| {
+            (
+                r.key,
+                (String::from_utf8(r.value.to_vec()).unwrap(), r.version),
+            )
+        })
         .collect()
 }
 
@@ -60,7 +65,12 @@ async fn all_nodes_killed_and_restarted_keep_every_acknowledged_record() {
         .scan_all(&client, "call/", Consistency::Linearizable)
         .await
         .into_iter()
-        .map(|r| (r.key, (String::from_utf8(r.value).unwrap(), r.version)))
+        .map(|r| {
+            (
+                r.key,
+                (String::from_utf8(r.value.to_vec()).unwrap(), r.version),
+            )
+        })
         .collect();
     assert!(
         got == expected,

@@ -112,7 +112,7 @@ async fn ops_in_one_frame_succeed_and_fail_independently() {
     );
     assert_eq!(error_code(&r[2]), Some(Code::AlreadyExists), "{:?}", r[2]);
     match &r[3].result {
-        Some(Outcome::Get(g)) => assert_eq!(g.record.as_ref().unwrap().value, b"v1"),
+        Some(Outcome::Get(g)) => assert_eq!(g.record.as_ref().unwrap().value, &b"v1"[..]),
         other => panic!("the get failed: {other:?}"),
     }
     assert_eq!(error_code(&r[4]), Some(Code::NotFound), "{:?}", r[4]);
@@ -127,17 +127,14 @@ async fn ops_in_one_frame_succeed_and_fail_independently() {
         .get("call/new", Consistency::Linearizable)
         .await
         .unwrap();
-    assert_eq!(got.record.unwrap().value, b"fresh");
+    assert_eq!(got.record.unwrap().value, &b"fresh"[..]);
     let existing = client
         .get("call/existing", Consistency::Linearizable)
         .await
         .unwrap()
         .record
         .unwrap();
-    assert_eq!(
-        (existing.version, existing.value.as_slice()),
-        (1, &b"v1"[..])
-    );
+    assert_eq!((existing.version, existing.value.as_ref()), (1, &b"v1"[..]));
 
     // The same request id again in a later frame is answered, not re-applied.
     tx.send(pb::Frame {
@@ -313,7 +310,7 @@ async fn a_call_started_after_another_returned_is_applied_after_it() {
                     .unwrap()
                     .record
                     .unwrap();
-                assert_eq!(seen.value, b"leg-19", "{key}");
+                assert_eq!(seen.value, &b"leg-19"[..], "{key}");
                 assert_eq!(seen.version, 21, "{key}");
             })
         })

@@ -44,7 +44,7 @@ async fn assert_node_has(c: &Cluster, id: u64, prefix: &str, expected: &BTreeMap
         .await;
     let got: BTreeMap<String, String> = records
         .into_iter()
-        .map(|r| (r.key, String::from_utf8(r.value).expect("utf8")))
+        .map(|r| (r.key, String::from_utf8(r.value.to_vec()).expect("utf8")))
         .collect();
     assert_eq!(
         got.len(),
@@ -84,7 +84,11 @@ async fn acknowledged_write_is_readable_on_every_node_once_applied() {
                 .await
                 .expect("stale get on node");
             let r = g.record.expect("record");
-            assert_eq!(String::from_utf8(r.value).unwrap(), *v, "node {id} key {k}");
+            assert_eq!(
+                String::from_utf8(r.value.to_vec()).unwrap(),
+                *v,
+                "node {id} key {k}"
+            );
             assert_eq!(r.version, 1);
             assert!(
                 g.revision >= last_revision,
@@ -111,7 +115,7 @@ async fn leader_killed_abruptly_new_leader_elected_and_no_acknowledged_write_los
         let got = c.scan_all(&client, prefix, Consistency::Linearizable).await;
         let got: BTreeMap<String, String> = got
             .into_iter()
-            .map(|r| (r.key, String::from_utf8(r.value).unwrap()))
+            .map(|r| (r.key, String::from_utf8(r.value.to_vec()).unwrap()))
             .collect();
         assert!(
             got == *expected,

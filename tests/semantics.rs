@@ -74,7 +74,7 @@ async fn ttl_record_expires_on_every_node_within_2s_also_across_a_leader_change(
         .get("call/a", Consistency::Linearizable)
         .await
         .unwrap();
-    assert_eq!(g.record.as_ref().unwrap().value, b"ringing");
+    assert_eq!(g.record.as_ref().unwrap().value, &b"ringing"[..]);
     assert_eq!(g.record.as_ref().unwrap().version, 2);
     let e = client.update("call/a", "late", None).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -237,7 +237,7 @@ async fn linearizable_read_never_returns_a_value_older_than_an_acknowledged_writ
                     .get("ctr", Consistency::Linearizable)
                     .await
                     .expect("read");
-                let seen: u64 = String::from_utf8(g.record.unwrap().value)
+                let seen: u64 = String::from_utf8(g.record.unwrap().value.to_vec())
                     .unwrap()
                     .parse()
                     .unwrap();
@@ -284,7 +284,11 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
         .get("call/1", Consistency::Stale)
         .await
         .expect("a cut-off follower still serves STALE");
-    assert_eq!(g.record.as_ref().unwrap().value, b"ringing", "old value");
+    assert_eq!(
+        g.record.as_ref().unwrap().value,
+        &b"ringing"[..],
+        "old value"
+    );
     assert!(
         g.revision < second.revision,
         "reports revision {} < {}",
@@ -314,13 +318,13 @@ async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() 
         })
         .await
         .expect("another node answers");
-    assert_eq!(bounded.record.unwrap().value, b"answered");
+    assert_eq!(bounded.record.unwrap().value, &b"answered"[..]);
 
     fw.heal().expect("heal the cut");
     c.wait_applied(f, second.revision, Duration::from_secs(10))
         .await;
     let g = node.get("call/1", Consistency::Stale).await.unwrap();
-    assert_eq!(g.record.unwrap().value, b"answered");
+    assert_eq!(g.record.unwrap().value, &b"answered"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -380,7 +384,7 @@ async fn linearizable_read_on_an_isolated_old_leader_fails_rather_than_return_st
         .get("call/1", Consistency::Linearizable)
         .await
         .unwrap();
-    assert_eq!(g.record.unwrap().value, b"answered");
+    assert_eq!(g.record.unwrap().value, &b"answered"[..]);
 }
 
 fn op_insert(key: &str, value: &str) -> pb::BatchOp {
@@ -438,7 +442,7 @@ async fn batch_with_one_failing_guard_changes_nothing() {
         .unwrap();
     assert_eq!(
         (g.record.as_ref().unwrap().version, g.record.unwrap().value),
-        (1, b"ringing".to_vec())
+        (1, bytes::Bytes::from_static(b"ringing"))
     );
     assert_eq!(
         client

@@ -52,7 +52,7 @@ async fn read_all(c: &Cluster, id: u64, prefix: &str) -> BTreeMap<String, String
     c.scan_all(&c.node_client(id), prefix, Consistency::Stale)
         .await
         .into_iter()
-        .map(|r| (r.key, String::from_utf8(r.value).unwrap()))
+        .map(|r| (r.key, String::from_utf8(r.value.to_vec()).unwrap()))
         .collect()
 }
 
@@ -423,7 +423,7 @@ async fn leader_on_a_full_disk(filler_kind: Filler) {
         .scan_all(&c.client(), "load/", Consistency::Linearizable)
         .await
         .into_iter()
-        .map(|r| (r.key, String::from_utf8(r.value).unwrap()))
+        .map(|r| (r.key, String::from_utf8(r.value.to_vec()).unwrap()))
         .collect();
     for (key, value) in &acked {
         assert_eq!(

@@ -34,7 +34,7 @@ use crate::state::{Record, RecordState};
 pub fn record_to_pb(key: String, r: Record) -> pb::Record {
     pb::Record {
         key,
-        value: r.value.to_vec(),
+        value: r.value,
         version: r.version,
         create_revision: r.create_revision,
         mod_revision: r.mod_revision,

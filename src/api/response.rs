@@ -28,7 +28,7 @@ pub fn field_len(encoded_len: usize) -> usize {
 /// leave out and is not flagged.
 pub fn omit_value(record: &mut pb::Record) {
     if !record.value.is_empty() {
-        record.value = Vec::new();
+        record.value = Default::default();
         record.value_omitted = true;
     }
 }
@@ -96,7 +96,7 @@ mod tests {
         pb::MutationResponse {
             record: Some(pb::Record {
                 key: key.into(),
-                value: vec![7; value_len],
+                value: vec![7; value_len].into(),
                 version: 2,
                 mod_revision: 1234,
                 state: pb::RecordState::Completed as i32,
@@ -194,7 +194,7 @@ mod tests {
     fn a_scan_page_ends_before_the_bound_but_holds_at_least_one_record() {
         let rec = |n| pb::Record {
             key: "k".repeat(512),
-            value: vec![1; n],
+            value: vec![1; n].into(),
             ..Default::default()
         };
         let big: Vec<_> = (0..4).map(|_| rec(1_800_000)).collect();
