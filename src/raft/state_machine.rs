@@ -13,6 +13,11 @@
 //! stored as `DIR/snap-<index>.snap` (written, fsynced, renamed; older ones
 //! removed) and streamed to peers. A snapshot never replaces a newer one: a
 //! build of older state that finishes after an install is dropped.
+//!
+//! Memory: the encoded blob is a second copy of the table while a snapshot
+//! is built or installed. Its expected size is reserved (`snapshot_bytes`,
+//! part of the memory budget's account) from the moment the builder is made
+//! until it is dropped, and for the time an install decodes and restores.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,7 @@ use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec;
+use crate::memory::{Reservation, Reservations};
 use crate::state::{SnapshotBody, SnapshotBodyV2, Table, SNAPSHOT_FORMAT};
 
 const MAGIC: &[u8; 8] = b"IFSNAP1\n";
@@ -44,6 +50,8 @@ struct Inner {
     /// Serializes `keep`: a snapshot built from older state must never
     /// replace a newer one installed meanwhile (builds run concurrently).
     keeping: Mutex<()>,
+    /// Snapshots being built or installed, by their expected size.
+    snapshots: Reservations,
 }
 
 #[derive(Clone)]
@@ -127,12 +135,18 @@ impl StateMachine {
                 dir,
                 current: Mutex::new(None),
                 keeping: Mutex::new(()),
+                snapshots: Reservations::default(),
             }),
         }
     }
 
     pub fn table(&self) -> &Arc<Table> {
         &self.inner.table
+    }
+
+    /// Bytes reserved for snapshots being built or installed right now.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.inner.snapshots.bytes()
     }
 
     /// The log index of the snapshot this node holds, if any.
@@ -231,6 +245,8 @@ pub struct SnapshotBuilder {
     sm: StateMachine,
     meta: SnapshotMeta,
     body: Option<SnapshotBody>,
+    /// The blob's expected size, counted until the builder is dropped.
+    _reserved: Reservation,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -303,7 +319,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let (last_applied, membership) = self.inner.applied.lock().clone();
+        let table = &self.inner.table;
+        let expected = table.memory_bytes() as u64 + table.request_id_bytes();
         SnapshotBuilder {
+            _reserved: self.inner.snapshots.reserve(expected),
             sm: self.clone(),
             meta: SnapshotMeta {
                 last_log_id: last_applied,
@@ -321,7 +340,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = Arc::new(snapshot);
         let sm = self.clone();
         let meta = meta.clone();
+        let reserved = self.inner.snapshots.reserve(bytes.len() as u64);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let _reserved = reserved;
             let (_, body) = decode_snapshot(&bytes).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("received snapshot is unreadable: {e}"))
             })?;
