@@ -88,7 +88,16 @@ impl InFlightService {
         request_id: String,
         batch: bool,
     ) -> Result<Vec<Applied>, ApiError> {
-        super::budget::admit(self.node.table(), &self.handoff, &ops, &request_id)?;
+        // Held until the proposal is answered or fails: the growth counts
+        // against the budget until the applied records hold it.
+        let _reserved = super::budget::admit(
+            self.node.table(),
+            self.node.memory_use(),
+            self.node.reservations(),
+            &self.handoff,
+            &ops,
+            &request_id,
+        )?;
         let request = if request_id.is_empty() {
             None
         } else {
