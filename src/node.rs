@@ -196,7 +196,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         "compaction",
         crate::duties::run(
             node.clone(),
-            Compaction::new(o.raft.snapshot_every),
+            Compaction::new(
+                o.raft.snapshot_every,
+                o.handoff.memory_budget_bytes / crate::memory::RAFT_LOG_SHARE,
+            ),
             duties.signal(),
         ),
     );
