@@ -68,6 +68,7 @@ pub fn handoff_status(node: &raft::Node, handoff: &HandoffState) -> pb::HandoffS
 pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus {
     let s = node.status();
     let table = node.table();
+    let memory = node.memory_use();
     pb::NodeStatus {
         id: s.id,
         address: node.advertise().to_string(),
@@ -81,7 +82,7 @@ pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus 
         snapshot_index: s.snapshot_index,
         durability: node.durability().as_str().into(),
         recovered: node.is_recovered(),
-        memory_bytes: table.memory_bytes() as u64,
+        memory_bytes: memory.total(),
         outbox_depth: table.outbox_depth() as u64,
         leader_contact_ms: s.leader_contact_ms,
         voters: s.voters().count() as u32,
@@ -89,6 +90,19 @@ pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus 
             .outbox_oldest_since_ms()
             .map(|t| crate::raft::wall_clock_ms().saturating_sub(t)),
         handoff: Some(handoff_status(node, handoff)),
+        memory: Some(memory_pb(&memory)),
+    }
+}
+
+fn memory_pb(m: &crate::memory::MemoryUse) -> pb::MemoryUse {
+    pb::MemoryUse {
+        live_records: m.records.saturating_sub(m.outbox),
+        outbox: m.outbox,
+        request_ids: m.request_ids,
+        watch_window: m.watch_window,
+        raft_log: m.raft_log,
+        snapshot: m.snapshot,
+        reserved: m.reserved,
     }
 }
 
