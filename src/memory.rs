@@ -79,7 +79,7 @@ impl MemoryUse {
     /// The parts, largest first (ties in the order of [`MemoryUse::parts`]).
     pub fn largest(&self) -> Vec<(&'static str, u64)> {
         let mut parts = self.parts().to_vec();
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         parts
     }
 }

@@ -147,9 +147,11 @@ fn refusal(
         human_bytes(need),
         largest.join(", ")
     );
-    if memory.outbox * 2 >= memory.total() {
+    if memory.outbox * 2 >= memory.records {
         msg.push_str(&format!(
-            "{} of it is the outbox: {depth} completed or expired records waiting for hand-off to sink {}",
+            "records hold {}, {} of it is the outbox: {depth} completed or expired records waiting \
+             for hand-off to sink {}",
+            human_bytes(memory.records),
             human_bytes(memory.outbox),
             handoff.primary.spec
         ));
