@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use super::ApiError;
 use crate::handoff::HandoffState;
 use crate::memory::{MemoryUse, Reservation, Reservations};
-use crate::state::{Op, Record, Table};
+use crate::state::{Op, Record, RecordState, Table};
 use crate::wire::human_bytes;
 
 /// Admits `ops` under the budget: `Ok(Some(reservation))` when they grow
@@ -75,35 +75,70 @@ pub fn admit(
 
 /// Bytes the records would grow by if `ops` applied, from the records as
 /// they stand (each op sees the ops before it in the same request); 0 if
-/// they would not grow.
+/// they would not grow. An op that apply would refuse (an existing key
+/// inserted, a missing or finished record changed, a version mismatch)
+/// changes nothing here either, so it is answered with its own error.
 fn growth(table: &Table, ops: &[Op]) -> u64 {
-    // Per key touched: the length of its value, `None` while it is absent.
-    let mut values: HashMap<&str, Option<usize>> = HashMap::new();
+    let mut records: HashMap<&str, Option<Staged>> = HashMap::new();
     let mut delta: i128 = 0;
     for op in ops {
         let key = op.key();
-        let current = *values
-            .entry(key)
-            .or_insert_with(|| table.get(key).map(|r| r.value.len()));
-        let new = match (op, current) {
-            (Op::Insert { value, .. }, None) => Some(value.len()),
-            (Op::Update { value, .. }, Some(_))
-            | (
-                Op::Complete {
-                    value: Some(value), ..
-                },
-                Some(_),
-            ) => Some(value.len()),
-            (Op::Delete { .. }, Some(_)) => None,
-            // Refused at apply (an existing key inserted, a missing one
-            // changed) or keeping the value (a Complete without one): the
-            // records do not change.
-            (_, current) => current,
+        let current = *records.entry(key).or_insert_with(|| {
+            table.get(key).map(|r| Staged {
+                len: r.value.len(),
+                version: r.version,
+                live: r.state == RecordState::Live,
+            })
+        });
+        let changeable = |if_version: &Option<u64>| {
+            current.filter(|c| c.live && if_version.is_none_or(|v| v == c.version))
         };
-        delta += footprint(key, new) - footprint(key, current);
-        values.insert(key, new);
+        let new = match op {
+            Op::Insert { value, .. } => match current {
+                None => Some(Staged {
+                    len: value.len(),
+                    version: 1,
+                    live: true,
+                }),
+                Some(_) => current,
+            },
+            Op::Update {
+                value, if_version, ..
+            } => match changeable(if_version) {
+                Some(c) => Some(Staged {
+                    len: value.len(),
+                    version: c.version + 1,
+                    live: true,
+                }),
+                None => current,
+            },
+            Op::Complete {
+                value, if_version, ..
+            } => match changeable(if_version) {
+                Some(c) => Some(Staged {
+                    len: value.as_ref().map_or(c.len, |v| v.len()),
+                    version: c.version + 1,
+                    live: false,
+                }),
+                None => current,
+            },
+            Op::Delete { if_version, .. } => match changeable(if_version) {
+                Some(_) => None,
+                None => current,
+            },
+        };
+        delta += footprint(key, new.map(|n| n.len)) - footprint(key, current.map(|c| c.len));
+        records.insert(key, new);
     }
     delta.max(0) as u64
+}
+
+/// A record as the ops of one request leave it, as far as growth goes.
+#[derive(Clone, Copy)]
+struct Staged {
+    len: usize,
+    version: u64,
+    live: bool,
 }
 
 /// What a record with a value of `len` bytes under `key` holds, as
@@ -316,6 +351,19 @@ mod tests {
         let both = [insert("c", 10), update("c", 20)];
         let e = check(&table, &r, &handoff, &both).unwrap_err();
         assert!(e.to_string().contains("a batch growing"), "{e}");
+        // Ops apply would refuse grow nothing: they get their own error.
+        let stale = Op::Update {
+            key: "a".into(),
+            value: vec![b'y'; 5_000].into(),
+            if_version: Some(99),
+            ttl: TtlChange::Keep,
+        };
+        assert!(check(&table, &r, &handoff, &[stale]).unwrap().is_none());
+        assert!(check(&table, &r, &handoff, &[update("missing", 5_000)])
+            .unwrap()
+            .is_none());
+        let finished = [complete("a", None), update("a", 5_000)];
+        assert!(check(&table, &r, &handoff, &finished).unwrap().is_none());
         // A remembered request is a retry: it passes.
         table
             .apply(
