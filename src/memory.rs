@@ -144,6 +144,12 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Holds `more` bytes besides (something received piece by piece).
+    pub fn grow(&mut self, more: u64) {
+        self.pool.fetch_add(more, Ordering::AcqRel);
+        self.bytes += more;
+    }
 }
 
 impl Drop for Reservation {
@@ -168,8 +174,10 @@ mod tests {
         assert_eq!(r.bytes(), 20);
         drop(b);
         assert_eq!(r.bytes(), 0);
-        let s = r.reserve(1_000);
+        let mut s = r.reserve(1_000);
         assert_eq!((r.bytes(), s.bytes()), (1_000, 1_000));
+        s.grow(500);
+        assert_eq!((r.bytes(), s.bytes()), (1_500, 1_500));
         drop(s);
         assert_eq!(r.bytes(), 0);
     }

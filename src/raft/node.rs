@@ -296,7 +296,12 @@ impl Node {
     /// The peer RPC service that feeds incoming Raft messages to this node;
     /// its replication streams end on `stop`.
     pub fn peer_service(&self, stop: crate::shutdown::Shutdown) -> PeerService {
-        PeerService::new(self.inner.raft.clone(), self.inner.contact.clone(), stop)
+        PeerService::new(
+            self.inner.raft.clone(),
+            self.inner.contact.clone(),
+            self.inner.sm.snapshot_reservations(),
+            stop,
+        )
     }
 
     /// Proposes `cmd` through the log and returns what applying it produced.

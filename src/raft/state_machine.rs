@@ -156,6 +156,11 @@ impl StateMachine {
         self.inner.snapshots.bytes()
     }
 
+    /// Where snapshots being received count their bytes (the peer service).
+    pub fn snapshot_reservations(&self) -> Reservations {
+        self.inner.snapshots.clone()
+    }
+
     /// The log index of the snapshot this node holds, if any.
     pub fn snapshot_index(&self) -> Option<u64> {
         self.inner
@@ -413,6 +418,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = Arc::new(snapshot);
         let sm = self.clone();
         let meta = meta.clone();
+        // The body decoded from the blob (the blob itself is counted by
+        // whoever received it).
         let reserved = self.inner.snapshots.reserve(bytes.len() as u64);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             let _reserved = reserved;
