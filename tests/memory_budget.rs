@@ -222,6 +222,14 @@ async fn the_budget_bounds_resident_memory_refuses_growth_and_lets_completes_thr
     let memory = status.memory.unwrap();
     eprintln!("leader memory at the refusal: {memory:?}");
     assert!(status.memory_bytes + BIG as u64 > BUDGET, "{memory:?}");
+    // Admission keeps the account at the budget; past it only by what
+    // writes in flight add to the log and the watch window besides their
+    // reserved growth (8 writers, 1 MiB each, in both).
+    assert!(
+        status.memory_bytes <= BUDGET + (24 << 20),
+        "the leader's account went {} past the budget: {memory:?}",
+        mib(status.memory_bytes - BUDGET)
+    );
 
     // A retry of an update that was applied still gets its answer.
     let (i, id) = grown[0].clone();
