@@ -96,6 +96,14 @@ impl RssSampler {
     }
 }
 
+fn show(rss: &BTreeMap<u64, u64>) -> String {
+    let nodes: Vec<String> = rss
+        .iter()
+        .map(|(id, b)| format!("node {id} {}", mib(*b)))
+        .collect();
+    nodes.join(", ")
+}
+
 fn mib(b: u64) -> String {
     format!("{:.1}MiB", b as f64 / (1 << 20) as f64)
 }
@@ -181,7 +189,11 @@ async fn the_budget_bounds_resident_memory_refuses_growth_and_lets_completes_thr
         grown.extend(g);
         refused += usize::from(refusal.is_some());
     }
-    assert!(refused > 0, "no growing update was refused");
+    assert!(
+        refused > 0,
+        "no growing update was refused; resident memory so far: {}",
+        show(&rss.current_max())
+    );
     let grown_bytes = (grown.len() * BIG) as u64;
     assert!(
         grown_bytes < BUDGET,
