@@ -38,6 +38,37 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// `header` followed by the encoding of `value`, in one buffer allocated at
+/// its exact size: for large values (snapshots), where growing a buffer by
+/// doubling and then copying it behind a header would hold up to three
+/// times the value's size at once.
+pub fn encode_after<T: Serialize>(header: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
+    let err = |e: bincode::error::EncodeError| CodecError::Encode(e.to_string());
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).map_err(err)?;
+    let mut out = Vec::with_capacity(header.len() + size.bytes_written);
+    out.extend_from_slice(header);
+    out.resize(header.len() + size.bytes_written, 0);
+    let written = bincode::serde::encode_into_slice(value, &mut out[header.len()..], config())
+        .map_err(err)?;
+    if written != size.bytes_written {
+        return Err(CodecError::Encode(format!(
+            "the value encoded to {written} bytes after measuring {}",
+            size.bytes_written
+        )));
+    }
+    Ok(out)
+}
+
+/// Encodes `value` into `w` as it goes (nothing is built in memory).
+pub fn encode_to_writer<T: Serialize, W: std::io::Write>(
+    value: &T,
+    w: &mut W,
+) -> Result<usize, CodecError> {
+    bincode::serde::encode_into_std_write(value, w, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Appends the encoding of `value` to `buf`.
 pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     let bytes = encode(value)?;

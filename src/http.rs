@@ -74,10 +74,18 @@ async fn livez(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 async fn status(State(ops): State<Ops>) -> impl IntoResponse {
-    Json(crate::client::status_json(&node_status(
-        &ops.node,
-        &ops.handoff,
-    )))
+    let mut v = crate::client::status_json(&node_status(&ops.node, &ops.handoff));
+    v["memory"] = memory_json(&ops.node.memory_use());
+    Json(v)
+}
+
+/// What this node holds, by part, as the memory budget counts it.
+fn memory_json(m: &crate::memory::MemoryUse) -> serde_json::Value {
+    let mut v = json!({ "total_bytes": m.total() });
+    for (part, bytes) in m.parts() {
+        v[format!("{part}_bytes")] = json!(bytes);
+    }
+    v
 }
 
 /// Prometheus scrape: gauges are refreshed from the node, then everything is rendered.
@@ -90,6 +98,13 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     m.proposals_applied.set(s.applied_index as i64);
     m.records.set(s.records as i64);
     m.memory_bytes.set(s.memory_bytes as i64);
+    for (part, bytes) in ops.node.memory_use().parts() {
+        m.memory_part_bytes
+            .get_or_create(&crate::metrics::MemoryLabels {
+                part: part.to_string(),
+            })
+            .set(bytes.min(i64::MAX as u64) as i64);
+    }
     m.outbox_depth.set(s.outbox_depth as i64);
     if let Some(h) = &s.handoff {
         m.dead_letters.set(h.dead_letters as i64);

@@ -28,6 +28,7 @@
 //!   stopping; [`http`]: the operator port.
 //! - [`codec`]: the single place bytes are encoded and decoded.
 //! - [`metrics`]: the Prometheus registry (`/metrics`).
+//! - [`memory`]: what a node holds, part by part, as the memory budget counts it.
 
 pub mod api;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod codec;
 pub mod duties;
 pub mod handoff;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod raft;

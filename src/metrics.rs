@@ -32,6 +32,12 @@ pub struct HandoffLabels {
     pub result: String,
 }
 
+/// One part of what the node holds (`crate::memory::MemoryUse::parts`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemoryLabels {
+    pub part: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
@@ -53,6 +59,7 @@ pub struct Metrics {
     pub peer_rtt_seconds: Family<PeerLabels, Histogram>,
     pub records: Gauge,
     pub memory_bytes: Gauge,
+    pub memory_part_bytes: Family<MemoryLabels, Gauge>,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub expired: Counter,
@@ -95,6 +102,7 @@ impl Metrics {
             peer_rtt_seconds: Family::new_with_constructor(latency_histogram),
             records: Gauge::default(),
             memory_bytes: Gauge::default(),
+            memory_part_bytes: Family::default(),
             outbox_depth: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
             expired: Counter::default(),
@@ -172,8 +180,14 @@ impl Metrics {
         r.register("records", "Records in memory", m.records.clone());
         r.register(
             "memory_bytes",
-            "Approximate bytes held by records",
+            "Approximate bytes this node holds, as the memory budget counts them (the sum of memory_part_bytes)",
             m.memory_bytes.clone(),
+        );
+        r.register(
+            "memory_part_bytes",
+            "Approximate bytes this node holds, by part: live_records, outbox, request_ids, \
+             watch_window, raft_log, snapshot (being built or installed), reserved (admitted writes)",
+            m.memory_part_bytes.clone(),
         );
         r.register(
             "outbox_depth",
@@ -228,12 +242,12 @@ impl Metrics {
         );
         r.register(
             "memory_budget_bytes",
-            "The memory budget for records (--memory-budget); Insert is refused past it",
+            "The memory budget (--memory-budget); writes that grow memory are refused past it",
             m.memory_budget_bytes.clone(),
         );
         r.register(
             "inserts_refused_memory_budget",
-            "Inserts refused with RESOURCE_EXHAUSTED because the memory budget was exceeded",
+            "Inserts, and updates or completes growing a value, refused with RESOURCE_EXHAUSTED by the memory budget",
             m.inserts_refused_budget.clone(),
         );
         Metrics { registry: r, ..m }

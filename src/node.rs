@@ -79,7 +79,7 @@ pub struct ServeOptions {
 pub struct HandoffOptions {
     pub sink: SinkSpec,
     pub shadow: Option<SinkSpec>,
-    /// Past this many bytes of records, Insert is refused.
+    /// Past this many bytes held (records, request ids, watch window, Raft log, snapshots), writes that grow memory are refused.
     pub memory_budget_bytes: u64,
     pub settings: HandoffSettings,
 }
@@ -202,7 +202,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         "compaction",
         crate::duties::run(
             node.clone(),
-            Compaction::new(o.raft.snapshot_every),
+            Compaction::new(
+                o.raft.snapshot_every,
+                o.handoff.memory_budget_bytes / crate::memory::RAFT_LOG_SHARE,
+            ),
             duties.signal(),
         ),
     );

@@ -368,8 +368,10 @@ async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then
     ] {
         assert!(msg.contains(part), "{part:?} not in {msg:?}");
     }
+    // The budget also counts the watch window and the Raft log (each kept
+    // to an eighth of it), so records of 32 KB fill about 1.4 MiB of it.
     assert!(
-        completed.len() > 50,
+        completed.len() > 25,
         "{} completed before the budget",
         completed.len()
     );
@@ -388,9 +390,11 @@ async fn sink_down_for_30s_keeps_everything_refuses_inserts_past_the_budget_then
             }
             live += 1;
         }
-        // Bigger than the deletes free (4 x 4 KB), so it stays refused.
+        // Bigger than what the deletes (4 x 4 KB), a log purge (an eighth
+        // of the budget) and a snapshot finishing can free, so it stays
+        // refused.
         let e = client
-            .insert("refused", "y".repeat(64 << 10))
+            .insert("refused", "y".repeat(1 << 20))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted);

@@ -73,6 +73,24 @@ async fn health_endpoints_report_what_they_promise() {
         assert_eq!(s["role"], if id == leader { "leader" } else { "follower" });
         assert_eq!(s["voters"], 3);
         assert!(s["memory_bytes"].as_u64().unwrap() > 0);
+        // What the budget counts, part by part, adding up to the total.
+        let m = &s["memory"];
+        let parts = [
+            "live_records",
+            "outbox",
+            "request_ids",
+            "watch_window",
+            "raft_log",
+            "snapshot",
+            "reserved",
+        ];
+        let sum: u64 = parts
+            .iter()
+            .map(|p| m[format!("{p}_bytes")].as_u64().unwrap())
+            .sum();
+        assert_eq!(m["total_bytes"].as_u64(), Some(sum), "{m}");
+        assert!(m["live_records_bytes"].as_u64().unwrap() > 0, "{m}");
+        assert!(m["raft_log_bytes"].as_u64().unwrap() > 0, "{m}");
     }
     // Prometheus metrics, on the leader after the insert above.
     let (code, text) = http_get(&c.nodes[&leader].http, "/metrics");
@@ -97,6 +115,12 @@ async fn health_endpoints_report_what_they_promise() {
     assert!(value("inflight_peer_round_trip_seconds_count{peer=") >= 1.0);
     assert_eq!(value("inflight_records "), 1.0);
     assert!(value("inflight_memory_bytes ") > 0.0);
+    assert!(value(r#"inflight_memory_part_bytes{part="live_records"} "#) > 0.0);
+    assert!(value(r#"inflight_memory_part_bytes{part="watch_window"} "#) > 0.0);
+    assert_eq!(
+        value(r#"inflight_memory_part_bytes{part="reserved"} "#),
+        0.0
+    );
     assert_eq!(value("inflight_outbox_depth "), 0.0);
     assert_eq!(value("inflight_outbox_oldest_age_seconds "), 0.0);
     assert_eq!(value("inflight_expired_records_total "), 0.0);

@@ -95,6 +95,7 @@ pub fn dead_letter_pb(table: &crate::state::Table, d: &crate::state::DeadLetter)
 pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus {
     let s = node.status();
     let table = node.table();
+    let memory = node.memory_use();
     pb::NodeStatus {
         id: s.id,
         address: node.advertise().to_string(),
@@ -108,7 +109,7 @@ pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus 
         snapshot_index: s.snapshot_index,
         durability: node.durability().as_str().into(),
         recovered: node.is_recovered(),
-        memory_bytes: table.memory_bytes() as u64,
+        memory_bytes: memory.total(),
         outbox_depth: table.outbox_depth() as u64,
         leader_contact_ms: s.leader_contact_ms,
         voters: s.voters().count() as u32,
@@ -116,6 +117,23 @@ pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus 
             .outbox_oldest_since_ms()
             .map(|t| crate::raft::wall_clock_ms().saturating_sub(t)),
         handoff: Some(handoff_status(node, handoff)),
+        memory: Some(memory_pb(&memory)),
+    }
+}
+
+fn memory_pb(m: &crate::memory::MemoryUse) -> pb::MemoryUse {
+    pb::MemoryUse {
+        live_records: m
+            .records
+            .saturating_sub(m.outbox)
+            .saturating_sub(m.dead_letters),
+        outbox: m.outbox,
+        dead_letters: m.dead_letters,
+        request_ids: m.request_ids,
+        watch_window: m.watch_window,
+        raft_log: m.raft_log,
+        snapshot: m.snapshot,
+        reserved: m.reserved,
     }
 }
 

@@ -85,11 +85,25 @@ impl InFlightService {
         request_id: String,
         batch: bool,
     ) -> Result<Vec<Applied>, ApiError> {
-        super::budget::admit(self.node.table(), &self.handoff, &ops, &request_id)?;
+        if !request_id.is_empty() {
+            self.limits.request_id(&request_id)?;
+        }
+        // Only the leader's proposals commit, so only its account admits: a
+        // follower names the leader instead of judging by its own memory.
+        self.node.leader_only()?;
+        // Held until the proposal is answered or fails: the growth counts
+        // against the budget until the applied records hold it.
+        let _reserved = super::budget::admit(
+            self.node.table(),
+            self.node.memory_use(),
+            self.node.reservations(),
+            &self.handoff,
+            &ops,
+            &request_id,
+        )?;
         let request = if request_id.is_empty() {
             None
         } else {
-            self.limits.request_id(&request_id)?;
             Some(RequestTag {
                 legacy_max_ids: None,
                 id: request_id,

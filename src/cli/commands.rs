@@ -476,6 +476,24 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
 }
 
 /// The whole cluster at a glance: see `crate::client::report`.
+/// The leader's memory by part, as the budget counts it.
+fn memory_line(m: &pb::MemoryUse) -> String {
+    let parts = [
+        ("live records", m.live_records),
+        ("outbox", m.outbox),
+        ("request ids", m.request_ids),
+        ("watch window", m.watch_window),
+        ("raft log", m.raft_log),
+        ("snapshot", m.snapshot),
+        ("reserved", m.reserved),
+    ];
+    let named: Vec<String> = parts
+        .iter()
+        .map(|(name, b)| format!("{name} {}", human_bytes(*b)))
+        .collect();
+    format!("memory (leader): {}", named.join(", "))
+}
+
 async fn status(client: &Client, json_out: bool) -> ExitCode {
     let report = client.cluster_report(STATUS_TIMEOUT).await;
     if json_out {
@@ -538,6 +556,9 @@ async fn status(client: &Client, json_out: bool) -> ExitCode {
         }
         for line in report.handoff_lines() {
             println!("{line}");
+        }
+        if let Some(m) = report.leader().and_then(|l| l.memory.as_ref()) {
+            println!("{}", memory_line(m));
         }
     }
     if !report.any_reachable() {

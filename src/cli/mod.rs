@@ -337,8 +337,12 @@ pub struct ServeArgs {
     /// logged but never hold back eviction.
     #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub shadow_sink: Option<SinkSpec>,
-    /// Records (live and waiting for hand-off) may hold this much memory;
-    /// past it Insert is refused with RESOURCE_EXHAUSTED (e.g. 512MiB, 2GiB).
+    /// What the node holds may reach this much memory: records (live and
+    /// waiting for hand-off), request ids, the watch window (kept to an
+    /// eighth of it), the Raft log not yet purged (snapshotted and purged at
+    /// an eighth of it), a snapshot being built and admitted writes. Past it
+    /// inserts and updates or completes that grow a value are refused with
+    /// RESOURCE_EXHAUSTED (e.g. 512MiB, 2GiB).
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
     pub memory_budget: u64,
     /// At most this many records per sink write.
@@ -512,6 +516,7 @@ impl ServeArgs {
             watch_window: WindowLimits {
                 max_events: self.watch_window_events,
                 max_age_ms: self.watch_window_age.as_millis() as u64,
+                max_bytes: self.memory_budget / crate::memory::WATCH_WINDOW_SHARE,
             },
         })
     }

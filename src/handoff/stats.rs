@@ -187,7 +187,7 @@ pub struct HandoffState {
     pub shadow: Option<SinkStats>,
     /// True while this node's worker delivers (it leads).
     active: AtomicBool,
-    /// Insert is refused once records hold this many bytes.
+    /// Writes that grow memory are refused once the node holds this many bytes (see `crate::memory`).
     pub memory_budget_bytes: u64,
 }
 

@@ -20,12 +20,24 @@ pub(crate) fn tmp_path(path: &Path) -> PathBuf {
 /// Writes `parts`, one after the other, as the new content of `path`
 /// (write `.tmp`, fsync, rename, fsync the directory).
 pub(crate) fn replace(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let tmp = tmp_path(path);
-    let written = (|| -> io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+    replace_with(path, |f| {
         for part in parts {
             f.write_all(part)?;
         }
+        Ok(())
+    })
+}
+
+/// [`replace`] with the content written by `write` (which may seek), for
+/// content too large to build in memory first.
+pub(crate) fn replace_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    let written = (|| -> io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        write(&mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

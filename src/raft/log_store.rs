@@ -1,7 +1,9 @@
 //! The Raft log and vote, as openraft's `RaftLogStorage`.
 //!
 //! Entries live in memory (a `BTreeMap` by index) until a snapshot lets
-//! openraft purge them. In `disk` durability every change also goes to the
+//! openraft purge them. Their approximate bytes are counted ([`LogStore::bytes`])
+//! for the memory budget, which also bounds them: the compaction duty
+//! snapshots and purges once they pass a share of it. In `disk` durability every change also goes to the
 //! write-ahead log (`super::wal`); `append` reports an entry as flushed only
 //! after the WAL fsynced it. The vote is tiny and rare, and forgetting it
 //! could let a node vote twice in a term, so it gets its own file, replaced
@@ -38,6 +40,8 @@ struct Inner {
 #[derive(Default)]
 struct LogMem {
     entries: BTreeMap<u64, Entry>,
+    /// Sum of `entry_bytes` over `entries`.
+    bytes: u64,
     vote: Option<Vote>,
     committed: Option<LogId>,
     purged: Option<LogId>,
@@ -66,6 +70,7 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Inner {
                 mem: Mutex::new(LogMem {
+                    bytes: sum_bytes(&rec.entries),
                     entries: rec.entries,
                     vote,
                     committed: rec.committed,
@@ -83,6 +88,26 @@ impl LogStore {
         let m = self.inner.mem.lock();
         m.vote.is_none() && m.entries.is_empty() && m.purged.is_none()
     }
+
+    /// Approximate bytes the entries held in memory take.
+    pub fn bytes(&self) -> u64 {
+        self.inner.mem.lock().bytes
+    }
+}
+
+/// Approximate heap bytes one entry held in memory takes.
+fn entry_bytes(e: &Entry) -> u64 {
+    let payload = match &e.payload {
+        openraft::EntryPayload::Normal(cmd) => cmd.heap_bytes(),
+        // A membership: a few node ids and addresses.
+        openraft::EntryPayload::Membership(_) => 256,
+        openraft::EntryPayload::Blank => 0,
+    };
+    (std::mem::size_of::<Entry>() + payload) as u64
+}
+
+fn sum_bytes(entries: &BTreeMap<u64, Entry>) -> u64 {
+    entries.values().map(entry_bytes).sum()
 }
 
 fn read_vote_file(path: &Path) -> io::Result<Option<Vote>> {
@@ -197,7 +222,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut m = self.inner.mem.lock();
             for e in entries {
-                m.entries.insert(e.log_id.index, e);
+                m.bytes += entry_bytes(&e);
+                if let Some(old) = m.entries.insert(e.log_id.index, e) {
+                    m.bytes -= entry_bytes(&old);
+                }
             }
         }
         match (&self.inner.wal, frames) {
@@ -213,10 +241,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let after = last_log_id.map(|l| l.index);
         {
             let mut m = self.inner.mem.lock();
-            match after {
-                Some(i) => drop(m.entries.split_off(&(i + 1))),
-                None => m.entries.clear(),
-            }
+            let cut = match after {
+                Some(i) => m.entries.split_off(&(i + 1)),
+                None => std::mem::take(&mut m.entries),
+            };
+            m.bytes -= sum_bytes(&cut);
         }
         if let Some(w) = &self.inner.wal {
             w.truncate_after(after)?;
@@ -227,7 +256,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         {
             let mut m = self.inner.mem.lock();
-            m.entries = m.entries.split_off(&(log_id.index + 1));
+            let kept = m.entries.split_off(&(log_id.index + 1));
+            let purged = std::mem::replace(&mut m.entries, kept);
+            m.bytes -= sum_bytes(&purged);
             m.purged = Some(log_id);
         }
         if let Some(w) = &self.inner.wal {

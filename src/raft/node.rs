@@ -34,6 +34,7 @@ use super::network::PeerNetwork;
 use super::peer_service::PeerService;
 use super::state_machine::StateMachine;
 use super::{Durability, Error, NodeId, Raft, RaftSettings};
+use crate::memory::{MemoryUse, Reservations};
 use crate::state::{Command, Outcome, Table};
 
 /// Read consistency, as the node enforces it before a local read.
@@ -148,6 +149,9 @@ struct Inner {
     read_index: mpsc::UnboundedSender<Reply<()>>,
     lease: mpsc::UnboundedSender<Reply<()>>,
     batchers: Mutex<Vec<JoinHandle<()>>>,
+    /// Bytes of writes admitted under the memory budget and not yet
+    /// answered (see `api::budget`).
+    reservations: Reservations,
 }
 
 impl Node {
@@ -238,6 +242,7 @@ impl Node {
                 read_index,
                 lease,
                 batchers: Mutex::new(batchers),
+                reservations: Reservations::default(),
             }),
         })
     }
@@ -268,10 +273,36 @@ impl Node {
         &self.inner.table
     }
 
+    /// Where admitted writes reserve their bytes until they are answered.
+    pub fn reservations(&self) -> &Reservations {
+        &self.inner.reservations
+    }
+
+    /// What this node holds in memory, part by part: the account the memory
+    /// budget, `/metrics` and the status read.
+    pub fn memory_use(&self) -> MemoryUse {
+        let t = &self.inner.table;
+        MemoryUse {
+            records: t.memory_bytes() as u64,
+            outbox: t.outbox_bytes() as u64,
+            dead_letters: t.dead_letter_bytes() as u64,
+            request_ids: t.request_id_bytes(),
+            watch_window: t.events().bytes(),
+            raft_log: self.inner.log.bytes(),
+            snapshot: self.inner.sm.snapshot_bytes(),
+            reserved: self.inner.reservations.bytes(),
+        }
+    }
+
     /// The peer RPC service that feeds incoming Raft messages to this node;
     /// its replication streams end on `stop`.
     pub fn peer_service(&self, stop: crate::shutdown::Shutdown) -> PeerService {
-        PeerService::new(self.inner.raft.clone(), self.inner.contact.clone(), stop)
+        PeerService::new(
+            self.inner.raft.clone(),
+            self.inner.contact.clone(),
+            self.inner.sm.snapshot_reservations(),
+            stop,
+        )
     }
 
     /// Proposes `cmd` through the log and returns what applying it produced.
@@ -615,6 +646,19 @@ impl Node {
             .raft
             .trigger()
             .snapshot()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// Asks for the log to be purged up to `index` (at most the snapshot's
+    /// index), whatever `max_in_snapshot_log_to_keep` says: the compaction
+    /// duty uses it once the log's bytes pass their share of the budget.
+    /// The leader purges only what no replication still reads.
+    pub async fn purge_log(&self, index: u64) -> Result<(), Error> {
+        self.inner
+            .raft
+            .trigger()
+            .purge_log(index)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))
     }

@@ -23,6 +23,7 @@ use super::node::LeaderContact;
 use super::state_machine::decode_snapshot;
 use super::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::codec;
+use crate::memory::Reservations;
 use crate::pb::{RaftMessage, SnapshotChunk};
 use crate::shutdown::Shutdown;
 
@@ -32,16 +33,25 @@ const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
 pub struct PeerService {
     raft: Raft,
     contact: Arc<LeaderContact>,
+    /// A snapshot being received counts here (the memory budget's
+    /// `snapshot` part) until it is installed or refused.
+    snapshots: Reservations,
     /// The listeners' stop signal: replication streams end on it, so that
     /// the server's graceful stop can finish.
     stop: Shutdown,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, contact: Arc<LeaderContact>, stop: Shutdown) -> Self {
+    pub fn new(
+        raft: Raft,
+        contact: Arc<LeaderContact>,
+        snapshots: Reservations,
+        stop: Shutdown,
+    ) -> Self {
         PeerService {
             raft,
             contact,
+            snapshots,
             stop,
         }
     }
@@ -156,6 +166,7 @@ impl crate::pb::raft_server::Raft for PeerService {
         let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta)
             .map_err(|e| Status::invalid_argument(format!("snapshot meta: {e}")))?;
         let mut data = first.data;
+        let mut held = self.snapshots.reserve(data.len() as u64);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
@@ -164,7 +175,10 @@ impl crate::pb::raft_server::Raft for PeerService {
                 )));
             }
             data.extend_from_slice(&chunk.data);
+            held.grow(chunk.data.len() as u64);
         }
+        // Held until the install is done: the blob is received here, and the
+        // state machine reserves the body it decodes from it on top.
         let (body_meta, _) = decode_snapshot(&data)
             .map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
         if body_meta.last_log_id != meta.last_log_id {

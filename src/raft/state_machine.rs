@@ -13,8 +13,17 @@
 //! stored as `DIR/snap-<index>.snap` (written, fsynced, renamed; older ones
 //! removed) and streamed to peers. A snapshot never replaces a newer one: a
 //! build of older state that finishes after an install is dropped.
+//!
+//! Memory: in `disk` durability a snapshot is encoded straight into its
+//! file through a small buffer, so building one holds only the copy of the
+//! table's keys and record slots (values are shared). In `memory`
+//! durability, and while a received snapshot is installed, the encoded blob
+//! is a second copy of the table. What a build or an install holds is
+//! reserved (`snapshot_bytes`, part of the memory budget's account) from the
+//! moment the builder is made until it is dropped, and for the time an
+//! install decodes and restores.
 
-use std::io;
+use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,9 +35,13 @@ use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec;
+use crate::memory::{Reservation, Reservations};
 use crate::state::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, Table, SNAPSHOT_FORMAT};
 
 const MAGIC: &[u8; 8] = b"IFSNAP1\n";
+
+/// The buffer a snapshot is encoded through on its way to the file.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
 #[derive(Clone)]
 pub struct StateMachine {
@@ -44,6 +57,8 @@ struct Inner {
     /// Serializes `keep`: a snapshot built from older state must never
     /// replace a newer one installed meanwhile (builds run concurrently).
     keeping: Mutex<()>,
+    /// Snapshots being built or installed, by their expected size.
+    snapshots: Reservations,
 }
 
 #[derive(Clone)]
@@ -127,12 +142,23 @@ impl StateMachine {
                 dir,
                 current: Mutex::new(None),
                 keeping: Mutex::new(()),
+                snapshots: Reservations::default(),
             }),
         }
     }
 
     pub fn table(&self) -> &Arc<Table> {
         &self.inner.table
+    }
+
+    /// Bytes reserved for snapshots being built or installed right now.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.inner.snapshots.bytes()
+    }
+
+    /// Where snapshots being received count their bytes (the peer service).
+    pub fn snapshot_reservations(&self) -> Reservations {
+        self.inner.snapshots.clone()
     }
 
     /// The log index of the snapshot this node holds, if any.
@@ -150,9 +176,9 @@ impl StateMachine {
         *self.inner.applied.lock() = (meta.last_log_id, meta.last_membership);
     }
 
-    /// Keeps `bytes` as the current snapshot (a file in `disk` durability),
+    /// Keeps `blob` as the current snapshot (a file in `disk` durability),
     /// unless the one already kept is at least as new. Blocking I/O.
-    fn keep(&self, meta: &SnapshotMeta, bytes: &Arc<Vec<u8>>) -> io::Result<bool> {
+    fn keep(&self, meta: &SnapshotMeta, blob: Blob<'_>) -> io::Result<bool> {
         let _one_at_a_time = self.inner.keeping.lock();
         let newer = self
             .inner
@@ -164,13 +190,19 @@ impl StateMachine {
             return Ok(false);
         }
         let index = snapshot_index(meta);
-        let kept = match &self.inner.dir {
-            Some(dir) => {
-                let path = snapshot_file(dir, index);
-                super::durable_file::replace(&path, &[bytes])?;
+        let kept = match (&self.inner.dir, blob) {
+            (Some(dir), Blob::Encoded(bytes)) => {
+                super::durable_file::replace(&snapshot_file(dir, index), &[bytes])?;
                 None
             }
-            None => Some(bytes.clone()),
+            (Some(dir), Blob::Body(body)) => {
+                super::durable_file::replace_with(&snapshot_file(dir, index), |f| {
+                    write_snapshot(f, meta, body)
+                })?;
+                None
+            }
+            (None, Blob::Encoded(bytes)) => Some(bytes.clone()),
+            (None, Blob::Body(body)) => Some(Arc::new(encode_snapshot(meta, body)?)),
         };
         *self.inner.current.lock() = Some(CurrentSnapshot {
             meta: meta.clone(),
@@ -187,12 +219,62 @@ impl StateMachine {
     }
 }
 
+/// `MAGIC | crc32 | payload`, built in one buffer of the blob's exact size
+/// (the blob is as large as the table: no second copy).
+/// What [`StateMachine::keep`] keeps: a blob as received, or a body built
+/// here (encoded straight into the file in `disk` durability).
+enum Blob<'a> {
+    Encoded(&'a Arc<Vec<u8>>),
+    Body(&'a SnapshotBody),
+}
+
+/// Wraps a writer, computing the CRC of what goes through.
+struct Crc32Writer<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc32Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the blob [`encode_snapshot`] would make into `f`, encoding
+/// through a small buffer: the snapshot is never whole in memory. The CRC
+/// is known only at the end, so its place is written last.
+fn write_snapshot(
+    f: &mut std::fs::File,
+    meta: &SnapshotMeta,
+    body: &SnapshotBody,
+) -> io::Result<()> {
+    f.write_all(MAGIC)?;
+    f.write_all(&[0; 4])?;
+    let crc = {
+        let mut w = Crc32Writer {
+            inner: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut *f),
+            crc: crc32fast::Hasher::new(),
+        };
+        codec::encode_to_writer(&(meta, body), &mut w)?;
+        w.flush()?;
+        w.crc.clone().finalize()
+    };
+    f.seek(io::SeekFrom::Start(MAGIC.len() as u64))?;
+    f.write_all(&crc.to_le_bytes())
+}
+
 fn encode_snapshot(meta: &SnapshotMeta, body: &SnapshotBody) -> io::Result<Vec<u8>> {
-    let payload = codec::encode(&(meta, body))?;
-    let mut out = Vec::with_capacity(payload.len() + 12);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut header = [0u8; 12];
+    header[..8].copy_from_slice(MAGIC);
+    let mut out = codec::encode_after(&header, &(meta, body))?;
+    let crc = crc32fast::hash(&out[12..]);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
@@ -236,6 +318,8 @@ pub struct SnapshotBuilder {
     sm: StateMachine,
     meta: SnapshotMeta,
     body: Option<SnapshotBody>,
+    /// The blob's expected size, counted until the builder is dropped.
+    _reserved: Reservation,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -249,22 +333,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let meta = self.meta.clone();
         let sm = self.sm.clone();
         let count = body.records.len();
-        let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-            let bytes = Arc::new(encode_snapshot(&meta, &body)?);
-            sm.keep(&meta, &bytes)?;
-            Ok(Arc::try_unwrap(bytes).unwrap_or_else(|a| (*a).clone()))
-        })
-        .await
-        .map_err(io::Error::other)??;
+        // openraft takes only the meta of a built snapshot (peers are sent
+        // `get_current_snapshot`), so the blob is not returned: in `disk`
+        // durability it is only ever in the file.
+        tokio::task::spawn_blocking(move || sm.keep(&meta, Blob::Body(&body)))
+            .await
+            .map_err(io::Error::other)??;
         tracing::info!(
             index = ?self.meta.last_log_id.map(|l| l.index),
             records = count,
-            bytes = bytes.len(),
             "built snapshot"
         );
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: bytes,
+            snapshot: Vec::new(),
         })
     }
 }
@@ -308,13 +390,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let (last_applied, membership) = self.inner.applied.lock().clone();
+        let table = &self.inner.table;
+        let body = table.export();
+        // The copy of the table: keys and record slots (values are shared
+        // buffers); in `memory` durability also the blob, as large as the
+        // table, while `disk` encodes straight into the file.
+        let copy: usize = body
+            .records
+            .iter()
+            .map(|(k, _)| k.len() + std::mem::size_of::<(String, crate::state::Record)>())
+            .sum();
+        let mut expected = copy as u64 + table.request_id_bytes() + WRITE_BUFFER_BYTES as u64;
+        if self.inner.dir.is_none() {
+            expected += table.memory_bytes() as u64 + table.request_id_bytes();
+        }
         SnapshotBuilder {
+            _reserved: self.inner.snapshots.reserve(expected),
             sm: self.clone(),
             meta: SnapshotMeta {
                 last_log_id: last_applied,
                 last_membership: membership,
             },
-            body: Some(self.inner.table.export()),
+            body: Some(body),
         }
     }
 
@@ -326,11 +423,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = Arc::new(snapshot);
         let sm = self.clone();
         let meta = meta.clone();
+        // The body decoded from the blob (the blob itself is counted by
+        // whoever received it).
+        let reserved = self.inner.snapshots.reserve(bytes.len() as u64);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let _reserved = reserved;
             let (_, body) = decode_snapshot(&bytes).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("received snapshot is unreadable: {e}"))
             })?;
-            sm.keep(&meta, &bytes)?;
+            sm.keep(&meta, Blob::Encoded(&bytes))?;
             let records = body.records.len();
             sm.restore(meta.clone(), body);
             tracing::info!(index = ?meta.last_log_id.map(|l| l.index), records, "installed snapshot from leader");
@@ -395,6 +496,32 @@ mod tests {
         let (_, body) = decode_snapshot(&bytes).unwrap();
         assert_eq!((body.format, body.revision), (SNAPSHOT_FORMAT, 4));
         assert!(body.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_streamed_into_its_file_is_the_blob_encode_snapshot_makes() {
+        let table = Table::new();
+        for i in 0..50u64 {
+            let op = crate::state::Op::Insert {
+                key: format!("k{i}"),
+                value: bytes::Bytes::from(vec![b'v'; 40_000]),
+                ttl_ms: None,
+            };
+            table
+                .apply(i + 1, &crate::state::Command::op(i, op))
+                .unwrap();
+        }
+        let body = table.export();
+        let meta = SnapshotMeta::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        crate::raft::durable_file::replace_with(&path, |f| write_snapshot(f, &meta, &body))
+            .unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert!(written.len() > 2_000_000, "larger than the write buffer");
+        assert_eq!(written, encode_snapshot(&meta, &body).unwrap());
+        let (_, back) = decode_snapshot(&written).unwrap();
+        assert_eq!(back.records, body.records);
     }
 
     #[test]

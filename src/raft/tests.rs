@@ -429,3 +429,42 @@ async fn a_final_record_whose_checksum_holds_but_does_not_decode_refuses_to_star
     // Nothing was cut.
     assert_eq!(std::fs::read(last).unwrap().len(), before + frame.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_bytes_follow_appends_truncates_purges_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = |i: u64| {
+        Entry::new_normal(
+            log_id::<TypeConfig>(1, 1, i),
+            Command::op(
+                i,
+                Op::Insert {
+                    key: format!("k{i}"),
+                    value: bytes::Bytes::from(vec![b'v'; 10_000]),
+                    ttl_ms: None,
+                },
+            ),
+        )
+    };
+    let mut log = LogStore::open(dir.path()).unwrap();
+    assert_eq!(log.bytes(), 0);
+    append(&mut log, (1..=10).map(big).collect()).await;
+    let ten = log.bytes();
+    assert!((100_000..110_000).contains(&ten), "{ten}");
+    // Appending over an index replaces that entry's bytes.
+    log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 8)))
+        .await
+        .unwrap();
+    let eight = log.bytes();
+    assert!((80_000..88_000).contains(&eight), "{eight}");
+    append(&mut log, vec![blank_ent::<TypeConfig>(2, 1, 9)]).await;
+    assert!(log.bytes() < eight + 1_000);
+    log.purge(log_id::<TypeConfig>(1, 1, 4)).await.unwrap();
+    let kept = log.bytes();
+    assert!((40_000..45_000).contains(&kept), "{kept}");
+    drop(log);
+    let log = LogStore::open(dir.path()).unwrap();
+    assert_eq!(log.bytes(), kept, "recovered entries are counted");
+    log.clone().truncate_after(None).await.unwrap();
+    assert_eq!(log.bytes(), 0);
+}

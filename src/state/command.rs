@@ -233,6 +233,46 @@ impl Command {
             action: Action::Ops(vec![op]),
         }
     }
+
+    /// Approximate heap bytes this command holds (keys, values, ids and the
+    /// slots holding them), for memory accounting of log entries.
+    pub fn heap_bytes(&self) -> usize {
+        let tag = self.request.as_ref().map_or(0, |t| t.id.len());
+        let action: usize = match &self.action {
+            Action::Ops(ops) => ops
+                .iter()
+                .map(|op| {
+                    let value = match op {
+                        Op::Insert { value, .. } | Op::Update { value, .. } => value.len(),
+                        Op::Complete { value, .. } => value.as_ref().map_or(0, Bytes::len),
+                        Op::Delete { .. } => 0,
+                    };
+                    std::mem::size_of::<Op>() + op.key().len() + value
+                })
+                .sum(),
+            Action::Expire { keys, .. } => keys
+                .iter()
+                .map(|k| std::mem::size_of::<String>() + k.len())
+                .sum(),
+            Action::Evict { ids }
+            | Action::Discard { ids }
+            | Action::Requeue { ids: Some(ids) } => ids_bytes(ids),
+            Action::Requeue { ids: None } => 0,
+            Action::DeadLetter { refused } => refused
+                .iter()
+                .map(|(id, error)| {
+                    std::mem::size_of::<(HandoffId, String)>() + id.key.len() + error.len()
+                })
+                .sum(),
+        };
+        tag + action
+    }
+}
+
+fn ids_bytes(ids: &[HandoffId]) -> usize {
+    ids.iter()
+        .map(|id| std::mem::size_of::<HandoffId>() + id.key.len())
+        .sum()
 }
 
 impl std::fmt::Display for Command {

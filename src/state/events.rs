@@ -5,6 +5,11 @@
 //! entry timestamps) so a watcher can resume from a revision it already saw;
 //! older revisions are "compacted" and a watch from them is refused.
 //!
+//! The window is also bounded in bytes (`max_bytes`): an event holds its
+//! record, value included, so a window of large updates would otherwise keep
+//! every superseded value alive. What it holds is counted (`bytes`) for the
+//! memory budget.
+//!
 //! The window is local to each node (not replicated, not in snapshots): a node
 //! serves watches from what it applied itself. After a snapshot is installed
 //! the window starts empty at the snapshot's revision.
@@ -56,6 +61,8 @@ pub const LIVE_BUFFER: usize = 8_192;
 pub struct WindowLimits {
     pub max_events: usize,
     pub max_age_ms: u64,
+    /// Bytes the retained events (with their records) may hold.
+    pub max_bytes: u64,
 }
 
 impl Default for WindowLimits {
@@ -63,6 +70,7 @@ impl Default for WindowLimits {
         WindowLimits {
             max_events: 100_000,
             max_age_ms: 10 * 60 * 1000,
+            max_bytes: u64::MAX,
         }
     }
 }
@@ -79,6 +87,8 @@ struct Window {
     /// their watchers cannot continue across a snapshot install.
     live: broadcast::Sender<Arc<Event>>,
     events: VecDeque<Arc<Event>>,
+    /// Sum of `Event::footprint` over `events`.
+    bytes: u64,
     /// Every event with a revision at or below this is gone from the window.
     compacted: u64,
     limits: WindowLimits,
@@ -104,6 +114,7 @@ impl EventLog {
             window: Mutex::new(Window {
                 live: broadcast::channel(LIVE_BUFFER).0,
                 events: VecDeque::new(),
+                bytes: 0,
                 compacted: 0,
                 limits,
             }),
@@ -124,6 +135,7 @@ impl EventLog {
         let mut w = self.window.lock();
         for e in events {
             let e = Arc::new(e);
+            w.bytes += e.footprint();
             w.events.push_back(e.clone());
             // Sent under the window lock: a subscriber either sees an event in
             // the backlog it copies or receives it live, never both or neither.
@@ -159,13 +171,27 @@ impl EventLog {
     pub fn reset(&self, revision: u64) {
         let mut w = self.window.lock();
         w.events.clear();
+        w.bytes = 0;
         w.compacted = revision;
         w.live = broadcast::channel(LIVE_BUFFER).0;
+    }
+
+    /// Approximate bytes the retained events hold, records included.
+    pub fn bytes(&self) -> u64 {
+        self.window.lock().bytes
     }
 
     /// The oldest revision a watch may start from.
     pub fn oldest_revision(&self) -> u64 {
         self.window.lock().compacted + 1
+    }
+}
+
+impl Event {
+    /// Approximate heap bytes one retained event holds: its key, its
+    /// record's value and the event itself.
+    pub fn footprint(&self) -> u64 {
+        (self.key.len() + self.record.value.len() + std::mem::size_of::<Event>()) as u64
     }
 }
 
@@ -176,12 +202,15 @@ impl Window {
         while let Some(front) = self.events.front() {
             let too_many = self.events.len() > self.limits.max_events;
             let too_old = front.at_ms < cutoff_ms;
-            if !too_many && !too_old {
+            let too_big = self.bytes > self.limits.max_bytes;
+            if !too_many && !too_old && !too_big {
                 break;
             }
             let rev = front.revision;
             while self.events.front().is_some_and(|e| e.revision == rev) {
-                self.events.pop_front();
+                if let Some(e) = self.events.pop_front() {
+                    self.bytes -= e.footprint();
+                }
             }
             self.compacted = rev;
         }

@@ -624,6 +624,7 @@ fn event_window_resumes_in_order_and_compacts_whole_revisions() {
     s.events().set_limits(WindowLimits {
         max_events: 4,
         max_age_ms: u64::MAX,
+        max_bytes: u64::MAX,
     });
     for i in 1..=3u64 {
         s.apply(i, &one(i, insert(&format!("k{i}"), "v"))).unwrap();
@@ -670,6 +671,31 @@ fn restoring_a_snapshot_ends_live_subscriptions() {
     ));
     assert_eq!(s.events().oldest_revision(), 41);
     assert_eq!(s.restore_generation() % 2, 0, "restore finished");
+}
+
+#[test]
+fn event_window_counts_its_bytes_and_drops_the_oldest_revisions_past_its_byte_bound() {
+    let s = Table::new();
+    let kib = "v".repeat(1024);
+    s.events().set_limits(WindowLimits {
+        max_events: 1_000,
+        max_age_ms: u64::MAX,
+        max_bytes: 10 * 1024,
+    });
+    s.apply(1, &one(1, insert("a", &kib))).unwrap();
+    let one_event = s.events().bytes();
+    assert!(one_event > 1024, "{one_event}");
+    for i in 2..=30u64 {
+        s.apply(i, &one(i, update("a", &kib, None))).unwrap();
+        assert!(s.events().bytes() <= 10 * 1024, "{}", s.events().bytes());
+    }
+    // The newest revisions stay; the oldest are compacted.
+    assert!(s.events().oldest_revision() > 20);
+    let (backlog, _rx) = s.events().subscribe(s.events().oldest_revision()).unwrap();
+    let held: u64 = backlog.iter().map(|e| e.footprint()).sum();
+    assert_eq!(held, s.events().bytes());
+    s.restore(s.export(), 30);
+    assert_eq!(s.events().bytes(), 0, "a restore empties the window");
 }
 
 #[test]

@@ -297,6 +297,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self, id: u64) {
         self.signal(id, libc::SIGCONT);
@@ -583,6 +588,21 @@ impl Drop for Cluster {
 }
 
 /// The last WAL segment of a node's log directory.
+/// The resident memory of process `pid` in bytes (`VmRSS` in
+/// `/proc/PID/status`), or `None` once it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 pub fn last_segment(dir: &Path) -> PathBuf {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("wal dir")

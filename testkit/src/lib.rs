@@ -16,7 +16,7 @@ pub mod postgres;
 pub mod sink;
 pub mod wait;
 
-pub use cluster::{Addresses, Cluster, ClusterOptions, Node};
+pub use cluster::{resident_bytes, Addresses, Cluster, ClusterOptions, Node};
 pub use wait::{free_port, free_port_block, wait_for, wait_until, wait_until_blocking};
 
 /// Milliseconds since the Unix epoch on this machine's clock: the clock the
