@@ -130,8 +130,8 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
     assert!(text.starts_with("ID"), "{text}");
     assert_eq!(
         text.lines().count(),
-        7,
-        "header, one row per node, the summary, hand-off and its sink: {text}"
+        8,
+        "header, one row per node, the summary, hand-off, its sink and memory: {text}"
     );
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[4].starts_with("leader: node "), "{text}");
@@ -140,6 +140,11 @@ fn dev_cluster_serves_cli_insert_get_status_and_stops_cleanly_on_sigterm() {
         "{text}"
     );
     assert!(lines[6].contains("primary sink file:"), "{text}");
+    assert!(
+        lines[7].starts_with("memory (leader): live records ")
+            && lines[7].contains("dead letters 0B"),
+        "{text}"
+    );
 
     // Completing the record hands it off to the shared post-flight directory.
     let done = cli(

@@ -475,12 +475,12 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
     Ok(())
 }
 
-/// The whole cluster at a glance: see `crate::client::report`.
 /// The leader's memory by part, as the budget counts it.
 fn memory_line(m: &pb::MemoryUse) -> String {
     let parts = [
         ("live records", m.live_records),
         ("outbox", m.outbox),
+        ("dead letters", m.dead_letters),
         ("request ids", m.request_ids),
         ("watch window", m.watch_window),
         ("raft log", m.raft_log),
@@ -494,6 +494,7 @@ fn memory_line(m: &pb::MemoryUse) -> String {
     format!("memory (leader): {}", named.join(", "))
 }
 
+/// The whole cluster at a glance: see `crate::client::report`.
 async fn status(client: &Client, json_out: bool) -> ExitCode {
     let report = client.cluster_report(STATUS_TIMEOUT).await;
     if json_out {
