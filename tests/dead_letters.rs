@@ -13,8 +13,9 @@ use inflight::handoff::SinkSpec;
 use inflight::pb;
 use parking_lot::Mutex;
 use testkit::handoff::{create_postgres_table, EvictionWatch, SinkView, TABLE};
+use testkit::http::{metric, serve};
 use testkit::postgres::Postgres;
-use testkit::{free_port, now_ms, wait_for, wait_until, Cluster, ClusterOptions};
+use testkit::{now_ms, wait_for, wait_until, Cluster, ClusterOptions};
 use tonic::Code;
 
 const RECORDS: usize = 1_000;
@@ -198,21 +199,6 @@ fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// /metrics of node `id`: the value of the first sample whose line starts with `name`.
-async fn metric(c: &Cluster, id: u64, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", c.nodes[&id].http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_refuses_one_record_of_1000_the_other_999_are_delivered_and_it_waits_for_an_operator(
 ) {
@@ -271,17 +257,20 @@ async fn postgres_refuses_one_record_of_1000_the_other_999_are_delivered_and_it_
     assert!(s.memory_bytes >= h.dead_letter_bytes && h.dead_letter_bytes == dead.bytes);
     assert_eq!(h.dead_letter_sample[0].error, dead.error);
     assert_eq!(
-        metric(&c, leader, "inflight_handoff_dead_letters ").await,
+        metric(&c.nodes[&leader].http, "inflight_handoff_dead_letters").await,
         1.0
     );
     assert_eq!(
-        metric(&c, leader, "inflight_handoff_dead_lettered_records_total").await,
+        metric(
+            &c.nodes[&leader].http,
+            "inflight_handoff_dead_lettered_records_total"
+        )
+        .await,
         1.0
     );
     assert!(
         metric(
-            &c,
-            leader,
+            &c.nodes[&leader].http,
             r#"inflight_handoff_batches_total{role="primary",result="refused"}"#
         )
         .await
@@ -367,12 +356,7 @@ async fn limited_receiver(
             }),
         )
         .layer(axum::extract::DefaultBodyLimit::disable());
-    let port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://127.0.0.1:{port}/in"), received, too_large)
+    (format!("{}/in", serve(app).await), received, too_large)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -467,13 +451,9 @@ async fn a_webhook_redirect_is_a_failure_nothing_is_evicted() {
                 }
             }),
         );
-    let port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(app).await;
     let c = Cluster::start(ClusterOptions {
-        sink: Some(SinkSpec::Webhook(format!("http://127.0.0.1:{port}/in"))),
+        sink: Some(SinkSpec::Webhook(format!("{base}/in"))),
         ..Default::default()
     })
     .await;

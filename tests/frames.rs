@@ -9,6 +9,7 @@ use inflight::client::{Client, Consistency};
 use inflight::pb;
 use inflight::pb::frame_op::Op;
 use inflight::pb::op_result::Result as Outcome;
+use testkit::http::metric;
 use testkit::{wait_until, Cluster, ClusterOptions};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -195,19 +196,6 @@ async fn ops_in_one_frame_succeed_and_fail_independently() {
     let refused = results.message().await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("5000 ops"), "{refused:?}");
-}
-
-/// Reads one counter-like sample (`name value`) from a node's /metrics.
-async fn metric(http: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

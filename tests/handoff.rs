@@ -18,9 +18,10 @@ use inflight::pb;
 use parking_lot::Mutex;
 use testkit::cluster::refusing_sink;
 use testkit::handoff::{create_postgres_table, EvictionWatch, SinkView, TABLE};
+use testkit::http::{metric, serve};
 use testkit::postgres::Postgres;
 use testkit::sink::FileSink;
-use testkit::{free_port, now_ms, wait_for, wait_until, Cluster, ClusterOptions};
+use testkit::{now_ms, wait_for, wait_until, Cluster, ClusterOptions};
 use tonic::Code;
 
 /// handoff_id of a record completed by `resp`.
@@ -470,13 +471,8 @@ async fn webhook_receiver(failures: usize) -> (String, Arc<Received>, Arc<Mutex<
             }
         }),
     );
-    let port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (
-        format!("http://127.0.0.1:{port}/postflight"),
+        format!("{}/postflight", serve(app).await),
         received,
         refused,
     )
@@ -522,29 +518,35 @@ async fn webhook_sink_retries_until_acknowledged_and_a_failing_shadow_sink_does_
     assert_eq!(primary.records_delivered, 300);
     assert_eq!(primary.batches_failed, 3);
     assert!(primary.failing_for_ms.is_none(), "recovered: {primary:?}");
-    let http = reqwest::get(format!("http://{}/metrics", c.nodes[&leader].http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metric = |name: &str| -> f64 {
-        http.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    };
+    let http = &c.nodes[&leader].http;
     assert_eq!(
-        metric(r#"inflight_handoff_records_total{role="primary",result="ok"}"#),
+        metric(
+            http,
+            r#"inflight_handoff_records_total{role="primary",result="ok"}"#
+        )
+        .await,
         300.0
     );
     assert_eq!(
-        metric(r#"inflight_handoff_batches_total{role="primary",result="error"}"#),
+        metric(
+            http,
+            r#"inflight_handoff_batches_total{role="primary",result="error"}"#
+        )
+        .await,
         3.0
     );
-    assert!(metric(r#"inflight_handoff_batches_total{role="shadow",result="error"}"#) > 0.0);
-    assert_eq!(metric("inflight_handoff_evicted_records_total"), 300.0);
+    assert!(
+        metric(
+            http,
+            r#"inflight_handoff_batches_total{role="shadow",result="error"}"#
+        )
+        .await
+            > 0.0
+    );
+    assert_eq!(
+        metric(http, "inflight_handoff_evicted_records_total").await,
+        300.0
+    );
     let log = c.log_text(leader);
     assert!(
         log.lines()

@@ -337,32 +337,9 @@ impl Table {
 
     /// Removes dead letters without hand-off (an operator's decision).
     fn discard(&self, revision: u64, at_ms: u64, ids: &[HandoffId]) -> Vec<Applied> {
-        let mut applied = Vec::new();
-        let mut events = Vec::new();
-        for id in ids {
-            let Some((key, rec)) = self.completed(id) else {
-                continue;
-            };
-            if !self.outbox.lock().is_dead(id.revision, &key) {
-                continue;
-            }
-            self.set_key(&id.key, None);
-            events.push(Event {
-                kind: EventKind::Discarded,
-                revision,
-                key: id.key.clone(),
-                record: rec.clone(),
-                at_ms,
-                ends_revision: false,
-            });
-            applied.push(Applied {
-                key: id.key.clone(),
-                record: rec,
-                revision,
-            });
-        }
-        self.events.push(events);
-        applied
+        self.remove_finished(revision, at_ms, ids, EventKind::Discarded, |id, key| {
+            self.outbox.lock().is_dead(id.revision, key)
+        })
     }
 
     /// Records the sink refused for good (`DeadLetter`), not yet retried or dropped.
@@ -392,18 +369,31 @@ impl Table {
     /// Removes records a sink acknowledged. Only a record that still waits
     /// with the given completion revision goes; a stale id changes nothing.
     fn evict(&self, revision: u64, at_ms: u64, ids: &[HandoffId]) -> Vec<Applied> {
+        self.remove_finished(revision, at_ms, ids, EventKind::HandedOff, |_, _| true)
+    }
+
+    /// Removes the finished records `ids` names (see `completed`) that `may_go`
+    /// lets go, each with a `kind` event.
+    fn remove_finished(
+        &self,
+        revision: u64,
+        at_ms: u64,
+        ids: &[HandoffId],
+        kind: EventKind,
+        may_go: impl Fn(&HandoffId, &Arc<str>) -> bool,
+    ) -> Vec<Applied> {
         let mut applied = Vec::with_capacity(ids.len());
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(rec) = self.get(&id.key) else {
+            let Some((key, rec)) = self.completed(id) else {
                 continue;
             };
-            if rec.state == RecordState::Live || rec.mod_revision != id.revision {
+            if !may_go(id, &key) {
                 continue;
             }
             self.set_key(&id.key, None);
             events.push(Event {
-                kind: EventKind::HandedOff,
+                kind,
                 revision,
                 key: id.key.clone(),
                 record: rec.clone(),

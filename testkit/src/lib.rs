@@ -7,10 +7,12 @@
 //! - [`sink`]: reading what the file sink wrote;
 //! - [`handoff`]: the HANDED_OFF checker, which proves every evicted record was
 //!   in its sink *before* the `Evict` was proposed;
-//! - [`wait`]: polling a condition with a deadline, and free ports.
+//! - [`wait`]: polling a condition with a deadline, and free ports;
+//! - [`http`]: a test's HTTP receiver on a free port, and `/metrics` samples.
 
 pub mod cluster;
 pub mod handoff;
+pub mod http;
 pub mod net;
 pub mod postgres;
 pub mod sink;
