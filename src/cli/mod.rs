@@ -4,6 +4,7 @@
 mod commands;
 mod demo;
 mod dev;
+mod health;
 pub mod serve_args;
 
 use std::collections::BTreeMap;
@@ -174,6 +175,21 @@ pub enum Command {
     /// Records the sink refused for good (dead letters).
     #[command(subcommand)]
     Handoff(HandoffCommand),
+    /// Probe a node's HTTP endpoint (/readyz by default): exit 0 on HTTP 200,
+    /// 1 otherwise. For health checks where there is no curl (the container
+    /// image has nothing but this binary).
+    Health {
+        /// The node's --http address; an unspecified IP (0.0.0.0, [::])
+        /// means this host, so a container's own INFLIGHT_HTTP works as is.
+        #[arg(long, env = "INFLIGHT_HTTP", default_value = "127.0.0.1:8001")]
+        http: String,
+        /// The path to probe: /readyz (ready to serve) or /livez (running).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// Give up (and fail) after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -648,6 +664,11 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Health {
+            http,
+            path,
+            timeout,
+        } => health::run(&http, &path, timeout).await,
         other => commands::run(&cli.endpoints, other).await,
     }
 }
