@@ -200,7 +200,9 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
             .transfer_leader(id)
             .await
             .map(|r| println!("node {} is the leader", r.leader_id)),
-        Command::Serve(_) | Command::Dev(_) => unreachable!("handled by cli::run"),
+        Command::Serve(_) | Command::Dev(_) | Command::Health { .. } => {
+            unreachable!("handled by cli::run")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

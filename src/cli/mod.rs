@@ -4,6 +4,7 @@
 mod commands;
 mod demo;
 mod dev;
+mod health;
 pub mod serve_args;
 
 use std::collections::BTreeMap;
@@ -43,7 +44,13 @@ pub struct Cli {
     pub endpoints: Vec<String>,
 
     /// Log format of `serve` and `dev`.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "INFLIGHT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -61,6 +68,9 @@ pub enum LogFormat {
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run one node.
+    // A flag given twice takes the last value: the settings of --config are
+    // spliced in before the command line's, which must win.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Run a local cluster of child processes (3 nodes by default).
     Dev(dev::DevArgs),
@@ -165,6 +175,21 @@ pub enum Command {
     /// Records the sink refused for good (dead letters).
     #[command(subcommand)]
     Handoff(HandoffCommand),
+    /// Probe a node's HTTP endpoint (/readyz by default): exit 0 on HTTP 200,
+    /// 1 otherwise. For health checks where there is no curl (the container
+    /// image has nothing but this binary).
+    Health {
+        /// The node's --http address; an unspecified IP (0.0.0.0, [::])
+        /// means this host, so a container's own INFLIGHT_HTTP works as is.
+        #[arg(long, env = "INFLIGHT_HTTP", default_value = "127.0.0.1:8001")]
+        http: String,
+        /// The path to probe: /readyz (ready to serve) or /livez (running).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// Give up (and fail) after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,83 +284,84 @@ impl From<ConsistencyArg> for crate::pb::Consistency {
 pub struct ServeArgs {
     /// A TOML file of serve settings, keyed by flag name (`id = 1`,
     /// `data_dir = "..."`, `initial_cluster = "1=...,2=..."`). Flags on the
-    /// command line override it.
-    #[arg(long)]
+    /// command line override it; it overrides INFLIGHT_* environment
+    /// variables (every serve flag has one: --data-dir is INFLIGHT_DATA_DIR).
+    #[arg(long, env = "INFLIGHT_CONFIG")]
     pub config: Option<PathBuf>,
     /// This node's id (1 or more), unique in the cluster.
-    #[arg(long)]
+    #[arg(long, env = "INFLIGHT_ID")]
     pub id: u64,
     /// Where the Raft log, vote and snapshots live.
-    #[arg(long)]
+    #[arg(long, env = "INFLIGHT_DATA_DIR")]
     pub data_dir: PathBuf,
     /// gRPC address for clients and peers.
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    #[arg(long, env = "INFLIGHT_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
     /// Address others use to reach this node (default: --listen).
-    #[arg(long)]
+    #[arg(long, env = "INFLIGHT_ADVERTISE")]
     pub advertise: Option<String>,
     /// HTTP address for /livez, /readyz, /status, /metrics, /cluster and the status page at /.
-    #[arg(long)]
+    #[arg(long, env = "INFLIGHT_HTTP")]
     pub http: Option<SocketAddr>,
     /// The initial voters: ID=HOST:PORT,... (the lowest id initializes the cluster once).
-    #[arg(long, conflicts_with = "join")]
+    #[arg(long, env = "INFLIGHT_INITIAL_CLUSTER", conflicts_with = "join")]
     pub initial_cluster: Option<String>,
     /// Join an existing cluster as a learner through these endpoints.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "INFLIGHT_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
-    #[arg(long, value_enum, default_value = "disk")]
+    #[arg(long, env = "INFLIGHT_DURABILITY", value_enum, default_value = "disk")]
     pub durability: Durability,
     /// The fewest applied entries between two snapshots; a large table waits
     /// for max(N, records / 8) entries, so snapshot work stays proportional.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "INFLIGHT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// Largest value accepted, in bytes.
-    #[arg(long, default_value_t = crate::api::Limits::default().max_value_bytes)]
+    #[arg(long, env = "INFLIGHT_MAX_VALUE_BYTES", default_value_t = crate::api::Limits::default().max_value_bytes)]
     pub max_value_bytes: usize,
     /// Leader heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "INFLIGHT_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Election timeout range MIN..MAX in milliseconds. A follower also
     /// honours the old leader's lease (MAX) before it campaigns, so writes
     /// resume about MAX + a random MIN..MAX after a leader dies.
-    #[arg(long, default_value = "200..400", value_parser = parse_range)]
+    #[arg(long, env = "INFLIGHT_ELECTION_TIMEOUT_MS", default_value = "200..400", value_parser = parse_range)]
     pub election_timeout_ms: (u64, u64),
     /// Source address of outgoing peer connections (default: chosen by the OS).
-    #[arg(long)]
+    #[arg(long, env = "INFLIGHT_PEER_SOURCE_IP")]
     pub peer_source_ip: Option<std::net::IpAddr>,
     /// What a LIVE record becomes when its TTL passes: kept as EXPIRED for
     /// hand-off, or dropped.
-    #[arg(long, value_enum, default_value = "handoff")]
+    #[arg(long, env = "INFLIGHT_EXPIRED", value_enum, default_value = "handoff")]
     pub expired: ExpiredMode,
     /// At most this many records expired per second (spread over 100 ms batches).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, env = "INFLIGHT_EXPIRE_RATE", default_value_t = 5_000)]
     pub expire_rate: u32,
     /// Request ids (deduplication of retries) are forgotten once this old.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "INFLIGHT_REQUEST_ID_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub request_id_window: std::time::Duration,
     /// Request ids are kept at least this long: past --request-id-max-bytes,
     /// new tagged writes are refused with RESOURCE_EXHAUSTED rather than an
     /// id younger than this forgotten. Must cover the clients' longest retry
     /// (the Rust client: retry_for 20 s plus one 5 s request timeout).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "INFLIGHT_REQUEST_ID_MIN_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_id_min_window: std::time::Duration,
     /// The remembered request ids hold at most this much memory (about 220
     /// bytes per single-op request with a 36-byte id).
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "INFLIGHT_REQUEST_ID_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub request_id_max_bytes: u64,
     /// Watch: how many recent events each node keeps for resuming watches.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "INFLIGHT_WATCH_WINDOW_EVENTS", default_value_t = 100_000)]
     pub watch_window_events: usize,
     /// Watch: how old the oldest kept event may be.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "INFLIGHT_WATCH_WINDOW_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub watch_window_age: std::time::Duration,
     /// Where completed and expired records are handed off: file:DIR,
     /// postgres:URL, webhook:URL or noop (default: file:DATA_DIR/postflight).
-    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
+    #[arg(long, env = "INFLIGHT_SINK", value_parser = crate::handoff::SinkSpecParser)]
     pub sink: Option<SinkSpec>,
     /// A second sink fed beside the primary; its failures are counted and
     /// logged but never hold back eviction.
-    #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
+    #[arg(long, env = "INFLIGHT_SHADOW_SINK", value_parser = crate::handoff::SinkSpecParser)]
     pub shadow_sink: Option<SinkSpec>,
     /// What the node holds may reach this much memory: records (live and
     /// waiting for hand-off), request ids, the watch window (kept to an
@@ -343,10 +369,10 @@ pub struct ServeArgs {
     /// an eighth of it), a snapshot being built and admitted writes. Past it
     /// inserts and updates or completes that grow a value are refused with
     /// RESOURCE_EXHAUSTED (e.g. 512MiB, 2GiB).
-    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    #[arg(long, env = "INFLIGHT_MEMORY_BUDGET", default_value = "2GiB", value_parser = parse_size)]
     pub memory_budget: u64,
     /// At most this many records per sink write.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "INFLIGHT_HANDOFF_BATCH", default_value_t = 500)]
     pub handoff_batch: usize,
 }
 
@@ -552,6 +578,13 @@ fn expand_config(args: Vec<String>) -> Result<Vec<String>, String> {
             path = Some(p.to_string());
         }
     }
+    // INFLIGHT_CONFIG names the file when --config does not (clap reads
+    // the same variable into `ServeArgs::config`, which is then unused).
+    let path = path.or_else(|| {
+        std::env::var("INFLIGHT_CONFIG")
+            .ok()
+            .filter(|p| !p.is_empty())
+    });
     let Some(path) = path else { return Ok(args) };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {path}: {e}"))?;
     let table: toml::Table = text.parse().map_err(|e| format!("--config {path}: {e}"))?;
@@ -636,6 +669,11 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Health {
+            http,
+            path,
+            timeout,
+        } => health::run(&http, &path, timeout).await,
         other => commands::run(&cli.endpoints, other).await,
     }
 }

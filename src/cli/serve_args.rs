@@ -220,6 +220,56 @@ mod tests {
     }
 
     #[test]
+    fn every_serve_flag_has_an_inflight_environment_variable() {
+        use clap::CommandFactory;
+        let cli = super::super::Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let mut seen = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version" | "endpoints") {
+                continue;
+            }
+            let want = format!("INFLIGHT_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}: the container image and the compose file configure nodes by environment"
+            );
+            seen += 1;
+        }
+        assert!(seen > 20, "{seen}");
+    }
+
+    #[test]
+    fn flags_on_the_command_line_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inflight.toml");
+        std::fs::write(
+            &cfg,
+            "id = 7\ndata_dir = \"/from/file\"\ninitial_cluster = \"7=a:1,9=b:1\"\nheartbeat_ms = 60\n",
+        )
+        .unwrap();
+        let argv: Vec<String> = ["inflight", "serve", "--config", cfg.to_str().unwrap()]
+            .iter()
+            .chain(&["--id", "9", "--heartbeat-ms", "70"])
+            .map(|s| s.to_string())
+            .collect();
+        let argv = super::super::expand_config(argv).expect("config read");
+        let cli = super::super::Cli::try_parse_from(argv).expect("a flag may repeat a setting");
+        let super::super::Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.id, 9, "the command line wins");
+        assert_eq!(s.heartbeat_ms, 70, "the command line wins");
+        assert_eq!(
+            s.data_dir,
+            PathBuf::from("/from/file"),
+            "the file fills in the rest"
+        );
+    }
+
+    #[test]
     fn a_joining_node_lists_the_members_it_joins_through() {
         let n = NodeArgs::new(
             4,
