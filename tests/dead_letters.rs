@@ -254,7 +254,8 @@ async fn postgres_refuses_one_record_of_1000_the_other_999_are_delivered_and_it_
     assert_eq!(rec.state, pb::RecordState::Completed as i32);
     let s = c.status(leader).await.unwrap();
     let h = s.handoff.unwrap();
-    assert!(s.memory_bytes >= h.dead_letter_bytes && h.dead_letter_bytes == dead.bytes);
+    // The record's footprint, and the error kept with it.
+    assert!(s.memory_bytes >= h.dead_letter_bytes && h.dead_letter_bytes > dead.bytes);
     assert_eq!(h.dead_letter_sample[0].error, dead.error);
     assert_eq!(
         metric(&c.nodes[&leader].http, "inflight_handoff_dead_letters").await,
@@ -496,6 +497,65 @@ async fn a_webhook_redirect_is_a_failure_nothing_is_evicted() {
             s.handoff.unwrap().dead_letters,
             0,
             "a redirect is not a refusal"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_refusing_every_body_is_a_failing_sink_and_nothing_is_set_aside() {
+    use axum::routing::post;
+    let posts: Arc<Mutex<usize>> = Arc::default();
+    let p = posts.clone();
+    let app = axum::Router::new().route(
+        "/in",
+        post(move || {
+            let p = p.clone();
+            async move {
+                *p.lock() += 1;
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "misconfigured receiver",
+                )
+            }
+        }),
+    );
+    let base = serve(app).await;
+    let c = Cluster::start(ClusterOptions {
+        sink: Some(SinkSpec::Webhook(format!("{base}/in"))),
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let client = c.client();
+    for i in 0..40 {
+        let key = format!("call/{i}");
+        client.insert(&key, "{}").await.unwrap();
+        client.complete(&key, None, Some(1)).await.unwrap();
+    }
+    // Several rounds (with backoff), every record refused, none taken.
+    let primary = wait_for(
+        Duration::from_secs(30),
+        "the sink to be failing after several rounds",
+        || async {
+            let h = c.status(leader).await?.handoff?;
+            let p = h.sinks.into_iter().find(|s| s.role == "primary")?;
+            (p.failing_for_ms.is_some() && p.batches_failed >= 5).then_some(p)
+        },
+    )
+    .await;
+    assert!(*posts.lock() >= 5);
+    assert!(
+        primary.last_error.contains("refuses every record alone")
+            && primary.last_error.contains("misconfigured receiver"),
+        "{primary:?}"
+    );
+    assert_eq!(primary.records_delivered, 0);
+    for id in c.running() {
+        let s = c.status(id).await.unwrap();
+        assert_eq!(
+            (s.records, s.outbox_depth, s.handoff.unwrap().dead_letters),
+            (40, 40, 0),
+            "node {id}: nothing evicted, nothing set aside"
         );
     }
 }

@@ -279,21 +279,45 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::HandoffFailedRequest>,
     ) -> Result<Response<pb::HandoffFailedResponse>, Status> {
         let r = req.into_inner();
-        let limit = match r.limit as usize {
-            0 => FAILED_PAGE,
-            n => n.min(FAILED_PAGE_MAX),
-        };
-        let after = match r.after.as_str() {
-            "" => None,
-            s => Some(parse_handoff_id(s)?),
-        };
         let table = self.node.table();
-        let mut page = table.dead_letters(after.as_ref(), limit + 1);
-        let more = page.len() > limit;
-        page.truncate(limit);
+        let (page, more) = if r.keys.is_empty() {
+            let limit = match r.limit as usize {
+                0 => FAILED_PAGE,
+                n => n.min(FAILED_PAGE_MAX),
+            };
+            let after = match r.after.as_str() {
+                "" => None,
+                s => Some(parse_handoff_id(s, "after")?),
+            };
+            let mut page = table.dead_letters(after.as_ref(), limit + 1);
+            let more = page.len() > limit;
+            page.truncate(limit);
+            (page, more)
+        } else {
+            check_count(r.keys.len(), "keys")?;
+            let page = r
+                .keys
+                .iter()
+                .map(|key| table.dead_letter(key).ok_or_else(|| not_dead(key)))
+                .collect::<Result<Vec<_>, _>>()?;
+            (page, false)
+        };
+        // Within what a default client accepts, however long keys and errors are.
+        let mut records = Vec::with_capacity(page.len());
+        let mut bytes = crate::api::response::ANSWER_FIELDS_BYTES + 32;
+        let mut cut = false;
+        for d in &page {
+            let d = dead_letter_pb(table, d);
+            bytes += crate::api::response::field_len(prost::Message::encoded_len(&d));
+            if bytes > crate::wire::RESPONSE_BYTES && !records.is_empty() {
+                cut = true;
+                break;
+            }
+            records.push(d);
+        }
         Ok(Response::new(pb::HandoffFailedResponse {
-            records: page.iter().map(|d| dead_letter_pb(table, d)).collect(),
-            more,
+            records,
+            more: more || cut,
             total: table.dead_letter_count() as u64,
             total_bytes: table.dead_letter_bytes() as u64,
         }))
@@ -304,16 +328,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::HandoffRetryRequest>,
     ) -> Result<Response<pb::HandoffChangeResponse>, Status> {
         let r = req.into_inner();
+        let given = !r.keys.is_empty() as u8 + !r.handoff_ids.is_empty() as u8 + r.all as u8;
+        if given != 1 {
+            return Err(ApiError::invalid(
+                "give exactly one of keys, handoff_ids or all (see `inflight handoff failed`)",
+            )
+            .into());
+        }
+        let exact = parse_handoff_ids(&r.handoff_ids)?;
+        check_count(r.keys.len(), "keys")?;
         self.node.leader_only().map_err(ApiError::from)?;
-        let ids = match (r.all, r.keys.is_empty()) {
-            (true, true) => None,
-            (true, false) => {
-                return Err(ApiError::invalid("keys: give keys or all, not both").into())
-            }
-            (false, _) => Some(self.dead_letter_ids(&r.keys)?),
+        let ids = if r.all {
+            None
+        } else if r.keys.is_empty() {
+            Some(exact)
+        } else {
+            Some(self.dead_letter_ids(&r.keys)?)
         };
         let done = self.propose_handoff(Action::Requeue { ids }).await?;
-        tracing::info!(records = ?done.handoff_ids, revision = done.revision,
+        tracing::info!(changed = done.changed, first = ?first_ids(&done), revision = done.revision,
             "operator: dead letters put back in the hand-off queue");
         Ok(Response::new(done))
     }
@@ -323,36 +356,64 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::HandoffDropRequest>,
     ) -> Result<Response<pb::HandoffChangeResponse>, Status> {
         let r = req.into_inner();
+        if r.keys.is_empty() == r.handoff_ids.is_empty() {
+            return Err(ApiError::invalid(
+                "give exactly one of keys or handoff_ids (see `inflight handoff failed`)",
+            )
+            .into());
+        }
+        let exact = parse_handoff_ids(&r.handoff_ids)?;
+        check_count(r.keys.len(), "keys")?;
         self.node.leader_only().map_err(ApiError::from)?;
-        let ids = self.dead_letter_ids(&r.keys)?;
+        let ids = if r.keys.is_empty() {
+            exact
+        } else {
+            self.dead_letter_ids(&r.keys)?
+        };
         let done = self.propose_handoff(Action::Discard { ids }).await?;
-        tracing::warn!(records = ?done.handoff_ids, revision = done.revision,
+        tracing::warn!(changed = done.changed, first = ?first_ids(&done), revision = done.revision,
             "operator: dead letters dropped from memory without hand-off");
         Ok(Response::new(done))
     }
 }
 
+/// The first few ids a change names, for its log line.
+fn first_ids(done: &pb::HandoffChangeResponse) -> &[String] {
+    &done.handoff_ids[..done.handoff_ids.len().min(10)]
+}
+
+fn not_dead(key: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "key {key:?} is not a record the sink refused (see `inflight handoff failed`)"
+    ))
+}
+
+fn check_count(n: usize, what: &str) -> Result<(), ApiError> {
+    if n > MAX_HANDOFF_KEYS {
+        return Err(ApiError::invalid(format!(
+            "{what}: at most {MAX_HANDOFF_KEYS} per request, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_handoff_ids(ids: &[String]) -> Result<Vec<HandoffId>, ApiError> {
+    check_count(ids.len(), "handoff_ids")?;
+    ids.iter()
+        .map(|s| parse_handoff_id(s, "handoff_ids"))
+        .collect()
+}
+
 impl ClusterService {
     /// The dead letters under `keys`, or the first key that is not one.
     fn dead_letter_ids(&self, keys: &[String]) -> Result<Vec<HandoffId>, ApiError> {
-        if keys.is_empty() {
-            return Err(ApiError::invalid(
-                "keys: name at least one key (see `inflight handoff failed`)",
-            ));
-        }
-        if keys.len() > MAX_HANDOFF_KEYS {
-            return Err(ApiError::invalid(format!(
-                "keys: at most {MAX_HANDOFF_KEYS} per request, got {}",
-                keys.len()
-            )));
-        }
         keys.iter()
             .map(|key| {
-                self.node.table().dead_letter(key).map(|d| d.id).ok_or_else(|| {
-                    ApiError::NotFound(format!(
-                        "key {key:?} is not a record the sink refused (see `inflight handoff failed`)"
-                    ))
-                })
+                self.node
+                    .table()
+                    .dead_letter(key)
+                    .map(|d| d.id)
+                    .ok_or_else(|| not_dead(key))
             })
             .collect()
     }
@@ -375,8 +436,10 @@ impl ClusterService {
             .map(|a| a.revision)
             .unwrap_or_else(|| self.node.table().revision());
         Ok(pb::HandoffChangeResponse {
+            changed: applied.len() as u64,
             handoff_ids: applied
                 .iter()
+                .take(CHANGE_IDS_SHOWN)
                 .map(|a| {
                     HandoffId {
                         key: a.key.clone(),
@@ -390,16 +453,22 @@ impl ClusterService {
     }
 }
 
-/// Keys per `handoff retry` or `drop` request, at most.
-const MAX_HANDOFF_KEYS: usize = 10_000;
+/// Keys or handoff ids per `handoff retry` or `drop` request, at most
+/// (with 512-byte keys, well inside a request's 4 MiB).
+const MAX_HANDOFF_KEYS: usize = 1_000;
 /// Dead letters per `handoff failed` page: the default and the most.
 const FAILED_PAGE: usize = 100;
-const FAILED_PAGE_MAX: usize = 10_000;
+const FAILED_PAGE_MAX: usize = 1_000;
+/// Handoff ids a change answer names (it counts them all).
+const CHANGE_IDS_SHOWN: usize = 100;
 
-/// Reads `key@revision` (the key may itself hold `@`).
-fn parse_handoff_id(s: &str) -> Result<HandoffId, ApiError> {
-    let bad = || ApiError::invalid(format!("after: {s:?} is not a handoff id (KEY@REVISION)"));
+/// Reads `key@revision` (the key may itself hold `@`; the revision is digits).
+fn parse_handoff_id(s: &str, field: &str) -> Result<HandoffId, ApiError> {
+    let bad = || ApiError::invalid(format!("{field}: {s:?} is not a handoff id (KEY@REVISION)"));
     let (key, rev) = s.rsplit_once('@').ok_or_else(bad)?;
+    if key.is_empty() || rev.is_empty() || !rev.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     Ok(HandoffId {
         key: key.to_string(),
         revision: rev.parse().map_err(|_| bad())?,

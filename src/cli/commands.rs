@@ -386,7 +386,7 @@ async fn handoff(client: &Client, cmd: HandoffCommand) -> Result<(), tonic::Stat
     let changed = |what: &str, r: pb::HandoffChangeResponse| {
         println!(
             "{what} {} record(s) (revision {}){}",
-            r.handoff_ids.len(),
+            r.changed,
             r.revision,
             if r.handoff_ids.is_empty() {
                 String::new()

@@ -375,8 +375,10 @@ impl Client {
                     }
                 }
                 // Safe to retry: every call made here is a read, carries a request
-                // id, or is a membership change the server treats as idempotent
-                // (adding a member twice or promoting a voter is a no-op).
+                // id, is a membership change the server treats as idempotent
+                // (adding a member twice or promoting a voter is a no-op), or a
+                // hand-off retry or drop of exact handoff ids (a second apply
+                // changes nothing).
                 // `Cancelled` is what a connection cut mid-call (a node killed
                 // under us) looks like; the call may or may not have landed.
                 Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => self.rotate(&target),
@@ -636,21 +638,47 @@ impl Client {
         .await
     }
 
-    /// Records the sink refused for good, from the leader's view.
+    /// Records the sink refused for good, from the leader's view: a page
+    /// after `after` (a handoff id, or empty for the start).
     pub async fn handoff_failed(
         &self,
         limit: u32,
         after: &str,
     ) -> Result<pb::HandoffFailedResponse> {
-        let req = pb::HandoffFailedRequest {
+        self.send_handoff_failed(pb::HandoffFailedRequest {
             limit,
             after: after.into(),
-        };
+            keys: Vec::new(),
+        })
+        .await
+    }
+
+    pub async fn send_handoff_failed(
+        &self,
+        req: pb::HandoffFailedRequest,
+    ) -> Result<pb::HandoffFailedResponse> {
         self.retrying(Route::Leader, |ch| {
             let req = req.clone();
             async move { ClusterClient::new(ch).handoff_failed(req).await }
         })
         .await
+    }
+
+    /// The exact handoff ids of the dead letters under `keys` (NOT_FOUND
+    /// naming a key that holds none). Retry and drop are then sent for
+    /// those ids, so that a retried request cannot touch a record the
+    /// operator never saw (a key reused and refused again in between).
+    async fn dead_letter_ids(&self, keys: Vec<String>) -> Result<Vec<String>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found = self
+            .send_handoff_failed(pb::HandoffFailedRequest {
+                keys,
+                ..Default::default()
+            })
+            .await?;
+        Ok(found.records.into_iter().map(|d| d.handoff_id).collect())
     }
 
     /// Puts dead letters (`keys`, or every one with `all`) back in the hand-off queue.
@@ -659,7 +687,18 @@ impl Client {
         keys: Vec<String>,
         all: bool,
     ) -> Result<pb::HandoffChangeResponse> {
-        let req = pb::HandoffRetryRequest { keys, all };
+        let req = if all {
+            pb::HandoffRetryRequest {
+                keys,
+                all,
+                ..Default::default()
+            }
+        } else {
+            pb::HandoffRetryRequest {
+                handoff_ids: self.dead_letter_ids(keys).await?,
+                ..Default::default()
+            }
+        };
         self.retrying(Route::Leader, |ch| {
             let req = req.clone();
             async move { ClusterClient::new(ch).handoff_retry(req).await }
@@ -669,7 +708,10 @@ impl Client {
 
     /// Removes dead letters from memory without hand-off.
     pub async fn handoff_drop(&self, keys: Vec<String>) -> Result<pb::HandoffChangeResponse> {
-        let req = pb::HandoffDropRequest { keys };
+        let req = pb::HandoffDropRequest {
+            handoff_ids: self.dead_letter_ids(keys).await?,
+            ..Default::default()
+        };
         self.retrying(Route::Leader, |ch| {
             let req = req.clone();
             async move { ClusterClient::new(ch).handoff_drop(req).await }

@@ -152,17 +152,17 @@ impl Duty for Handoff {
                     "the sink refused this record for good; it is set aside as a dead letter \
                      (see `inflight handoff failed`)");
             }
-            let n = refused.len();
             let cmd = Command {
                 at_ms: node.stamp(),
                 request: None,
                 action: Action::DeadLetter { refused },
             };
             match node.propose(cmd).await {
-                Ok(_) => {
+                Ok(outcome) => {
+                    let set_aside = outcome.map(|a| a.len()).unwrap_or(0);
                     crate::metrics::METRICS
                         .handoff_dead_lettered
-                        .inc_by(n as u64);
+                        .inc_by(set_aside as u64);
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "dead-letter proposal failed (leadership moved?)")
@@ -218,8 +218,16 @@ enum Delivery {
 }
 
 /// How much of a sink's error a dead letter keeps: enough to name the
-/// problem, never a whole echoed document in replicated state.
-const MAX_ERROR_CHARS: usize = 1_000;
+/// problem, never a whole echoed document in replicated state (bytes).
+const MAX_ERROR_BYTES: usize = 1_000;
+
+/// Records refused alone, with none of their batch acknowledged, after which
+/// the refusal is taken to be about the sink, not about the records.
+const SINK_WIDE_AFTER: usize = 8;
+
+/// A record refused alone in a batch of its own is set aside only if the
+/// sink acknowledged a write this recently.
+const RECENT_SUCCESS: Duration = Duration::from_secs(60);
 
 /// Writes `docs` to the primary sink until each record is acknowledged or
 /// refused for good, for as long as this node leads.
@@ -229,6 +237,15 @@ const MAX_ERROR_CHARS: usize = 1_000;
 /// records splits them in halves, each delivered on its own, until the
 /// records the sink refuses stand alone: one bad record among 500 costs
 /// about 2·log2(500) ≈ 18 writes, and every other record is delivered.
+///
+/// A record is set aside only with evidence that the refusal is about the
+/// record: the sink took others of its batch, or (a record alone in its
+/// batch, e.g. a retried poison record) it took other writes within
+/// `RECENT_SUCCESS`. A sink that refuses everything (a schema change every
+/// row fails, a receiver answering 400 to any request) refuses the records
+/// alone too, with none acknowledged: after `SINK_WIDE_AFTER` such refusals,
+/// or a whole batch of two or more, the batch is retried with backoff like
+/// any failing sink, and nothing is set aside.
 async fn deliver(
     node: &Node,
     settings: &HandoffSettings,
@@ -237,28 +254,108 @@ async fn deliver(
     docs: Vec<Document>,
     shutdown: &mut Shutdown,
 ) -> Delivery {
+    let mut delay = settings.backoff_initial;
+    loop {
+        match split_and_deliver(node, settings, stats, sink, &docs, shutdown).await {
+            Split::Done { delivered, refused } => return Delivery::Done { delivered, refused },
+            Split::Abandoned => return Delivery::Abandoned,
+            Split::Stopped => return Delivery::Stopped,
+            Split::SinkWide(error) => {
+                let wait = rand::rng().random_range(delay / 2..=delay);
+                stats.failed(
+                    docs.len(),
+                    &format!(
+                        "the sink refuses every record alone, so the refusal is taken to be \
+                         about the sink, not the records (nothing set aside): {error}"
+                    ),
+                    Some(wait),
+                );
+                if shutdown.sleep(wait).await {
+                    return Delivery::Stopped;
+                }
+                if !node.is_leader() {
+                    return Delivery::Abandoned;
+                }
+                delay = (delay * 2).min(settings.backoff_max);
+            }
+        }
+    }
+}
+
+enum Split {
+    Done {
+        delivered: Vec<HandoffId>,
+        refused: Vec<(HandoffId, String)>,
+    },
+    /// Every record tried alone was refused and none acknowledged.
+    SinkWide(String),
+    Abandoned,
+    Stopped,
+}
+
+/// One pass of `deliver`: the batch, then its halves while refused.
+async fn split_and_deliver(
+    node: &Node,
+    settings: &HandoffSettings,
+    stats: &SinkStats,
+    sink: &mut Sink,
+    docs: &[Document],
+    shutdown: &mut Shutdown,
+) -> Split {
     let mut delivered = Vec::with_capacity(docs.len());
-    let mut refused = Vec::new();
+    let mut refused: Vec<(HandoffId, String)> = Vec::new();
     // Slices still to deliver, as (start, end) of `docs`; the front is on top.
     let mut pending = vec![(0, docs.len())];
     while let Some((start, end)) = pending.pop() {
+        // The quorum fence was checked before the batch; a split batch takes
+        // many writes, so leadership and shutdown are checked before each.
+        if shutdown.is_requested() {
+            return Split::Stopped;
+        }
+        if !node.is_leader() {
+            return Split::Abandoned;
+        }
         let part = &docs[start..end];
         match deliver_one(node, settings, stats, sink, part, shutdown).await {
             Attempt::Acknowledged => delivered.extend(part.iter().map(|d| d.id.clone())),
             Attempt::Refused(error) if part.len() == 1 => {
-                let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
-                refused.push((part[0].id.clone(), error));
+                refused.push((part[0].id.clone(), truncate(error, MAX_ERROR_BYTES)));
+                if delivered.is_empty() && refused.len() >= SINK_WIDE_AFTER {
+                    return Split::SinkWide(refused.swap_remove(0).1);
+                }
             }
             Attempt::Refused(_) => {
                 let mid = start + part.len() / 2;
                 pending.push((mid, end));
                 pending.push((start, mid));
             }
-            Attempt::Abandoned => return Delivery::Abandoned,
-            Attempt::Stopped => return Delivery::Stopped,
+            Attempt::Abandoned => return Split::Abandoned,
+            Attempt::Stopped => return Split::Stopped,
         }
     }
-    Delivery::Done { delivered, refused }
+    // None of the batch taken: several records refused alone is the sink
+    // refusing everything; one record alone is that record, if the sink took
+    // other writes lately (a retried poison record comes back alone).
+    let sink_took_lately = stats
+        .snapshot()
+        .last_success_age
+        .is_some_and(|age| age <= RECENT_SUCCESS);
+    if delivered.is_empty() && (refused.len() > 1 || (refused.len() == 1 && !sink_took_lately)) {
+        return Split::SinkWide(refused.swap_remove(0).1);
+    }
+    Split::Done { delivered, refused }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 enum Attempt {

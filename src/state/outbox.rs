@@ -52,6 +52,7 @@ pub struct DeadLetter {
 /// Why a dead letter was set aside, as held in the index.
 #[derive(Clone, Debug)]
 struct Refused {
+    /// The record's footprint (as in the queue).
     bytes: usize,
     error: String,
     revision: u64,
@@ -65,7 +66,16 @@ pub(crate) struct Outbox {
     bytes: usize,
     /// Records set aside after a permanent refusal, same order.
     dead: BTreeMap<(u64, Arc<str>), Refused>,
+    /// The dead letters' record footprints.
     dead_bytes: usize,
+    /// The errors kept with them (replicated state too, so counted).
+    error_bytes: usize,
+}
+
+/// What one dead letter's error costs besides the record: the string and
+/// its slot in the index.
+fn error_cost(error: &str) -> usize {
+    error.len() + std::mem::size_of::<Refused>()
 }
 
 impl Outbox {
@@ -84,6 +94,7 @@ impl Outbox {
         }
         if let Some(r) = self.dead.remove(&slot) {
             self.dead_bytes -= r.bytes;
+            self.error_bytes -= error_cost(&r.error);
         }
     }
 
@@ -92,6 +103,7 @@ impl Outbox {
         self.bytes = 0;
         self.dead.clear();
         self.dead_bytes = 0;
+        self.error_bytes = 0;
     }
 
     /// Records waiting for hand-off (dead letters excluded).
@@ -107,8 +119,15 @@ impl Outbox {
         self.dead.len()
     }
 
+    /// The dead letters' records and errors.
     pub fn dead_bytes(&self) -> usize {
-        self.dead_bytes
+        self.dead_bytes + self.error_bytes
+    }
+
+    /// What the dead letters hold beyond their records' footprints: the
+    /// errors (memory the records' byte count does not include).
+    pub fn dead_error_bytes(&self) -> usize {
+        self.error_bytes
     }
 
     pub fn first(&self) -> Option<(u64, Arc<str>)> {
@@ -141,11 +160,13 @@ impl Outbox {
             }
             (None, Some(r)) => {
                 self.dead_bytes -= r.bytes;
+                self.error_bytes -= error_cost(&r.error);
                 r.bytes
             }
             (None, None) => return false,
         };
         self.dead_bytes += bytes;
+        self.error_bytes += error_cost(error);
         self.dead.insert(
             slot,
             Refused {
@@ -166,6 +187,7 @@ impl Outbox {
             return false;
         };
         self.dead_bytes -= r.bytes;
+        self.error_bytes -= error_cost(&r.error);
         self.bytes += r.bytes;
         self.entries.insert(slot, r.bytes);
         true

@@ -83,8 +83,10 @@ impl Table {
         self.records.is_empty()
     }
 
+    /// Bytes held by records (keys, values, metadata), and by the errors
+    /// kept with dead letters.
     pub fn memory_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed) + self.outbox.lock().dead_error_bytes()
     }
 
     /// COMPLETED and EXPIRED records waiting for hand-off: the outbox depth.

@@ -151,7 +151,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 ///
 /// `permanent` says the sink refused the batch's content and would refuse it
 /// again unchanged (PostgreSQL rejected a document, a webhook answered 400,
-/// 413, 415 or 422); the hand-off worker then splits the batch to find the
+/// 413 or 422); the hand-off worker then splits the batch to find the
 /// records it refuses. Anything else (no connection, a timeout, a 5xx, a
 /// redirect, a full disk) is transient: the same batch is sent again later.
 #[derive(Debug, thiserror::Error)]

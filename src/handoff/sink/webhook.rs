@@ -1,6 +1,6 @@
 //! `webhook:URL`: one HTTP POST per batch, a JSON array of documents.
 //!
-//! Any 2xx answer acknowledges the batch. 400, 413, 415 and 422 refuse its
+//! Any 2xx answer acknowledges the batch. 400, 413 and 422 refuse its
 //! content: the worker splits the batch to find the records the receiver
 //! refuses and sets them aside as dead letters. Anything else, a timeout or
 //! a connection error does not acknowledge it, and the batch is sent again
@@ -99,9 +99,12 @@ impl WebhookSink {
 }
 
 /// The answers that refuse the request's content, so that the same body
-/// would be refused again: malformed (400), too large (413), unsupported
-/// media type (415), unprocessable (422). 401, 403, 404, 429 and 5xx are
-/// about the receiver or its configuration and are retried.
+/// would be refused again: malformed (400), too large (413), unprocessable
+/// (422). 401, 403, 404, 415 (every request is `application/json`, so it is
+/// about the receiver), 429 and 5xx are about the receiver or its
+/// configuration and are retried. A receiver that refuses every body with
+/// one of these is caught by the worker: records are set aside only when
+/// others of their batch were taken.
 fn refuses_content(status: reqwest::StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 413 | 415 | 422)
+    matches!(status.as_u16(), 400 | 413 | 422)
 }
