@@ -427,6 +427,40 @@ async fn webhook_refusing_bodies_over_1mib_gets_every_record_but_the_one_larger_
     assert!(!received.lock().contains_key(&bad));
 }
 
+/// A cluster whose sink is `app` (served at `/in`), with `n` records
+/// completed; returns it and its leader.
+async fn webhook_cluster(app: axum::Router, n: usize) -> (Cluster, u64) {
+    let base = serve(app).await;
+    let c = Cluster::start(ClusterOptions {
+        sink: Some(SinkSpec::Webhook(format!("{base}/in"))),
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let client = c.client();
+    for i in 0..n {
+        let key = format!("call/{i}");
+        client.insert(&key, "{}").await.unwrap();
+        client.complete(&key, None, Some(1)).await.unwrap();
+    }
+    (c, leader)
+}
+
+/// The leader's primary sink status once `ready` holds for it.
+async fn primary_sink_once(
+    c: &Cluster,
+    leader: u64,
+    what: &str,
+    ready: fn(&pb::SinkStatus) -> bool,
+) -> pb::SinkStatus {
+    wait_for(Duration::from_secs(30), what, || async {
+        let h = c.status(leader).await?.handoff?;
+        let p = h.sinks.into_iter().find(|s| s.role == "primary")?;
+        ready(&p).then_some(p)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_redirect_is_a_failure_nothing_is_evicted() {
     use axum::routing::{any, post};
@@ -452,29 +486,11 @@ async fn a_webhook_redirect_is_a_failure_nothing_is_evicted() {
                 }
             }),
         );
-    let base = serve(app).await;
-    let c = Cluster::start(ClusterOptions {
-        sink: Some(SinkSpec::Webhook(format!("{base}/in"))),
-        ..Default::default()
-    })
-    .await;
-    let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let client = c.client();
-    for i in 0..10 {
-        let key = format!("call/{i}");
-        client.insert(&key, "{}").await.unwrap();
-        client.complete(&key, None, Some(1)).await.unwrap();
-    }
+    let (c, leader) = webhook_cluster(app, 10).await;
     // Several attempts, each answered with the redirect.
-    let primary = wait_for(
-        Duration::from_secs(30),
-        "the sink to fail three times",
-        || async {
-            let h = c.status(leader).await?.handoff?;
-            let p = h.sinks.into_iter().find(|s| s.role == "primary")?;
-            (p.batches_failed >= 3).then_some(p)
-        },
-    )
+    let primary = primary_sink_once(&c, leader, "the sink to fail three times", |p| {
+        p.batches_failed >= 3
+    })
     .await;
     assert!(
         primary.failing_for_ms.is_some(),
@@ -519,29 +535,11 @@ async fn a_webhook_refusing_every_body_is_a_failing_sink_and_nothing_is_set_asid
             }
         }),
     );
-    let base = serve(app).await;
-    let c = Cluster::start(ClusterOptions {
-        sink: Some(SinkSpec::Webhook(format!("{base}/in"))),
-        ..Default::default()
-    })
-    .await;
-    let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let client = c.client();
-    for i in 0..40 {
-        let key = format!("call/{i}");
-        client.insert(&key, "{}").await.unwrap();
-        client.complete(&key, None, Some(1)).await.unwrap();
-    }
+    let (c, leader) = webhook_cluster(app, 40).await;
     // Several rounds (with backoff), every record refused, none taken.
-    let primary = wait_for(
-        Duration::from_secs(30),
-        "the sink to be failing after several rounds",
-        || async {
-            let h = c.status(leader).await?.handoff?;
-            let p = h.sinks.into_iter().find(|s| s.role == "primary")?;
-            (p.failing_for_ms.is_some() && p.batches_failed >= 5).then_some(p)
-        },
-    )
+    let primary = primary_sink_once(&c, leader, "the sink to fail for several rounds", |p| {
+        p.failing_for_ms.is_some() && p.batches_failed >= 5
+    })
     .await;
     assert!(*posts.lock() >= 5);
     assert!(

@@ -152,42 +152,16 @@ impl Duty for Handoff {
                     "the sink refused this record for good; it is set aside as a dead letter \
                      (see `inflight handoff failed`)");
             }
-            let cmd = Command {
-                at_ms: node.stamp(),
-                request: None,
-                action: Action::DeadLetter { refused },
-            };
-            match node.propose(cmd).await {
-                Ok(outcome) => {
-                    let set_aside = outcome.map(|a| a.len()).unwrap_or(0);
-                    crate::metrics::METRICS
-                        .handoff_dead_lettered
-                        .inc_by(set_aside as u64);
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "dead-letter proposal failed (leadership moved?)")
-                }
-            }
+            let counter = &crate::metrics::METRICS.handoff_dead_lettered;
+            propose_counted(node, Action::DeadLetter { refused }, counter, "dead-letter").await;
         }
         if delivered.is_empty() {
             return Pace::Busy;
         }
-        let cmd = Command {
-            at_ms: node.stamp(),
-            request: None,
-            action: Action::Evict { ids: delivered },
-        };
-        match node.propose(cmd).await {
-            Ok(outcome) => {
-                let evicted = outcome.map(|a| a.len()).unwrap_or(0);
-                crate::metrics::METRICS
-                    .handoff_evicted
-                    .inc_by(evicted as u64);
-            }
-            // The records stay in the outbox; whoever leads next sends them
-            // again and the sink skips the duplicates.
-            Err(e) => tracing::info!(error = %e, "evict proposal failed (leadership moved?)"),
-        }
+        // If it fails, the records stay in the outbox; whoever leads next
+        // sends them again and the sink skips the duplicates.
+        let counter = &crate::metrics::METRICS.handoff_evicted;
+        propose_counted(node, Action::Evict { ids: delivered }, counter, "evict").await;
         Pace::Busy
     }
 
@@ -201,6 +175,26 @@ impl Duty for Handoff {
                 tracing::warn!("shadow sink did not finish its queue within {timeout:?}");
             }
         }
+    }
+}
+
+/// Proposes one of the worker's commands and counts the records it changed.
+async fn propose_counted(
+    node: &Node,
+    action: Action,
+    counter: &prometheus_client::metrics::counter::Counter,
+    what: &str,
+) {
+    let cmd = Command {
+        at_ms: node.stamp(),
+        request: None,
+        action,
+    };
+    match node.propose(cmd).await {
+        Ok(outcome) => {
+            counter.inc_by(outcome.map(|a| a.len()).unwrap_or(0) as u64);
+        }
+        Err(e) => tracing::info!(error = %e, "{what} proposal failed (leadership moved?)"),
     }
 }
 
