@@ -131,16 +131,14 @@ impl Duty for Handoff {
                 );
             }
         }
-        let (delivered, refused) = match deliver(
+        let mut writer = Writer {
             node,
-            &self.settings,
-            &self.state.primary,
-            &mut self.primary,
-            docs,
+            settings: &self.settings,
+            stats: &self.state.primary,
+            sink: &mut self.primary,
             shutdown,
-        )
-        .await
-        {
+        };
+        let (delivered, refused) = match writer.deliver(docs).await {
             Delivery::Done { delivered, refused } => (delivered, refused),
             // Nothing is evicted: whoever leads next (or this node after a
             // restart) sends the batch again, and the sink skips what it holds.
@@ -223,57 +221,13 @@ const SINK_WIDE_AFTER: usize = 8;
 /// sink acknowledged a write this recently.
 const RECENT_SUCCESS: Duration = Duration::from_secs(60);
 
-/// Writes `docs` to the primary sink until each record is acknowledged or
-/// refused for good, for as long as this node leads.
-///
-/// A transient failure (no connection, a timeout, a 5xx) retries the same
-/// records with backoff, as long as it takes. A permanent refusal of several
-/// records splits them in halves, each delivered on its own, until the
-/// records the sink refuses stand alone: one bad record among 500 costs
-/// about 2·log2(500) ≈ 18 writes, and every other record is delivered.
-///
-/// A record is set aside only with evidence that the refusal is about the
-/// record: the sink took others of its batch, or (a record alone in its
-/// batch, e.g. a retried poison record) it took other writes within
-/// `RECENT_SUCCESS`. A sink that refuses everything (a schema change every
-/// row fails, a receiver answering 400 to any request) refuses the records
-/// alone too, with none acknowledged: after `SINK_WIDE_AFTER` such refusals,
-/// or a whole batch of two or more, the batch is retried with backoff like
-/// any failing sink, and nothing is set aside.
-async fn deliver(
-    node: &Node,
-    settings: &HandoffSettings,
-    stats: &SinkStats,
-    sink: &mut Sink,
-    docs: Vec<Document>,
-    shutdown: &mut Shutdown,
-) -> Delivery {
-    let mut delay = settings.backoff_initial;
-    loop {
-        match split_and_deliver(node, settings, stats, sink, &docs, shutdown).await {
-            Split::Done { delivered, refused } => return Delivery::Done { delivered, refused },
-            Split::Abandoned => return Delivery::Abandoned,
-            Split::Stopped => return Delivery::Stopped,
-            Split::SinkWide(error) => {
-                let wait = rand::rng().random_range(delay / 2..=delay);
-                stats.failed(
-                    docs.len(),
-                    &format!(
-                        "the sink refuses every record alone, so the refusal is taken to be \
-                         about the sink, not the records (nothing set aside): {error}"
-                    ),
-                    Some(wait),
-                );
-                if shutdown.sleep(wait).await {
-                    return Delivery::Stopped;
-                }
-                if !node.is_leader() {
-                    return Delivery::Abandoned;
-                }
-                delay = (delay * 2).min(settings.backoff_max);
-            }
-        }
-    }
+/// What delivering a batch to the primary sink works with.
+struct Writer<'a> {
+    node: &'a Node,
+    settings: &'a HandoffSettings,
+    stats: &'a SinkStats,
+    sink: &'a mut Sink,
+    shutdown: &'a mut Shutdown,
 }
 
 enum Split {
@@ -287,57 +241,155 @@ enum Split {
     Stopped,
 }
 
-/// One pass of `deliver`: the batch, then its halves while refused.
-async fn split_and_deliver(
-    node: &Node,
-    settings: &HandoffSettings,
-    stats: &SinkStats,
-    sink: &mut Sink,
-    docs: &[Document],
-    shutdown: &mut Shutdown,
-) -> Split {
-    let mut delivered = Vec::with_capacity(docs.len());
-    let mut refused: Vec<(HandoffId, String)> = Vec::new();
-    // Slices still to deliver, as (start, end) of `docs`; the front is on top.
-    let mut pending = vec![(0, docs.len())];
-    while let Some((start, end)) = pending.pop() {
-        // The quorum fence was checked before the batch; a split batch takes
-        // many writes, so leadership and shutdown are checked before each.
-        if shutdown.is_requested() {
-            return Split::Stopped;
+enum Attempt {
+    Acknowledged,
+    /// The sink refused these records' content: the same write would fail again.
+    Refused(String),
+    Abandoned,
+    Stopped,
+}
+
+impl Writer<'_> {
+    /// Writes `docs` to the primary sink until each record is acknowledged or
+    /// refused for good, for as long as this node leads.
+    ///
+    /// A transient failure (no connection, a timeout, a 5xx) retries the same
+    /// records with backoff, as long as it takes. A permanent refusal of
+    /// several records splits them in halves, each delivered on its own, until
+    /// the records the sink refuses stand alone: one bad record among 500
+    /// costs about 2·log2(500) ≈ 18 writes, and every other record is
+    /// delivered.
+    ///
+    /// A record is set aside only with evidence that the refusal is about the
+    /// record: the sink took others of its batch, or (a record alone in its
+    /// batch, e.g. a retried poison record) it took other writes within
+    /// `RECENT_SUCCESS`. A sink that refuses everything (a schema change every
+    /// row fails, a receiver answering 400 to any request) refuses the records
+    /// alone too, with none acknowledged: after `SINK_WIDE_AFTER` such
+    /// refusals, or a whole batch of two or more, the batch is retried with
+    /// backoff like any failing sink, and nothing is set aside.
+    async fn deliver(&mut self, docs: Vec<Document>) -> Delivery {
+        let mut delay = self.settings.backoff_initial;
+        loop {
+            let error = match self.split_and_deliver(&docs).await {
+                Split::Done { delivered, refused } => return Delivery::Done { delivered, refused },
+                Split::Abandoned => return Delivery::Abandoned,
+                Split::Stopped => return Delivery::Stopped,
+                Split::SinkWide(error) => format!(
+                    "the sink refuses every record alone, so the refusal is taken to be about \
+                     the sink, not the records (nothing set aside): {error}"
+                ),
+            };
+            if let Some(stop) = self.back_off(&mut delay, docs.len(), &error).await {
+                return match stop {
+                    Attempt::Stopped => Delivery::Stopped,
+                    _ => Delivery::Abandoned,
+                };
+            }
         }
-        if !node.is_leader() {
-            return Split::Abandoned;
+    }
+
+    /// One pass of `deliver`: the batch, then its halves while refused.
+    async fn split_and_deliver(&mut self, docs: &[Document]) -> Split {
+        let mut delivered = Vec::with_capacity(docs.len());
+        let mut refused: Vec<(HandoffId, String)> = Vec::new();
+        // Slices still to deliver, as (start, end) of `docs`; the front is on top.
+        let mut pending = vec![(0, docs.len())];
+        while let Some((start, end)) = pending.pop() {
+            // The quorum fence was checked before the batch; a split batch
+            // takes many writes, so leadership and shutdown are checked
+            // before each.
+            if self.shutdown.is_requested() {
+                return Split::Stopped;
+            }
+            if !self.node.is_leader() {
+                return Split::Abandoned;
+            }
+            let part = &docs[start..end];
+            match self.deliver_one(part).await {
+                Attempt::Acknowledged => delivered.extend(part.iter().map(|d| d.id.clone())),
+                Attempt::Refused(error) if part.len() == 1 => {
+                    refused.push((part[0].id.clone(), truncate(error, MAX_ERROR_BYTES)));
+                    if delivered.is_empty() && refused.len() >= SINK_WIDE_AFTER {
+                        return Split::SinkWide(refused.swap_remove(0).1);
+                    }
+                }
+                Attempt::Refused(_) => {
+                    let mid = start + part.len() / 2;
+                    pending.push((mid, end));
+                    pending.push((start, mid));
+                }
+                Attempt::Abandoned => return Split::Abandoned,
+                Attempt::Stopped => return Split::Stopped,
+            }
         }
-        let part = &docs[start..end];
-        match deliver_one(node, settings, stats, sink, part, shutdown).await {
-            Attempt::Acknowledged => delivered.extend(part.iter().map(|d| d.id.clone())),
-            Attempt::Refused(error) if part.len() == 1 => {
-                refused.push((part[0].id.clone(), truncate(error, MAX_ERROR_BYTES)));
-                if delivered.is_empty() && refused.len() >= SINK_WIDE_AFTER {
-                    return Split::SinkWide(refused.swap_remove(0).1);
+        // None of the batch taken: several records refused alone is the sink
+        // refusing everything; one record alone is that record, if the sink
+        // took other writes lately (a retried poison record comes back alone).
+        let sink_took_lately = self
+            .stats
+            .snapshot()
+            .last_success_age
+            .is_some_and(|age| age <= RECENT_SUCCESS);
+        let lone = refused.len() == 1 && !sink_took_lately;
+        if delivered.is_empty() && (refused.len() > 1 || lone) {
+            return Split::SinkWide(refused.swap_remove(0).1);
+        }
+        Split::Done { delivered, refused }
+    }
+
+    /// Writes `docs` until the sink acknowledges or refuses them for good,
+    /// backing off between transient failures, for as long as this node leads.
+    async fn deliver_one(&mut self, docs: &[Document]) -> Attempt {
+        let mut delay = self.settings.backoff_initial;
+        let timeout = self.settings.write_timeout;
+        loop {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, self.sink.write(docs)).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::transient(format!(
+                    "sink did not answer within {timeout:?}"
+                ))),
+            };
+            match result {
+                Ok(()) => {
+                    self.stats.succeeded(docs.len(), started.elapsed());
+                    return Attempt::Acknowledged;
+                }
+                Err(e) if e.permanent => {
+                    self.stats.refused(docs.len(), &e.message);
+                    return Attempt::Refused(e.message);
+                }
+                Err(e) => {
+                    if let Some(stop) = self.back_off(&mut delay, docs.len(), &e.message).await {
+                        return stop;
+                    }
                 }
             }
-            Attempt::Refused(_) => {
-                let mid = start + part.len() / 2;
-                pending.push((mid, end));
-                pending.push((start, mid));
-            }
-            Attempt::Abandoned => return Split::Abandoned,
-            Attempt::Stopped => return Split::Stopped,
         }
     }
-    // None of the batch taken: several records refused alone is the sink
-    // refusing everything; one record alone is that record, if the sink took
-    // other writes lately (a retried poison record comes back alone).
-    let sink_took_lately = stats
-        .snapshot()
-        .last_success_age
-        .is_some_and(|age| age <= RECENT_SUCCESS);
-    if delivered.is_empty() && (refused.len() > 1 || (refused.len() == 1 && !sink_took_lately)) {
-        return Split::SinkWide(refused.swap_remove(0).1);
+
+    /// Counts a failure and waits before the next attempt: a random time in
+    /// the upper half of `delay` (spreading the retries of several clusters
+    /// sharing one sink), which then doubles up to the maximum. `Some` when
+    /// the worker must stop instead: shutdown, or this node no longer leads.
+    async fn back_off(
+        &mut self,
+        delay: &mut Duration,
+        records: usize,
+        error: &str,
+    ) -> Option<Attempt> {
+        let wait = rand::rng().random_range(*delay / 2..=*delay);
+        self.stats.failed(records, error, Some(wait));
+        if self.shutdown.sleep(wait).await {
+            return Some(Attempt::Stopped);
+        }
+        if !self.node.is_leader() {
+            return Some(Attempt::Abandoned);
+        }
+        *delay = (*delay * 2).min(self.settings.backoff_max);
+        None
     }
-    Split::Done { delivered, refused }
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
@@ -350,60 +402,6 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
-}
-
-enum Attempt {
-    Acknowledged,
-    /// The sink refused these records' content: the same write would fail again.
-    Refused(String),
-    Abandoned,
-    Stopped,
-}
-
-/// Writes `docs` until the sink acknowledges or refuses them for good,
-/// backing off between transient failures, for as long as this node leads.
-async fn deliver_one(
-    node: &Node,
-    settings: &HandoffSettings,
-    stats: &SinkStats,
-    sink: &mut Sink,
-    docs: &[Document],
-    shutdown: &mut Shutdown,
-) -> Attempt {
-    let mut delay = settings.backoff_initial;
-    loop {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(settings.write_timeout, sink.write(docs)).await {
-            Ok(r) => r,
-            Err(_) => Err(SinkError::transient(format!(
-                "sink did not answer within {:?}",
-                settings.write_timeout
-            ))),
-        };
-        match result {
-            Ok(()) => {
-                stats.succeeded(docs.len(), started.elapsed());
-                return Attempt::Acknowledged;
-            }
-            Err(e) if e.permanent => {
-                stats.refused(docs.len(), &e.message);
-                return Attempt::Refused(e.message);
-            }
-            Err(e) => {
-                // Jitter over the upper half of the delay: spreads the retries
-                // of several clusters sharing one sink, never retrying at once.
-                let wait = rand::rng().random_range(delay / 2..=delay);
-                stats.failed(docs.len(), &e.message, Some(wait));
-                if shutdown.sleep(wait).await {
-                    return Attempt::Stopped;
-                }
-                if !node.is_leader() {
-                    return Attempt::Abandoned;
-                }
-                delay = (delay * 2).min(settings.backoff_max);
-            }
-        }
-    }
 }
 
 /// The shadow sink's task: one attempt per batch; failures are only counted.
