@@ -8,7 +8,7 @@ use super::ApiError;
 use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft;
-use crate::state::{Action, Command, HandoffId};
+use crate::state::{Action, Command, DeadLetter, HandoffId};
 
 pub struct ClusterService {
     node: raft::Node,
@@ -295,12 +295,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             (page, more)
         } else {
             check_count(r.keys.len(), "keys")?;
-            let page = r
-                .keys
-                .iter()
-                .map(|key| table.dead_letter(key).ok_or_else(|| not_dead(key)))
-                .collect::<Result<Vec<_>, _>>()?;
-            (page, false)
+            (self.dead_letters_under(&r.keys)?, false)
         };
         // Within what a default client accepts, however long keys and errors are.
         let mut records = Vec::with_capacity(page.len());
@@ -405,17 +400,22 @@ fn parse_handoff_ids(ids: &[String]) -> Result<Vec<HandoffId>, ApiError> {
 }
 
 impl ClusterService {
-    /// The dead letters under `keys`, or the first key that is not one.
-    fn dead_letter_ids(&self, keys: &[String]) -> Result<Vec<HandoffId>, ApiError> {
+    /// The dead letters under `keys`, or NOT_FOUND for the first key that
+    /// holds none.
+    fn dead_letters_under(&self, keys: &[String]) -> Result<Vec<DeadLetter>, ApiError> {
+        let table = self.node.table();
         keys.iter()
-            .map(|key| {
-                self.node
-                    .table()
-                    .dead_letter(key)
-                    .map(|d| d.id)
-                    .ok_or_else(|| not_dead(key))
-            })
+            .map(|key| table.dead_letter(key).ok_or_else(|| not_dead(key)))
             .collect()
+    }
+
+    /// The handoff ids of the dead letters under `keys` (see `dead_letters_under`).
+    fn dead_letter_ids(&self, keys: &[String]) -> Result<Vec<HandoffId>, ApiError> {
+        Ok(self
+            .dead_letters_under(keys)?
+            .into_iter()
+            .map(|d| d.id)
+            .collect())
     }
 
     /// Proposes an operator's hand-off command; the handoff ids it changed.

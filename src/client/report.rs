@@ -110,7 +110,8 @@ impl ClusterReport {
     fn handoff_summary_json(&self) -> serde_json::Value {
         let leader = self.leader();
         let h = leader.and_then(|l| l.handoff.as_ref());
-        let sinks = h.map(|h| handoff_json(h)["sinks"].clone());
+        let full = h.map(handoff_json);
+        let part = |name: &str| full.as_ref().map(|f| f[name].clone());
         json!({
             "state": self.handoff_state(),
             "outbox_depth": self.outbox_depth(),
@@ -120,8 +121,8 @@ impl ClusterReport {
             "memory_budget_bytes": h.map(|h| h.memory_budget_bytes),
             "dead_letters": h.map(|h| h.dead_letters),
             "dead_letter_bytes": h.map(|h| h.dead_letter_bytes),
-            "dead_letter_sample": h.map(|h| handoff_json(h)["dead_letter_sample"].clone()),
-            "sinks": sinks,
+            "dead_letter_sample": part("dead_letter_sample"),
+            "sinks": part("sinks"),
         })
     }
 
