@@ -43,6 +43,7 @@ pub mod node;
 pub mod raft;
 pub mod shutdown;
 pub mod state;
+pub mod tls;
 pub mod wire;
 
 /// Generated protobuf and gRPC types (`proto/inflight.proto`).

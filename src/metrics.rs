@@ -38,6 +38,12 @@ pub struct MemoryLabels {
     pub part: String,
 }
 
+/// A listening port: `client`, `peer` or `http`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
@@ -72,6 +78,7 @@ pub struct Metrics {
     pub dead_letter_bytes: Gauge,
     pub memory_budget_bytes: Gauge,
     pub inserts_refused_budget: Counter,
+    pub tls_handshake_failures: Family<PortLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,6 +122,7 @@ impl Metrics {
             dead_letter_bytes: Gauge::default(),
             memory_budget_bytes: Gauge::default(),
             inserts_refused_budget: Counter::default(),
+            tls_handshake_failures: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -249,6 +257,11 @@ impl Metrics {
             "inserts_refused_memory_budget",
             "Inserts, and updates or completes growing a value, refused with RESOURCE_EXHAUSTED by the memory budget",
             m.inserts_refused_budget.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by port (client, peer, http): no certificate, an untrusted or expired one, a client certificate on the peer port, or not TLS at all",
+            m.tls_handshake_failures.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -8,7 +8,8 @@
 //! - [`handoff`]: the HANDED_OFF checker, which proves every evicted record was
 //!   in its sink *before* the `Evict` was proposed;
 //! - [`wait`]: polling a condition with a deadline, and free ports;
-//! - [`http`]: a test's HTTP receiver on a free port, and `/metrics` samples.
+//! - [`http`]: a test's HTTP receiver on a free port, and `/metrics` samples;
+//! - [`tls`]: a test CA and the node and client certificates it signs.
 
 pub mod cluster;
 pub mod handoff;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod net;
 pub mod postgres;
 pub mod sink;
+pub mod tls;
 pub mod wait;
 
 pub use cluster::{resident_bytes, Addresses, Cluster, ClusterOptions, Node};
