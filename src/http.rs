@@ -10,6 +10,9 @@
 //! recovered after a restart; `?verbose` lists each check. `/status` is the same
 //! JSON as `inflight status --json` for this node. `/metrics` is the
 //! Prometheus (OpenMetrics) text exposition, see `crate::metrics`.
+//!
+//! With `--cert-file` the port speaks HTTPS only, with the client port's
+//! certificate and client verifier (`crate::tls`).
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -22,9 +25,11 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use crate::api::node_status;
+use crate::client::ClientTls;
 use crate::handoff::HandoffState;
 use crate::raft;
 use crate::shutdown::Shutdown;
+use crate::tls::{ServerTls, TlsListener};
 
 /// How far applied may trail the local log for the node to count as caught up.
 pub const READY_LAG: u64 = 1_000;
@@ -37,13 +42,33 @@ pub const READY_CONTACT_MS: u64 = 3_000;
 struct Ops {
     node: raft::Node,
     handoff: Arc<HandoffState>,
+    to_nodes: Option<ClientTls>,
 }
 
+/// The HTTP port's TLS: what it serves (none: plain HTTP), and how
+/// `/cluster` reaches the other nodes' client ports.
+#[derive(Clone, Debug, Default)]
+pub struct HttpTls {
+    pub server: Option<ServerTls>,
+    pub to_nodes: Option<ClientTls>,
+}
+
+/// Plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     node: raft::Node,
     handoff: Arc<HandoffState>,
-    mut stop: Shutdown,
+    stop: Shutdown,
+) {
+    serve_with_tls(listener, node, handoff, HttpTls::default(), stop).await
+}
+
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    node: raft::Node,
+    handoff: Arc<HandoffState>,
+    tls: HttpTls,
+    stop: Shutdown,
 ) {
     let app = Router::new()
         .route("/livez", get(livez))
@@ -52,15 +77,33 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
         .route("/", get(page))
-        .with_state(Ops { node, handoff });
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.requested().await;
-        })
-        .await;
+        .with_state(Ops {
+            node,
+            handoff,
+            to_nodes: tls.to_nodes,
+        });
+    let r = match tls.server {
+        None => serve_on(listener, app, stop).await,
+        Some(server) => match TlsListener::new(listener, server) {
+            Ok(l) => serve_on(l, app, stop).await,
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = r {
         tracing::error!(error = %e, "http server stopped");
     }
+}
+
+async fn serve_on<L>(listener: L, app: Router, mut stop: Shutdown) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.requested().await;
+        })
+        .await
 }
 
 async fn livez(State(ops): State<Ops>) -> impl IntoResponse {
@@ -131,14 +174,18 @@ async fn page() -> impl IntoResponse {
 
 /// Every member's status (as `inflight status --json`), asked from this
 /// node, plus the leader changes this node saw.
-async fn cluster(State(Ops { node, .. }): State<Ops>) -> impl IntoResponse {
+async fn cluster(State(Ops { node, to_nodes, .. }): State<Ops>) -> impl IntoResponse {
     let endpoints: Vec<String> = node
         .status()
         .members
         .into_iter()
         .map(|m| m.address)
         .collect();
-    let mut v = match crate::client::Client::new(endpoints) {
+    let opts = crate::client::ClientOptions {
+        tls: to_nodes,
+        ..Default::default()
+    };
+    let mut v = match crate::client::Client::with_options(endpoints, opts) {
         Ok(c) => c
             .cluster_report(std::time::Duration::from_millis(900))
             .await

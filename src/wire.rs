@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// Metadata key carrying the leader's address on `UNAVAILABLE` answers.
 pub const LEADER_ADDR_KEY: &str = "x-inflight-leader";
@@ -46,14 +46,28 @@ pub const MAX_WATCH_MESSAGE_BYTES: usize = 64 << 20;
 /// uses, peer or client: fast connect failure, keep-alives that notice a dead
 /// peer within seconds, Nagle off, and windows big enough for 4 MiB batches.
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    secure_endpoint(addr, None)
+}
+
+/// As [`endpoint`], over TLS when `tls` is given (`https://`). The server's
+/// certificate must name the host of `addr` (a DNS name or an IP address).
+pub fn secure_endpoint(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let e = Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(8 << 20)))
+        .initial_connection_window_size(Some(8 << 20));
+    match tls {
+        Some(tls) => e.tls_config(tls.clone()),
+        None => Ok(e),
+    }
 }
 
 /// Bytes in the largest binary unit that keeps a digit before the point.

@@ -55,6 +55,7 @@ impl Workload {
                 local_address: ip.parse().ok(),
                 follow_leader: true,
                 frames: true,
+                ..Default::default()
             };
             let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
             // Half of the reads go to the client's home node only, as a

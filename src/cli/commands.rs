@@ -71,8 +71,16 @@ fn ms(d: Option<Duration>) -> Option<u64> {
     d.map(|d| d.as_millis().max(1) as u64)
 }
 
-pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
-    let client = match Client::new(endpoints.to_vec()) {
+pub async fn run(
+    endpoints: &[String],
+    tls: Option<crate::client::ClientTls>,
+    cmd: Command,
+) -> ExitCode {
+    let opts = crate::client::ClientOptions {
+        tls,
+        ..Default::default()
+    };
+    let client = match Client::with_options(endpoints.to_vec(), opts) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

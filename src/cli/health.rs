@@ -21,21 +21,54 @@ pub fn probe_address(http: &str) -> String {
     }
 }
 
-/// Exit 0 when `GET http://HTTP/PATH` answers 200 within `timeout`, else 1
-/// with the status and body (or the connection error) on stderr.
-pub async fn run(http: &str, path: &str, timeout: Duration) -> ExitCode {
+/// The HTTP client: over TLS trusting only `tls.ca` (and presenting
+/// `tls.identity`) when given.
+fn http_client(
+    timeout: Duration,
+    tls: Option<&super::ClientTlsFiles>,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = tls {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let ca = reqwest::Certificate::from_pem(&read(&tls.ca)?)
+            .map_err(|e| format!("--cacert {}: {e}", tls.ca.display()))?;
+        b = b
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
+        if let Some((cert, key)) = &tls.identity {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| format!("--cert {} / --key {}: {e}", cert.display(), key.display()))?;
+            b = b.identity(id);
+        }
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// Exit 0 when `GET http(s)://HTTP/PATH` answers 200 within `timeout`, else 1
+/// with the status and body (or the connection error) on stderr. Over
+/// https when `tls` is given.
+pub async fn run(
+    http: &str,
+    path: &str,
+    timeout: Duration,
+    tls: Option<&super::ClientTlsFiles>,
+) -> ExitCode {
     let path = if path.starts_with('/') {
         path.to_string()
     } else {
         format!("/{path}")
     };
-    let url = format!("http://{}{path}", probe_address(http));
-    let client = match reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}{path}", probe_address(http));
+    let client = match http_client(timeout, tls) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -43,6 +43,20 @@ pub struct Cli {
     )]
     pub endpoints: Vec<String>,
 
+    /// Connect over TLS, trusting this CA certificate (PEM) for the nodes'
+    /// client gRPC and HTTP ports (client commands and `health`).
+    #[arg(long, global = true, env = "INFLIGHT_CACERT")]
+    pub cacert: Option<PathBuf>,
+
+    /// This client's certificate (PEM), for clusters whose nodes ask for one
+    /// (`serve --trusted-ca-file`). Needs --key and --cacert.
+    #[arg(long, global = true, env = "INFLIGHT_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, env = "INFLIGHT_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
     /// Log format of `serve` and `dev`.
     #[arg(
         long,
@@ -374,6 +388,32 @@ pub struct ServeArgs {
     /// At most this many records per sink write.
     #[arg(long, env = "INFLIGHT_HANDOFF_BATCH", default_value_t = 500)]
     pub handoff_batch: usize,
+    /// TLS certificate (PEM, leaf first) of the client gRPC and HTTP ports;
+    /// with --key-file, both ports speak TLS only. Reloaded on SIGHUP.
+    #[arg(long, env = "INFLIGHT_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "INFLIGHT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) of clients: when set, the client gRPC and HTTP
+    /// ports require a client certificate signed by one of them.
+    #[arg(long, env = "INFLIGHT_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// TLS certificate (PEM) of the peer port, presented to peers both ways;
+    /// it must carry the extended key usages serverAuth and clientAuth.
+    #[arg(long, env = "INFLIGHT_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "INFLIGHT_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The cluster CA (PEM): a peer must present a certificate it signed,
+    /// with EKU serverAuth (so a client certificate never passes).
+    #[arg(long, env = "INFLIGHT_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Names (comma-separated) of which a peer certificate's CN or a DNS SAN
+    /// must be one (default: any certificate of the cluster CA with serverAuth).
+    #[arg(long, env = "INFLIGHT_PEER_ALLOWED_CN", value_delimiter = ',')]
+    pub peer_allowed_cn: Vec<String>,
 }
 
 /// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `2GiB`, `1GB`.
@@ -457,7 +497,22 @@ fn check_max_value_bytes(max: usize) -> Result<(), String> {
 }
 
 impl ServeArgs {
+    /// The TLS flags as whole configurations (see `TlsOptions::from_flags`).
+    pub fn tls_options(&self) -> Result<crate::tls::TlsOptions, String> {
+        crate::tls::TlsOptions::from_flags(crate::tls::TlsFlags {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            peer_cert_file: self.peer_cert_file.clone(),
+            peer_key_file: self.peer_key_file.clone(),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            peer_allowed_cn: self.peer_allowed_cn.clone(),
+        })
+    }
+
     pub fn into_options(self) -> Result<ServeOptions, String> {
+        // Refused before anything starts; read by `node::serve`.
+        self.tls_options()?;
         let initial_cluster = match &self.initial_cluster {
             Some(s) => parse_initial_cluster(s)?,
             None => BTreeMap::new(),
@@ -545,6 +600,37 @@ impl ServeArgs {
                 max_bytes: self.memory_budget / crate::memory::WATCH_WINDOW_SHARE,
             },
         })
+    }
+}
+
+/// The TLS files a client command was given.
+#[derive(Clone, Debug)]
+pub struct ClientTlsFiles {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// `--cacert` turns TLS on; `--cert`/`--key` alone are a mistake, not a
+/// silent plaintext connection.
+fn client_tls_files(
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<Option<ClientTlsFiles>, String> {
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    match ca {
+        Some(ca) => Ok(Some(ClientTlsFiles {
+            ca: ca.clone(),
+            identity,
+        })),
+        None if identity.is_some() => {
+            Err("--cert and --key need --cacert: the CA that signed the nodes' certificates".into())
+        }
+        None => Ok(None),
     }
 }
 
@@ -673,7 +759,33 @@ async fn run(cli: Cli) -> ExitCode {
             http,
             path,
             timeout,
-        } => health::run(&http, &path, timeout).await,
-        other => commands::run(&cli.endpoints, other).await,
+        } => {
+            let tls = match client_tls_files(&cli.cacert, &cli.cert, &cli.key) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            health::run(&http, &path, timeout, tls.as_ref()).await
+        }
+        other => {
+            let tls = match client_tls_files(&cli.cacert, &cli.cert, &cli.key).and_then(|f| {
+                f.map(|f| {
+                    crate::client::ClientTls::from_files(
+                        &f.ca,
+                        f.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                    )
+                })
+                .transpose()
+            }) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            commands::run(&cli.endpoints, tls, other).await
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::handoff::SinkSpec;
 use crate::raft::Durability;
+pub use crate::tls::TlsFlags;
 
 /// How a node finds its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct NodeArgs {
     /// As `--memory-budget` takes it: `2MiB`, `512MiB`, bytes.
     pub memory_budget: Option<String>,
     pub handoff_batch: Option<usize>,
+    /// TLS files (`--cert-file` ... `--peer-allowed-cn`); all `None`: plaintext.
+    pub tls: TlsFlags,
     /// Any other flags, appended last.
     pub extra: Vec<String>,
 }
@@ -59,6 +62,7 @@ impl NodeArgs {
             shadow_sink: None,
             memory_budget: None,
             handoff_batch: None,
+            tls: TlsFlags::default(),
             extra: Vec::new(),
         }
     }
@@ -104,6 +108,22 @@ impl NodeArgs {
         }
         if let Some(n) = self.handoff_batch {
             flag("--handoff-batch", n.to_string());
+        }
+        let t = &self.tls;
+        for (name, path) in [
+            ("--cert-file", &t.cert_file),
+            ("--key-file", &t.key_file),
+            ("--trusted-ca-file", &t.trusted_ca_file),
+            ("--peer-cert-file", &t.peer_cert_file),
+            ("--peer-key-file", &t.peer_key_file),
+            ("--peer-trusted-ca-file", &t.peer_trusted_ca_file),
+        ] {
+            if let Some(p) = path {
+                flag(name, p.display().to_string());
+            }
+        }
+        if !t.peer_allowed_cn.is_empty() {
+            flag("--peer-allowed-cn", t.peer_allowed_cn.join(","));
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -153,6 +173,15 @@ mod tests {
         n.shadow_sink = Some(SinkSpec::File("/tmp/post".into()));
         n.memory_budget = Some("2MiB".into());
         n.handoff_batch = Some(20);
+        n.tls = TlsFlags {
+            cert_file: Some("/c/node.pem".into()),
+            key_file: Some("/c/node-key.pem".into()),
+            trusted_ca_file: Some("/c/ca.pem".into()),
+            peer_cert_file: Some("/c/peer.pem".into()),
+            peer_key_file: Some("/c/peer-key.pem".into()),
+            peer_trusted_ca_file: Some("/c/peer-ca.pem".into()),
+            peer_allowed_cn: vec!["node-1".into(), "node-2".into()],
+        };
         n.extra = vec!["--heartbeat-ms".into(), "40".into()];
         let mut argv = vec!["inflight".to_string(), "serve".to_string()];
         argv.extend(n.to_args());
@@ -160,6 +189,7 @@ mod tests {
         let super::super::Command::Serve(s) = cli.command else {
             panic!("not serve")
         };
+        let tls = s.tls_options().expect("whole TLS settings");
         assert_eq!(s.id, 2);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/n2"));
         assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
@@ -183,6 +213,50 @@ mod tests {
         assert_eq!(s.memory_budget, 2 << 20);
         assert_eq!(s.handoff_batch, 20);
         assert_eq!(s.heartbeat_ms, 40);
+        let client = tls.client.expect("client TLS");
+        assert_eq!(client.cert.path, PathBuf::from("/c/node.pem"));
+        assert_eq!(client.key.path, PathBuf::from("/c/node-key.pem"));
+        assert_eq!(client.trusted_ca.unwrap().path, PathBuf::from("/c/ca.pem"));
+        let peer = tls.peer.expect("peer TLS");
+        assert_eq!(peer.cert.path, PathBuf::from("/c/peer.pem"));
+        assert_eq!(peer.key.path, PathBuf::from("/c/peer-key.pem"));
+        assert_eq!(
+            peer.trusted_ca.unwrap().path,
+            PathBuf::from("/c/peer-ca.pem")
+        );
+        assert_eq!(tls.peer_allowed_names, ["node-1", "node-2"]);
+    }
+
+    #[test]
+    fn half_a_tls_configuration_is_refused_at_startup_naming_what_is_missing() {
+        let refused = |extra: &[&str]| serve_options(extra).expect_err("refused");
+        let e = refused(&["--cert-file", "/c.pem"]);
+        assert!(e.contains("--cert-file needs --key-file"), "{e}");
+        let e = refused(&["--key-file", "/k.pem"]);
+        assert!(e.contains("--key-file needs --cert-file"), "{e}");
+        let e = refused(&["--trusted-ca-file", "/ca.pem"]);
+        assert!(e.contains("--trusted-ca-file needs --cert-file"), "{e}");
+        let e = refused(&["--peer-cert-file", "/p.pem", "--peer-key-file", "/pk.pem"]);
+        assert!(e.contains("missing --peer-trusted-ca-file"), "{e}");
+        let e = refused(&["--peer-allowed-cn", "node-1"]);
+        assert!(e.contains("--peer-allowed-cn needs peer TLS"), "{e}");
+        let e = refused(&["--cert-file", "/c.pem", "--key-file", "/k.pem"]);
+        assert!(
+            e.contains("--trusted-ca-file or --peer-trusted-ca-file"),
+            "a node must verify the other nodes' client ports it calls: {e}"
+        );
+        let peer_only = [
+            "--peer-cert-file",
+            "/p.pem",
+            "--peer-key-file",
+            "/pk.pem",
+            "--peer-trusted-ca-file",
+            "/ca.pem",
+        ];
+        assert!(
+            serve_options(&peer_only).is_ok(),
+            "peer TLS with a plaintext client port is a whole configuration"
+        );
     }
 
     fn serve_options(extra: &[&str]) -> Result<crate::node::ServeOptions, String> {

@@ -48,6 +48,8 @@ use session::Session;
 
 mod report;
 mod session;
+mod tls;
+pub use tls::ClientTls;
 
 pub type Result<T> = std::result::Result<T, Status>;
 
@@ -131,6 +133,9 @@ pub struct ClientOptions {
     /// sharing this client travel together. When false, each call is a unary
     /// RPC of its own.
     pub frames: bool,
+    /// Connect over TLS, trusting this CA and presenting this identity
+    /// (default: plaintext).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -141,6 +146,7 @@ impl Default for ClientOptions {
             local_address: None,
             follow_leader: true,
             frames: true,
+            tls: None,
         }
     }
 }
@@ -189,7 +195,7 @@ impl Client {
             ));
         }
         for e in &endpoints {
-            wire::endpoint(e).map_err(|err| {
+            wire::secure_endpoint(e, opts.tls.as_ref().map(ClientTls::config)).map_err(|err| {
                 Status::invalid_argument(format!("endpoints: {e:?} is not HOST:PORT: {err}"))
             })?;
         }
@@ -209,12 +215,16 @@ impl Client {
         &self.inner.endpoints
     }
 
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel> {
         let mut channels = self.inner.channels.lock();
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = wire::endpoint(addr)
+        let c = wire::secure_endpoint(addr, self.inner.opts.tls.as_ref().map(ClientTls::config))
             .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
             .local_address(self.inner.opts.local_address)
             .connect_lazy();

@@ -195,6 +195,7 @@ impl Client {
                 ClientOptions {
                     request_timeout: timeout,
                     retry_for: Duration::ZERO,
+                    tls: self.options().tls.clone(),
                     ..Default::default()
                 },
             )
