@@ -1,6 +1,8 @@
-//! The `inflight` command line: `serve` and `dev` run nodes; every other
-//! command is a thin call through `crate::client`.
+//! The `inflight` command line: `serve` and `dev` run nodes, `certs`
+//! makes their certificates; every other command is a thin call through
+//! `crate::client`.
 
+pub mod certs;
 mod commands;
 mod demo;
 mod dev;
@@ -205,6 +207,9 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Certificates for TLS: a CA, node and client certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -796,6 +801,7 @@ async fn run(cli: Cli) -> ExitCode {
             };
             health::run(&http, &path, timeout, tls.as_ref()).await
         }
+        Command::Certs(c) => certs::run(c),
         other => {
             let tls = match client_tls_files(&cli.cacert, &cli.cert, &cli.key).and_then(|f| {
                 f.map(|f| {
