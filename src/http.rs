@@ -25,11 +25,11 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use crate::api::node_status;
-use crate::client::ClientTls;
 use crate::handoff::HandoffState;
 use crate::raft;
 use crate::shutdown::Shutdown;
 use crate::tls::{ServerTls, TlsListener};
+use crate::wire::ClientTls;
 
 /// How far applied may trail the local log for the node to count as caught up.
 pub const READY_LAG: u64 = 1_000;
@@ -292,6 +292,7 @@ mod tests {
             heartbeat_ms: 50,
             election_timeout_ms: (150, 300),
             peer_source_ip: None,
+            peer_tls: None,
         })
         .await
         .unwrap();

@@ -32,16 +32,18 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{ClusterService, GrpcMetricsLayer, InFlightService, Limits, Retention};
-use crate::client::Client;
+use crate::client::{Client, ClientOptions};
 use crate::duties::compaction::Compaction;
 use crate::duties::expiry::{Expiry, ExpirySettings};
 use crate::duties::handoff::{Handoff, HandoffSettings};
 use crate::handoff::{HandoffState, Sink, SinkSpec};
+use crate::http::HttpTls;
 use crate::pb;
 use crate::raft::{self, RaftSettings};
 pub use crate::shutdown::stop_signal;
 use crate::shutdown::{Shutdown, Tasks};
 use crate::state::WindowLimits;
+use crate::tls::{NodeTls, TlsIncoming, TlsOptions};
 use crate::wire::MemberAddr;
 
 /// How long each shutdown step may take before the node moves on.
@@ -77,6 +79,8 @@ pub struct ServeOptions {
     pub expiry: ExpirySettings,
     pub watch_window: WindowLimits,
     pub handoff: HandoffOptions,
+    /// Which TLS files each port uses (`crate::tls`).
+    pub tls: TlsOptions,
 }
 
 /// Where finished records go.
@@ -89,7 +93,11 @@ pub struct HandoffOptions {
     pub settings: HandoffSettings,
 }
 
-pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
+    // Every TLS file is read before anything listens: a wrong one is a
+    // startup error naming it.
+    let tls = NodeTls::load(&o.tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+    o.raft.peer_tls = tls.to_peers.clone();
     let listener = TcpListener::bind(o.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", o.listen))?;
@@ -165,15 +173,25 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let grpc = grpc_server()
         .layer(GrpcMetricsLayer)
         .add_service(records)
-        .add_service(cluster)
-        .serve_with_incoming_shutdown(without_nagle(listener), async move {
-            grpc_stop.requested().await
-        });
-    listeners.spawn("grpc", async move {
-        if let Err(e) = grpc.await {
-            tracing::error!(error = %e, "gRPC server stopped");
-        }
-    });
+        .add_service(cluster);
+    let grpc_stop = async move { grpc_stop.requested().await };
+    let incoming = without_nagle(listener);
+    match &tls.client_port {
+        Some(t) => listeners.spawn(
+            "grpc",
+            log_end(
+                "gRPC",
+                grpc.serve_with_incoming_shutdown(TlsIncoming::new(incoming, t.clone()), grpc_stop),
+            ),
+        ),
+        None => listeners.spawn(
+            "grpc",
+            log_end(
+                "gRPC",
+                grpc.serve_with_incoming_shutdown(incoming, grpc_stop),
+            ),
+        ),
+    }
     // The peer port serves nothing but the Raft service: a client that
     // reaches it cannot call InFlight or Cluster, and the client port cannot
     // be used to send Raft messages.
@@ -181,21 +199,45 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
         .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
     let mut peer_stop = peer_listener_task.signal();
-    let peer_grpc = grpc_server()
-        .add_service(peers)
-        .serve_with_incoming_shutdown(without_nagle(peer_listener), async move {
-            peer_stop.requested().await
-        });
-    peer_listener_task.spawn("peer grpc", async move {
-        if let Err(e) = peer_grpc.await {
-            tracing::error!(error = %e, "peer gRPC server stopped");
-        }
-    });
+    let peer_grpc = grpc_server().add_service(peers);
+    let peer_stop = async move { peer_stop.requested().await };
+    let incoming = without_nagle(peer_listener);
+    // With peer TLS, a connection without a node certificate of the
+    // cluster CA is dropped at the handshake, before a Raft message is read.
+    match &tls.peer_port {
+        Some(t) => peer_listener_task.spawn(
+            "peer grpc",
+            log_end(
+                "peer gRPC",
+                peer_grpc
+                    .serve_with_incoming_shutdown(TlsIncoming::new(incoming, t.clone()), peer_stop),
+            ),
+        ),
+        None => peer_listener_task.spawn(
+            "peer grpc",
+            log_end(
+                "peer gRPC",
+                peer_grpc.serve_with_incoming_shutdown(incoming, peer_stop),
+            ),
+        ),
+    }
     if let Some(l) = http_listener {
         listeners.spawn(
             "http",
-            crate::http::serve(l, node.clone(), handoff.clone(), listeners.signal()),
+            crate::http::serve_with_tls(
+                l,
+                node.clone(),
+                handoff.clone(),
+                HttpTls {
+                    server: tls.http_port.clone(),
+                    to_nodes: tls.to_clients.clone(),
+                },
+                listeners.signal(),
+            ),
         );
+    }
+    if tls.is_enabled() {
+        rest.spawn("tls reload", tls.clone().reload_on_sighup(rest.signal()));
     }
 
     {
@@ -244,7 +286,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     );
 
     if !o.initial_cluster.is_empty() {
-        if let Some(peer) = initialized_peer(&node, &o.initial_cluster).await {
+        if let Some(peer) = initialized_peer(&node, &o.initial_cluster, &tls).await {
             tracing::warn!(
                 peer,
                 "this node's store is empty but a peer already belongs to an initialized cluster; not \
@@ -257,7 +299,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     }
     if !o.join.is_empty() {
         if node.is_pristine() {
-            rest.spawn("join", join(node.clone(), o.join.clone(), rest.signal()));
+            rest.spawn(
+                "join",
+                join(node.clone(), o.join.clone(), tls.clone(), rest.signal()),
+            );
         } else {
             tracing::info!(
                 "--join ignored: this node already has Raft state and rejoins on its own"
@@ -318,6 +363,16 @@ fn grpc_server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
 }
 
+/// Runs a gRPC server to its end, logging why if it failed.
+async fn log_end(
+    what: &'static str,
+    server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+) {
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "{what} server stopped");
+    }
+}
+
 /// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay`
 /// only applies to listeners tonic binds itself, not to an incoming stream
 /// like this one; without it a response written in several small segments
@@ -336,7 +391,11 @@ fn without_nagle(
 /// For a pristine node about to initialize the cluster: is any other initial
 /// member already part of an initialized cluster? (Then this node lost its
 /// data, and initializing would create a second cluster beside the first.)
-async fn initialized_peer(node: &raft::Node, members: &BTreeMap<u64, MemberAddr>) -> Option<u64> {
+async fn initialized_peer(
+    node: &raft::Node,
+    members: &BTreeMap<u64, MemberAddr>,
+    tls: &NodeTls,
+) -> Option<u64> {
     if members.keys().next() != Some(&node.id()) || !node.is_pristine() {
         return None;
     }
@@ -345,7 +404,7 @@ async fn initialized_peer(node: &raft::Node, members: &BTreeMap<u64, MemberAddr>
         .filter(|(id, _)| **id != node.id())
         .map(|(_, a)| a.client.clone())
         .collect();
-    let client = Client::new(peers.clone()).ok()?;
+    let client = Client::with_options(peers.clone(), to_nodes(tls)).ok()?;
     for addr in &peers {
         if let Ok(s) = client.node_status(addr, Duration::from_millis(500)).await {
             if s.term > 0 || s.last_log_index > 0 {
@@ -357,8 +416,17 @@ async fn initialized_peer(node: &raft::Node, members: &BTreeMap<u64, MemberAddr>
 }
 
 /// Asks an existing cluster to add this node as a learner, until it does.
-async fn join(node: raft::Node, endpoints: Vec<String>, mut stop: Shutdown) {
-    let client = match Client::new(endpoints.clone()) {
+/// Options of this node's calls to other nodes' client ports: its peer
+/// certificate as its identity when TLS is on.
+fn to_nodes(tls: &NodeTls) -> ClientOptions {
+    ClientOptions {
+        tls: tls.to_clients.clone(),
+        ..ClientOptions::default()
+    }
+}
+
+async fn join(node: raft::Node, endpoints: Vec<String>, tls: NodeTls, mut stop: Shutdown) {
+    let client = match Client::with_options(endpoints.clone(), to_nodes(&tls)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "--join: bad endpoints");

@@ -285,3 +285,413 @@ async fn reload_serves_a_replaced_certificate_to_new_connections_and_keeps_it_wh
     let still = serial_and_cn(&talk(addr, cfg()).await.unwrap());
     assert_eq!(still, second, "the port keeps the certificate it had");
 }
+
+// ---- Real clusters: every port over TLS (`ClusterOptions::tls`). ----
+
+mod cluster {
+    use std::time::Duration;
+
+    use inflight::client::{Client, ClientOptions};
+    use inflight::pb;
+    use inflight::wire::ClientTls;
+    use testkit::tls::{CertFiles, Pki};
+    use testkit::{Cluster, ClusterOptions};
+
+    use super::serial_and_cn;
+
+    async fn tls_cluster() -> Cluster {
+        Cluster::start(ClusterOptions {
+            tls: true,
+            ..ClusterOptions::default()
+        })
+        .await
+    }
+
+    fn tls(ca: &std::path::Path, id: Option<&CertFiles>) -> ClientTls {
+        ClientTls::from_files(ca, id.map(|f| (f.cert.as_path(), f.key.as_path()))).unwrap()
+    }
+
+    /// A client of one node that tries once.
+    fn client(addr: &str, tls: ClientTls) -> Client {
+        Client::with_options(
+            [addr.to_string()],
+            ClientOptions {
+                request_timeout: Duration::from_secs(2),
+                retry_for: Duration::ZERO,
+                tls: Some(tls),
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn raft_client(
+        addr: &str,
+        tls: &ClientTls,
+    ) -> pb::raft_client::RaftClient<tonic::transport::Channel> {
+        pb::raft_client::RaftClient::new(
+            inflight::wire::secure_endpoint(addr, Some(tls.config()))
+                .unwrap()
+                .connect_lazy(),
+        )
+    }
+
+    fn https(ca: &std::path::Path, id: Option<&CertFiles>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap(),
+            );
+        if let Some(f) = id {
+            let mut pem = std::fs::read(&f.cert).unwrap();
+            pem.extend(std::fs::read(&f.key).unwrap());
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap()
+    }
+
+    fn failures(metrics: &str, port: &str) -> u64 {
+        let want = format!("inflight_tls_handshake_failures_total{{port=\"{port}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&want))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_certificate_another_cas_and_an_expired_one_are_refused_on_the_client_peer_and_http_ports(
+    ) {
+        let c = tls_cluster().await;
+        let pki = c.pki.as_ref().unwrap();
+        let ca = pki.ca();
+        let n = &c.nodes[&1];
+        let other = Pki::new(&c.dir.join("other-ca"), "ca");
+        let mallory = other.client("mallory");
+        let mallory_node = other.node(2, 1);
+        let expired = pki.expired_client("old");
+
+        // A valid client certificate works on the client and HTTP ports.
+        let alice = pki.client("alice");
+        let ok = client(&n.grpc, tls(&ca, Some(&alice)));
+        ok.insert("tls/k", "v")
+            .await
+            .expect("a client certificate of the CA");
+        let st = ok
+            .node_status(&n.grpc, Duration::from_secs(2))
+            .await
+            .expect("status");
+        assert_eq!(st.id, 1);
+        let good_http = https(&ca, Some(&alice));
+        let livez = good_http
+            .get(format!("https://{}/livez", n.http))
+            .send()
+            .await
+            .expect("https with a client certificate");
+        assert_eq!(livez.status().as_u16(), 200);
+        // /cluster: node 1 reaches every member's client port over TLS with
+        // its own certificate.
+        let cluster: serde_json::Value = good_http
+            .get(format!("https://{}/cluster", n.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).expect("JSON"))
+            .unwrap();
+        let members = cluster["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3, "{cluster}");
+        assert!(
+            members.iter().all(|m| m["reachable"] == true),
+            "every member answers node 1 over TLS: {cluster}"
+        );
+
+        let bad: [(&str, Option<&CertFiles>, Option<&CertFiles>); 3] = [
+            ("no certificate", None, None),
+            ("another CA", Some(&mallory), Some(&mallory_node)),
+            ("expired", Some(&expired), Some(&expired)),
+        ];
+        for (what, id, peer_id) in bad {
+            let e = client(&n.grpc, tls(&ca, id))
+                .node_status(&n.grpc, Duration::from_secs(2))
+                .await
+                .expect_err(what);
+            assert_ne!(e.code(), tonic::Code::Ok, "client port, {what}");
+            let e = raft_client(&n.peer, &tls(&ca, peer_id))
+                .vote(pb::RaftMessage {
+                    payload: vec![1, 2, 3],
+                })
+                .await
+                .expect_err(what);
+            assert_ne!(
+                e.code(),
+                tonic::Code::InvalidArgument,
+                "peer port, {what}: refused before the Raft service read the message: {e:?}"
+            );
+            let e = https(&ca, id)
+                .get(format!("https://{}/livez", n.http))
+                .send()
+                .await;
+            assert!(e.is_err(), "http port, {what}: {e:?}");
+        }
+        // Plain HTTP on the HTTPS port is refused too.
+        assert!(reqwest::Client::new()
+            .get(format!("http://{}/livez", n.http))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+            .eq(&false));
+
+        let metrics = good_http
+            .get(format!("https://{}/metrics", n.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for port in ["client", "peer", "http"] {
+            assert!(
+                failures(&metrics, port) >= 3,
+                "{port}: three refusals counted\n{metrics}"
+            );
+        }
+    }
+
+    /// Everything a forged peer could do with a client certificate of the
+    /// cluster CA: a snapshot that would empty the table, an AppendEntries
+    /// evicting a record, a vote far in the future. None reaches Raft.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_client_certificate_on_the_peer_port_cannot_install_a_snapshot_append_an_evict_or_vote(
+    ) {
+        use inflight::raft::TypeConfig;
+        type Vote = openraft::alias::VoteOf<TypeConfig>;
+        use openraft::entry::RaftEntry;
+        use openraft::raft::{AppendEntriesRequest, VoteRequest};
+        use openraft::testing::log_id;
+
+        let c = tls_cluster().await;
+        let leader = c.wait_leader(Duration::from_secs(10)).await;
+        let admin = c.admin();
+        admin.insert("victim", "v").await.expect("insert");
+        admin.insert("live", "v").await.expect("insert");
+        let target = if leader == 1 { 2 } else { 1 };
+        c.wait_applied(
+            target,
+            c.status(leader).await.unwrap().applied_index,
+            Duration::from_secs(10),
+        )
+        .await;
+        let before = c.status(target).await.expect("status");
+        let members_before = admin.member_list().await.expect("members");
+
+        let pki = c.pki.as_ref().unwrap();
+        let alice = pki.client("alice");
+        let id = tls(&pki.ca(), Some(&alice));
+        let peer = &c.nodes[&target].peer;
+        let term = before.term;
+        let last = before.last_log_index;
+
+        let meta = inflight::codec::encode(&(
+            Vote::new_committed(term + 100, 9),
+            openraft::alias::SnapshotMetaOf::<TypeConfig> {
+                last_log_id: Some(log_id::<TypeConfig>(term + 100, 9, last + 100)),
+                last_membership: Default::default(),
+            },
+        ))
+        .unwrap();
+        let snapshot = raft_client(peer, &id)
+            .install_snapshot(futures::stream::iter(vec![pb::SnapshotChunk {
+                meta,
+                data: Vec::new(),
+            }]))
+            .await
+            .expect_err("InstallSnapshot refused");
+
+        let evict = openraft::alias::EntryOf::<TypeConfig>::new_normal(
+            log_id::<TypeConfig>(term, leader, last + 1),
+            inflight::state::Command {
+                at_ms: testkit::now_ms(),
+                request: None,
+                action: inflight::state::Action::Evict {
+                    ids: vec![inflight::state::HandoffId {
+                        key: "victim".into(),
+                        revision: 1,
+                    }],
+                },
+            },
+        );
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term, leader),
+            prev_log_id: Some(log_id::<TypeConfig>(term, leader, last)),
+            entries: vec![evict],
+            leader_commit: Some(log_id::<TypeConfig>(term, leader, last + 1)),
+        };
+        let append = raft_client(peer, &id)
+            .append_entries(pb::RaftMessage {
+                payload: inflight::codec::encode(&append).unwrap(),
+            })
+            .await
+            .expect_err("AppendEntries refused");
+
+        let vote = VoteRequest::<TypeConfig>::new(
+            Vote::new(term + 1000, 9),
+            Some(log_id::<TypeConfig>(term + 1000, 9, last + 1000)),
+        );
+        let vote = raft_client(peer, &id)
+            .vote(pb::RaftMessage {
+                payload: inflight::codec::encode(&vote).unwrap(),
+            })
+            .await
+            .expect_err("Vote refused");
+        for (what, e) in [
+            ("InstallSnapshot", snapshot),
+            ("AppendEntries", append),
+            ("Vote", vote),
+        ] {
+            // A transport failure made on this side (the connection was
+            // closed at the handshake), not a status the Raft service sent.
+            let transport = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some());
+            assert!(
+                transport,
+                "{what}: refused at the handshake, before the Raft service: {e:?}"
+            );
+        }
+
+        let after = c.status(target).await.expect("the node is still up");
+        assert_eq!(after.term, term, "the term is unchanged");
+        assert_eq!(
+            after.records, before.records,
+            "the record count is unchanged"
+        );
+        assert_eq!(after.leader_id, before.leader_id, "the same leader");
+        let membership = |l: &pb::MemberListResponse| {
+            l.members
+                .iter()
+                .map(|m| (m.id, m.address.clone(), m.peer_address.clone(), m.voter))
+                .collect::<Vec<_>>()
+        };
+        let members_after = admin.member_list().await.expect("members");
+        assert_eq!(membership(&members_after), membership(&members_before));
+        let got = admin
+            .get("victim", inflight::client::Consistency::Linearizable)
+            .await
+            .expect("get");
+        assert!(
+            got.record.is_some(),
+            "the record AppendEntries tried to evict is still there"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sighup_after_replacing_a_nodes_certificate_new_connections_see_it_and_no_request_fails(
+    ) {
+        let c = tls_cluster().await;
+        let pki = c.pki.as_ref().unwrap();
+        let ca = pki.ca();
+        let alice = pki.client("alice");
+        let n1 = (
+            c.nodes[&1].grpc.clone(),
+            c.nodes[&1].peer.clone(),
+            c.nodes[&1].http.clone(),
+        );
+        let served = |addr: String| {
+            let ca = ca.clone();
+            let alice = alice.clone();
+            async move { super::server_certificate(&addr, &ca, &alice, b"h2").await }
+        };
+        let (serial_before, cn) = serial_and_cn(&served(n1.0.clone()).await);
+        assert_eq!(cn, "node-1");
+
+        // Clients running through the swap: one on long-lived connections,
+        // one making a new connection for every request.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let steady = c.client();
+        let endpoints = c.endpoints();
+        let id = tls(&ca, Some(&alice));
+        let loop_task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 20 {
+                    i += 1;
+                    let fresh = Client::with_options(
+                        endpoints.clone(),
+                        ClientOptions {
+                            tls: Some(id.clone()),
+                            ..ClientOptions::default()
+                        },
+                    )
+                    .unwrap();
+                    for (who, cl) in [("steady", &steady), ("fresh", &fresh)] {
+                        match cl.insert(&format!("swap/{who}/{i}"), "v").await {
+                            Ok(_) => ok += 1,
+                            Err(e) => failed.push(format!("{who} {i}: {e:?}")),
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+        };
+
+        let ips: Vec<std::net::IpAddr> = vec![c.nodes[&1].ip.parse().unwrap()];
+        pki.node_at(1, 7, &ips);
+        let pid = c.pid(1).expect("node 1 runs");
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGHUP);
+        }
+        testkit::wait_until(
+            Duration::from_secs(10),
+            "node 1's client port to serve the new certificate",
+            || {
+                let served = served(n1.0.clone());
+                let before = serial_before.clone();
+                async move { serial_and_cn(&served.await).0 != before }
+            },
+        )
+        .await;
+        let (serial_after, cn) = serial_and_cn(&served(n1.0.clone()).await);
+        assert_eq!(serial_after, vec![7], "the reissued certificate's serial");
+        assert_eq!(cn, "node-1");
+        let (peer_serial, _) =
+            serial_and_cn(&super::server_certificate(&n1.1, &ca, &pki.node(9, 1), b"h2").await);
+        assert_eq!(peer_serial, vec![7], "the peer port reloaded too");
+        let (http_serial, _) =
+            serial_and_cn(&super::server_certificate(&n1.2, &ca, &alice, b"http/1.1").await);
+        assert_eq!(http_serial, vec![7], "and the HTTP port");
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = loop_task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during the swap: {failed:?}"
+        );
+        assert!(ok >= 40, "{ok} requests");
+        assert!(c.status(1).await.is_some(), "node 1 still up");
+    }
+}
+
+/// The certificate a server presents, from a handshake as `identity`.
+async fn server_certificate(
+    addr: &str,
+    ca: &Path,
+    identity: &CertFiles,
+    alpn: &[u8],
+) -> CertificateDer<'static> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let cfg = client_config(ca, Some(identity), alpn);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let host = addr.rsplit_once(':').unwrap().0;
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let s = connector.connect(name, tcp).await.expect("handshake");
+    s.get_ref().1.peer_certificates().expect("certificate")[0].clone()
+}

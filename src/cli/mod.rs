@@ -530,8 +530,8 @@ impl ServeArgs {
     }
 
     pub fn into_options(self) -> Result<ServeOptions, String> {
-        // Refused before anything starts; read by `node::serve`.
-        self.tls_options()?;
+        // Half configurations are refused here, before anything starts.
+        let tls = self.tls_options()?;
         let initial_cluster = match &self.initial_cluster {
             Some(s) => parse_initial_cluster(s)?,
             None => BTreeMap::new(),
@@ -597,6 +597,8 @@ impl ServeArgs {
                 heartbeat_ms: self.heartbeat_ms,
                 election_timeout_ms: self.election_timeout_ms,
                 peer_source_ip: self.peer_source_ip,
+                // Set by `node::serve` once the files are read.
+                peer_tls: None,
             },
             listen: self.listen,
             peer_listen: self.peer_listen,
@@ -626,6 +628,7 @@ impl ServeArgs {
                 rate_per_sec: self.expire_rate,
                 mode: self.expired,
             },
+            tls,
             watch_window: WindowLimits {
                 max_events: self.watch_window_events,
                 max_age_ms: self.watch_window_age.as_millis() as u64,

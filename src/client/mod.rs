@@ -48,8 +48,7 @@ use session::Session;
 
 mod report;
 mod session;
-mod tls;
-pub use tls::ClientTls;
+pub use crate::wire::ClientTls;
 
 pub type Result<T> = std::result::Result<T, Status>;
 

@@ -35,6 +35,9 @@ pub struct RaftSettings {
     /// Source address for outgoing peer connections, so that firewalls (and
     /// fault injection) see peer traffic coming from this node's address.
     pub peer_source_ip: Option<std::net::IpAddr>,
+    /// TLS to the peer ports: the cluster CA and this node's peer
+    /// certificate (`--peer-*`); `None`: plaintext.
+    pub peer_tls: Option<crate::wire::ClientTls>,
 }
 
 const ID_FILE: &str = "node.id";

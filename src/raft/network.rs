@@ -7,6 +7,9 @@
 //! openraft's per-RPC deadline. A peer that cannot be reached is reported as
 //! `Unreachable`, which makes openraft back off instead of spinning.
 //!
+//! With peer TLS (`--peer-cert-file` ...), every channel is `https`: the node
+//! presents its peer certificate and trusts only the cluster CA.
+//!
 //! Replication uses `StreamAppend`, one bidirectional gRPC stream per
 //! follower: append requests go out back to back without waiting for each
 //! response (pipelining), and the follower answers in order.
@@ -36,6 +39,7 @@ use crate::codec;
 use crate::metrics::{PeerLabels, METRICS};
 use crate::pb::raft_client::RaftClient;
 use crate::pb::{RaftMessage, SnapshotChunk};
+use crate::wire::ClientTls;
 
 /// Size of the pieces a snapshot is streamed in.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -46,13 +50,16 @@ pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Source address of outgoing peer connections (`--peer-source-ip`).
     source_ip: Option<IpAddr>,
+    /// The cluster CA and this node's certificate, when peers speak TLS.
+    tls: Option<ClientTls>,
 }
 
 impl PeerNetwork {
-    pub fn new(source_ip: Option<IpAddr>) -> Self {
+    pub fn new(source_ip: Option<IpAddr>, tls: Option<ClientTls>) -> Self {
         PeerNetwork {
             channels: Arc::default(),
             source_ip,
+            tls,
         }
     }
 
@@ -61,7 +68,7 @@ impl PeerNetwork {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = crate::wire::endpoint(addr)
+        let c = crate::wire::secure_endpoint(addr, self.tls.as_ref().map(ClientTls::config))
             .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
             .local_address(self.source_ip)
             .connect_lazy();

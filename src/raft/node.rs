@@ -206,7 +206,7 @@ impl Node {
         let raft = Raft::new(
             s.id,
             Arc::new(config),
-            PeerNetwork::new(s.peer_source_ip),
+            PeerNetwork::new(s.peer_source_ip, s.peer_tls.clone()),
             log.clone(),
             sm.clone(),
         )

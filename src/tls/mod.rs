@@ -47,8 +47,8 @@ pub use files::{PemFile, PortFiles};
 pub use server::{Port, ServerTls, TlsIncoming, TlsListener, HANDSHAKE_TIMEOUT};
 pub use verify::refuse_as_peer;
 
-use crate::client::ClientTls;
 use crate::shutdown::Shutdown;
+use crate::wire::ClientTls;
 
 /// The one crypto provider of every TLS configuration.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -215,6 +215,11 @@ impl NodeTls {
             )?);
         }
         Ok(t)
+    }
+
+    /// Whether any port speaks TLS.
+    pub fn is_enabled(&self) -> bool {
+        self.ports().next().is_some()
     }
 
     fn ports(&self) -> impl Iterator<Item = &ServerTls> {

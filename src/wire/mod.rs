@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 mod member;
+mod tls;
 pub use member::MemberAddr;
+pub use tls::ClientTls;
 
 use tonic::transport::{ClientTlsConfig, Endpoint};
 

@@ -14,14 +14,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use inflight::cli::serve_args::TlsFlags;
 use inflight::cli::serve_args::{Membership, NodeArgs};
 use inflight::client::{Client, ClientOptions, Consistency};
 use inflight::handoff::SinkSpec;
 use inflight::pb;
 use inflight::raft::Durability;
-use inflight::wire::MemberAddr;
+use inflight::wire::{ClientTls, MemberAddr};
 
 use crate::net::Firewall;
+use crate::tls::{CertFiles, Pki};
 use crate::wait::{free_port, poll_for, wait_for};
 
 /// The `inflight` binary: `$INFLIGHT_BIN`, else the one cargo built next to
@@ -70,6 +72,11 @@ pub struct ClusterOptions {
     /// `--memory-budget`, e.g. `2MiB`.
     pub memory_budget: Option<String>,
     pub handoff_batch: Option<usize>,
+    /// Every port over TLS, with certificates of a test CA made in
+    /// `DIR/certs` (see [`Cluster::pki`]): client certificates required on
+    /// the client and HTTP ports, node certificates on the peer port. The
+    /// harness's clients present `client-test`.
+    pub tls: bool,
     /// Any other `serve` flags.
     pub extra_args: Vec<String>,
 }
@@ -87,6 +94,7 @@ impl Default for ClusterOptions {
             shadow_sink: None,
             memory_budget: None,
             handoff_batch: None,
+            tls: false,
             extra_args: Vec::new(),
         }
     }
@@ -125,6 +133,10 @@ pub struct Cluster {
     pub removed: Vec<u64>,
     /// 127.A.B.* of distinct-IP clusters.
     net: Option<(u8, u8)>,
+    /// The test CA of a TLS cluster (`ClusterOptions::tls`).
+    pub pki: Option<Pki>,
+    /// What the harness's clients present to a TLS cluster.
+    client_tls: Option<ClientTls>,
 }
 
 /// A loopback /24 (127.A.B.0) no other cluster of this process uses.
@@ -169,7 +181,18 @@ impl Cluster {
             opts,
             removed: Vec::new(),
             net,
+            pki: None,
+            client_tls: None,
         };
+        if c.opts.tls {
+            let pki = Pki::new(&c.dir.join("certs"), "ca");
+            let me = pki.client("test");
+            c.client_tls = Some(
+                ClientTls::from_files(&pki.ca(), Some((&me.cert, &me.key)))
+                    .map_err(std::io::Error::other)?,
+            );
+            c.pki = Some(pki);
+        }
         let members: Vec<(u64, String)> = (1..=c.opts.nodes)
             .map(|id| {
                 c.add(id, Membership::Initial(Vec::new()));
@@ -256,8 +279,39 @@ impl Cluster {
         a.shadow_sink = o.shadow_sink.clone();
         a.memory_budget = o.memory_budget.clone();
         a.handoff_batch = o.handoff_batch;
+        if let Some(pki) = &self.pki {
+            let ips: Vec<std::net::IpAddr> = n.ip.parse().into_iter().collect();
+            // Issued once; a test may replace the files (and SIGHUP the node).
+            let files = self.node_cert(id);
+            if !files.cert.exists() {
+                pki.node_at(id, 1, &ips);
+            }
+            a.tls = TlsFlags {
+                cert_file: Some(files.cert.clone()),
+                key_file: Some(files.key.clone()),
+                trusted_ca_file: Some(pki.ca()),
+                peer_cert_file: Some(files.cert),
+                peer_key_file: Some(files.key),
+                peer_trusted_ca_file: Some(pki.ca()),
+                peer_allowed_cn: Vec::new(),
+            };
+        }
         a.extra = o.extra_args.clone();
         a
+    }
+
+    /// Where node `id`'s certificate and key are (a TLS cluster).
+    pub fn node_cert(&self, id: u64) -> CertFiles {
+        let dir = self.dir.join("certs");
+        CertFiles {
+            cert: dir.join(format!("node-{id}.pem")),
+            key: dir.join(format!("node-{id}-key.pem")),
+        }
+    }
+
+    /// What the harness's clients present to a TLS cluster (`None`: plaintext).
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        self.client_tls.clone()
     }
 
     /// Starts node `id` on its data directory; does nothing if it runs.
@@ -423,7 +477,14 @@ impl Cluster {
 
     /// A client that knows every node and follows the leader.
     pub fn client(&self) -> Client {
-        Client::new(self.endpoints()).expect("client")
+        Client::with_options(
+            self.endpoints(),
+            ClientOptions {
+                tls: self.client_tls(),
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client")
     }
 
     /// A client for operators' calls: every node, short attempts, from
@@ -435,6 +496,7 @@ impl Cluster {
                 request_timeout: Duration::from_secs(1),
                 retry_for: Duration::from_secs(5),
                 local_address: self.admin_ip(),
+                tls: self.client_tls(),
                 ..ClientOptions::default()
             },
         )
@@ -449,6 +511,7 @@ impl Cluster {
                 request_timeout: Duration::from_secs(2),
                 retry_for: Duration::ZERO,
                 local_address: self.admin_ip(),
+                tls: self.client_tls(),
                 ..Default::default()
             },
         )

@@ -59,6 +59,12 @@ impl Pki {
     /// `node-N`: CN node-N, SANs localhost, node-N, 127.0.0.1, ::1, EKU
     /// serverAuth + clientAuth. `serial` tells two issues apart.
     pub fn node(&self, n: u64, serial: u64) -> CertFiles {
+        self.node_at(n, serial, &[])
+    }
+
+    /// As [`Pki::node`], also naming the node's own IP addresses (a
+    /// cluster whose nodes have distinct loopback addresses).
+    pub fn node_at(&self, n: u64, serial: u64, ips: &[IpAddr]) -> CertFiles {
         let name = format!("node-{n}");
         self.issue(
             &name,
@@ -69,6 +75,7 @@ impl Pki {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
             false,
+            ips,
         )
     }
 
@@ -80,6 +87,7 @@ impl Pki {
             1,
             &[ExtendedKeyUsagePurpose::ClientAuth],
             false,
+            &[],
         )
     }
 
@@ -91,6 +99,7 @@ impl Pki {
             1,
             &[ExtendedKeyUsagePurpose::ClientAuth],
             true,
+            &[],
         )
     }
 
@@ -101,6 +110,7 @@ impl Pki {
         serial: u64,
         eku: &[ExtendedKeyUsagePurpose],
         expired: bool,
+        ips: &[IpAddr],
     ) -> CertFiles {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -110,6 +120,9 @@ impl Pki {
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ];
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.extended_key_usages = eku.to_vec();
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

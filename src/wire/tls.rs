@@ -1,6 +1,6 @@
-//! TLS for the client's connections: the CA that signed the nodes'
-//! certificates, and optionally this client's own certificate and key for
-//! clusters that ask for one (`--trusted-ca-file` on the nodes).
+//! TLS for outgoing gRPC connections, the client library's and a node's to
+//! its peers: the CA that signed the nodes' certificates, and optionally the
+//! caller's own certificate and key, for ports that ask for one.
 
 use std::path::Path;
 
