@@ -8,6 +8,11 @@
 //! Children are tied to this process with PR_SET_PDEATHSIG, so killing `dev`
 //! hard does not leave orphans behind.
 //!
+//! `--tls` makes a CA and certificates in `--dir/certs` (as `inflight certs
+//! init` does; existing ones are kept) and runs every port over TLS, with
+//! client certificates required on the client and HTTP ports; it prints the
+//! `INFLIGHT_CACERT`/`INFLIGHT_CERT`/`INFLIGHT_KEY` a client needs.
+//!
 //! `--node ID` runs just node ID of that same cluster in the foreground (the
 //! process becomes the node, so its pid is the node's): for scripts that kill
 //! and restart single nodes, like `benches/compare.sh`. Either way the node
@@ -20,8 +25,9 @@ use std::time::Duration;
 use clap::Args;
 use tokio::process::{Child, Command};
 
-use super::serve_args::{Membership, NodeArgs};
-use crate::client::Client;
+use super::certs::{init, CertDir, InitOptions, DEFAULT_CLIENT};
+use super::serve_args::{Membership, NodeArgs, TlsFlags};
+use crate::client::{Client, ClientOptions, ClientTls};
 use crate::handoff::SinkSpec;
 use crate::raft::Durability;
 use crate::wire::MemberAddr;
@@ -56,6 +62,10 @@ pub struct DevArgs {
     /// becomes `inflight serve` with the arguments `dev` would give that node.
     #[arg(long, value_name = "ID")]
     pub node: Option<u16>,
+    /// TLS on every port, with certificates made in DIR/certs (kept across
+    /// runs); client certificates required. Prints the client flags.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 impl DevArgs {
@@ -73,6 +83,39 @@ impl DevArgs {
 
     fn peer(&self, id: u16) -> String {
         format!("127.0.0.1:{}", self.peer_port + id - 1)
+    }
+
+    fn certs(&self) -> CertDir {
+        CertDir::new(self.dir.join("certs"))
+    }
+
+    /// With `--tls`: makes whatever certificates are missing.
+    fn ensure_certs(&self) -> Result<(), String> {
+        if !self.tls {
+            return Ok(());
+        }
+        let opts = InitOptions {
+            nodes: self.nodes,
+            ..InitOptions::default()
+        };
+        init(self.certs().path(), &opts).map(|_| ()).map_err(|e| {
+            format!(
+                "--tls: certificates in {}: {e}",
+                self.certs().path().display()
+            )
+        })
+    }
+
+    /// What `dev`'s own calls (and the printed client settings) present.
+    fn client_options(&self) -> Result<ClientOptions, String> {
+        if !self.tls {
+            return Ok(ClientOptions::default());
+        }
+        let (ca, me) = (self.certs().ca(), self.certs().client(DEFAULT_CLIENT));
+        Ok(ClientOptions {
+            tls: Some(ClientTls::from_files(&ca.cert, Some((&me.cert, &me.key)))?),
+            ..ClientOptions::default()
+        })
     }
 
     /// Node `id`'s `serve` arguments.
@@ -93,6 +136,18 @@ impl DevArgs {
         n.http = Some(format!("127.0.0.1:{}", self.http_port + id - 1));
         n.durability = Some(self.durability);
         n.sink = Some(self.sink());
+        if self.tls {
+            let (ca, me) = (self.certs().ca().cert, self.certs().node(id));
+            n.tls = TlsFlags {
+                cert_file: Some(me.cert.clone()),
+                key_file: Some(me.key.clone()),
+                trusted_ca_file: Some(ca.clone()),
+                peer_cert_file: Some(me.cert),
+                peer_key_file: Some(me.key),
+                peer_trusted_ca_file: Some(ca),
+                peer_allowed_cn: Vec::new(),
+            };
+        }
         n
     }
 }
@@ -181,6 +236,17 @@ pub async fn run(args: DevArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = args.ensure_certs() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let client_options = match args.client_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(id) = args.node {
         return exec_node(&exe, &args, id);
     }
@@ -205,9 +271,10 @@ pub async fn run(args: DevArgs) -> ExitCode {
         args.durability.as_str(),
         args.dir.display()
     );
+    let scheme = if args.tls { "https" } else { "http" };
     for (id, ep) in ids.iter().zip(&endpoints) {
         println!(
-            "  node {id}: grpc {ep}  peer {}  http http://127.0.0.1:{}  log {}",
+            "  node {id}: grpc {ep}  peer {}  http {scheme}://127.0.0.1:{}  log {}",
             args.peer(*id),
             args.http_port + id - 1,
             args.dir.join(format!("node-{id}.log")).display()
@@ -215,9 +282,16 @@ pub async fn run(args: DevArgs) -> ExitCode {
     }
     println!("hand-off sink: {}", args.sink());
     println!("export INFLIGHT_ENDPOINTS={}", endpoints.join(","));
+    if args.tls {
+        let (ca, me) = (args.certs().ca(), args.certs().client(DEFAULT_CLIENT));
+        println!("TLS on every port; clients present {}:", me.cert.display());
+        println!("export INFLIGHT_CACERT={}", ca.cert.display());
+        println!("export INFLIGHT_CERT={}", me.cert.display());
+        println!("export INFLIGHT_KEY={}", me.key.display());
+    }
 
     let watcher = async {
-        let Ok(client) = Client::new(endpoints.clone()) else {
+        let Ok(client) = Client::with_options(endpoints.clone(), client_options.clone()) else {
             return;
         };
         for _ in 0..100 {
@@ -241,7 +315,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
         if !args.demo {
             return std::future::pending().await;
         }
-        let Ok(client) = Client::new(endpoints.clone()) else {
+        let Ok(client) = Client::with_options(endpoints.clone(), client_options.clone()) else {
             return;
         };
         while client.member_list().await.map(|l| l.leader_id).unwrap_or(0) == 0 {

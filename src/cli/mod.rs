@@ -48,16 +48,35 @@ pub struct Cli {
 
     /// Connect over TLS, trusting this CA certificate (PEM) for the nodes'
     /// client gRPC and HTTP ports (client commands and `health`).
-    #[arg(long, global = true, env = "INFLIGHT_CACERT")]
+    // The ids differ from the long names: `key` is also the positional
+    // argument of insert, get and the other record commands.
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "INFLIGHT_CACERT"
+    )]
     pub cacert: Option<PathBuf>,
 
     /// This client's certificate (PEM), for clusters whose nodes ask for one
     /// (`serve --trusted-ca-file`). Needs --key and --cacert.
-    #[arg(long, global = true, env = "INFLIGHT_CERT", requires = "key")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "INFLIGHT_CERT",
+        requires = "tls_key"
+    )]
     pub cert: Option<PathBuf>,
 
     /// The private key (PEM) of --cert.
-    #[arg(long, global = true, env = "INFLIGHT_KEY", requires = "cert")]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "INFLIGHT_KEY",
+        requires = "tls_cert"
+    )]
     pub key: Option<PathBuf>,
 
     /// Log format of `serve` and `dev`.
