@@ -695,3 +695,92 @@ async fn server_certificate(
     let s = connector.connect(name, tcp).await.expect("handshake");
     s.get_ref().1.peer_certificates().expect("certificate")[0].clone()
 }
+
+/// `inflight dev --tls` as the README shows it: the printed exports are
+/// all a client needs, for gRPC and for `health` over https.
+#[test]
+fn dev_tls_prints_the_client_settings_that_reach_every_port() {
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_inflight");
+    struct Reaper(std::process::Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = testkit::free_port_block(9);
+    let out_path = dir.path().join("dev.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let _dev = Reaper(
+        Command::new(BIN)
+            .args(["dev", "--tls", "--dir"])
+            .arg(dir.path().join("cluster"))
+            .args(["--grpc-port", &base.to_string()])
+            .args(["--peer-port", &(base + 3).to_string()])
+            .args(["--http-port", &(base + 6).to_string()])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    testkit::wait_until_blocking(Duration::from_secs(30), "dev to report a leader", || {
+        output().contains("leader: node")
+    });
+    let env: Vec<(String, String)> = output()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "INFLIGHT_ENDPOINTS",
+            "INFLIGHT_CACERT",
+            "INFLIGHT_CERT",
+            "INFLIGHT_KEY"
+        ],
+        "{}",
+        output()
+    );
+    let run = |args: &[&str], without: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args).envs(env.iter().cloned());
+        for v in without {
+            c.env_remove(v);
+        }
+        c.output().unwrap()
+    };
+    let ins = run(&["insert", "tls/1", "v"], &[]);
+    assert!(
+        ins.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ins.stderr)
+    );
+    let get = run(&["get", "tls/1"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).lines().last(),
+        Some("v")
+    );
+    let http = format!("127.0.0.1:{}", base + 6);
+    let health = run(&["health", "--http", &http], &[]);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(String::from_utf8_lossy(&health.stdout).starts_with("https://"));
+    let anonymous = run(
+        &["health", "--http", &http],
+        &["INFLIGHT_CERT", "INFLIGHT_KEY"],
+    );
+    assert!(
+        !anonymous.status.success(),
+        "the HTTP port asks for a client certificate"
+    );
+}
