@@ -28,6 +28,7 @@
 //!   stopping; [`http`]: the operator port.
 //! - [`codec`]: the single place bytes are encoded and decoded.
 //! - [`metrics`]: the Prometheus registry (`/metrics`).
+//! - [`tls`]: TLS on the client, peer and HTTP ports (rustls), reloaded on SIGHUP.
 //! - [`memory`]: what a node holds, part by part, as the memory budget counts it.
 
 pub mod api;
