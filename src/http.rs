@@ -29,7 +29,7 @@ use crate::handoff::HandoffState;
 use crate::raft;
 use crate::shutdown::Shutdown;
 use crate::tls::{ServerTls, TlsListener};
-use crate::wire::ClientTls;
+use crate::wire::ReloadableClientTls;
 
 /// How far applied may trail the local log for the node to count as caught up.
 pub const READY_LAG: u64 = 1_000;
@@ -42,7 +42,7 @@ pub const READY_CONTACT_MS: u64 = 3_000;
 struct Ops {
     node: raft::Node,
     handoff: Arc<HandoffState>,
-    to_nodes: Option<ClientTls>,
+    to_nodes: Option<ReloadableClientTls>,
 }
 
 /// The HTTP port's TLS: what it serves (none: plain HTTP), and how
@@ -50,7 +50,7 @@ struct Ops {
 #[derive(Clone, Debug, Default)]
 pub struct HttpTls {
     pub server: Option<ServerTls>,
-    pub to_nodes: Option<ClientTls>,
+    pub to_nodes: Option<ReloadableClientTls>,
 }
 
 /// Plain HTTP.
@@ -182,7 +182,7 @@ async fn cluster(State(Ops { node, to_nodes, .. }): State<Ops>) -> impl IntoResp
         .map(|m| m.address)
         .collect();
     let opts = crate::client::ClientOptions {
-        tls: to_nodes,
+        tls: to_nodes.map(|t| t.current().1),
         ..Default::default()
     };
     let mut v = match crate::client::Client::with_options(endpoints, opts) {

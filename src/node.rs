@@ -420,7 +420,7 @@ async fn initialized_peer(
 /// certificate as its identity when TLS is on.
 fn to_nodes(tls: &NodeTls) -> ClientOptions {
     ClientOptions {
-        tls: tls.to_clients.clone(),
+        tls: tls.to_clients.as_ref().map(|t| t.current().1),
         ..ClientOptions::default()
     }
 }

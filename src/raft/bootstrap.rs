@@ -37,7 +37,7 @@ pub struct RaftSettings {
     pub peer_source_ip: Option<std::net::IpAddr>,
     /// TLS to the peer ports: the cluster CA and this node's peer
     /// certificate (`--peer-*`); `None`: plaintext.
-    pub peer_tls: Option<crate::wire::ClientTls>,
+    pub peer_tls: Option<crate::wire::ReloadableClientTls>,
 }
 
 const ID_FILE: &str = "node.id";

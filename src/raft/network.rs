@@ -8,7 +8,9 @@
 //! `Unreachable`, which makes openraft back off instead of spinning.
 //!
 //! With peer TLS (`--peer-cert-file` ...), every channel is `https`: the node
-//! presents its peer certificate and trusts only the cluster CA.
+//! presents its peer certificate and trusts only the cluster CA. After a
+//! reload of those files (SIGHUP) the next call to a peer builds a new
+//! channel, so new connections present the new certificate.
 //!
 //! Replication uses `StreamAppend`, one bidirectional gRPC stream per
 //! follower: append requests go out back to back without waiting for each
@@ -39,7 +41,7 @@ use crate::codec;
 use crate::metrics::{PeerLabels, METRICS};
 use crate::pb::raft_client::RaftClient;
 use crate::pb::{RaftMessage, SnapshotChunk};
-use crate::wire::ClientTls;
+use crate::wire::ReloadableClientTls;
 
 /// Size of the pieces a snapshot is streamed in.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -47,15 +49,17 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Creates (and caches) the channels to peers.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Per peer address: the channel, and the generation of the TLS
+    /// settings it was built with.
+    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
     /// Source address of outgoing peer connections (`--peer-source-ip`).
     source_ip: Option<IpAddr>,
     /// The cluster CA and this node's certificate, when peers speak TLS.
-    tls: Option<ClientTls>,
+    tls: Option<ReloadableClientTls>,
 }
 
 impl PeerNetwork {
-    pub fn new(source_ip: Option<IpAddr>, tls: Option<ClientTls>) -> Self {
+    pub fn new(source_ip: Option<IpAddr>, tls: Option<ReloadableClientTls>) -> Self {
         PeerNetwork {
             channels: Arc::default(),
             source_ip,
@@ -63,16 +67,23 @@ impl PeerNetwork {
         }
     }
 
+    /// The channel to `addr`, built anew once the TLS settings were
+    /// reloaded (SIGHUP), so that new connections present the new
+    /// certificate; calls still running keep the old channel.
     fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let tls = self.tls.as_ref().map(ReloadableClientTls::current);
+        let generation = tls.as_ref().map_or(0, |(g, _)| *g);
         let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
+        if let Some((g, c)) = channels.get(addr) {
+            if *g == generation {
+                return Ok(c.clone());
+            }
         }
-        let c = crate::wire::secure_endpoint(addr, self.tls.as_ref().map(ClientTls::config))
+        let c = crate::wire::secure_endpoint(addr, tls.as_ref().map(|(_, t)| t.config()))
             .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
             .local_address(self.source_ip)
             .connect_lazy();
-        channels.insert(addr.to_string(), c.clone());
+        channels.insert(addr.to_string(), (generation, c.clone()));
         Ok(c)
     }
 }
@@ -83,21 +94,18 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
         PeerClient {
             target,
-            client: self
-                .channel(&super::MemberAddr::stored(&node.addr).peer)
-                .map(|c| {
-                    RaftClient::new(c)
-                        .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
-                        .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
-                }),
+            addr: super::MemberAddr::stored(&node.addr).peer,
+            network: self.clone(),
         }
     }
 }
 
-/// The connection to one peer.
+/// The connection to one peer. The channel is looked up for every call (a
+/// map lookup): after a TLS reload the next call gets a new one.
 pub struct PeerClient {
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    addr: String,
+    network: PeerNetwork,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +152,10 @@ fn reply<T: DeserializeOwned>(
 
 impl PeerClient {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
-        self.client.clone().map_err(unreachable)
+        let channel = self.network.channel(&self.addr).map_err(unreachable)?;
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES))
     }
 }
 
@@ -282,5 +293,81 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .await
                 .map_err(from_status)?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::cli::certs::{init, CertDir, InitOptions};
+    use crate::tls::{PemFile, Port, PortFiles, ServerTls, TlsIncoming};
+
+    /// The serial of the certificate of every client that completed a
+    /// handshake, in order.
+    async fn recording_server(
+        dir: &CertDir,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let node1 = dir.node(1);
+        let files = PortFiles {
+            cert: PemFile::new("--peer-cert-file", &node1.cert),
+            key: PemFile::new("--peer-key-file", &node1.key),
+            trusted_ca: Some(PemFile::new("--peer-trusted-ca-file", dir.ca().cert)),
+        };
+        let tls = ServerTls::new(Port::Peer, files, Vec::new()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut incoming = TlsIncoming::new(TcpListenerStream::new(listener), tls);
+            while let Some(Ok(stream)) = incoming.next().await {
+                let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+                let (_, cert) =
+                    <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<
+                        _,
+                    >>::from_der(&leaf)
+                    .unwrap();
+                let _ = tx.send(cert.raw_serial().to_vec());
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn after_a_reload_new_peer_connections_present_the_new_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CertDir::new(tmp.path());
+        init(dir.path(), &InitOptions::default()).unwrap();
+        let (addr, mut seen) = recording_server(&dir).await;
+        let node2 = dir.node(2);
+        let tls =
+            ReloadableClientTls::load(&dir.ca().cert, Some((&node2.cert, &node2.key))).unwrap();
+        let network = PeerNetwork::new(None, Some(tls.clone()));
+        let vote = |network: PeerNetwork| {
+            let addr = addr.clone();
+            async move {
+                let req = tonic::Request::new(RaftMessage { payload: vec![] });
+                // The server records the handshake and hangs up: the call fails.
+                let _ = RaftClient::new(network.channel(&addr).unwrap())
+                    .vote(req)
+                    .await;
+            }
+        };
+        vote(network.clone()).await;
+        let first = seen.recv().await.expect("a handshake");
+
+        // node-2 reissued (a new key and serial), then reloaded.
+        std::fs::remove_file(&node2.cert).unwrap();
+        std::fs::remove_file(&node2.key).unwrap();
+        init(dir.path(), &InitOptions::default()).unwrap();
+        tls.reload().unwrap();
+        vote(network.clone()).await;
+        let second = seen.recv().await.expect("a handshake");
+        assert_ne!(
+            first, second,
+            "the new connection presents the new certificate"
+        );
     }
 }

@@ -31,8 +31,9 @@
 //! peer ports with the node's peer certificate and the cluster CA; to other
 //! nodes' client ports (the `/cluster` fan-out, `--join`) with the same
 //! identity, trusting `--trusted-ca-file` (or the cluster CA when that is
-//! not set). They are set up when the node starts; SIGHUP does not change
-//! what a node presents to others.
+//! not set). SIGHUP reloads those too: channels made afterwards present the
+//! new certificate (the peer network builds new ones on the next call), and
+//! connections already open keep the old one.
 //!
 //! Only the ring crypto provider is built in; every configuration names it,
 //! so no process-wide default has to be installed.
@@ -48,7 +49,7 @@ pub use server::{Port, ServerTls, TlsIncoming, TlsListener, HANDSHAKE_TIMEOUT};
 pub use verify::refuse_as_peer;
 
 use crate::shutdown::Shutdown;
-use crate::wire::ClientTls;
+use crate::wire::ReloadableClientTls;
 
 /// The one crypto provider of every TLS configuration.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -179,9 +180,9 @@ pub struct NodeTls {
     pub http_port: Option<ServerTls>,
     pub peer_port: Option<ServerTls>,
     /// How this node connects to other nodes' peer ports.
-    pub to_peers: Option<ClientTls>,
+    pub to_peers: Option<ReloadableClientTls>,
     /// How this node connects to other nodes' client ports.
-    pub to_clients: Option<ClientTls>,
+    pub to_clients: Option<ReloadableClientTls>,
 }
 
 impl NodeTls {
@@ -200,7 +201,7 @@ impl NodeTls {
             )?);
             let ca = files.trusted_ca.as_ref().map(|f| f.path.as_path());
             let ca = ca.ok_or("the peer port needs --peer-trusted-ca-file")?;
-            t.to_peers = Some(ClientTls::from_files(
+            t.to_peers = Some(ReloadableClientTls::load(
                 ca,
                 Some((&files.cert.path, &files.key.path)),
             )?);
@@ -209,7 +210,7 @@ impl NodeTls {
             // The node's own identity on other nodes' client ports: its peer
             // certificate, a node's (or, without peer TLS, its client-port one).
             let who = o.peer.as_ref().unwrap_or(client);
-            t.to_clients = Some(ClientTls::from_files(
+            t.to_clients = Some(ReloadableClientTls::load(
                 &ca.path,
                 Some((&who.cert.path, &who.key.path)),
             )?);
@@ -230,11 +231,20 @@ impl NodeTls {
 
     /// Reads every port's files again; a port whose files are wrong keeps
     /// its configuration. Returns the errors, one per such port.
+    ///
+    /// What the node presents when it dials is read again only when the port
+    /// serving the same files reloaded: that reload has checked that the
+    /// certificate and key belong together, which the outgoing settings
+    /// cannot check until they connect.
     pub fn reload(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        for port in self.ports() {
+        let mut reloaded = |port: &Option<ServerTls>| -> bool {
+            let Some(port) = port else { return false };
             match port.reload() {
-                Ok(()) => tracing::info!(port = port.port().label(), "TLS certificates reloaded"),
+                Ok(()) => {
+                    tracing::info!(port = port.port().label(), "TLS certificates reloaded");
+                    true
+                }
                 Err(e) => {
                     tracing::error!(
                         port = port.port().label(),
@@ -242,6 +252,28 @@ impl NodeTls {
                         "TLS reload failed; the port keeps its previous certificates"
                     );
                     errors.push(format!("{} port: {e}", port.port().label()));
+                    false
+                }
+            }
+        };
+        let client_ok = reloaded(&self.client_port);
+        reloaded(&self.http_port);
+        let peer_ok = reloaded(&self.peer_port);
+        // Outgoing identities: the peer files (or, without peer TLS, the
+        // client-port files, see `load`).
+        let identity_ok = if self.peer_port.is_some() {
+            peer_ok
+        } else {
+            client_ok
+        };
+        for (what, out) in [
+            ("peers", &self.to_peers),
+            ("client ports", &self.to_clients),
+        ] {
+            if let (Some(out), true) = (out, identity_ok) {
+                if let Err(e) = out.reload() {
+                    tracing::error!(error = %e, "TLS reload of what this node presents to {what} failed; it keeps the previous");
+                    errors.push(format!("dialing {what}: {e}"));
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 mod member;
 mod tls;
 pub use member::MemberAddr;
-pub use tls::ClientTls;
+pub use tls::{ClientTls, ReloadableClientTls};
 
 use tonic::transport::{ClientTlsConfig, Endpoint};
 

@@ -2,7 +2,10 @@
 //! its peers: the CA that signed the nodes' certificates, and optionally the
 //! caller's own certificate and key, for ports that ask for one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -30,6 +33,43 @@ impl ClientTls {
     /// The settings for tonic's channel.
     pub fn config(&self) -> &ClientTlsConfig {
         &self.config
+    }
+}
+
+/// Outgoing TLS settings read from files that may be read again: a node's,
+/// on SIGHUP. Each reload bumps a generation, so whoever caches channels
+/// built with the old settings knows to build new ones. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct ReloadableClientTls {
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+    current: Arc<RwLock<(u64, ClientTls)>>,
+}
+
+impl ReloadableClientTls {
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, String> {
+        Ok(ReloadableClientTls {
+            ca: ca.to_path_buf(),
+            identity: identity.map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
+            current: Arc::new(RwLock::new((0, ClientTls::from_files(ca, identity)?))),
+        })
+    }
+
+    /// Reads the files again; on error the settings in use stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let fresh = ClientTls::from_files(&self.ca, identity)?;
+        let mut current = self.current.write();
+        *current = (current.0 + 1, fresh);
+        Ok(())
+    }
+
+    /// The settings in use, and their generation.
+    pub fn current(&self) -> (u64, ClientTls) {
+        self.current.read().clone()
     }
 }
 
