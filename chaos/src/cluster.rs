@@ -17,8 +17,15 @@ pub fn sink_dir(dir: &Path) -> PathBuf {
     dir.join("postflight")
 }
 
-/// Starts `n` nodes of `bin` with data and logs in `dir`, on 127.`net`.id.
-pub fn start(bin: PathBuf, dir: PathBuf, n: u64, net: (u8, u8)) -> anyhow::Result<Cluster> {
+/// Starts `n` nodes of `bin` with data and logs in `dir`, on 127.`net`.id;
+/// with `tls`, every port over TLS (`ClusterOptions::tls`).
+pub fn start(
+    bin: PathBuf,
+    dir: PathBuf,
+    n: u64,
+    net: (u8, u8),
+    tls: bool,
+) -> anyhow::Result<Cluster> {
     Ok(Cluster::launch(ClusterOptions {
         bin,
         nodes: n,
@@ -30,6 +37,7 @@ pub fn start(bin: PathBuf, dir: PathBuf, n: u64, net: (u8, u8)) -> anyhow::Resul
             peer_port: PEER_PORT,
             http_port: HTTP_PORT,
         },
+        tls,
         ..ClusterOptions::default()
     })?)
 }

@@ -47,6 +47,10 @@ struct Args {
     /// Succeed only if a linearizability violation is found (for the planted-bug build).
     #[arg(long)]
     expect_violation: bool,
+    /// Every port over TLS, client certificates required (a test CA made in
+    /// the run folder): the faults then also cut TLS sessions mid-stream.
+    #[arg(long)]
+    tls: bool,
 }
 
 struct Check {
@@ -94,7 +98,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
     let net = (77, (seed % 200) as u8 + 20);
     let fw = Firewall::new(&format!("chaos_{seed}"))?;
-    let mut cluster = cluster::start(bin, dir.clone(), 5, net)?;
+    let mut cluster = cluster::start(bin, dir.clone(), 5, net, args.tls)?;
     let sink_dir = cluster::sink_dir(&dir);
     cluster
         .try_wait_leader(Duration::from_secs(30))
@@ -108,7 +112,13 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .map(|(c, ip)| (ip.clone(), c as u64 + 1))
         .collect();
     let watch = EvictionWatch::start(cluster.admin());
-    let workload = Workload::start(cluster.endpoints(), client_ips, seed, epoch);
+    let workload = Workload::start(
+        cluster.endpoints(),
+        client_ips,
+        seed,
+        epoch,
+        cluster.client_tls(),
+    );
 
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let mut faults_log = std::fs::File::create(dir.join("faults.jsonl"))?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inflight::client::{Client, ClientOptions, Consistency};
+use inflight::client::{Client, ClientOptions, ClientTls, Consistency};
 use inflight::pb;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -43,8 +43,15 @@ impl Workload {
     /// Starts `CLIENTS_PER_HOST` recording clients per address in `ips`. The
     /// clients of one address share one `Client` (and one home-node
     /// `Client`), as the callers of one service would: their calls meet in
-    /// frames, so the frames that faults cut carry many operations.
-    pub fn start(endpoints: Vec<String>, ips: Vec<String>, seed: u64, epoch: Instant) -> Workload {
+    /// frames, so the frames that faults cut carry many operations. `tls`:
+    /// what the clients present to a TLS cluster.
+    pub fn start(
+        endpoints: Vec<String>,
+        ips: Vec<String>,
+        seed: u64,
+        epoch: Instant,
+        tls: Option<ClientTls>,
+    ) -> Workload {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -55,7 +62,7 @@ impl Workload {
                 local_address: ip.parse().ok(),
                 follow_leader: true,
                 frames: true,
-                ..Default::default()
+                tls: tls.clone(),
             };
             let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
             // Half of the reads go to the client's home node only, as a
