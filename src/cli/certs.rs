@@ -691,14 +691,11 @@ fn issue(
 }
 
 fn make_dir(dir: &Path) -> Result<(), CertError> {
-    match fs::DirBuilder::new()
+    fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(io_err(dir)(e)),
-    }
+        .map_err(io_err(dir))
 }
 
 /// Writes the key, then the certificate, each whole and each only if absent.
