@@ -283,22 +283,22 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// The rustls error somewhere in `e`'s causes: transports wrap it in an
-/// `io::Error`, whose `source()` skips it, so each `io::Error` is opened.
+/// The rustls error somewhere in `e`'s causes. Transports wrap it in an
+/// `io::Error` (hyper-rustls in two), whose `source()` skips the error it
+/// wraps, so the walk steps into each `io::Error` rather than past it.
 pub fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(r) = err.downcast_ref::<rustls::Error>() {
             return Some(r);
         }
-        if let Some(inner) = err
+        next = match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(inner);
-        }
-        next = err.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
