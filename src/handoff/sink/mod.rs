@@ -180,7 +180,8 @@ impl SinkError {
 /// An open sink.
 pub enum Sink {
     File(FileSink),
-    Postgres(PostgresSink),
+    /// Boxed: its connection settings are large beside the other sinks.
+    Postgres(Box<PostgresSink>),
     Webhook(WebhookSink),
     Noop,
 }
@@ -197,7 +198,9 @@ impl Sink {
     ) -> Result<Sink, SinkError> {
         Ok(match spec {
             SinkSpec::File(dir) => Sink::File(FileSink::open(dir, node_id)?),
-            SinkSpec::Postgres(url) => Sink::Postgres(PostgresSink::new(url, sink_ca_file)?),
+            SinkSpec::Postgres(url) => {
+                Sink::Postgres(Box::new(PostgresSink::new(url, sink_ca_file)?))
+            }
             SinkSpec::Webhook(url) => Sink::Webhook(WebhookSink::new(url, sink_ca_file)?),
             SinkSpec::Noop => Sink::Noop,
         })
