@@ -84,6 +84,8 @@ pub struct ServeOptions {
 pub struct HandoffOptions {
     pub sink: SinkSpec,
     pub shadow: Option<SinkSpec>,
+    /// `--sink-ca-file`: the CAs https webhooks and PostgreSQL `verify-*` trust.
+    pub sink_ca_file: Option<std::path::PathBuf>,
     /// Past this many bytes held (records, request ids, watch window, Raft log, snapshots), writes that grow memory are refused.
     pub memory_budget_bytes: u64,
     pub settings: HandoffSettings,
@@ -106,11 +108,12 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     };
     // Open the sinks first: a sink that cannot even be opened (a directory
     // that cannot be created) is a configuration error, reported at startup.
-    let primary_sink = Sink::open(&o.handoff.sink, o.raft.id)
+    let ca = o.handoff.sink_ca_file.as_deref();
+    let primary_sink = Sink::open(&o.handoff.sink, o.raft.id, ca)
         .map_err(|e| anyhow::anyhow!("--sink {}: {e}", o.handoff.sink))?;
     let shadow_sink = match &o.handoff.shadow {
         Some(spec) => Some(
-            Sink::open(spec, o.raft.id)
+            Sink::open(spec, o.raft.id, ca)
                 .map_err(|e| anyhow::anyhow!("--shadow-sink {spec}: {e}"))?,
         ),
         None => None,

@@ -380,6 +380,11 @@ pub struct ServeArgs {
     /// logged but never hold back eviction.
     #[arg(long, env = "INFLIGHT_SHADOW_SINK", value_parser = crate::handoff::SinkSpecParser)]
     pub shadow_sink: Option<SinkSpec>,
+    /// PEM file of the CA certificates trusted by https webhook sinks and by
+    /// PostgreSQL sinks with sslmode=verify-ca/verify-full whose URL names no
+    /// sslrootcert; replaces the system's roots for them.
+    #[arg(long, env = "INFLIGHT_SINK_CA_FILE")]
+    pub sink_ca_file: Option<PathBuf>,
     /// What the node holds may reach this much memory: records (live and
     /// waiting for hand-off), request ids, the watch window (kept to an
     /// eighth of it), the Raft log not yet purged (snapshotted and purged at
@@ -554,6 +559,7 @@ impl ServeArgs {
             handoff: HandoffOptions {
                 sink,
                 shadow: self.shadow_sink.clone(),
+                sink_ca_file: self.sink_ca_file.clone(),
                 memory_budget_bytes: self.memory_budget,
 
                 settings: HandoffSettings {
