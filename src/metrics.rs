@@ -38,6 +38,12 @@ pub struct MemoryLabels {
     pub part: String,
 }
 
+/// `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 /// `read`, `write`, `watch` or `admin` (`crate::auth::Operation`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
@@ -79,6 +85,7 @@ pub struct Metrics {
     pub memory_budget_bytes: Gauge,
     pub inserts_refused_budget: Counter,
     pub permission_denied: Family<OperationLabels, Counter>,
+    pub auth_reloads: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -123,6 +130,7 @@ impl Metrics {
             memory_budget_bytes: Gauge::default(),
             inserts_refused_budget: Counter::default(),
             permission_denied: Family::default(),
+            auth_reloads: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -264,6 +272,11 @@ impl Metrics {
              read, write, watch, admin",
             m.permission_denied.clone(),
         );
+        r.register(
+            "auth_reloads",
+            "Reloads of --auth-file on SIGHUP, by result: ok, or error (the roles read before stay)",
+            m.auth_reloads.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -280,6 +293,15 @@ impl Metrics {
         self.permission_denied
             .get_or_create(&OperationLabels {
                 operation: operation.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one reload of the auth file.
+    pub fn auth_reload(&self, ok: bool) {
+        self.auth_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();
     }

@@ -13,12 +13,12 @@ use futures::StreamExt;
 use inflight::api::{ClusterService, InFlightService, Limits, Retention};
 use inflight::auth::Authorizer;
 use inflight::handoff::{HandoffState, SinkSpec};
-use inflight::metrics::{OperationLabels, METRICS};
+use inflight::metrics::{OperationLabels, ResultLabels, METRICS};
 use inflight::pb;
 use inflight::pb::cluster_client::ClusterClient;
 use inflight::pb::in_flight_client::InFlightClient;
 use inflight::raft::{self, Durability, RaftSettings};
-use inflight::shutdown::Shutdown;
+use inflight::shutdown::{Shutdown, Tasks};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -710,4 +710,77 @@ async fn without_tls_there_is_no_identity_and_everything_is_allowed() {
         .map(|o| denied_count(o))
         .sum();
     assert_eq!(after, before, "nothing refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_auth_file_again_and_a_bad_one_keeps_the_roles_in_force() {
+    let _serial = COUNTING.lock().await;
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = auth_file(dir.path(), ROLES);
+    let auth = Arc::new(Authorizer::open(Some(&path), &[]).unwrap());
+    let mut tasks = Tasks::new("reload");
+    tasks.spawn("auth-reload", auth.clone().reload_on_sighup(tasks.signal()));
+    let me = inflight::auth::Caller::from_leaf(&rustls_pem(&ca.client("sms-dispatcher").cert));
+    let may_write = |a: &Authorizer, key: &str| {
+        a.check(
+            &me,
+            inflight::auth::Operation::Write,
+            inflight::auth::Target::Key(key),
+        )
+        .is_ok()
+    };
+    let may_write_call = |a: &Authorizer| may_write(a, "call/1");
+    assert!(!may_write_call(&auth));
+    let hup = || {
+        // SAFETY: sending a signal to this process; the handler is installed.
+        let r = unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        assert_eq!(r, 0, "kill");
+    };
+
+    let reloads = |result: &str| {
+        METRICS
+            .auth_reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .get()
+    };
+
+    // A broken file: the reload fails and the roles in force stay.
+    let failed = reloads("error");
+    std::fs::write(&path, "[roles.sms-writer]\nwrite = [\"call/\"\nbroken").unwrap();
+    hup();
+    wait_until(Duration::from_secs(10), "the failed reload", || {
+        let n = reloads("error");
+        async move { n > failed }
+    })
+    .await;
+    assert!(!may_write_call(&auth), "the broken file changed nothing");
+    assert!(may_write(&auth, "sms/1"), "the old roles still apply");
+
+    // A good one: it takes effect.
+    std::fs::write(
+        &path,
+        ROLES.replace("write = [\"sms/\"]", "write = [\"sms/\", \"call/\"]"),
+    )
+    .unwrap();
+    hup();
+    let a = auth.clone();
+    wait_until(Duration::from_secs(10), "the new roles apply", || {
+        let ok = may_write_call(&a);
+        async move { ok }
+    })
+    .await;
+    tasks.stop(Duration::from_secs(5)).await;
+}
+
+/// The DER of a PEM certificate.
+fn rustls_pem(pem: &str) -> tonic::transport::CertificateDer<'static> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64")
+        .into()
 }

@@ -126,9 +126,11 @@ impl Authorizer {
     }
 
     /// Reads the auth file again. On error the policy in force stays.
+    /// Counted in `inflight_auth_reloads_total{result}`.
     pub fn reload(&self) -> Result<(), String> {
-        let p = self.load()?;
-        *self.policy.write() = Arc::new(p);
+        let loaded = self.load();
+        crate::metrics::METRICS.auth_reload(loaded.is_ok());
+        *self.policy.write() = Arc::new(loaded?);
         Ok(())
     }
 
@@ -185,29 +187,40 @@ impl Authorizer {
         }
     }
 
-    /// Reads the auth file again on every SIGHUP, until `stop`.
-    pub async fn reload_on_sighup(self: Arc<Self>, mut stop: Shutdown) {
-        let Some(path) = self.file.clone() else {
-            return;
+    /// Reads the auth file again on every SIGHUP, until `stop`. The handler
+    /// is installed when this is called, not when the future first runs, so
+    /// a SIGHUP sent right after cannot fall back to the default action
+    /// (ending the process). Without an auth file there is nothing to reload
+    /// and the future ends at once.
+    pub fn reload_on_sighup(
+        self: Arc<Self>,
+        mut stop: Shutdown,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = match &self.file {
+            None => None,
+            Some(_) => match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; --auth-file is not reloaded");
+                    None
+                }
+            },
         };
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; --auth-file is not reloaded");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                got = hup.recv() => if got.is_none() { return },
-                _ = stop.requested() => return,
-            }
-            match self.reload() {
-                Ok(()) => tracing::info!(file = %path.display(), "auth file reloaded"),
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "auth file NOT reloaded; the roles read before stay in force"
-                ),
+        async move {
+            let Some(mut hup) = hup else { return };
+            loop {
+                tokio::select! {
+                    got = hup.recv() => if got.is_none() { return },
+                    _ = stop.requested() => return,
+                }
+                match self.reload() {
+                    Ok(()) => tracing::info!(file = ?self.file, "auth file reloaded"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "auth file NOT reloaded; the roles read before stay in force"
+                    ),
+                }
             }
         }
     }

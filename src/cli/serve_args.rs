@@ -220,6 +220,39 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_auth_file_stops_serve_at_startup_naming_the_file_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[roles.a]\nread = [\"x\"]\nreed = [\"y\"]\n").unwrap();
+        let e = serve_options(&["--auth-file", bad.to_str().unwrap()]).expect_err("refused");
+        assert!(e.contains("--auth-file") && e.contains("bad.toml"), "{e}");
+        assert!(e.contains("line 3") && e.contains("reed"), "{e}");
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "[roles.a]\nread = [\"x/\"]\n[identities]\nbob = \"a\"\n",
+        )
+        .unwrap();
+        let o = serve_options(&[
+            "--auth-file",
+            good.to_str().unwrap(),
+            "--admin-identities",
+            "ops,root",
+        ])
+        .expect("a good file");
+        let root = crate::auth::Caller::Certified(vec!["root".to_string()].into());
+        let bob = crate::auth::Caller::Certified(vec!["bob".to_string()].into());
+        assert!(
+            o.auth.is_admin(&root),
+            "--admin-identities splits on commas"
+        );
+        assert!(!o.auth.is_admin(&bob));
+        let policy = o.auth.policy();
+        assert!(policy.allows(&["bob".into()], crate::auth::Operation::Read, "x/1"));
+        assert!(!policy.allows(&["bob".into()], crate::auth::Operation::Write, "x/1"));
+    }
+
+    #[test]
     fn every_serve_flag_has_an_inflight_environment_variable() {
         use clap::CommandFactory;
         let cli = super::super::Cli::command();
