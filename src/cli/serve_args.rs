@@ -39,6 +39,10 @@ pub struct NodeArgs {
     /// As `--memory-budget` takes it: `2MiB`, `512MiB`, bytes.
     pub memory_budget: Option<String>,
     pub handoff_batch: Option<usize>,
+    /// `--auth-file`: roles for callers with a client certificate.
+    pub auth_file: Option<PathBuf>,
+    /// `--admin-identities`; empty leaves the flag out.
+    pub admin_identities: Vec<String>,
     /// Any other flags, appended last.
     pub extra: Vec<String>,
 }
@@ -59,6 +63,8 @@ impl NodeArgs {
             shadow_sink: None,
             memory_budget: None,
             handoff_batch: None,
+            auth_file: None,
+            admin_identities: Vec::new(),
             extra: Vec::new(),
         }
     }
@@ -104,6 +110,12 @@ impl NodeArgs {
         }
         if let Some(n) = self.handoff_batch {
             flag("--handoff-batch", n.to_string());
+        }
+        if let Some(p) = &self.auth_file {
+            flag("--auth-file", p.display().to_string());
+        }
+        if !self.admin_identities.is_empty() {
+            flag("--admin-identities", self.admin_identities.join(","));
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -153,6 +165,11 @@ mod tests {
         n.shadow_sink = Some(SinkSpec::File("/tmp/post".into()));
         n.memory_budget = Some("2MiB".into());
         n.handoff_batch = Some(20);
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("auth.toml");
+        std::fs::write(&auth, "[roles.r]\n").unwrap();
+        n.auth_file = Some(auth.clone());
+        n.admin_identities = vec!["node-1".into(), "ops".into()];
         n.extra = vec!["--heartbeat-ms".into(), "40".into()];
         let mut argv = vec!["inflight".to_string(), "serve".to_string()];
         argv.extend(n.to_args());
@@ -183,6 +200,8 @@ mod tests {
         assert_eq!(s.memory_budget, 2 << 20);
         assert_eq!(s.handoff_batch, 20);
         assert_eq!(s.heartbeat_ms, 40);
+        assert_eq!(s.auth_file, Some(auth));
+        assert_eq!(s.admin_identities, vec!["node-1", "ops"]);
     }
 
     fn serve_options(extra: &[&str]) -> Result<crate::node::ServeOptions, String> {
