@@ -207,6 +207,11 @@ impl Authorizer {
                 }
             },
         };
+        let path = self
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         async move {
             let Some(mut hup) = hup else { return };
             loop {
@@ -215,7 +220,7 @@ impl Authorizer {
                     _ = stop.requested() => return,
                 }
                 match self.reload() {
-                    Ok(()) => tracing::info!(file = ?self.file, "auth file reloaded"),
+                    Ok(()) => tracing::info!(file = %path, "auth file reloaded"),
                     Err(e) => tracing::error!(
                         error = %e,
                         "auth file NOT reloaded; the roles read before stay in force"
