@@ -106,9 +106,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A block of free loopback ports: inflight (disk) +1..3 gRPC, +11..13 HTTP;
-# etcd +21..23 client, +31..33 peer; Redis +39; inflight (memory) +41..43
-# gRPC, +51..53 HTTP.
+# A block of free loopback ports: inflight (disk) +1..3 gRPC, +5..7 peer,
+# +11..13 HTTP; etcd +21..23 client, +31..33 peer; Redis +39; inflight
+# (memory) +41..43 gRPC, +45..47 peer, +51..53 HTTP.
 BASE=$(( 31000 + (RANDOM % 150) * 60 ))
 port() { echo $(( BASE + $1 )); }
 
@@ -118,15 +118,15 @@ port() { echo $(( BASE + $1 )); }
 # DIR/postflight), so this script builds no serve flags itself, the failover
 # run can kill and restart single nodes by pid, and the pid in DIR/node-ID.pid
 # is the server's own (for its CPU time).
-inflight_cluster() { # dir durability grpc-port http-port: writes dir/start-node.sh
-    local dir=$1 durability=$2 grpc=$3 http=$4
+inflight_cluster() { # dir durability grpc-port http-port peer-port: writes dir/start-node.sh
+    local dir=$1 durability=$2 grpc=$3 http=$4 peer=$5
     mkdir -p "$dir"
     cat > "$dir/start-node.sh" <<EOF
 #!/usr/bin/env bash
 # Starts (or restarts) inflight node \$1 in the background; its pid goes to node-\$1.pid.
 id=\$1
 setsid "$INFLIGHT" dev --nodes 3 --dir "$dir" --durability $durability \\
-    --grpc-port $grpc --http-port $http --node "\$id" < /dev/null &
+    --grpc-port $grpc --http-port $http --peer-port $peer --node "\$id" < /dev/null &
 echo \$! > "$dir/node-\$id.pid"
 EOF
     chmod +x "$dir/start-node.sh"
@@ -137,11 +137,11 @@ for i in 1 2 3; do
     IF_EPS="$IF_EPS${IF_EPS:+,}127.0.0.1:$(port $i)"
     IFM_EPS="$IFM_EPS${IFM_EPS:+,}127.0.0.1:$(port $((40 + i)))"
 done
-inflight_cluster "$WORK/inflight" disk "$(port 1)" "$(port 11)"
+inflight_cluster "$WORK/inflight" disk "$(port 1)" "$(port 11)" "$(port 5)"
 for i in 1 2 3; do "$WORK/inflight/start-node.sh" $i; done
 # The memory-durability cluster is started only for its own runs (below), so
 # it takes no CPU from the others.
-inflight_cluster "$WORK/inflight-memory" memory "$(port 41)" "$(port 51)"
+inflight_cluster "$WORK/inflight-memory" memory "$(port 41)" "$(port 51)" "$(port 45)"
 
 # --- etcd: 3 members ---------------------------------------------------------
 ETCD_EPS=""

@@ -239,7 +239,7 @@ mod tests {
         let node = raft::Node::start(&RaftSettings {
             id: 1,
             data_dir: dir.path().to_path_buf(),
-            advertise: "127.0.0.1:1".into(),
+            advertise: crate::wire::MemberAddr::new("127.0.0.1:1", "127.0.0.1:2"),
             durability: Durability::Memory,
             snapshot_every: 1_000,
             heartbeat_ms: 50,

@@ -7,12 +7,13 @@
 //!    shadow sink drains its queue;
 //! 2. a leader hands leadership to the most recently acknowledged voter, so
 //!    clients find a new leader at once instead of after an election timeout;
-//! 3. the gRPC and HTTP listeners stop accepting and let calls in flight
-//!    finish (bounded; watch streams end);
-//! 4. the Raft core stops, and the remaining tasks are joined.
+//! 3. the client gRPC and HTTP listeners stop accepting and let calls in
+//!    flight finish (bounded; watch streams end);
+//! 4. the peer listener stops, then the Raft core, and the remaining tasks
+//!    are joined.
 //!
-//! The listeners stop after the hand-over, not before, because the Raft peer
-//! service still shares the client port: the hand-over needs it.
+//! The peer listener stops last of the listeners: the hand-over in step 2
+//! and the replication of writes still finishing in step 3 need it.
 //!
 //! When the Raft core dies on its own (a fatal storage error such as a full
 //! disk or EIO; openraft never restarts it), the node is useless: it logs the
@@ -41,6 +42,7 @@ use crate::raft::{self, RaftSettings};
 pub use crate::shutdown::stop_signal;
 use crate::shutdown::{Shutdown, Tasks};
 use crate::state::WindowLimits;
+use crate::wire::MemberAddr;
 
 /// How long each shutdown step may take before the node moves on.
 const DUTIES_STOP: Duration = Duration::from_secs(20);
@@ -61,10 +63,13 @@ enum Failure {
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub raft: RaftSettings,
+    /// The client port: `InFlight` and `Cluster`.
     pub listen: SocketAddr,
+    /// The peer port: `Raft` only.
+    pub peer_listen: SocketAddr,
     pub http: Option<SocketAddr>,
-    /// id → address of every initial voter (empty when joining).
-    pub initial_cluster: BTreeMap<u64, String>,
+    /// id → addresses of every initial voter (empty when joining).
+    pub initial_cluster: BTreeMap<u64, MemberAddr>,
     /// Endpoints of an existing cluster to join as a learner.
     pub join: Vec<String>,
     pub limits: Limits,
@@ -90,6 +95,9 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(o.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", o.listen))?;
+    let peer_listener = TcpListener::bind(o.peer_listen)
+        .await
+        .with_context(|| format!("--peer-listen: cannot listen on {}", o.peer_listen))?;
     let http_listener = match o.http {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -123,6 +131,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(
         id = node.id(),
         grpc = %o.listen,
+        peer = %o.peer_listen,
         http = ?o.http,
         durability = node.durability().as_str(),
         data_dir = %o.raft.data_dir.display(),
@@ -131,9 +140,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         "node started"
     );
 
-    // Three sets of tasks, stopped in this order (see the module docs).
+    // Four sets of tasks, stopped in this order (see the module docs).
     let mut duties = Tasks::new("duties");
     let mut listeners = Tasks::new("listeners");
+    let mut peer_listener_task = Tasks::new("peer listener");
     let mut rest = Tasks::new("node");
 
     // Requests: an update of the largest value, with room; a batch of up to
@@ -157,24 +167,34 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         handoff.clone(),
         o.auth.clone(),
     ));
-    let peers = pb::raft_server::RaftServer::new(node.peer_service(listeners.signal()))
-        .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
     let mut grpc_stop = listeners.signal();
-    let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    let grpc = grpc_server()
         .layer(GrpcMetricsLayer)
         .add_service(records)
         .add_service(cluster)
-        .add_service(peers)
         .serve_with_incoming_shutdown(without_nagle(listener), async move {
             grpc_stop.requested().await
         });
     listeners.spawn("grpc", async move {
         if let Err(e) = grpc.await {
             tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+    // The peer port serves nothing but the Raft service: a client that
+    // reaches it cannot call InFlight or Cluster, and the client port cannot
+    // be used to send Raft messages.
+    let peers = pb::raft_server::RaftServer::new(node.peer_service(peer_listener_task.signal()))
+        .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
+    let mut peer_stop = peer_listener_task.signal();
+    let peer_grpc = grpc_server()
+        .add_service(peers)
+        .serve_with_incoming_shutdown(without_nagle(peer_listener), async move {
+            peer_stop.requested().await
+        });
+    peer_listener_task.spawn("peer grpc", async move {
+        if let Err(e) = peer_grpc.await {
+            tracing::error!(error = %e, "peer gRPC server stopped");
         }
     });
     if let Some(l) = http_listener {
@@ -266,6 +286,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             tracing::error!(task, "a listener stopped on its own; shutting down");
             Some(Failure::Listener(task))
         }
+        task = peer_listener_task.any_ended() => {
+            tracing::error!(task, "a listener stopped on its own; shutting down");
+            Some(Failure::Listener(task))
+        }
         why = node.fatal() => {
             tracing::error!(
                 cause = %why,
@@ -277,6 +301,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     if let Some(Failure::RaftCore(why)) = failed {
         duties.stop(DEAD_CORE_STEP).await;
         listeners.stop(DEAD_CORE_STEP).await;
+        peer_listener_task.stop(DEAD_CORE_STEP).await;
         node.shutdown().await;
         rest.stop(DEAD_CORE_STEP).await;
         tracing::info!("stopped");
@@ -285,6 +310,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     duties.stop(DUTIES_STOP).await;
     node.hand_over_leadership(HANDOVER_WAIT).await;
     listeners.stop(LISTENERS_STOP).await;
+    peer_listener_task.stop(LISTENERS_STOP).await;
     node.shutdown().await;
     rest.stop(REST_STOP).await;
     tracing::info!("stopped");
@@ -294,6 +320,14 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The settings both gRPC ports share.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
 }
 
 /// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay`
@@ -314,14 +348,14 @@ fn without_nagle(
 /// For a pristine node about to initialize the cluster: is any other initial
 /// member already part of an initialized cluster? (Then this node lost its
 /// data, and initializing would create a second cluster beside the first.)
-async fn initialized_peer(node: &raft::Node, members: &BTreeMap<u64, String>) -> Option<u64> {
+async fn initialized_peer(node: &raft::Node, members: &BTreeMap<u64, MemberAddr>) -> Option<u64> {
     if members.keys().next() != Some(&node.id()) || !node.is_pristine() {
         return None;
     }
     let peers: Vec<String> = members
         .iter()
         .filter(|(id, _)| **id != node.id())
-        .map(|(_, a)| a.clone())
+        .map(|(_, a)| a.client.clone())
         .collect();
     let client = Client::new(peers.clone()).ok()?;
     for addr in &peers {

@@ -252,15 +252,16 @@ fn serve(args: &[&str]) -> std::process::Output {
 fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n1");
-    let port = free_port_block(1);
+    let port = free_port_block(2);
     let addr = format!("127.0.0.1:{port}");
-    let cluster = format!("1={addr}");
+    let peer = format!("127.0.0.1:{}", port + 1);
+    let cluster = format!("1={addr}/{peer}");
     // A memory-mode node, configured from a file, runs and is stopped.
     let cfg = dir.path().join("inflight.toml");
     std::fs::write(
         &cfg,
         format!(
-            "id = 1\ndata_dir = {:?}\nlisten = {addr:?}\ninitial_cluster = {cluster:?}\ndurability = \"memory\"\nsink = \"noop\"\n",
+            "id = 1\ndata_dir = {:?}\nlisten = {addr:?}\npeer_listen = {peer:?}\ninitial_cluster = {cluster:?}\ndurability = \"memory\"\nsink = \"noop\"\n",
             data.to_str().unwrap()
         ),
     )
@@ -313,7 +314,7 @@ fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys()
         "--data-dir",
         data.to_str().unwrap(),
         "--initial-cluster",
-        &format!("2={addr}"),
+        &format!("2={addr}/{peer}"),
     ]);
     assert!(!other.status.success());
     assert!(String::from_utf8_lossy(&other.stderr).contains("belongs to node 1, not node 2"));

@@ -191,6 +191,12 @@ async fn joining_node_receives_snapshot_and_is_promoted_to_voter() {
     )
     .await;
     assert_eq!(members.members.len(), 4);
+    let m4 = members.members.iter().find(|m| m.id == 4).unwrap();
+    assert_eq!(
+        (m4.address.as_str(), m4.peer_address.as_str()),
+        (c.nodes[&4].grpc.as_str(), c.nodes[&4].peer.as_str()),
+        "the joining node announced both of its ports"
+    );
     c.wait_applied(4, leader_status.applied_index, Duration::from_secs(30))
         .await;
     let s4 = c.status(4).await.expect("node 4 status");
@@ -219,4 +225,59 @@ async fn joining_node_receives_snapshot_and_is_promoted_to_voter() {
     let mut expected = written;
     expected.insert("call/after-join".into(), "x".into());
     assert_node_has(&c, 4, "call/", &expected).await;
+}
+
+/// The client port serves no Raft RPC and the peer port no client RPC: a
+/// client that reaches the client port cannot vote, append or install a
+/// snapshot, and the peer port answers nothing but Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_port_serves_no_raft_rpc_and_peer_port_no_client_rpc() {
+    use inflight::pb;
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let n = &c.nodes[&leader];
+    let before = c.status(leader).await.expect("status");
+
+    let channel = |addr: &str| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    // A Vote carrying garbage would be INVALID_ARGUMENT from the Raft service;
+    // on the client port there is no Raft service to reach.
+    let vote = pb::raft_client::RaftClient::new(channel(&n.grpc))
+        .vote(pb::RaftMessage {
+            payload: vec![1, 2, 3],
+        })
+        .await
+        .expect_err("the client port refuses Raft RPCs");
+    assert_eq!(vote.code(), tonic::Code::Unimplemented, "{vote:?}");
+    let snapshot = pb::raft_client::RaftClient::new(channel(&n.grpc))
+        .install_snapshot(futures::stream::iter(Vec::<pb::SnapshotChunk>::new()))
+        .await
+        .expect_err("the client port refuses snapshots");
+    assert_eq!(snapshot.code(), tonic::Code::Unimplemented, "{snapshot:?}");
+
+    let get = pb::in_flight_client::InFlightClient::new(channel(&n.peer))
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the peer port refuses client RPCs");
+    assert_eq!(get.code(), tonic::Code::Unimplemented, "{get:?}");
+    let members = pb::cluster_client::ClusterClient::new(channel(&n.peer))
+        .member_list(pb::MemberListRequest {})
+        .await
+        .expect_err("the peer port refuses operator RPCs");
+    assert_eq!(members.code(), tonic::Code::Unimplemented, "{members:?}");
+
+    let after = c.status(leader).await.expect("status");
+    assert_eq!((after.term, after.role.as_str()), (before.term, "leader"));
+    // Each member is listed with both addresses.
+    let list = c.client().member_list().await.expect("members");
+    for m in &list.members {
+        let node = &c.nodes[&m.id];
+        assert_eq!((&m.address, &m.peer_address), (&node.grpc, &node.peer));
+    }
 }

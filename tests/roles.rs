@@ -130,7 +130,8 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let addr = format!("127.0.0.1:{port}");
+        // A single voter never dials a peer: the peer address is only a name.
+        let addr = raft::MemberAddr::new(format!("127.0.0.1:{port}"), "127.0.0.1:1");
         let node = raft::Node::start(&RaftSettings {
             id: 1,
             data_dir: dir.path().to_path_buf(),
@@ -616,6 +617,7 @@ async fn admin_needs_admin_identities_and_everything_else_is_open_without_an_aut
         cl.add_learner(pb::AddLearnerRequest {
             id: 9,
             address: "127.0.0.1:1".into(),
+            peer_address: "127.0.0.1:2".into(),
         })
         .await,
         &format!("{who} Cluster.AddLearner {why}"),

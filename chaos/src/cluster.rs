@@ -10,6 +10,7 @@ pub use testkit::{Addresses, Cluster, ClusterOptions};
 
 pub const GRPC_PORT: u16 = 17_000;
 pub const HTTP_PORT: u16 = 18_000;
+pub const PEER_PORT: u16 = 19_000;
 
 /// The shared file sink's directory of a run in `dir`.
 pub fn sink_dir(dir: &Path) -> PathBuf {
@@ -26,6 +27,7 @@ pub fn start(bin: PathBuf, dir: PathBuf, n: u64, net: (u8, u8)) -> anyhow::Resul
         addresses: Addresses::Subnet {
             net,
             grpc_port: GRPC_PORT,
+            peer_port: PEER_PORT,
             http_port: HTTP_PORT,
         },
         ..ClusterOptions::default()

@@ -48,6 +48,7 @@ impl ClusterService {
                 .map(|m| pb::Member {
                     id: m.id,
                     address: m.address.clone(),
+                    peer_address: m.peer_address.clone(),
                     voter: m.voter,
                     last_ack_ms: m.last_ack_ms,
                     reachable: m.last_ack_ms.is_some_and(|ms| ms <= within),
@@ -116,7 +117,7 @@ pub fn node_status(node: &raft::Node, handoff: &HandoffState) -> pb::NodeStatus 
     let memory = node.memory_use();
     pb::NodeStatus {
         id: s.id,
-        address: node.advertise().to_string(),
+        address: node.advertise().client.clone(),
         role: s.role.as_str().into(),
         term: s.term,
         last_log_index: s.last_log_index,
@@ -186,15 +187,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         if r.id == 0 {
             return Err(ApiError::invalid("id: node ids start at 1").into());
         }
-        let host_port = r.address.rsplit_once(':');
-        if !host_port.is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-            return Err(
-                ApiError::invalid(format!("address: {:?} is not HOST:PORT", r.address)).into(),
-            );
-        }
+        let addr = raft::MemberAddr::parse(&format!("{}/{}", r.address, r.peer_address))
+            .map_err(|e| ApiError::invalid(format!("address, peer_address: {e}")))?;
         let existing = self.members();
         if let Some(m) = existing.members.iter().find(|m| m.id == r.id) {
-            if m.address == r.address {
+            if m.address == addr.client && m.peer_address == addr.peer {
                 // Joining twice (a retried join) is not an error.
                 return Ok(Response::new(existing));
             }
@@ -205,10 +202,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             .into());
         }
         self.node
-            .add_learner(r.id, &r.address)
+            .add_learner(r.id, &addr)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(id = r.id, address = %r.address, "membership: added learner");
+        tracing::info!(id = r.id, address = %addr, "membership: added learner");
         Ok(Response::new(self.members()))
     }
 

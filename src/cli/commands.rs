@@ -445,7 +445,7 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
                     .members
                     .iter()
                     .map(|m| {
-                        json!({"id": m.id, "address": m.address, "voter": m.voter,
+                        json!({"id": m.id, "address": m.address, "peer_address": m.peer_address, "voter": m.voter,
                                "reachable": m.reachable, "last_ack_ms": m.last_ack_ms})
                     })
                     .collect();
@@ -459,14 +459,15 @@ async fn member(client: &Client, cmd: MemberCommand) -> Result<(), tonic::Status
         MemberCommand::Remove { id, force } => client.remove_member(id, force).await?,
     };
     println!(
-        "{:<4} {:<22} {:<8} {:<10} {:>8} LEADER",
-        "ID", "ADDRESS", "VOTER", "REACHABLE", "LAST_ACK"
+        "{:<4} {:<22} {:<22} {:<8} {:<10} {:>8} LEADER",
+        "ID", "ADDRESS", "PEER_ADDRESS", "VOTER", "REACHABLE", "LAST_ACK"
     );
     for m in &list.members {
         println!(
-            "{:<4} {:<22} {:<8} {:<10} {:>8} {}",
+            "{:<4} {:<22} {:<22} {:<8} {:<10} {:>8} {}",
             m.id,
             m.address,
+            m.peer_address,
             m.voter,
             if m.reachable { "yes" } else { "no" },
             m.last_ack_ms

@@ -24,6 +24,7 @@ use super::serve_args::{Membership, NodeArgs};
 use crate::client::Client;
 use crate::handoff::SinkSpec;
 use crate::raft::Durability;
+use crate::wire::MemberAddr;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -33,9 +34,12 @@ pub struct DevArgs {
     /// Where node data and logs go.
     #[arg(long, default_value = ".inflight-dev")]
     pub dir: PathBuf,
-    /// gRPC port of node 1; node N listens on this + N - 1.
+    /// Client gRPC port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 7001)]
     pub grpc_port: u16,
+    /// Peer gRPC port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 7101)]
+    pub peer_port: u16,
     /// HTTP port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 8001)]
     pub http_port: u16,
@@ -67,15 +71,23 @@ impl DevArgs {
         format!("127.0.0.1:{}", self.grpc_port + id - 1)
     }
 
+    fn peer(&self, id: u16) -> String {
+        format!("127.0.0.1:{}", self.peer_port + id - 1)
+    }
+
     /// Node `id`'s `serve` arguments.
     fn node_args(&self, id: u16) -> NodeArgs {
         let members = (1..=self.nodes)
-            .map(|i| (u64::from(i), self.grpc(i)))
+            .map(|i| {
+                let addr = MemberAddr::new(self.grpc(i), self.peer(i));
+                (u64::from(i), addr.to_string())
+            })
             .collect();
         let mut n = NodeArgs::new(
             id.into(),
             self.dir.join(format!("node-{id}")),
             self.grpc(id),
+            self.peer(id),
             Membership::Initial(members),
         );
         n.http = Some(format!("127.0.0.1:{}", self.http_port + id - 1));
@@ -195,7 +207,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
     );
     for (id, ep) in ids.iter().zip(&endpoints) {
         println!(
-            "  node {id}: grpc {ep}  http http://127.0.0.1:{}  log {}",
+            "  node {id}: grpc {ep}  peer {}  http http://127.0.0.1:{}  log {}",
+            args.peer(*id),
             args.http_port + id - 1,
             args.dir.join(format!("node-{id}.log")).display()
         );

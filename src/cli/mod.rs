@@ -25,6 +25,7 @@ use crate::raft::Durability;
 use crate::raft::RaftSettings;
 use crate::state::ExpiredMode;
 use crate::state::WindowLimits;
+use crate::wire::MemberAddr;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -227,8 +228,12 @@ pub enum MemberCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a node as a non-voting learner.
-    AddLearner { id: u64, address: String },
+    /// Add a node as a non-voting learner, reached at CLIENT_HOST:PORT/PEER_HOST:PORT.
+    AddLearner {
+        id: u64,
+        #[arg(value_parser = crate::wire::MemberAddr::parse)]
+        address: crate::wire::MemberAddr,
+    },
     /// Make a learner a voter.
     Promote { id: u64 },
     /// Remove a member. Refused if the remaining voters would lack a
@@ -294,16 +299,23 @@ pub struct ServeArgs {
     /// Where the Raft log, vote and snapshots live.
     #[arg(long, env = "INFLIGHT_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// gRPC address for clients and peers.
+    /// gRPC address for clients (the InFlight and Cluster services).
     #[arg(long, env = "INFLIGHT_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
-    /// Address others use to reach this node (default: --listen).
+    /// gRPC address for the other members (the Raft service only).
+    #[arg(long, env = "INFLIGHT_PEER_LISTEN", default_value = "127.0.0.1:7101")]
+    pub peer_listen: SocketAddr,
+    /// Address clients use to reach this node (default: --listen).
     #[arg(long, env = "INFLIGHT_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Address the other members use to reach this node (default: --peer-listen).
+    #[arg(long, env = "INFLIGHT_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
     /// HTTP address for /livez, /readyz, /status, /metrics, /cluster and the status page at /.
     #[arg(long, env = "INFLIGHT_HTTP")]
     pub http: Option<SocketAddr>,
-    /// The initial voters: ID=HOST:PORT,... (the lowest id initializes the cluster once).
+    /// The initial voters: ID=CLIENT_HOST:PORT/PEER_HOST:PORT,... (the
+    /// lowest id initializes the cluster once).
     #[arg(long, env = "INFLIGHT_INITIAL_CLUSTER", conflicts_with = "join")]
     pub initial_cluster: Option<String>,
     /// Join an existing cluster as a learner through these endpoints.
@@ -426,13 +438,13 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
-pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, String> {
+/// Parses `1=127.0.0.1:7001/127.0.0.1:7101,2=...`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, MemberAddr>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--initial-cluster: {part:?} is not ID=HOST:PORT"))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            format!("--initial-cluster: {part:?} is not ID=CLIENT_HOST:PORT/PEER_HOST:PORT")
+        })?;
         let id: u64 = id
             .trim()
             .parse()
@@ -440,7 +452,9 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, String> {
         if id == 0 {
             return Err("--initial-cluster: node ids start at 1".into());
         }
-        if out.insert(id, addr.trim().to_string()).is_some() {
+        let addr =
+            MemberAddr::parse(addr).map_err(|e| format!("--initial-cluster: node {id}: {e}"))?;
+        if out.insert(id, addr).is_some() {
             return Err(format!("--initial-cluster: node {id} is listed twice"));
         }
     }
@@ -509,12 +523,24 @@ impl ServeArgs {
             .sink
             .clone()
             .unwrap_or_else(|| SinkSpec::File(self.data_dir.join("postflight")));
+        if self.peer_listen == self.listen {
+            return Err(format!(
+                "--peer-listen: {} is also --listen; the peer port must be a port of its own",
+                self.listen
+            ));
+        }
+        let advertise = MemberAddr::parse(&format!(
+            "{}/{}",
+            self.advertise
+                .clone()
+                .unwrap_or_else(|| self.listen.to_string()),
+            self.advertise_peer
+                .clone()
+                .unwrap_or_else(|| self.peer_listen.to_string()),
+        ))
+        .map_err(|e| format!("--advertise, --advertise-peer: {e}"))?;
         let auth =
             crate::auth::Authorizer::open(self.auth_file.as_deref(), &self.admin_identities)?;
-        let advertise = self
-            .advertise
-            .clone()
-            .unwrap_or_else(|| self.listen.to_string());
         Ok(ServeOptions {
             raft: RaftSettings {
                 id: self.id,
@@ -527,6 +553,7 @@ impl ServeArgs {
                 peer_source_ip: self.peer_source_ip,
             },
             listen: self.listen,
+            peer_listen: self.peer_listen,
             http: self.http,
             auth: std::sync::Arc::new(auth),
             initial_cluster,

@@ -13,7 +13,8 @@ use crate::raft::Durability;
 /// How a node finds its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Membership {
-    /// `--initial-cluster ID=HOST:PORT,...`: a member of the initial voters.
+    /// `--initial-cluster ID=CLIENT/PEER,...`: a member of the initial
+    /// voters (each address as `MemberAddr` writes it).
     Initial(Vec<(u64, String)>),
     /// `--join HOST:PORT,...`: a new node joining through these members.
     Join(Vec<String>),
@@ -25,8 +26,10 @@ pub enum Membership {
 pub struct NodeArgs {
     pub id: u64,
     pub data_dir: PathBuf,
-    /// gRPC HOST:PORT.
+    /// Client gRPC HOST:PORT.
     pub listen: String,
+    /// Peer gRPC HOST:PORT.
+    pub peer_listen: String,
     /// HTTP HOST:PORT.
     pub http: Option<String>,
     pub membership: Membership,
@@ -49,11 +52,18 @@ pub struct NodeArgs {
 
 impl NodeArgs {
     /// A node with only the required settings.
-    pub fn new(id: u64, data_dir: PathBuf, listen: String, membership: Membership) -> NodeArgs {
+    pub fn new(
+        id: u64,
+        data_dir: PathBuf,
+        listen: String,
+        peer_listen: String,
+        membership: Membership,
+    ) -> NodeArgs {
         NodeArgs {
             id,
             data_dir,
             listen,
+            peer_listen,
             http: None,
             membership,
             durability: None,
@@ -78,6 +88,8 @@ impl NodeArgs {
             self.data_dir.display().to_string(),
             "--listen".into(),
             self.listen.clone(),
+            "--peer-listen".into(),
+            self.peer_listen.clone(),
         ];
         let mut flag = |name: &str, value: String| {
             a.push(name.into());
@@ -122,7 +134,7 @@ impl NodeArgs {
     }
 }
 
-/// `1=HOST:PORT,2=HOST:PORT`.
+/// `1=CLIENT/PEER,2=CLIENT/PEER`.
 pub fn initial_cluster(members: &[(u64, String)]) -> String {
     members
         .iter()
@@ -152,9 +164,10 @@ mod tests {
             2,
             "/tmp/n2".into(),
             "127.0.0.1:7002".into(),
+            "127.0.0.1:7102".into(),
             Membership::Initial(vec![
-                (1, "127.0.0.1:7001".into()),
-                (2, "127.0.0.1:7002".into()),
+                (1, "127.0.0.1:7001/127.0.0.1:7101".into()),
+                (2, "127.0.0.1:7002/127.0.0.1:7102".into()),
             ]),
         );
         n.http = Some("127.0.0.1:8002".into());
@@ -180,10 +193,11 @@ mod tests {
         assert_eq!(s.id, 2);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/n2"));
         assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
+        assert_eq!(s.peer_listen.to_string(), "127.0.0.1:7102");
         assert_eq!(s.http.unwrap().to_string(), "127.0.0.1:8002");
         assert_eq!(
             s.initial_cluster.as_deref(),
-            Some("1=127.0.0.1:7001,2=127.0.0.1:7002")
+            Some("1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102")
         );
         assert_eq!(s.durability, Durability::Memory);
         assert_eq!(s.snapshot_every, 7);
@@ -209,7 +223,8 @@ mod tests {
             1,
             "/tmp/n1".into(),
             "127.0.0.1:7001".into(),
-            Membership::Initial(vec![(1, "127.0.0.1:7001".into())]),
+            "127.0.0.1:7101".into(),
+            Membership::Initial(vec![(1, "127.0.0.1:7001/127.0.0.1:7101".into())]),
         );
         n.extra = extra.iter().map(|s| s.to_string()).collect();
         let mut argv = vec!["inflight".to_string(), "serve".to_string()];
@@ -272,6 +287,21 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_port_is_a_port_of_its_own_and_every_member_names_both() {
+        let o = serve_options(&[]).unwrap();
+        assert_eq!(
+            o.raft.advertise.to_string(),
+            "127.0.0.1:7001/127.0.0.1:7101"
+        );
+        let o = serve_options(&["--advertise", "n1:7001", "--advertise-peer", "n1:7101"]).unwrap();
+        assert_eq!(o.raft.advertise.to_string(), "n1:7001/n1:7101");
+        let e = serve_options(&["--peer-listen", "127.0.0.1:7001"]).expect_err("same port");
+        assert!(e.contains("--peer-listen"), "{e}");
+        let e = crate::cli::parse_initial_cluster("1=127.0.0.1:7001").expect_err("no peer address");
+        assert!(e.contains("node 1") && e.contains("PEER_HOST:PORT"), "{e}");
+    }
+
+    #[test]
     fn every_serve_flag_has_an_inflight_environment_variable() {
         use clap::CommandFactory;
         let cli = super::super::Cli::command();
@@ -299,7 +329,7 @@ mod tests {
         let cfg = dir.path().join("inflight.toml");
         std::fs::write(
             &cfg,
-            "id = 7\ndata_dir = \"/from/file\"\ninitial_cluster = \"7=a:1,9=b:1\"\nheartbeat_ms = 60\n",
+            "id = 7\ndata_dir = \"/from/file\"\ninitial_cluster = \"7=a:1/a:2,9=b:1/b:2\"\nheartbeat_ms = 60\n",
         )
         .unwrap();
         let argv: Vec<String> = ["inflight", "serve", "--config", cfg.to_str().unwrap()]
@@ -327,6 +357,7 @@ mod tests {
             4,
             "/d".into(),
             "127.0.0.1:1".into(),
+            "127.0.0.1:2".into(),
             Membership::Join(vec!["a:1".into(), "b:2".into()]),
         );
         let args = n.to_args();

@@ -42,7 +42,7 @@ use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::in_flight_client::InFlightClient;
 pub use crate::pb::Consistency;
-use crate::wire::{self, LEADER_ADDR_KEY};
+use crate::wire::{self, MemberAddr, LEADER_ADDR_KEY};
 pub use report::{dead_letter_json, handoff_json, status_json, ClusterReport, MemberReport};
 use session::Session;
 
@@ -596,10 +596,16 @@ impl Client {
         .await
     }
 
-    pub async fn add_learner(&self, id: u64, address: &str) -> Result<pb::MemberListResponse> {
+    /// Adds node `id`, reached by clients and by peers at `address`.
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        address: &MemberAddr,
+    ) -> Result<pb::MemberListResponse> {
         let req = pb::AddLearnerRequest {
             id,
-            address: address.into(),
+            address: address.client.clone(),
+            peer_address: address.peer.clone(),
         };
         self.retrying(Route::Leader, |ch| {
             let req = req.clone();

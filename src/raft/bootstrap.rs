@@ -24,8 +24,8 @@ use super::{Durability, NodeId};
 pub struct RaftSettings {
     pub id: NodeId,
     pub data_dir: PathBuf,
-    /// The address peers and clients use to reach this node.
-    pub advertise: String,
+    /// The addresses clients and peers use to reach this node.
+    pub advertise: super::MemberAddr,
     pub durability: Durability,
     /// The fewest applied entries between two snapshots; a large table waits
     /// longer (see `crate::duties::compaction`).

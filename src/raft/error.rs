@@ -46,7 +46,7 @@ pub fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
 
 fn leader_of(f: &ForwardToLeader<TypeConfig>) -> Option<(NodeId, String)> {
     match (&f.leader_id, &f.leader_node) {
-        (Some(id), Some(node)) => Some((*id, node.addr.clone())),
+        (Some(id), Some(node)) => Some((*id, super::MemberAddr::stored(&node.addr).client)),
         _ => None,
     }
 }

@@ -36,6 +36,7 @@ mod peer_service;
 mod state_machine;
 mod wal;
 
+pub use crate::wire::MemberAddr;
 pub use bootstrap::RaftSettings;
 pub use error::{leader_hint, Error};
 pub use node::{Consistency, LeaderChange, Member, Node, Role, Status};

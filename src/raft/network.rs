@@ -76,11 +76,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
         PeerClient {
             target,
-            client: self.channel(&node.addr).map(|c| {
-                RaftClient::new(c)
-                    .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
-                    .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
-            }),
+            client: self
+                .channel(&super::MemberAddr::stored(&node.addr).peer)
+                .map(|c| {
+                    RaftClient::new(c)
+                        .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+                        .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+                }),
         }
     }
 }

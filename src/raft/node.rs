@@ -77,7 +77,10 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     pub id: NodeId,
+    /// Its client port.
     pub address: String,
+    /// Its peer (Raft) port.
+    pub peer_address: String,
     pub voter: bool,
     /// On the leader: ms since the member last acknowledged it (0 for the
     /// leader itself). Unknown elsewhere.
@@ -130,7 +133,7 @@ pub struct Node {
 
 struct Inner {
     id: NodeId,
-    advertise: String,
+    advertise: super::MemberAddr,
     durability: Durability,
     raft: Raft,
     table: Arc<Table>,
@@ -259,7 +262,7 @@ impl Node {
     }
 
     /// The address peers and clients use to reach this node.
-    pub fn advertise(&self) -> &str {
+    pub fn advertise(&self) -> &super::MemberAddr {
         &self.inner.advertise
     }
 
@@ -406,7 +409,8 @@ impl Node {
             .nodes()
             .map(|(id, n)| Member {
                 id: *id,
-                address: n.addr.clone(),
+                address: super::MemberAddr::stored(&n.addr).client,
+                peer_address: super::MemberAddr::stored(&n.addr).peer,
                 voter: voters.contains(id),
                 last_ack_ms: if *id == self.inner.id && is_leader {
                     Some(0)
@@ -439,9 +443,11 @@ impl Node {
             role,
             term: m.current_term,
             leader: m.current_leader,
-            leader_address: m
-                .current_leader
-                .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
+            leader_address: m.current_leader.and_then(|l| {
+                membership
+                    .get_node(&l)
+                    .map(|n| super::MemberAddr::stored(&n.addr).client)
+            }),
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             committed_index: m.cluster_committed.map(|c| c.index).unwrap_or(0),
@@ -530,7 +536,7 @@ impl Node {
     /// should (the lowest id) and its store is pristine. Returns whether it did.
     pub async fn initialize_if_first(
         &self,
-        members: &BTreeMap<NodeId, String>,
+        members: &BTreeMap<NodeId, super::MemberAddr>,
     ) -> anyhow::Result<bool> {
         let Some((&lowest, _)) = members.first_key_value() else {
             return Ok(false);
@@ -546,7 +552,14 @@ impl Node {
         }
         let nodes: BTreeMap<NodeId, super::PeerNode> = members
             .iter()
-            .map(|(id, a)| (*id, super::PeerNode { addr: a.clone() }))
+            .map(|(id, a)| {
+                (
+                    *id,
+                    super::PeerNode {
+                        addr: a.to_string(),
+                    },
+                )
+            })
             .collect();
         self.inner
             .raft
@@ -558,7 +571,7 @@ impl Node {
     }
 
     /// Adds a non-voting member (leader only); returns once it is committed.
-    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<(), Error> {
+    pub async fn add_learner(&self, id: NodeId, address: &super::MemberAddr) -> Result<(), Error> {
         self.inner
             .raft
             .add_learner(

@@ -19,6 +19,7 @@ use inflight::client::{Client, ClientOptions, Consistency};
 use inflight::handoff::SinkSpec;
 use inflight::pb;
 use inflight::raft::Durability;
+use inflight::wire::MemberAddr;
 
 use crate::net::Firewall;
 use crate::wait::{free_port, poll_for, wait_for};
@@ -50,6 +51,7 @@ pub enum Addresses {
     Subnet {
         net: (u8, u8),
         grpc_port: u16,
+        peer_port: u16,
         http_port: u16,
     },
 }
@@ -101,7 +103,10 @@ pub struct Node {
     pub id: u64,
     /// The node's own IP (127.0.0.1 unless the cluster has distinct IPs).
     pub ip: String,
+    /// Client gRPC HOST:PORT.
     pub grpc: String,
+    /// Peer gRPC HOST:PORT.
+    pub peer: String,
     pub http: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -168,7 +173,8 @@ impl Cluster {
         let members: Vec<(u64, String)> = (1..=c.opts.nodes)
             .map(|id| {
                 c.add(id, Membership::Initial(Vec::new()));
-                (id, c.nodes[&id].grpc.clone())
+                let n = &c.nodes[&id];
+                (id, MemberAddr::new(&n.grpc, &n.peer).to_string())
             })
             .collect();
         for n in c.nodes.values_mut() {
@@ -197,13 +203,19 @@ impl Cluster {
 
     fn add(&mut self, id: u64, membership: Membership) {
         let ip = self.ip(id);
-        let (grpc, http) = match self.opts.addresses {
+        let (grpc, peer, http) = match self.opts.addresses {
             Addresses::Subnet {
                 grpc_port,
+                peer_port,
                 http_port,
                 ..
-            } => (format!("{ip}:{grpc_port}"), format!("{ip}:{http_port}")),
+            } => (
+                format!("{ip}:{grpc_port}"),
+                format!("{ip}:{peer_port}"),
+                format!("{ip}:{http_port}"),
+            ),
             _ => (
+                format!("{ip}:{}", free_port()),
                 format!("{ip}:{}", free_port()),
                 format!("{ip}:{}", free_port()),
             ),
@@ -214,6 +226,7 @@ impl Cluster {
                 id,
                 ip,
                 grpc,
+                peer,
                 http,
                 data_dir: self.dir.join(format!("node-{id}")),
                 log: self.dir.join(format!("node-{id}.log")),
@@ -228,7 +241,13 @@ impl Cluster {
     pub fn node_args(&self, id: u64) -> NodeArgs {
         let n = &self.nodes[&id];
         let o = &self.opts;
-        let mut a = NodeArgs::new(id, n.data_dir.clone(), n.grpc.clone(), n.membership.clone());
+        let mut a = NodeArgs::new(
+            id,
+            n.data_dir.clone(),
+            n.grpc.clone(),
+            n.peer.clone(),
+            n.membership.clone(),
+        );
         a.http = Some(n.http.clone());
         a.peer_source_ip = (n.ip != "127.0.0.1").then(|| n.ip.clone());
         a.durability = o.durability;

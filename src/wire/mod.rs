@@ -1,10 +1,14 @@
 //! What the server and the client library agree on beyond the protobuf
-//! messages: the metadata keys that carry redirects and batch failures, and
-//! how an endpoint string becomes a gRPC channel. Both sides import this
+//! messages: the metadata keys that carry redirects and batch failures, how
+//! an endpoint string becomes a gRPC channel, and how a member's two
+//! addresses are written ([`MemberAddr`]). Both sides import this
 //! module; neither imports the other. Also the one way sizes are written in
 //! messages that either side shows to people.
 
 use std::time::Duration;
+
+mod member;
+pub use member::MemberAddr;
 
 use tonic::transport::Endpoint;
 
