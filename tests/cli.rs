@@ -239,6 +239,131 @@ fn dev_demo_moves_simulated_calls_and_messages_into_postflight_files() {
     );
 }
 
+fn certs(args: &[&str]) -> std::process::Output {
+    certs_with_umask("022", args)
+}
+
+/// `inflight certs init ARGS` under a umask, through `sh`, which sets it.
+fn certs_with_umask(umask: &str, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("umask {umask} && exec \"$0\" certs init \"$@\""),
+        ])
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run inflight certs init")
+}
+
+/// The PEM file's one certificate, as DER.
+fn cert_der(path: &std::path::Path) -> rustls_pki_types::CertificateDer<'static> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(path).unwrap()
+}
+
+#[test]
+fn certs_init_makes_a_verifiable_set_then_adds_a_client_and_refuses_a_garbage_ca() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    let d = dir.to_str().unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+
+    // A umask that would hide the certificates does not.
+    let out = certs_with_umask("077", &[d, "--nodes", "2", "--host", "10.9.8.7"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for what in ["CA", "node 1", "node 2", "client admin"] {
+        assert!(
+            stdout.contains(&format!("created {what}")),
+            "{what}: {stdout}"
+        );
+    }
+    assert_eq!(mode(""), 0o700);
+    for stem in ["ca", "node-1", "node-2", "client-admin"] {
+        assert_eq!(mode(&format!("{stem}.pem")), 0o644, "{stem}");
+        assert_eq!(mode(&format!("{stem}-key.pem")), 0o600, "{stem}");
+    }
+    // The node certificate serves 10.9.8.7 and the client one only as a client.
+    let ca = cert_der(&dir.join("ca.pem"));
+    let anchors = [webpki::anchor_from_trusted_cert(&ca).unwrap()];
+    let verify = |leaf: &str, usage| {
+        let der = cert_der(&dir.join(leaf));
+        let ee = webpki::EndEntityCert::try_from(&der).unwrap();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            usage,
+            None,
+            None,
+        )
+        .is_ok()
+            && ee
+                .verify_is_valid_for_subject_name(
+                    &rustls_pki_types::ServerName::try_from("10.9.8.7").unwrap(),
+                )
+                .is_ok()
+    };
+    assert!(verify("node-2.pem", webpki::KeyUsage::server_auth()));
+    let client = cert_der(&dir.join("client-admin.pem"));
+    let client = webpki::EndEntityCert::try_from(&client).unwrap();
+    let as_client = |usage| {
+        client
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+                usage,
+                None,
+                None,
+            )
+            .is_ok()
+    };
+    assert!(as_client(webpki::KeyUsage::client_auth()));
+    assert!(!as_client(webpki::KeyUsage::server_auth()));
+
+    // Again with a new client: everything else kept byte for byte.
+    let node1 = std::fs::read(dir.join("node-1-key.pem")).unwrap();
+    let out = certs(&[d, "--nodes", "2", "--client", "billing"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("created client billing"), "{stdout}");
+    assert!(stdout.contains("kept    CA"), "{stdout}");
+    assert!(stdout.contains("kept    node 1"), "{stdout}");
+    assert!(!stdout.contains("client admin"), "{stdout}");
+    assert_eq!(std::fs::read(dir.join("node-1-key.pem")).unwrap(), node1);
+    assert_eq!(mode("client-billing-key.pem"), 0o600);
+
+    // A bad name is a usage error (exit 2) that writes nothing.
+    let out = certs(&[d, "--client", "../escape"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client \"../escape\""));
+    assert!(!tmp.path().join("escape.pem").exists());
+
+    // A garbage CA is named in a one-line error, not a panic.
+    std::fs::write(dir.join("ca.pem"), "garbage\n").unwrap();
+    let out = certs(&[d, "--client", "ops"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("ca.pem"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.join("client-ops.pem").exists());
+}
+
 fn serve(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .arg("serve")

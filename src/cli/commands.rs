@@ -200,7 +200,7 @@ pub async fn run(endpoints: &[String], cmd: Command) -> ExitCode {
             .transfer_leader(id)
             .await
             .map(|r| println!("node {} is the leader", r.leader_id)),
-        Command::Serve(_) | Command::Dev(_) | Command::Health { .. } => {
+        Command::Serve(_) | Command::Dev(_) | Command::Health { .. } | Command::Certs(_) => {
             unreachable!("handled by cli::run")
         }
     };

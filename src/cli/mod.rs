@@ -1,6 +1,8 @@
-//! The `inflight` command line: `serve` and `dev` run nodes; every other
-//! command is a thin call through `crate::client`.
+//! The `inflight` command line: `serve` and `dev` run nodes, `certs`
+//! makes their certificates; every other command is a thin call through
+//! `crate::client`.
 
+pub mod certs;
 mod commands;
 mod demo;
 mod dev;
@@ -191,6 +193,9 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Certificates for TLS: a CA, node and client certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -716,6 +721,7 @@ async fn run(cli: Cli) -> ExitCode {
             path,
             timeout,
         } => health::run(&http, &path, timeout).await,
+        Command::Certs(c) => certs::run(c),
         other => commands::run(&cli.endpoints, other).await,
     }
 }
