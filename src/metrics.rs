@@ -38,6 +38,18 @@ pub struct MemoryLabels {
     pub part: String,
 }
 
+/// `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// `read`, `write`, `watch` or `admin` (`crate::auth::Operation`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
@@ -72,6 +84,8 @@ pub struct Metrics {
     pub dead_letter_bytes: Gauge,
     pub memory_budget_bytes: Gauge,
     pub inserts_refused_budget: Counter,
+    pub permission_denied: Family<OperationLabels, Counter>,
+    pub auth_reloads: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,6 +129,8 @@ impl Metrics {
             dead_letter_bytes: Gauge::default(),
             memory_budget_bytes: Gauge::default(),
             inserts_refused_budget: Counter::default(),
+            permission_denied: Family::default(),
+            auth_reloads: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -250,6 +266,17 @@ impl Metrics {
             "Inserts, and updates or completes growing a value, refused with RESOURCE_EXHAUSTED by the memory budget",
             m.inserts_refused_budget.clone(),
         );
+        r.register(
+            "permission_denied",
+            "Calls (and frame ops) refused with PERMISSION_DENIED by the roles, by operation: \
+             read, write, watch, admin",
+            m.permission_denied.clone(),
+        );
+        r.register(
+            "auth_reloads",
+            "Reloads of --auth-file on SIGHUP, by result: ok, or error (the roles read before stay)",
+            m.auth_reloads.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -259,6 +286,24 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one call refused by the roles.
+    pub fn permission_denied(&self, operation: &str) {
+        self.permission_denied
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one reload of the auth file.
+    pub fn auth_reload(&self, ok: bool) {
+        self.auth_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
     }
 
     /// Records one served gRPC request.

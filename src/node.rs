@@ -77,6 +77,8 @@ pub struct ServeOptions {
     pub expiry: ExpirySettings,
     pub watch_window: WindowLimits,
     pub handoff: HandoffOptions,
+    /// Roles (`--auth-file`, `--admin-identities`), shared by the services.
+    pub auth: Arc<crate::auth::Authorizer>,
 }
 
 /// Where finished records go.
@@ -159,11 +161,15 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         o.limits,
         o.retention,
         handoff.clone(),
+        o.auth.clone(),
     ))
     .max_decoding_message_size(max_msg.max(16 << 20))
     .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
-    let cluster =
-        pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
+    let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(
+        node.clone(),
+        handoff.clone(),
+        o.auth.clone(),
+    ));
     let mut grpc_stop = listeners.signal();
     let grpc = grpc_server()
         .layer(GrpcMetricsLayer)
@@ -201,6 +207,12 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         );
     }
 
+    // In `rest`, not `listeners`: without an auth file it ends at once, and
+    // a listener that ends stops the node.
+    rest.spawn(
+        "auth-reload",
+        o.auth.clone().reload_on_sighup(rest.signal()),
+    );
     {
         let node = node.clone();
         rest.spawn("leader-changes", async move {

@@ -396,6 +396,18 @@ pub struct ServeArgs {
     /// At most this many records per sink write.
     #[arg(long, env = "INFLIGHT_HANDOFF_BATCH", default_value_t = 500)]
     pub handoff_batch: usize,
+    /// Roles: a TOML file mapping client certificate names (CN or SAN) to
+    /// roles that grant read, write and watch on key prefixes, and admin.
+    /// Without it every client with a certificate may read, write and watch
+    /// everything. Calls without a certificate (no TLS) are never refused.
+    /// Read again on SIGHUP.
+    #[arg(long, env = "INFLIGHT_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Client certificate names (CN or SAN) that may use the admin RPCs
+    /// (membership, leader transfer, dead letters), besides roles with
+    /// `admin = true`.
+    #[arg(long, env = "INFLIGHT_ADMIN_IDENTITIES", value_delimiter = ',')]
+    pub admin_identities: Vec<String>,
 }
 
 /// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `2GiB`, `1GB`.
@@ -537,6 +549,8 @@ impl ServeArgs {
                 .unwrap_or_else(|| self.peer_listen.to_string()),
         ))
         .map_err(|e| format!("--advertise, --advertise-peer: {e}"))?;
+        let auth =
+            crate::auth::Authorizer::open(self.auth_file.as_deref(), &self.admin_identities)?;
         Ok(ServeOptions {
             raft: RaftSettings {
                 id: self.id,
@@ -551,6 +565,7 @@ impl ServeArgs {
             listen: self.listen,
             peer_listen: self.peer_listen,
             http: self.http,
+            auth: std::sync::Arc::new(auth),
             initial_cluster,
             join: self.join,
             limits: Limits {
