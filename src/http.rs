@@ -11,6 +11,16 @@
 //! JSON as `inflight status --json` for this node. `/metrics` is the
 //! Prometheus (OpenMetrics) text exposition, see `crate::metrics`.
 //!
+//! `/cluster` (which the status page polls) is the one handler that costs
+//! other nodes work: it asks every member for its member list and status.
+//! So that a flood of requests, or many open status pages, cannot turn a
+//! node into an amplifier against its peers, the answers are shared: one
+//! fan-out at a time per node, and requests that arrive while one runs wait
+//! for it and take its result; that result is served for
+//! [`CLUSTER_REPORT_FRESH`] after it came in (`report_age_ms` says how old
+//! the one served is). A flood of `/cluster` requests thus makes at most one
+//! fan-out per second, whatever its size.
+//!
 //! With `--cert-file` the port speaks HTTPS only, with the client port's
 //! certificate and client verifier (`crate::tls`).
 
@@ -22,7 +32,9 @@ use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::api::node_status;
 use crate::handoff::HandoffState;
@@ -37,12 +49,47 @@ pub const READY_LAG: u64 = 1_000;
 /// quorum) for this long is cut off, whatever it still believes.
 pub const READY_CONTACT_MS: u64 = 3_000;
 
+/// How long one `/cluster` fan-out's answers are served to later requests.
+pub const CLUSTER_REPORT_FRESH: Duration = Duration::from_secs(1);
+
 /// What the HTTP handlers read.
 #[derive(Clone)]
 struct Ops {
     node: raft::Node,
     handoff: Arc<HandoffState>,
     to_nodes: Option<ReloadableClientTls>,
+    cluster: Arc<SharedReport>,
+}
+
+/// The last `/cluster` fan-out's result, shared by the requests that come
+/// while it runs and while it is fresh.
+#[derive(Default)]
+struct SharedReport {
+    /// Held across a fan-out, so requests queue behind it (tokio's mutex
+    /// is fair) and find its result when they get their turn. A request
+    /// dropped mid-fan-out releases it, and the next one asks again.
+    last: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+}
+
+impl SharedReport {
+    /// The last result if it is fresh, else `ask()`'s, with its age in ms.
+    /// `now` reads the clock (a parameter so that tests can move it).
+    async fn get<F, Fut>(&self, now: impl Fn() -> Instant, ask: F) -> (serde_json::Value, u64)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = serde_json::Value>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, report)) = &*last {
+            let age = now().saturating_duration_since(*at);
+            if age < CLUSTER_REPORT_FRESH {
+                return (report.clone(), age.as_millis() as u64);
+            }
+        }
+        let report = ask().await;
+        *last = Some((now(), report.clone()));
+        (report, 0)
+    }
 }
 
 /// The HTTP port's TLS: what it serves (none: plain HTTP), and how
@@ -81,6 +128,7 @@ pub async fn serve_with_tls(
             node,
             handoff,
             to_nodes: tls.to_nodes,
+            cluster: Arc::default(),
         });
     let r = match tls.server {
         None => serve_on(listener, app, stop).await,
@@ -173,8 +221,36 @@ async fn page() -> impl IntoResponse {
 }
 
 /// Every member's status (as `inflight status --json`), asked from this
-/// node, plus the leader changes this node saw.
-async fn cluster(State(Ops { node, to_nodes, .. }): State<Ops>) -> impl IntoResponse {
+/// node at most once per [`CLUSTER_REPORT_FRESH`], plus the leader changes
+/// this node saw.
+async fn cluster(
+    State(Ops {
+        node,
+        cluster,
+        to_nodes,
+        ..
+    }): State<Ops>,
+) -> impl IntoResponse {
+    let (mut v, age_ms) = cluster
+        .get(Instant::now, || ask_members(&node, to_nodes.as_ref()))
+        .await;
+    v["report_age_ms"] = json!(age_ms);
+    let changes: Vec<_> = node
+        .leader_changes()
+        .iter()
+        .map(|c| json!({"at_ms": c.at_ms, "term": c.term, "leader": c.leader}))
+        .collect();
+    v["leader_changes"] = json!(changes);
+    v["served_by"] = json!(node.id());
+    Json(v)
+}
+
+/// One fan-out: every member's member list and status.
+/// `to_nodes`: this node's TLS to the other nodes' client ports.
+async fn ask_members(
+    node: &raft::Node,
+    to_nodes: Option<&ReloadableClientTls>,
+) -> serde_json::Value {
     let endpoints: Vec<String> = node
         .status()
         .members
@@ -185,21 +261,13 @@ async fn cluster(State(Ops { node, to_nodes, .. }): State<Ops>) -> impl IntoResp
         tls: to_nodes.map(|t| t.current().1),
         ..Default::default()
     };
-    let mut v = match crate::client::Client::with_options(endpoints, opts) {
+    match crate::client::Client::with_options(endpoints, opts) {
         Ok(c) => c
             .cluster_report(std::time::Duration::from_millis(900))
             .await
             .to_json(),
         Err(e) => json!({"error": e.message()}),
-    };
-    let changes: Vec<_> = node
-        .leader_changes()
-        .iter()
-        .map(|c| json!({"at_ms": c.at_ms, "term": c.term, "leader": c.leader}))
-        .collect();
-    v["leader_changes"] = json!(changes);
-    v["served_by"] = json!(node.id());
-    Json(v)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -257,7 +325,7 @@ async fn readyz(State(ops): State<Ops>, Query(q): Query<ReadyQuery>) -> impl Int
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -278,6 +346,65 @@ mod tests {
             .unwrap_or(0);
         let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
         (code, body.to_string())
+    }
+
+    #[tokio::test]
+    async fn concurrent_cluster_requests_share_one_fan_out_and_its_result_for_a_second() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let shared = Arc::new(SharedReport::default());
+        let t0 = Instant::now();
+        let at = move |ms: u64| move || t0 + Duration::from_millis(ms);
+        let asked = Arc::new(AtomicU64::new(0));
+        // The first fan-out is held open until every request is waiting.
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let held = Arc::new(tokio::sync::Mutex::new(Some(held)));
+        let ask = |asked: Arc<AtomicU64>, held: Arc<tokio::sync::Mutex<Option<_>>>| async move {
+            let n = asked.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(h) = held.lock().await.take() {
+                let _: Result<(), _> = h.await;
+            }
+            json!({ "fan_out": n })
+        };
+        let entered = Arc::new(AtomicU64::new(0));
+        let requests: Vec<_> = (0..50)
+            .map(|_| {
+                let (shared, asked, held) = (shared.clone(), asked.clone(), held.clone());
+                let entered = entered.clone();
+                tokio::spawn(async move {
+                    // Counted in the same poll that queues it on the lock.
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    shared.get(at(0), || ask(asked, held)).await
+                })
+            })
+            .collect();
+        while entered.load(Ordering::SeqCst) < 50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            requests.iter().all(|r| !r.is_finished()),
+            "all wait for the held fan-out"
+        );
+        release.send(()).unwrap();
+        for r in requests {
+            let (v, _) = r.await.unwrap();
+            assert_eq!(
+                v["fan_out"], 1,
+                "every request got the one fan-out's result"
+            );
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+        // Fresh for a second: served with its age, no new fan-out.
+        let (v, age) = shared
+            .get(at(900), || ask(asked.clone(), held.clone()))
+            .await;
+        assert_eq!((v["fan_out"].as_u64(), age), (Some(1), 900));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Then stale: the next request asks again.
+        let (v, age) = shared
+            .get(at(1000), || ask(asked.clone(), held.clone()))
+            .await;
+        assert_eq!((v["fan_out"].as_u64(), age), (Some(2), 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,8 @@
 //! - [`state`]: the deterministic state machine (`Table`, commands, apply).
 //! - [`raft`]: consensus; [`raft::Node`] is the one way in (`propose`,
 //!   `read_barrier`, `is_leader`, `status`), openraft stays inside.
+//! - [`auth`]: who may read, write, watch which keys and administer the
+//!   cluster (roles from `--auth-file`, identities from client certificates).
 //! - [`api`]: the gRPC services (unary calls and the batching session),
 //!   request validation, the one error → status mapping.
 //! - [`duties`]: what a node does besides answering: expiry and hand-off (on
@@ -32,6 +34,7 @@
 //! - [`memory`]: what a node holds, part by part, as the memory budget counts it.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod codec;

@@ -44,6 +44,18 @@ pub struct PortLabels {
     pub port: String,
 }
 
+/// `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// `read`, `write`, `watch` or `admin` (`crate::auth::Operation`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
@@ -79,6 +91,8 @@ pub struct Metrics {
     pub memory_budget_bytes: Gauge,
     pub inserts_refused_budget: Counter,
     pub tls_handshake_failures: Family<PortLabels, Counter>,
+    pub permission_denied: Family<OperationLabels, Counter>,
+    pub auth_reloads: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -123,6 +137,8 @@ impl Metrics {
             memory_budget_bytes: Gauge::default(),
             inserts_refused_budget: Counter::default(),
             tls_handshake_failures: Family::default(),
+            permission_denied: Family::default(),
+            auth_reloads: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -263,6 +279,17 @@ impl Metrics {
             "TLS handshakes that failed or timed out, by port (client, peer, http): no certificate, an untrusted or expired one, a client certificate on the peer port, or not TLS at all",
             m.tls_handshake_failures.clone(),
         );
+        r.register(
+            "permission_denied",
+            "Calls (and frame ops) refused with PERMISSION_DENIED by the roles, by operation: \
+             read, write, watch, admin",
+            m.permission_denied.clone(),
+        );
+        r.register(
+            "auth_reloads",
+            "Reloads of --auth-file on SIGHUP, by result: ok, or error (the roles read before stay)",
+            m.auth_reloads.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -272,6 +299,24 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one call refused by the roles.
+    pub fn permission_denied(&self, operation: &str) {
+        self.permission_denied
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one reload of the auth file.
+    pub fn auth_reload(&self, ok: bool) {
+        self.auth_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
     }
 
     /// Records one served gRPC request.

@@ -81,6 +81,8 @@ pub struct ServeOptions {
     pub handoff: HandoffOptions,
     /// Which TLS files each port uses (`crate::tls`).
     pub tls: TlsOptions,
+    /// Roles (`--auth-file`, `--admin-identities`), shared by the services.
+    pub auth: Arc<crate::auth::Authorizer>,
 }
 
 /// Where finished records go.
@@ -88,6 +90,8 @@ pub struct ServeOptions {
 pub struct HandoffOptions {
     pub sink: SinkSpec,
     pub shadow: Option<SinkSpec>,
+    /// `--sink-ca-file`: the CAs https webhooks and PostgreSQL `verify-*` trust.
+    pub sink_ca_file: Option<std::path::PathBuf>,
     /// Past this many bytes held (records, request ids, watch window, Raft log, snapshots), writes that grow memory are refused.
     pub memory_budget_bytes: u64,
     pub settings: HandoffSettings,
@@ -114,11 +118,12 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
     };
     // Open the sinks first: a sink that cannot even be opened (a directory
     // that cannot be created) is a configuration error, reported at startup.
-    let primary_sink = Sink::open(&o.handoff.sink, o.raft.id)
+    let ca = o.handoff.sink_ca_file.as_deref();
+    let primary_sink = Sink::open(&o.handoff.sink, o.raft.id, ca)
         .map_err(|e| anyhow::anyhow!("--sink {}: {e}", o.handoff.sink))?;
     let shadow_sink = match &o.handoff.shadow {
         Some(spec) => Some(
-            Sink::open(spec, o.raft.id)
+            Sink::open(spec, o.raft.id, ca)
                 .map_err(|e| anyhow::anyhow!("--shadow-sink {spec}: {e}"))?,
         ),
         None => None,
@@ -164,11 +169,15 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
         o.limits,
         o.retention,
         handoff.clone(),
+        o.auth.clone(),
     ))
     .max_decoding_message_size(max_msg.max(16 << 20))
     .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
-    let cluster =
-        pb::cluster_server::ClusterServer::new(ClusterService::new(node.clone(), handoff.clone()));
+    let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(
+        node.clone(),
+        handoff.clone(),
+        o.auth.clone(),
+    ));
     let mut grpc_stop = listeners.signal();
     let grpc = grpc_server()
         .layer(GrpcMetricsLayer)
@@ -240,6 +249,12 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
         rest.spawn("tls reload", tls.clone().reload_on_sighup(rest.signal()));
     }
 
+    // In `rest`, not `listeners`: without an auth file it ends at once, and
+    // a listener that ends stops the node.
+    rest.spawn(
+        "auth-reload",
+        o.auth.clone().reload_on_sighup(rest.signal()),
+    );
     {
         let node = node.clone();
         rest.spawn("leader-changes", async move {

@@ -231,10 +231,11 @@ async fn garbage_on_the_grpc_port_does_not_crash_the_node() {
     let mut c = Cluster::start(ClusterOptions::default()).await;
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let addr = c.nodes[&leader].grpc.clone();
+    let peer_addr = c.nodes[&leader].peer.clone();
 
-    // Raw bytes, with and without an HTTP/2 preface.
+    // Raw bytes, with and without an HTTP/2 preface, on both gRPC ports.
     let mut seed: u64 = 0x9e3779b97f4a7c15;
-    for round in 0..20 {
+    for round in 0..40 {
         let mut junk = Vec::with_capacity(65_536);
         for _ in 0..65_536 {
             seed ^= seed << 13;
@@ -242,7 +243,8 @@ async fn garbage_on_the_grpc_port_does_not_crash_the_node() {
             seed ^= seed << 17;
             junk.push(seed as u8);
         }
-        if let Ok(mut s) = TcpStream::connect(&addr) {
+        let target = if round < 20 { &addr } else { &peer_addr };
+        if let Ok(mut s) = TcpStream::connect(target) {
             if round % 2 == 1 {
                 let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
             }
@@ -255,8 +257,13 @@ async fn garbage_on_the_grpc_port_does_not_crash_the_node() {
         .connect()
         .await
         .unwrap();
-    // Garbage inside well-formed peer RPCs.
-    let mut peer = pb::raft_client::RaftClient::new(channel.clone());
+    // Garbage inside well-formed peer RPCs, on the peer port.
+    let peer_channel = tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut peer = pb::raft_client::RaftClient::new(peer_channel);
     for call in 0..3 {
         let msg = pb::RaftMessage {
             payload: vec![0xff; 100 + call],

@@ -240,8 +240,17 @@ fn dev_demo_moves_simulated_calls_and_messages_into_postflight_files() {
 }
 
 fn certs(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(["certs", "init"])
+    certs_with_umask("022", args)
+}
+
+/// `inflight certs init ARGS` under a umask, through `sh`, which sets it.
+fn certs_with_umask(umask: &str, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("umask {umask} && exec \"$0\" certs init \"$@\""),
+        ])
+        .arg(BIN)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -268,7 +277,8 @@ fn certs_init_makes_a_verifiable_set_then_adds_a_client_and_refuses_a_garbage_ca
             & 0o777
     };
 
-    let out = certs(&[d, "--nodes", "2", "--host", "10.9.8.7"]);
+    // A umask that would hide the certificates does not.
+    let out = certs_with_umask("077", &[d, "--nodes", "2", "--host", "10.9.8.7"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     for what in ["CA", "node 1", "node 2", "client admin"] {

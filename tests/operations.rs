@@ -438,3 +438,58 @@ async fn a_client_that_gives_up_reports_what_the_nodes_said_not_a_socket_error()
         e.message()
     );
 }
+
+/// How many times node `http` has served `method` (any code), from its
+/// client gRPC metrics; 0 before the first.
+fn served(http: &str, method: &str) -> u64 {
+    let (code, text) = http_get(http, "/metrics");
+    assert_eq!(code, 200);
+    let prefix = format!("inflight_grpc_request_duration_seconds_count{{method=\"{method}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_cluster_requests_asks_each_member_at_most_once_a_second() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    c.wait_leader(Duration::from_secs(5)).await;
+    let asked = |method: &str| -> Vec<u64> {
+        (1..=3)
+            .map(|id| served(&c.nodes[&id].http, method))
+            .collect()
+    };
+    let (status_before, lists_before) = (asked("Status"), asked("MemberList"));
+
+    let target = c.nodes[&1].http.clone();
+    let started = Instant::now();
+    let flood: Vec<_> = (0..60)
+        .map(|_| {
+            let target = target.clone();
+            std::thread::spawn(move || http_get(&target, "/cluster"))
+        })
+        .collect();
+    for r in flood {
+        let (code, body) = r.join().unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+        assert!(v["report_age_ms"].as_u64().unwrap() < 1_000, "{v}");
+    }
+    // One fan-out per second at most: as many as the seconds the flood
+    // spanned, plus one; 60 without the sharing.
+    let bound = started.elapsed().as_secs() + 1;
+    assert!(bound < 10, "the flood took {:?}", started.elapsed());
+    for (method, before) in [("Status", status_before), ("MemberList", lists_before)] {
+        let after = asked(method);
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let fan_outs = a - b;
+            assert!(
+                (1..=bound).contains(&fan_outs),
+                "node {}: {fan_outs} {method} calls for 60 /cluster requests (bound {bound})",
+                i + 1
+            );
+        }
+    }
+}

@@ -590,6 +590,47 @@ mod cluster {
         );
     }
 
+    /// The roles read the caller's name from the handshake of the node's own
+    /// TLS acceptor (`Request::peer_certs`), on every node of the cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn roles_see_the_client_certificate_the_tls_acceptor_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("auth.toml");
+        std::fs::write(
+            &auth,
+            "[roles.all]\nread = [\"\"]\nwrite = [\"\"]\nwatch = [\"\"]\n\
+             [roles.reader]\nread = [\"a/\"]\n\
+             [identities]\n\"test\" = \"all\"\n\"alice\" = \"reader\"\n",
+        )
+        .unwrap();
+        let c = Cluster::start(ClusterOptions {
+            tls: true,
+            extra_args: vec![
+                "--auth-file".into(),
+                auth.display().to_string(),
+                "--admin-identities".into(),
+                "test,node-1,node-2,node-3".into(),
+            ],
+            ..ClusterOptions::default()
+        })
+        .await;
+        c.client()
+            .insert("a/1", "v")
+            .await
+            .expect("the harness's role");
+        let pki = c.pki.as_ref().unwrap();
+        let alice = pki.client("alice");
+        for n in c.nodes.values() {
+            let as_alice = client(&n.grpc, tls(&pki.ca(), Some(&alice)));
+            let e = as_alice
+                .insert("a/2", "v")
+                .await
+                .expect_err("alice may only read");
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+            assert!(e.message().contains("alice"), "{e:?}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sighup_after_replacing_a_nodes_certificate_new_connections_see_it_and_no_request_fails(
     ) {

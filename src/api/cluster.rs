@@ -1,10 +1,16 @@
 //! `inflight.v1.Cluster`: node status and membership.
+//!
+//! Every RPC that changes the cluster, and HandoffFailed (it lists keys of
+//! every prefix), is admin (`crate::auth`); Status and MemberList are open,
+//! as leader discovery needs them, with the dead-letter sample (keys, sink
+//! errors) left out of a non-admin's Status.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
+use crate::auth::{Authorizer, Caller};
 use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft;
@@ -13,11 +19,23 @@ use crate::state::{Action, Command, DeadLetter, HandoffId};
 pub struct ClusterService {
     node: raft::Node,
     handoff: Arc<HandoffState>,
+    auth: Arc<Authorizer>,
 }
 
 impl ClusterService {
-    pub fn new(node: raft::Node, handoff: Arc<HandoffState>) -> Self {
-        ClusterService { node, handoff }
+    pub fn new(node: raft::Node, handoff: Arc<HandoffState>, auth: Arc<Authorizer>) -> Self {
+        ClusterService {
+            node,
+            handoff,
+            auth,
+        }
+    }
+
+    /// Refuses a caller that may not use the admin RPC `rpc`.
+    fn admin<T>(&self, req: &Request<T>, rpc: &str) -> Result<(), Status> {
+        self.auth
+            .check_admin(&Caller::of(req), rpc)
+            .map_err(|d| ApiError::from(d).into())
     }
 
     fn members(&self) -> pb::MemberListResponse {
@@ -142,9 +160,15 @@ fn memory_pb(m: &crate::memory::MemoryUse) -> pb::MemoryUse {
 impl pb::cluster_server::Cluster for ClusterService {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Ok(Response::new(node_status(&self.node, &self.handoff)))
+        let mut status = node_status(&self.node, &self.handoff);
+        if !self.auth.is_admin(&Caller::of(&req)) {
+            if let Some(h) = status.handoff.as_mut() {
+                h.dead_letter_sample.clear();
+            }
+        }
+        Ok(Response::new(status))
     }
 
     async fn member_list(
@@ -158,6 +182,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.admin(&req, "Cluster.AddLearner")?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(ApiError::invalid("id: node ids start at 1").into());
@@ -188,6 +213,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.admin(&req, "Cluster.Promote")?;
         let id = req.into_inner().id;
         let existing = self.members();
         match existing.members.iter().find(|m| m.id == id) {
@@ -209,6 +235,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.admin(&req, "Cluster.RemoveMember")?;
         let r = req.into_inner();
         self.node.leader_only().map_err(ApiError::from)?;
         let existing = self.members();
@@ -253,6 +280,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.admin(&req, "Cluster.TransferLeader")?;
         let to = req.into_inner().to;
         self.node.leader_only().map_err(ApiError::from)?;
         let members = self.members();
@@ -275,6 +303,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::HandoffFailedRequest>,
     ) -> Result<Response<pb::HandoffFailedResponse>, Status> {
+        self.admin(&req, "Cluster.HandoffFailed")?;
         let r = req.into_inner();
         let table = self.node.table();
         let (page, more) = if r.keys.is_empty() {
@@ -319,6 +348,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::HandoffRetryRequest>,
     ) -> Result<Response<pb::HandoffChangeResponse>, Status> {
+        self.admin(&req, "Cluster.HandoffRetry")?;
         let r = req.into_inner();
         let given = !r.keys.is_empty() as u8 + !r.handoff_ids.is_empty() as u8 + r.all as u8;
         if given != 1 {
@@ -347,6 +377,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::HandoffDropRequest>,
     ) -> Result<Response<pb::HandoffChangeResponse>, Status> {
+        self.admin(&req, "Cluster.HandoffDrop")?;
         let r = req.into_inner();
         if r.keys.is_empty() == r.handoff_ids.is_empty() {
             return Err(ApiError::invalid(

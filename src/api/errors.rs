@@ -34,6 +34,13 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller's roles do not allow the call (`crate::auth`); in a batch,
+    /// `op` is the first op outside the grant.
+    #[error("{}{denied}", op.map(|i| format!("ops[{i}]: ")).unwrap_or_default())]
+    PermissionDenied {
+        op: Option<usize>,
+        denied: crate::auth::Denied,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -59,6 +66,12 @@ impl ApiError {
         } else {
             ApiError::Rejected(f.rejection)
         }
+    }
+}
+
+impl From<crate::auth::Denied> for ApiError {
+    fn from(denied: crate::auth::Denied) -> Self {
+        ApiError::PermissionDenied { op: None, denied }
     }
 }
 
@@ -118,6 +131,15 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
 
             ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::PermissionDenied { op, .. } => {
+                let mut s = Status::permission_denied(msg);
+                if let Some(op) = op {
+                    if let Ok(v) = MetadataValue::try_from(op.to_string().as_str()) {
+                        s.metadata_mut().insert(FAILED_OP_KEY, v);
+                    }
+                }
+                s
+            }
             ApiError::Internal(_) => Status::internal(msg),
         }
     }

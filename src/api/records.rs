@@ -10,6 +10,7 @@ use super::response::{self, RESPONSE_BYTES};
 use super::session::{session_stream, SessionStream};
 use super::watch::{watch_stream, WatchStream};
 use super::{record_to_pb, ApiError, Limits};
+use crate::auth::{Authorizer, Caller, Operation, Target};
 use crate::codec;
 use crate::handoff::HandoffState;
 use crate::pb;
@@ -59,6 +60,7 @@ pub struct InFlightService {
     limits: Limits,
     retention: Retention,
     handoff: Arc<HandoffState>,
+    auth: Arc<Authorizer>,
 }
 
 impl InFlightService {
@@ -68,6 +70,7 @@ impl InFlightService {
         limits: Limits,
         retention: Retention,
         handoff: Arc<HandoffState>,
+        auth: Arc<Authorizer>,
     ) -> Self {
         InFlightService {
             node,
@@ -75,6 +78,7 @@ impl InFlightService {
             limits,
             retention,
             handoff,
+            auth,
         }
     }
 
@@ -141,8 +145,11 @@ impl InFlightService {
 
     pub(super) async fn insert(
         &self,
+        caller: &Caller,
         r: pb::InsertRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
+        self.auth
+            .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = self.insert_op(r, "")?;
         self.propose_one(op, id).await
@@ -150,8 +157,11 @@ impl InFlightService {
 
     pub(super) async fn update(
         &self,
+        caller: &Caller,
         r: pb::UpdateRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
+        self.auth
+            .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = self.update_op(r, "")?;
         self.propose_one(op, id).await
@@ -159,8 +169,11 @@ impl InFlightService {
 
     pub(super) async fn delete(
         &self,
+        caller: &Caller,
         r: pb::DeleteRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
+        self.auth
+            .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = self.delete_op(r, "")?;
         self.propose_one(op, id).await
@@ -168,14 +181,23 @@ impl InFlightService {
 
     pub(super) async fn complete(
         &self,
+        caller: &Caller,
         r: pb::CompleteRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
+        self.auth
+            .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = self.complete_op(r, "")?;
         self.propose_one(op, id).await
     }
 
-    pub(super) async fn get(&self, r: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
+    pub(super) async fn get(
+        &self,
+        caller: &Caller,
+        r: pb::GetRequest,
+    ) -> Result<pb::GetResponse, ApiError> {
+        self.auth
+            .check(caller, Operation::Read, Target::Key(&r.key))?;
         self.limits.key("key", &r.key)?;
         self.read_barrier(r.consistency, r.max_staleness_ms).await?;
         let (found, revision) = self.read(|s| s.get(&r.key))?;
@@ -325,7 +347,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::InsertRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::insert(self, req.into_inner()).await?,
+            InFlightService::insert(self, &Caller::of(&req), req.into_inner()).await?,
         ))
     }
 
@@ -334,7 +356,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::update(self, req.into_inner()).await?,
+            InFlightService::update(self, &Caller::of(&req), req.into_inner()).await?,
         ))
     }
 
@@ -343,7 +365,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::delete(self, req.into_inner()).await?,
+            InFlightService::delete(self, &Caller::of(&req), req.into_inner()).await?,
         ))
     }
 
@@ -352,7 +374,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::complete(self, req.into_inner()).await?,
+            InFlightService::complete(self, &Caller::of(&req), req.into_inner()).await?,
         ))
     }
 
@@ -360,6 +382,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         &self,
         req: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         self.limits.batch_len(r.ops.len())?;
         let ops = r
@@ -368,6 +391,16 @@ impl pb::in_flight_server::InFlight for InFlightService {
             .enumerate()
             .map(|(i, op)| self.batch_op(op, i))
             .collect::<Result<Vec<_>, _>>()?;
+        // All or nothing, like the batch itself: one op outside the grant
+        // refuses the whole batch, before anything is proposed.
+        for (i, op) in ops.iter().enumerate() {
+            self.auth
+                .check(&caller, Operation::Write, Target::Key(op.key()))
+                .map_err(|denied| ApiError::PermissionDenied {
+                    op: Some(i),
+                    denied,
+                })?;
+        }
         self.limits.batch_bytes(&ops)?;
         let applied = self.propose(ops, r.request_id, true).await?;
         let revision = applied.first().map(|a| a.revision).unwrap_or(0);
@@ -379,7 +412,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         Ok(Response::new(
-            InFlightService::get(self, req.into_inner()).await?,
+            InFlightService::get(self, &Caller::of(&req), req.into_inner()).await?,
         ))
     }
 
@@ -387,7 +420,11 @@ impl pb::in_flight_server::InFlight for InFlightService {
         &self,
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
+        self.auth
+            .check(&caller, Operation::Read, Target::Prefix(&r.prefix))
+            .map_err(ApiError::from)?;
         self.limits.prefix("prefix", &r.prefix)?;
         self.limits.prefix("after_key", &r.after_key)?;
         let limit = self.limits.scan_limit(r.limit)?;
@@ -418,7 +455,11 @@ impl pb::in_flight_server::InFlight for InFlightService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
+        self.auth
+            .check(&caller, Operation::Watch, Target::Prefix(&r.prefix))
+            .map_err(ApiError::from)?;
         self.limits.prefix("prefix", &r.prefix)?;
         let events = watch_stream(self.node.table().clone(), r)?;
         Ok(Response::new(Box::pin(
@@ -432,8 +473,11 @@ impl pb::in_flight_server::InFlight for InFlightService {
         &self,
         req: Request<tonic::Streaming<pb::Frame>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // One stream, one connection, one certificate: read its names once.
+        let caller = Caller::of(&req);
         Ok(Response::new(session_stream(
             self.clone(),
+            caller,
             req.into_inner(),
             self.stop.clone(),
         )))

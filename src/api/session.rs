@@ -14,6 +14,10 @@
 //! that result and every later one are left out (`value_omitted`), gets
 //! included; the client library reads those gets again, alone.
 //!
+//! Each op is authorized on its own (`crate::auth`): one outside the
+//! caller's grant fails with `PERMISSION_DENIED` in its own outcome, and the
+//! frame's other ops proceed, as their unary calls would.
+//!
 //! Frames of one stream are answered in order, one at a time: the client
 //! sends the next frame when the previous one is answered (that is what makes
 //! the batching natural), so there is nothing to gain from overlapping them.
@@ -28,6 +32,7 @@ use tonic::{Status, Streaming};
 use super::records::InFlightService;
 use super::response::{self, RESPONSE_BYTES};
 use super::ApiError;
+use crate::auth::Caller;
 use crate::pb;
 use crate::shutdown::Shutdown;
 use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
@@ -44,6 +49,7 @@ pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::FrameResult, Statu
 /// ops of its next frame on another node).
 pub fn session_stream(
     svc: InFlightService,
+    caller: Caller,
     mut frames: Streaming<pb::Frame>,
     mut stop: Shutdown,
 ) -> SessionStream {
@@ -77,8 +83,10 @@ pub fn session_stream(
             crate::metrics::METRICS
                 .frame_ops
                 .observe(frame.ops.len() as f64);
-            let mut results =
-                futures::future::join_all(frame.ops.into_iter().map(|op| run_op(&svc, op))).await;
+            let mut results = futures::future::join_all(
+                frame.ops.into_iter().map(|op| run_op(&svc, &caller, op)),
+            )
+            .await;
             // The answer is one message: values past the bound are left out.
             response::bound_values(&mut results, RESPONSE_BYTES, response::op_record);
             let answer = pb::FrameResult {
@@ -96,7 +104,7 @@ pub fn session_stream(
 /// Runs one op of a frame. It is timed and counted under the same method
 /// name and status code as the unary call it stands for, so the request
 /// metrics mean the same whichever way a client sends.
-async fn run_op(svc: &InFlightService, op: pb::FrameOp) -> pb::OpResult {
+async fn run_op(svc: &InFlightService, caller: &Caller, op: pb::FrameOp) -> pb::OpResult {
     use pb::frame_op::Op;
     use pb::op_result::Result as R;
     let started = std::time::Instant::now();
@@ -109,11 +117,11 @@ async fn run_op(svc: &InFlightService, op: pb::FrameOp) -> pb::OpResult {
         None => "unknown",
     };
     let result = match op.op {
-        Some(Op::Insert(r)) => svc.insert(r).await.map(R::Mutation),
-        Some(Op::Update(r)) => svc.update(r).await.map(R::Mutation),
-        Some(Op::Delete(r)) => svc.delete(r).await.map(R::Mutation),
-        Some(Op::Complete(r)) => svc.complete(r).await.map(R::Mutation),
-        Some(Op::Get(r)) => svc.get(r).await.map(R::Get),
+        Some(Op::Insert(r)) => svc.insert(caller, r).await.map(R::Mutation),
+        Some(Op::Update(r)) => svc.update(caller, r).await.map(R::Mutation),
+        Some(Op::Delete(r)) => svc.delete(caller, r).await.map(R::Mutation),
+        Some(Op::Complete(r)) => svc.complete(caller, r).await.map(R::Mutation),
+        Some(Op::Get(r)) => svc.get(caller, r).await.map(R::Get),
         None => Err(ApiError::invalid(
             "op: empty frame op (set insert, update, delete, complete or get)",
         )),

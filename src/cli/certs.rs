@@ -303,6 +303,108 @@ impl fmt::Display for Report {
 /// Makes whatever of the CA, `opts.nodes` node pairs and the client pairs is
 /// missing from `dir`, reusing the CA found there.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<Report, CertError> {
+    let survey = survey(dir, opts)?;
+
+    make_dir(dir)?;
+    let now = OffsetDateTime::now_utc();
+    let mut report = Report::default();
+    let ca_files = CertDir::new(dir).ca();
+    let (issuer, ca_until) = match survey.ca {
+        Some(ca) => {
+            report.entries.push(Entry {
+                what: "CA".into(),
+                files: ca_files,
+                created: false,
+            });
+            ca
+        }
+        None => {
+            let until = now + Duration::days(CA_DAYS.into());
+            let ca = new_ca(now, until)?;
+            write_pair(&ca_files, &ca.pem(), &ca.key().serialize_pem())?;
+            report.entries.push(Entry {
+                what: "CA".into(),
+                files: ca_files,
+                created: true,
+            });
+            (ca_issuer(ca)?, until)
+        }
+    };
+
+    let wanted_until = now + Duration::days(opts.days.into());
+    let until = wanted_until.min(ca_until);
+    let mut kept_nodes = Vec::new();
+    let mut created_any = false;
+    for Planned {
+        what,
+        files,
+        leaf,
+        present,
+    } in survey.leaves
+    {
+        if !present {
+            let (cert, key) =
+                issue(&issuer, &leaf, &survey.hosts, now, until).map_err(|source| {
+                    CertError::Generate {
+                        what: what.clone(),
+                        source,
+                    }
+                })?;
+            write_pair(&files, &cert, &key)?;
+            created_any = true;
+        } else if let Leaf::Node(n) = leaf {
+            kept_nodes.push(format!("node-{n}"));
+        }
+        report.entries.push(Entry {
+            what,
+            files,
+            created: !present,
+        });
+    }
+    sync_dir(dir)?;
+
+    if !survey.hosts.is_empty() && !kept_nodes.is_empty() {
+        report.notes.push(format!(
+            "--host is not added to kept certificates ({}); remove a node's two files and \
+             run again to reissue it with the new names",
+            kept_nodes.join(", ")
+        ));
+    }
+    if created_any && until < wanted_until {
+        report.notes.push(format!(
+            "new certificates are valid until {}, when the CA expires, not for {} days",
+            until.date(),
+            opts.days
+        ));
+    }
+    Ok(report)
+}
+
+/// What `init` found and will do, decided before anything is written.
+struct Survey<'a> {
+    hosts: Vec<SanType>,
+    leaves: Vec<Planned<'a>>,
+    /// The CA already in the directory, with its expiry; none to make one.
+    ca: Option<(Issuer<'static, KeyPair>, OffsetDateTime)>,
+}
+
+/// A node or client pair `init` was asked for.
+struct Planned<'a> {
+    what: String,
+    files: Pair,
+    leaf: Leaf<'a>,
+    /// Both files are there already, so it is kept.
+    present: bool,
+}
+
+/// A certificate below the CA.
+enum Leaf<'a> {
+    Node(u16),
+    Client(&'a str),
+}
+
+/// Checks the flags and the directory: everything that can refuse a run.
+fn survey<'a>(dir: &Path, opts: &'a InitOptions) -> Result<Survey<'a>, CertError> {
     if opts.nodes == 0 || opts.nodes > MAX_NODES {
         return Err(CertError::BadNodes(opts.nodes));
     }
@@ -323,32 +425,34 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Report, CertError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let layout = CertDir::new(dir);
-    let leaves: Vec<(String, Pair, Leaf)> = (1..=opts.nodes)
+    let ca_files = layout.ca();
+    let ca_present = present(&ca_files)?;
+    let wanted = (1..=opts.nodes)
         .map(|n| (format!("node {n}"), layout.node(n), Leaf::Node(n)))
         .chain(
             clients
-                .iter()
+                .into_iter()
                 .map(|c| (format!("client {c}"), layout.client(c), Leaf::Client(c))),
-        )
-        .collect();
-
-    // Everything that can refuse the run is decided before the first write.
-    let ca_files = layout.ca();
-    let ca_present = present(&ca_files)?;
-    let mut leaf_present = Vec::with_capacity(leaves.len());
-    for (_, pair, _) in &leaves {
-        let here = present(pair)?;
+        );
+    let mut leaves = Vec::new();
+    for (what, files, leaf) in wanted {
+        let here = present(&files)?;
         if here && !ca_present {
             return Err(CertError::OrphanCertificate {
                 dir: dir.to_path_buf(),
-                found: pair.cert.clone(),
+                found: files.cert,
             });
         }
-        leaf_present.push(here);
+        leaves.push(Planned {
+            what,
+            files,
+            leaf,
+            present: here,
+        });
     }
     if !ca_present {
-        // Also a leaf this run was not asked about (a node-7 from an
-        // earlier `--nodes 7`) would be an orphan of the new CA.
+        // Also a pair this run was not asked about (a node-7 from an
+        // earlier `--nodes 7`) would be an orphan of a new CA.
         if let Some(found) = any_leaf_file(dir)? {
             return Err(CertError::OrphanCertificate {
                 dir: dir.to_path_buf(),
@@ -356,94 +460,12 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Report, CertError> {
             });
         }
     }
-    let existing_ca = if ca_present {
+    let ca = if ca_present {
         Some(load_ca(&ca_files)?)
     } else {
         None
     };
-
-    make_dir(dir)?;
-    let now = OffsetDateTime::now_utc();
-    let mut report = Report::default();
-    let (issuer, ca_until) = match existing_ca {
-        Some(ca) => {
-            report.entries.push(Entry {
-                what: "CA".into(),
-                files: ca_files,
-                created: false,
-            });
-            ca
-        }
-        None => {
-            let until = now + Duration::days(CA_DAYS.into());
-            let ca = new_ca(now, until)?;
-            write_pair(&ca_files, &ca.pem(), &ca.key().serialize_pem())?;
-            report.entries.push(Entry {
-                what: "CA".into(),
-                files: ca_files,
-                created: true,
-            });
-            let issuer: Issuer<'static, KeyPair> = ca_issuer(ca)?;
-            (issuer, until)
-        }
-    };
-
-    let wanted_until = now + Duration::days(opts.days.into());
-    let until = wanted_until.min(ca_until);
-    let mut kept_nodes = Vec::new();
-    let mut created_any = false;
-    for ((what, files, leaf), here) in leaves.into_iter().zip(leaf_present) {
-        if here {
-            if let Leaf::Node(n) = leaf {
-                kept_nodes.push(n);
-            }
-            report.entries.push(Entry {
-                what,
-                files,
-                created: false,
-            });
-            continue;
-        }
-        let (cert, key) =
-            issue(&issuer, &leaf, &hosts, now, until).map_err(|source| CertError::Generate {
-                what: what.clone(),
-                source,
-            })?;
-        write_pair(&files, &cert, &key)?;
-        created_any = true;
-        report.entries.push(Entry {
-            what,
-            files,
-            created: true,
-        });
-    }
-    sync_dir(dir)?;
-
-    if !hosts.is_empty() && !kept_nodes.is_empty() {
-        let list = kept_nodes
-            .iter()
-            .map(|n| format!("node-{n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        report.notes.push(format!(
-            "--host is not added to kept certificates ({list}); remove a node's two files and \
-             run again to reissue it with the new names"
-        ));
-    }
-    if created_any && until < wanted_until {
-        report.notes.push(format!(
-            "new certificates are valid until {}, when the CA expires, not for {} days",
-            until.date(),
-            opts.days
-        ));
-    }
-    Ok(report)
-}
-
-/// A certificate below the CA.
-enum Leaf<'a> {
-    Node(u16),
-    Client(&'a str),
+    Ok(Survey { hosts, leaves, ca })
 }
 
 fn check_client_name(name: &str) -> Result<(), CertError> {
@@ -669,14 +691,11 @@ fn issue(
 }
 
 fn make_dir(dir: &Path) -> Result<(), CertError> {
-    match fs::DirBuilder::new()
+    fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(io_err(dir)(e)),
-    }
+        .map_err(io_err(dir))
 }
 
 /// Writes the key, then the certificate, each whole and each only if absent.
@@ -696,6 +715,8 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
         name.unwrap_or_default(),
         std::process::id()
     ));
+    // A file of this name is left from a crashed run whose pid was ours.
+    let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)

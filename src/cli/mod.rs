@@ -413,6 +413,11 @@ pub struct ServeArgs {
     /// logged but never hold back eviction.
     #[arg(long, env = "INFLIGHT_SHADOW_SINK", value_parser = crate::handoff::SinkSpecParser)]
     pub shadow_sink: Option<SinkSpec>,
+    /// PEM file of the CA certificates trusted by https webhook sinks and by
+    /// PostgreSQL sinks with sslmode=verify-ca/verify-full whose URL names no
+    /// sslrootcert; replaces the system's roots for them.
+    #[arg(long, env = "INFLIGHT_SINK_CA_FILE")]
+    pub sink_ca_file: Option<PathBuf>,
     /// What the node holds may reach this much memory: records (live and
     /// waiting for hand-off), request ids, the watch window (kept to an
     /// eighth of it), the Raft log not yet purged (snapshotted and purged at
@@ -450,6 +455,18 @@ pub struct ServeArgs {
     /// must be one (default: any certificate of the cluster CA with serverAuth).
     #[arg(long, env = "INFLIGHT_PEER_ALLOWED_CN", value_delimiter = ',')]
     pub peer_allowed_cn: Vec<String>,
+    /// Roles: a TOML file mapping client certificate names (CN or SAN) to
+    /// roles that grant read, write and watch on key prefixes, and admin.
+    /// Without it every client with a certificate may read, write and watch
+    /// everything. Calls without a certificate (no TLS) are never refused.
+    /// Read again on SIGHUP.
+    #[arg(long, env = "INFLIGHT_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Client certificate names (CN or SAN) that may use the admin RPCs
+    /// (membership, leader transfer, dead letters), besides roles with
+    /// `admin = true`.
+    #[arg(long, env = "INFLIGHT_ADMIN_IDENTITIES", value_delimiter = ',')]
+    pub admin_identities: Vec<String>,
 }
 
 /// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `2GiB`, `1GB`.
@@ -606,6 +623,8 @@ impl ServeArgs {
                 .unwrap_or_else(|| self.peer_listen.to_string()),
         ))
         .map_err(|e| format!("--advertise, --advertise-peer: {e}"))?;
+        let auth =
+            crate::auth::Authorizer::open(self.auth_file.as_deref(), &self.admin_identities)?;
         Ok(ServeOptions {
             raft: RaftSettings {
                 id: self.id,
@@ -622,6 +641,7 @@ impl ServeArgs {
             listen: self.listen,
             peer_listen: self.peer_listen,
             http: self.http,
+            auth: std::sync::Arc::new(auth),
             initial_cluster,
             join: self.join,
             limits: Limits {
@@ -630,6 +650,7 @@ impl ServeArgs {
             handoff: HandoffOptions {
                 sink,
                 shadow: self.shadow_sink.clone(),
+                sink_ca_file: self.sink_ca_file.clone(),
                 memory_budget_bytes: self.memory_budget,
 
                 settings: HandoffSettings {

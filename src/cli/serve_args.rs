@@ -45,6 +45,10 @@ pub struct NodeArgs {
     pub handoff_batch: Option<usize>,
     /// TLS files (`--cert-file` ... `--peer-allowed-cn`); all `None`: plaintext.
     pub tls: TlsFlags,
+    /// `--auth-file`: roles for callers with a client certificate.
+    pub auth_file: Option<PathBuf>,
+    /// `--admin-identities`; empty leaves the flag out.
+    pub admin_identities: Vec<String>,
     /// Any other flags, appended last.
     pub extra: Vec<String>,
 }
@@ -73,6 +77,8 @@ impl NodeArgs {
             memory_budget: None,
             handoff_batch: None,
             tls: TlsFlags::default(),
+            auth_file: None,
+            admin_identities: Vec::new(),
             extra: Vec::new(),
         }
     }
@@ -137,6 +143,12 @@ impl NodeArgs {
         if !t.peer_allowed_cn.is_empty() {
             flag("--peer-allowed-cn", t.peer_allowed_cn.join(","));
         }
+        if let Some(p) = &self.auth_file {
+            flag("--auth-file", p.display().to_string());
+        }
+        if !self.admin_identities.is_empty() {
+            flag("--admin-identities", self.admin_identities.join(","));
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -195,6 +207,11 @@ mod tests {
             peer_trusted_ca_file: Some("/c/peer-ca.pem".into()),
             peer_allowed_cn: vec!["node-1".into(), "node-2".into()],
         };
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("auth.toml");
+        std::fs::write(&auth, "[roles.r]\n").unwrap();
+        n.auth_file = Some(auth.clone());
+        n.admin_identities = vec!["node-1".into(), "ops".into()];
         n.extra = vec!["--heartbeat-ms".into(), "40".into()];
         let mut argv = vec!["inflight".to_string(), "serve".to_string()];
         argv.extend(n.to_args());
@@ -239,6 +256,8 @@ mod tests {
             PathBuf::from("/c/peer-ca.pem")
         );
         assert_eq!(tls.peer_allowed_names, ["node-1", "node-2"]);
+        assert_eq!(s.auth_file, Some(auth));
+        assert_eq!(s.admin_identities, vec!["node-1", "ops"]);
     }
 
     #[test]
@@ -306,6 +325,39 @@ mod tests {
             e.contains("AppendEntries") && e.contains("peer message"),
             "says why: {e}"
         );
+    }
+
+    #[test]
+    fn a_bad_auth_file_stops_serve_at_startup_naming_the_file_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[roles.a]\nread = [\"x\"]\nreed = [\"y\"]\n").unwrap();
+        let e = serve_options(&["--auth-file", bad.to_str().unwrap()]).expect_err("refused");
+        assert!(e.contains("--auth-file") && e.contains("bad.toml"), "{e}");
+        assert!(e.contains("line 3") && e.contains("reed"), "{e}");
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "[roles.a]\nread = [\"x/\"]\n[identities]\nbob = \"a\"\n",
+        )
+        .unwrap();
+        let o = serve_options(&[
+            "--auth-file",
+            good.to_str().unwrap(),
+            "--admin-identities",
+            "ops,root",
+        ])
+        .expect("a good file");
+        let root = crate::auth::Caller::Certified(vec!["root".to_string()].into());
+        let bob = crate::auth::Caller::Certified(vec!["bob".to_string()].into());
+        assert!(
+            o.auth.is_admin(&root),
+            "--admin-identities splits on commas"
+        );
+        assert!(!o.auth.is_admin(&bob));
+        let policy = o.auth.policy();
+        assert!(policy.allows(&["bob".into()], crate::auth::Operation::Read, "x/1"));
+        assert!(!policy.allows(&["bob".into()], crate::auth::Operation::Write, "x/1"));
     }
 
     #[test]

@@ -8,9 +8,13 @@
 //! - [`handoff`]: the HANDED_OFF checker, which proves every evicted record was
 //!   in its sink *before* the `Evict` was proposed;
 //! - [`wait`]: polling a condition with a deadline, and free ports;
-//! - [`http`]: a test's HTTP receiver on a free port, and `/metrics` samples;
-//! - [`tls`]: a test CA and the node and client certificates it signs.
+//! - [`http`]: a test's HTTP (or https) receiver on a free port, and
+//!   `/metrics` samples;
+//! - [`ca`]: a certificate authority per test, for the TLS servers above;
+//! - [`tls`]: a test CA and the node and client certificates it signs, for
+//!   TLS clusters (`ClusterOptions::tls`).
 
+pub mod ca;
 pub mod cluster;
 pub mod handoff;
 pub mod http;

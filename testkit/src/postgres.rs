@@ -7,6 +7,11 @@
 //! The binaries are taken from `$INFLIGHT_TEST_PG_BIN`, else the newest
 //! `/usr/lib/postgresql/*/bin`, else `$PATH`. If none is found the test
 //! fails and says how to install it: these tests never skip.
+//!
+//! [`Postgres::start_tls`] starts one that takes TCP connections only over
+//! TLS (`hostssl` in `pg_hba.conf`, no `host` line), presenting a certificate
+//! the test made: a sink that connects at all proves it spoke TLS. The
+//! harness itself then connects through the Unix socket.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,8 @@ pub struct Postgres {
     child: Option<Child>,
     /// (uid, gid) to run as, when the tests run as root.
     run_as: Option<(u32, u32)>,
+    /// TCP only over TLS: the harness connects through the socket.
+    tls: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -83,6 +90,16 @@ fn chown(path: &Path, ids: Option<(u32, u32)>) {
 impl Postgres {
     /// Creates and starts a server, and waits until it accepts connections.
     pub async fn start() -> Postgres {
+        Postgres::create(None).await
+    }
+
+    /// As [`Postgres::start`], but TCP connections must use TLS, and the
+    /// server presents `cert`.
+    pub async fn start_tls(cert: &crate::ca::ServerCert) -> Postgres {
+        Postgres::create(Some(cert)).await
+    }
+
+    async fn create(tls: Option<&crate::ca::ServerCert>) -> Postgres {
         let bin = bin_dir();
         let run_as = postgres_user();
         let dir = tempfile::Builder::new()
@@ -111,19 +128,57 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(cert) = tls {
+            let data = dir.path().join("data");
+            for (name, pem) in [
+                ("server.crt", &cert.cert_pem),
+                ("server.key", &cert.key_pem),
+            ] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write the server certificate");
+                // PostgreSQL refuses a key others can read.
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("chmod");
+                chown(&path, run_as);
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+        }
         let mut pg = Postgres {
             dir,
             bin,
             port: free_port(),
             child: None,
             run_as,
+            tls: tls.is_some(),
         };
         pg.resume().await;
         pg
     }
 
+    /// Its TCP URL (with no `sslmode`; a TLS server wants one added).
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// What the harness connects with: the TCP URL, or for a TLS server
+    /// the Unix socket.
+    fn harness_url(&self) -> String {
+        if self.tls {
+            format!(
+                "host={} port={} user=postgres dbname=postgres",
+                self.dir.path().display(),
+                self.port
+            )
+        } else {
+            self.url()
+        }
     }
 
     /// (Re)starts the server on the same data and port, and waits until it
@@ -139,6 +194,9 @@ impl Postgres {
         )))
         .expect("postgres log");
         let mut cmd = Command::new(self.bin.join("postgres"));
+        if self.tls {
+            cmd.args(["-c", "ssl=on"]);
+        }
         cmd.arg("-D")
             .arg(self.dir.path().join("data"))
             .args(["-p", &self.port.to_string()])
@@ -155,7 +213,7 @@ impl Postgres {
             cmd.uid(uid).gid(gid);
         }
         self.child = Some(cmd.spawn().expect("start postgres"));
-        let url = self.url();
+        let url = self.harness_url();
         wait_for(
             Duration::from_secs(30),
             "postgres to accept connections",
@@ -179,7 +237,7 @@ impl Postgres {
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url())
+        connect(&self.harness_url())
             .await
             .expect("connect to test postgres")
     }

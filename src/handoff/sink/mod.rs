@@ -11,13 +11,14 @@
 mod file;
 mod postgres;
 mod redact;
+mod tls;
 mod webhook;
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use file::FileSink;
-pub use postgres::PostgresSink;
+pub use postgres::{Conninfo, PostgresSink, SslMode};
 pub use webhook::WebhookSink;
 
 use super::document::Document;
@@ -57,19 +58,18 @@ impl FromStr for SinkSpec {
             "file" => Ok(SinkSpec::File(PathBuf::from(need("a directory")?))),
             "postgres" => {
                 let url = need("a connection URL, e.g. postgres://user@127.0.0.1:5432/db")?;
-                url.parse::<tokio_postgres::Config>()
-                    .map_err(|e| format!("sink {}: bad PostgreSQL URL: {e}", redact::spec(s)))?;
+                Conninfo::parse(&url).map_err(|e| format!("sink {}: {e}", redact::spec(s)))?;
                 Ok(SinkSpec::Postgres(url))
             }
             "webhook" => {
-                let url = need("an http:// URL")?;
+                let url = need("an http:// or https:// URL")?;
                 let parsed = reqwest::Url::parse(&url)
                     .map_err(|e| format!("sink {}: bad webhook URL: {e}", redact::spec(s)))?;
-                if parsed.scheme() != "http" {
+                if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(format!(
-                        "sink {}: only http:// webhooks are supported (this build has no TLS); \
-                         put a TLS-terminating proxy in front of an https endpoint",
-                        redact::spec(s)
+                        "sink {}: a webhook URL is http:// or https://, not {}://",
+                        redact::spec(s),
+                        parsed.scheme()
                     ));
                 }
                 Ok(SinkSpec::Webhook(url))
@@ -180,17 +180,28 @@ impl SinkError {
 /// An open sink.
 pub enum Sink {
     File(FileSink),
-    Postgres(PostgresSink),
+    /// Boxed: its connection settings are large beside the other sinks.
+    Postgres(Box<PostgresSink>),
     Webhook(WebhookSink),
     Noop,
 }
 
 impl Sink {
-    pub fn open(spec: &SinkSpec, node_id: u64) -> Result<Sink, SinkError> {
+    /// Opens the sink `spec` names. `sink_ca_file` (`--sink-ca-file`) holds
+    /// the CA certificates trusted by an https webhook and by PostgreSQL's
+    /// `verify-ca` / `verify-full` when the URL names no `sslrootcert`;
+    /// without it they trust the system's roots.
+    pub fn open(
+        spec: &SinkSpec,
+        node_id: u64,
+        sink_ca_file: Option<&std::path::Path>,
+    ) -> Result<Sink, SinkError> {
         Ok(match spec {
             SinkSpec::File(dir) => Sink::File(FileSink::open(dir, node_id)?),
-            SinkSpec::Postgres(url) => Sink::Postgres(PostgresSink::new(url)),
-            SinkSpec::Webhook(url) => Sink::Webhook(WebhookSink::new(url)?),
+            SinkSpec::Postgres(url) => {
+                Sink::Postgres(Box::new(PostgresSink::new(url, sink_ca_file)?))
+            }
+            SinkSpec::Webhook(url) => Sink::Webhook(WebhookSink::new(url, sink_ca_file)?),
             SinkSpec::Noop => Sink::Noop,
         })
     }
@@ -238,7 +249,10 @@ mod tests {
         for bad in [
             "file:",
             "s3:bucket",
-            "webhook:https://x/",
+            "webhook:ftp://x/",
+            "postgres:postgres://h/db?sslmode=allow",
+            "postgres:postgres://h/db?sslmode=verify-everything",
+            "postgres:host=h sslcert=/c.pem",
             "webhook:not a url",
             "noop:x",
             "",
@@ -288,7 +302,7 @@ mod tests {
     fn parse_errors_and_clap_errors_hide_secrets() {
         use clap::builder::TypedValueParser;
         for bad in [
-            "webhook:https://u:s3cret@h/in?token=s3cret",
+            "webhook:ftp://u:s3cret@h/in?token=s3cret",
             "postgres:host=h password=s3cret port=notaport",
             "webhok:http://u:s3cret@h/",
             "pg:password=s3cret",
@@ -332,7 +346,7 @@ mod tests {
     async fn webhook_errors_hide_secrets() {
         // Nothing listens on port 1 of loopback: the POST fails to connect.
         let url = "http://u:s3cret@127.0.0.1:1/in?token=s3cret";
-        let mut sink = Sink::open(&SinkSpec::Webhook(url.into()), 1).unwrap();
+        let mut sink = Sink::open(&SinkSpec::Webhook(url.into()), 1, None).unwrap();
         let doc = Document {
             id: crate::state::HandoffId {
                 key: "k".into(),

@@ -10,9 +10,17 @@
 //! carry `Content-Type: application/json` and `X-Inflight-Batch-First`, the
 //! first record's handoff id. Receivers must deduplicate on `handoff_id`:
 //! after a leader change the same records can arrive twice.
+//!
+//! An `https://` URL is checked as a browser would: the certificate must
+//! chain to a trusted root and name the URL's host. The roots are
+//! `--sink-ca-file` when given (only it is trusted then), else the system's
+//! (see `super::tls`). A certificate that fails the check is a transient
+//! failure like a refused connection: the batch stays in the outbox and is
+//! sent again, and the sink's `last_error` says what was wrong with it.
 
 use std::time::Duration;
 
+use super::tls::{self, Check, Roots};
 use super::{error_chain, redact, SinkError};
 use crate::handoff::document::{json_array, Document};
 
@@ -26,14 +34,26 @@ pub struct WebhookSink {
 }
 
 impl WebhookSink {
-    pub fn new(url: &str) -> Result<WebhookSink, SinkError> {
-        let http = reqwest::Client::builder()
+    /// For an https URL, reads the trusted roots (`sink_ca_file`, else the
+    /// system's); an error here is a configuration error.
+    pub fn new(
+        url: &str,
+        sink_ca_file: Option<&std::path::Path>,
+    ) -> Result<WebhookSink, SinkError> {
+        let fail = |e: String| SinkError::permanent(format!("webhook sink: {e}"));
+        let mut builder = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(3))
             .user_agent(concat!("inflight/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| SinkError::transient(format!("webhook sink: {e}")))?;
+            .https_only(url.starts_with("https://"));
+        if url.starts_with("https://") {
+            let roots = Roots::pick(None, sink_ca_file).load().map_err(fail)?;
+            builder = builder.use_preconfigured_tls(
+                tls::client_config(&Check::ChainAndName(roots)).map_err(fail)?,
+            );
+        }
+        let http = builder.build().map_err(|e| fail(e.to_string()))?;
         Ok(WebhookSink {
             url: url.to_string(),
             shown: redact::url(url, true),
@@ -55,11 +75,14 @@ impl WebhookSink {
             .await
             .map_err(|e| {
                 // reqwest's message quotes the URL, secrets and all.
-                SinkError::transient(format!(
-                    "webhook sink: POST {}: {}",
-                    self.shown,
-                    error_chain(&e.without_url())
-                ))
+                let e = e.without_url();
+                SinkError::transient(match tls::rustls_cause(&e) {
+                    Some(rustls::Error::InvalidCertificate(why)) => format!(
+                        "webhook sink: POST {}: server certificate not valid: {why}",
+                        self.shown
+                    ),
+                    _ => format!("webhook sink: POST {}: {}", self.shown, error_chain(&e)),
+                })
             })?;
         let status = resp.status();
         if status.is_success() {
