@@ -824,4 +824,19 @@ fn dev_tls_prints_the_client_settings_that_reach_every_port() {
         !anonymous.status.success(),
         "the HTTP port asks for a client certificate"
     );
+    // A refused handshake is not retried for 20 s like a node that is down:
+    // the client gives up at once and says why.
+    let started = std::time::Instant::now();
+    let refused = run(&["get", "tls/1"], &["INFLIGHT_CERT", "INFLIGHT_KEY"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("TLS refused") && why.contains("Certificate"),
+        "{why}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

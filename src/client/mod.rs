@@ -150,6 +150,40 @@ impl Default for ClientOptions {
     }
 }
 
+/// The status's message and, for a failure of the connection, its causes:
+/// "transport error" alone does not say that the connection was refused or
+/// that a certificate was not accepted.
+fn described(s: &Status) -> String {
+    let mut msg = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg
+}
+
+/// A TLS failure that trying again cannot fix: the node's certificate is not
+/// trusted (or does not name the address dialed), or the node refused ours.
+fn tls_refusal(s: &Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        if c.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        let text = c.to_string();
+        if text.contains("invalid peer certificate") || text.contains("received fatal alert") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Where a call should go.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -363,6 +397,12 @@ impl Client {
             if std::error::Error::source(&status).is_none() {
                 from_a_node = Some(status.clone());
             }
+            if tls_refusal(&status) {
+                return Err(Status::new(
+                    status.code(),
+                    format!("{target}: TLS refused: {}", described(&status)),
+                ));
+            }
             match status.code() {
                 Code::Unavailable => {
                     let hint = status
@@ -404,7 +444,7 @@ impl Client {
                         "gave up after {:?} of retries against {}: {}",
                         self.inner.opts.retry_for,
                         self.inner.endpoints.join(","),
-                        last.message()
+                        described(&last)
                     ),
                     last.metadata().clone(),
                 ));
