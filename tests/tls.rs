@@ -840,3 +840,52 @@ fn dev_tls_prints_the_client_settings_that_reach_every_port() {
         started.elapsed()
     );
 }
+
+/// A TLS file that does not load stops `serve` before it listens, naming
+/// the flag and the file.
+#[test]
+fn serve_refuses_to_start_with_a_certificate_file_that_does_not_load() {
+    const BIN: &str = env!("CARGO_BIN_EXE_inflight");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("certs"), "ca");
+    let node = pki.node(1, 1);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let (grpc, peer) = (testkit::free_port(), testkit::free_port());
+    let run = |cert: &Path, key: &Path| {
+        std::process::Command::new(BIN)
+            .args(["serve", "--id", "1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--peer-listen", &format!("127.0.0.1:{peer}")])
+            .args([
+                "--initial-cluster",
+                &format!("1=127.0.0.1:{grpc}/127.0.0.1:{peer}"),
+            ])
+            .arg("--cert-file")
+            .arg(cert)
+            .arg("--key-file")
+            .arg(key)
+            .arg("--trusted-ca-file")
+            .arg(pki.ca())
+            .env("INFLIGHT_LOG_FORMAT", "text")
+            .output()
+            .unwrap()
+    };
+    let out = run(&garbage, &node.key);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cert-file") && err.contains("garbage.pem"),
+        "{err}"
+    );
+    // A certificate with another certificate's key.
+    let other = pki.node(2, 1);
+    let out = run(&node.cert, &other.key);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--key-file") && err.contains("node-2-key.pem"),
+        "{err}"
+    );
+}
