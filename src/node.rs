@@ -245,9 +245,9 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
             ),
         );
     }
-    if tls.is_enabled() {
-        rest.spawn("tls reload", tls.clone().reload_on_sighup(rest.signal()));
-    }
+    // Always, so that SIGHUP (`systemctl reload`) never kills a node, TLS
+    // or not: its default action is to end the process.
+    rest.spawn("tls reload", tls.clone().reload_on_sighup(rest.signal()));
 
     // In `rest`, not `listeners`: without an auth file it ends at once, and
     // a listener that ends stops the node.

@@ -590,6 +590,41 @@ mod cluster {
         );
     }
 
+    /// `systemctl reload` sends SIGHUP to every node, TLS or not; its
+    /// default action would end the process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sighup_does_not_stop_a_node_without_tls() {
+        let c = Cluster::start(ClusterOptions {
+            nodes: 1,
+            ..ClusterOptions::default()
+        })
+        .await;
+        let pid = c.pid(1).expect("node 1 runs");
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGHUP);
+        }
+        let log = c.nodes[&1].log.clone();
+        testkit::wait_until(
+            Duration::from_secs(10),
+            "the node to log the SIGHUP",
+            || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .contains("SIGHUP: no TLS files to reload")
+                }
+            },
+        )
+        .await;
+        assert!(c.status(1).await.is_some(), "node 1 still answers");
+        c.client()
+            .insert("after-hup", "v")
+            .await
+            .expect("and writes");
+    }
+
     /// The roles read the caller's name from the handshake of the node's own
     /// TLS acceptor (`Request::peer_certs`), on every node of the cluster.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

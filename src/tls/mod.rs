@@ -280,7 +280,8 @@ impl NodeTls {
         errors
     }
 
-    /// Reloads on every SIGHUP until `stop`.
+    /// Reloads on every SIGHUP until `stop`. Runs on every node, TLS or not:
+    /// while it listens, SIGHUP no longer ends the process.
     pub async fn reload_on_sighup(self, mut stop: Shutdown) {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = match signal(SignalKind::hangup()) {
@@ -296,8 +297,12 @@ impl NodeTls {
                     if got.is_none() {
                         return;
                     }
-                    tracing::info!("SIGHUP: reloading TLS certificates");
-                    self.reload();
+                    if self.is_enabled() {
+                        tracing::info!("SIGHUP: reloading TLS certificates");
+                        self.reload();
+                    } else {
+                        tracing::info!("SIGHUP: no TLS files to reload");
+                    }
                 }
                 _ = stop.requested() => return,
             }
