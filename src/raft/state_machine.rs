@@ -34,7 +34,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::codec;
+use crate::codec::{self, Bound};
 use crate::memory::{Reservation, Reservations};
 use crate::state::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, Table, SNAPSHOT_FORMAT};
 
@@ -293,16 +293,18 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
     let (_, format): (SnapshotMeta, u32) =
         codec::decode_snapshot_prefix(payload).map_err(|e| e.to_string())?;
     let (meta, body) = match format {
-        SNAPSHOT_FORMAT => codec::decode_snapshot_payload::<(SnapshotMeta, SnapshotBody)>(payload)
-            .map_err(|e| e.to_string())?,
+        SNAPSHOT_FORMAT => {
+            codec::decode_bounded::<(SnapshotMeta, SnapshotBody)>(Bound::Snapshot, payload)
+                .map_err(|e| e.to_string())?
+        }
         3 => {
             let (meta, old): (SnapshotMeta, SnapshotBodyV3) =
-                codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
+                codec::decode_bounded(Bound::Snapshot, payload).map_err(|e| e.to_string())?;
             (meta, SnapshotBody::from(old))
         }
         2 => {
             let (meta, old): (SnapshotMeta, SnapshotBodyV2) =
-                codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
+                codec::decode_bounded(Bound::Snapshot, payload).map_err(|e| e.to_string())?;
             (meta, SnapshotBody::from(old))
         }
         other => {

@@ -69,7 +69,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use super::{Entry, LogId};
-use crate::codec;
+use crate::codec::{self, Bound};
 
 const TAG_BASE: u8 = 0;
 const TAG_ENTRY: u8 = 1;
@@ -240,11 +240,16 @@ fn frame_at(bytes: &[u8], pos: usize) -> Result<&[u8], FrameError> {
 fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
-        TAG_BASE => codec::decode::<(Option<LogId>, Option<LogId>)>(body).map(|_| None),
-        TAG_ENTRY => codec::decode::<Entry>(body).map(|e| Some(e.log_id.index)),
-        TAG_TRUNCATE => codec::decode::<Option<u64>>(body).map(|_| None),
-        TAG_PURGE => codec::decode::<LogId>(body).map(|_| None),
-        TAG_COMMITTED => codec::decode::<Option<LogId>>(body).map(|_| None),
+        TAG_BASE => codec::decode_bounded::<(Option<LogId>, Option<LogId>)>(Bound::WalRecord, body)
+            .map(|_| None),
+        TAG_ENTRY => {
+            codec::decode_bounded::<Entry>(Bound::WalRecord, body).map(|e| Some(e.log_id.index))
+        }
+        TAG_TRUNCATE => codec::decode_bounded::<Option<u64>>(Bound::WalRecord, body).map(|_| None),
+        TAG_PURGE => codec::decode_bounded::<LogId>(Bound::WalRecord, body).map(|_| None),
+        TAG_COMMITTED => {
+            codec::decode_bounded::<Option<LogId>>(Bound::WalRecord, body).map(|_| None)
+        }
         other => Err(codec::CodecError::Decode(format!(
             "unknown record tag {other}"
         ))),
@@ -336,7 +341,7 @@ fn damaged_index(bytes: &[u8], at: usize, before: Option<u64>, after: Option<u64
             rest.get(..len.min(rest.len()))
         })
         .filter(|p| p.first() == Some(&TAG_ENTRY))
-        .and_then(|p| codec::decode::<Entry>(&p[1..]).ok())
+        .and_then(|p| codec::decode_bounded::<Entry>(Bound::WalRecord, &p[1..]).ok())
         .map(|e| e.log_id.index)
         .filter(|i| before.is_none_or(|b| *i > b) && after.is_none_or(|a| *i < a));
     match (before, after, own) {
@@ -358,7 +363,8 @@ fn apply_record(
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
         TAG_BASE => {
-            let (purged, committed): (Option<LogId>, Option<LogId>) = codec::decode(body)?;
+            let (purged, committed): (Option<LogId>, Option<LogId>) =
+                codec::decode_bounded(Bound::WalRecord, body)?;
             if purged > st.purged {
                 st.purged = purged;
             }
@@ -367,7 +373,7 @@ fn apply_record(
             }
         }
         TAG_ENTRY => {
-            let e: Entry = codec::decode(body)?;
+            let e: Entry = codec::decode_bounded(Bound::WalRecord, body)?;
             let idx = e.log_id.index;
             st.entries.split_off(&idx);
             st.entries.insert(idx, e);
@@ -375,21 +381,21 @@ fn apply_record(
             return Ok(Some(idx));
         }
         TAG_TRUNCATE => {
-            let after: Option<u64> = codec::decode(body)?;
+            let after: Option<u64> = codec::decode_bounded(Bound::WalRecord, body)?;
             match after {
                 Some(i) => drop(st.entries.split_off(&(i + 1))),
                 None => st.entries.clear(),
             }
         }
         TAG_PURGE => {
-            let upto: LogId = codec::decode(body)?;
+            let upto: LogId = codec::decode_bounded(Bound::WalRecord, body)?;
             st.entries = st.entries.split_off(&(upto.index + 1));
             if Some(upto) > st.purged {
                 st.purged = Some(upto);
             }
         }
         TAG_COMMITTED => {
-            st.committed = codec::decode(body)?;
+            st.committed = codec::decode_bounded(Bound::WalRecord, body)?;
         }
         other => {
             return Err(codec::CodecError::Decode(format!(
