@@ -72,6 +72,8 @@ pub struct Metrics {
     pub dead_letter_bytes: Gauge,
     pub memory_budget_bytes: Gauge,
     pub inserts_refused_budget: Counter,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,6 +117,8 @@ impl Metrics {
             dead_letter_bytes: Gauge::default(),
             memory_budget_bytes: Gauge::default(),
             inserts_refused_budget: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -249,6 +253,16 @@ impl Metrics {
             "inserts_refused_memory_budget",
             "Inserts, and updates or completes growing a value, refused with RESOURCE_EXHAUSTED by the memory budget",
             m.inserts_refused_budget.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Connections open on the gRPC port",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections to the gRPC port closed at once because --max-connections were open",
+            m.connections_refused.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{ClusterService, GrpcMetricsLayer, InFlightService, Limits, Retention};
 use crate::client::Client;
@@ -68,6 +67,8 @@ pub struct ServeOptions {
     /// Endpoints of an existing cluster to join as a learner.
     pub join: Vec<String>,
     pub limits: Limits,
+    /// At most this many connections open on the gRPC port (`--max-connections`).
+    pub max_connections: usize,
     pub retention: Retention,
     pub expiry: ExpirySettings,
     pub watch_window: WindowLimits,
@@ -159,13 +160,15 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(Some(crate::connections::MAX_STREAMS_PER_CONNECTION))
         .layer(GrpcMetricsLayer)
         .add_service(records)
         .add_service(cluster)
         .add_service(peers)
-        .serve_with_incoming_shutdown(without_nagle(listener), async move {
-            grpc_stop.requested().await
-        });
+        .serve_with_incoming_shutdown(
+            crate::connections::limited(listener, o.max_connections),
+            async move { grpc_stop.requested().await },
+        );
     listeners.spawn("grpc", async move {
         if let Err(e) = grpc.await {
             tracing::error!(error = %e, "gRPC server stopped");
@@ -282,21 +285,6 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay`
-/// only applies to listeners tonic binds itself, not to an incoming stream
-/// like this one; without it a response written in several small segments
-/// waits for the client's delayed ACK (about 40 ms per request).
-fn without_nagle(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
 }
 
 /// For a pristine node about to initialize the cluster: is any other initial

@@ -39,6 +39,7 @@ pub struct NodeArgs {
     /// As `--memory-budget` takes it: `2MiB`, `512MiB`, bytes.
     pub memory_budget: Option<String>,
     pub handoff_batch: Option<usize>,
+    pub max_connections: Option<usize>,
     /// Any other flags, appended last.
     pub extra: Vec<String>,
 }
@@ -59,6 +60,7 @@ impl NodeArgs {
             shadow_sink: None,
             memory_budget: None,
             handoff_batch: None,
+            max_connections: None,
             extra: Vec::new(),
         }
     }
@@ -104,6 +106,9 @@ impl NodeArgs {
         }
         if let Some(n) = self.handoff_batch {
             flag("--handoff-batch", n.to_string());
+        }
+        if let Some(n) = self.max_connections {
+            flag("--max-connections", n.to_string());
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -153,6 +158,7 @@ mod tests {
         n.shadow_sink = Some(SinkSpec::File("/tmp/post".into()));
         n.memory_budget = Some("2MiB".into());
         n.handoff_batch = Some(20);
+        n.max_connections = Some(3);
         n.extra = vec!["--heartbeat-ms".into(), "40".into()];
         let mut argv = vec!["inflight".to_string(), "serve".to_string()];
         argv.extend(n.to_args());
@@ -182,6 +188,7 @@ mod tests {
         );
         assert_eq!(s.memory_budget, 2 << 20);
         assert_eq!(s.handoff_batch, 20);
+        assert_eq!(s.max_connections, 3);
         assert_eq!(s.heartbeat_ms, 40);
     }
 
@@ -200,6 +207,17 @@ mod tests {
             panic!("not serve")
         };
         s.into_options()
+    }
+
+    #[test]
+    fn max_connections_defaults_and_refuses_zero() {
+        let d = serve_options(&[]).unwrap();
+        assert_eq!(
+            d.max_connections,
+            crate::connections::DEFAULT_MAX_CONNECTIONS
+        );
+        let e = serve_options(&["--max-connections", "0"]).expect_err("refused");
+        assert!(e.contains("--max-connections"), "{e}");
     }
 
     #[test]
