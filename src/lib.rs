@@ -31,6 +31,8 @@
 //! - [`metrics`]: the Prometheus registry (`/metrics`).
 //! - [`memory`]: what a node holds, part by part, as the memory budget counts it.
 
+#[cfg(test)]
+mod alloc_probe;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -143,4 +143,6 @@ impl Durability {
 }
 
 #[cfg(test)]
+mod decode_proptests;
+#[cfg(test)]
 mod tests;

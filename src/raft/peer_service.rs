@@ -56,7 +56,7 @@ impl PeerService {
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
+pub(super) fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
     codec::decode(&req.into_inner().payload)
         .map_err(|e| Status::invalid_argument(format!("payload: {e}")))
 }

@@ -38,7 +38,7 @@ use crate::codec::{self, Bound};
 use crate::memory::{Reservation, Reservations};
 use crate::state::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, Table, SNAPSHOT_FORMAT};
 
-const MAGIC: &[u8; 8] = b"IFSNAP1\n";
+pub(super) const MAGIC: &[u8; 8] = b"IFSNAP1\n";
 
 /// The buffer a snapshot is encoded through on its way to the file.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
@@ -269,7 +269,7 @@ fn write_snapshot(
     f.write_all(&crc.to_le_bytes())
 }
 
-fn encode_snapshot(meta: &SnapshotMeta, body: &SnapshotBody) -> io::Result<Vec<u8>> {
+pub(super) fn encode_snapshot(meta: &SnapshotMeta, body: &SnapshotBody) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 12];
     header[..8].copy_from_slice(MAGIC);
     let mut out = codec::encode_after(&header, &(meta, body))?;

@@ -71,13 +71,13 @@ use std::thread::JoinHandle;
 use super::{Entry, LogId};
 use crate::codec::{self, Bound};
 
-const TAG_BASE: u8 = 0;
-const TAG_ENTRY: u8 = 1;
-const TAG_TRUNCATE: u8 = 2;
-const TAG_PURGE: u8 = 3;
-const TAG_COMMITTED: u8 = 4;
+pub(super) const TAG_BASE: u8 = 0;
+pub(super) const TAG_ENTRY: u8 = 1;
+pub(super) const TAG_TRUNCATE: u8 = 2;
+pub(super) const TAG_PURGE: u8 = 3;
+pub(super) const TAG_COMMITTED: u8 = 4;
 
-const FRAME_HEADER: usize = 8;
+pub(super) const FRAME_HEADER: usize = 8;
 /// A frame claiming more than this is corrupt, not large.
 const MAX_FRAME: usize = 256 << 20;
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -86,7 +86,7 @@ pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub(crate) type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// Appends one framed record (tag + encoded body) to `buf`.
-fn frame<T: serde::Serialize>(buf: &mut Vec<u8>, tag: u8, body: &T) -> io::Result<()> {
+pub(super) fn frame<T: serde::Serialize>(buf: &mut Vec<u8>, tag: u8, body: &T) -> io::Result<()> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEADER]);
     buf.push(tag);
@@ -191,7 +191,7 @@ fn unrecoverable(what: String, dir: &Path) -> io::Error {
 }
 
 /// Why a frame could not be read.
-enum FrameError {
+pub(super) enum FrameError {
     Torn(&'static str),
     Corrupt(String),
     /// The checksum holds but the record does not decode: nothing tore it,
@@ -237,7 +237,7 @@ fn frame_at(bytes: &[u8], pos: usize) -> Result<&[u8], FrameError> {
 }
 
 /// Decodes a record without applying it; returns the entry index of an entry record.
-fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
+pub(super) fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
         TAG_BASE => codec::decode_bounded::<(Option<LogId>, Option<LogId>)>(Bound::WalRecord, body)
@@ -257,15 +257,15 @@ fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
 }
 
 /// Where a segment stopped being readable.
-struct Stop {
-    offset: usize,
-    error: FrameError,
+pub(super) struct Stop {
+    pub(super) offset: usize,
+    pub(super) error: FrameError,
 }
 
 /// Replays the records of one segment into `state`; returns how many bytes are
 /// valid and, if it stopped early, where and why. `last_entry` follows the
 /// index of the last entry record read.
-fn replay_segment(
+pub(super) fn replay_segment(
     bytes: &[u8],
     state: &mut Recovered,
     max_index: &mut u64,
@@ -301,7 +301,7 @@ fn replay_segment(
 /// checksum holds and it decodes, so garbage passes by chance about once in
 /// 2^32 tries. Data inside a torn frame that happens to be a valid frame
 /// (a value holding a copy of a WAL file) makes start-up refuse, never cut.
-fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
+pub(super) fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
     let mut q = bad + 1;
     while q + FRAME_HEADER < bytes.len() {
         let tag = bytes[q + FRAME_HEADER];
@@ -332,7 +332,12 @@ fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
 
 /// The log index a damaged frame held, as far as its neighbours (and its own
 /// unverified bytes) tell.
-fn damaged_index(bytes: &[u8], at: usize, before: Option<u64>, after: Option<u64>) -> String {
+pub(super) fn damaged_index(
+    bytes: &[u8],
+    at: usize,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> String {
     // The damaged record's own claim, checked against its neighbours.
     let own = bytes
         .get(at + FRAME_HEADER..)
@@ -382,14 +387,22 @@ fn apply_record(
         }
         TAG_TRUNCATE => {
             let after: Option<u64> = codec::decode_bounded(Bound::WalRecord, body)?;
-            match after {
-                Some(i) => drop(st.entries.split_off(&(i + 1))),
+            // `checked_add`: a record naming the last possible index (only a
+            // forged or damaged one can) drops nothing, and must not wrap
+            // around to dropping everything.
+            match after.map(|i| i.checked_add(1)) {
+                Some(Some(next)) => drop(st.entries.split_off(&next)),
+                Some(None) => {}
                 None => st.entries.clear(),
             }
         }
         TAG_PURGE => {
             let upto: LogId = codec::decode_bounded(Bound::WalRecord, body)?;
-            st.entries = st.entries.split_off(&(upto.index + 1));
+            // As for truncate: purging up to the last possible index purges all.
+            st.entries = match upto.index.checked_add(1) {
+                Some(next) => st.entries.split_off(&next),
+                None => BTreeMap::new(),
+            };
             if Some(upto) > st.purged {
                 st.purged = Some(upto);
             }
