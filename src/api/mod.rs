@@ -49,3 +49,6 @@ pub fn record_to_pb(key: String, r: Record) -> pb::Record {
         value_omitted: false,
     }
 }
+
+#[cfg(test)]
+mod decode_proptests;
