@@ -105,7 +105,6 @@ fn targets() -> Vec<Target> {
         value: b"{\"state\":\"ringing\"}".to_vec(),
         ttl_ms: Some(30_000),
         request_id: "req-1".into(),
-        ..Default::default()
     };
     let update = pb::UpdateRequest {
         key: "call/1".into(),
