@@ -4,6 +4,13 @@
 //! bincode 2 (serde mode, standard config). bincode is final and unmaintained,
 //! so nothing else in the crate names it: swapping the format means editing
 //! this file and bumping the on-disk format versions that callers write.
+//!
+//! Every decode names what it decodes ([`Bound`]: a peer message, a WAL
+//! record, a snapshot), and that decides how much memory its length
+//! prefixes may claim before anything of their size is allocated: the
+//! kind's limit, derived from the limits that produce such bytes, and less
+//! for a small input. A forged length is refused with an error naming the
+//! input's size and the limit, never a panic or an abort.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

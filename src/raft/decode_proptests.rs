@@ -480,3 +480,45 @@ fn a_record_naming_the_last_possible_index_does_not_wrap_around() {
         "everything up to the last index"
     );
 }
+
+#[test]
+fn the_largest_entry_a_node_can_write_decodes_within_the_wal_record_bound() {
+    // A batch at the limits: 1,000 updates of 512-byte keys whose values
+    // total 4 × the largest value limit, under a 128-byte request id.
+    let limits = crate::api::Limits {
+        max_value_bytes: crate::raft::MAX_VALUE_BYTES_BOUND,
+    };
+    let ops_n = crate::api::MAX_BATCH_OPS;
+    let per_op = crate::api::BATCH_VALUE_FACTOR * limits.max_value_bytes / ops_n;
+    let ops: Vec<Op> = (0..ops_n)
+        .map(|i| Op::Update {
+            key: format!("{i:0>512}"),
+            value: bytes::Bytes::from(vec![b'v'; per_op]),
+            if_version: Some(u64::MAX),
+            ttl: crate::state::TtlChange::Set(u64::MAX),
+        })
+        .collect();
+    limits
+        .batch_len(ops.len())
+        .expect("a full batch is allowed");
+    limits.batch_bytes(&ops).expect("its values are allowed");
+    let cmd = Command {
+        at_ms: u64::MAX,
+        request: Some(crate::state::RequestTag {
+            id: "r".repeat(crate::api::MAX_REQUEST_ID_BYTES),
+            fingerprint: u64::MAX,
+            window_ms: u64::MAX,
+            min_window_ms: u64::MAX,
+            max_bytes: u64::MAX,
+            legacy_max_ids: None,
+        }),
+        action: crate::state::Action::Ops(ops),
+    };
+    let entry = Entry::new_normal(lid(u64::MAX, u64::MAX), cmd);
+    let bytes = codec::encode(&entry).expect("encodes");
+    let back: Entry = codec::decode_bounded(Bound::WalRecord, &bytes)
+        .expect("the largest entry decodes as a WAL record");
+    assert_eq!(back.log_id, entry.log_id);
+    // And a full AppendEntries of such entries fits a peer message's claims.
+    assert!(codec::WAL_RECORD_BYTES * super::APPEND_ENTRIES_MAX <= super::PEER_MESSAGE_BYTES);
+}
