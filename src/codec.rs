@@ -138,6 +138,11 @@ pub const WAL_RECORD_BYTES: usize = crate::api::BATCH_VALUE_FACTOR
     * crate::raft::MAX_VALUE_BYTES_BOUND
     + crate::raft::ENTRY_OVERHEAD_BYTES;
 
+// A full AppendEntries of the largest entries claims no more than a peer
+// message may.
+const _: () =
+    assert!(WAL_RECORD_BYTES * crate::raft::APPEND_ENTRIES_MAX <= crate::raft::PEER_MESSAGE_BYTES);
+
 /// The largest snapshot a node accepts (received from a peer or read from
 /// disk), and the most its decoded payload may claim. A node never holds a
 /// state anywhere near this in memory; the bound only stops a forged length
