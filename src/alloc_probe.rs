@@ -1,4 +1,6 @@
-//! Tests only: the largest single allocation a piece of code makes.
+//! Tests only: the tools of the decoder property tests. The largest single
+//! allocation a piece of code makes, the mutations applied to valid
+//! encodings, and the fixed 100-byte inputs that claim huge lengths.
 //!
 //! The decoder property tests claim that no input makes a decoder allocate
 //! more than its bound; this allocator is how they check it rather than
