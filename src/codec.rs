@@ -356,6 +356,26 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_allocates_up_to_the_bound_and_not_past_it() {
+        // A 100-byte input whose string claims just under its 64 KiB bound
+        // is allocated (then fails to read); one claiming just over is
+        // refused before allocating. The allocation probe sees both.
+        let claim = |n: u64| {
+            let mut b = varint(n);
+            b.resize(100, 0);
+            b
+        };
+        let under = claim((SMALL_CLAIM - 1024) as u64);
+        let (r, largest) = crate::alloc_probe::largest_allocation(|| decode::<String>(&under));
+        assert!(r.is_err());
+        assert!(largest >= SMALL_CLAIM - 1024, "{largest}");
+        let over = claim((SMALL_CLAIM + 1) as u64);
+        let (r, largest) = crate::alloc_probe::largest_allocation(|| decode::<String>(&over));
+        assert!(matches!(r, Err(CodecError::OverLimit { .. })), "{r:?}");
+        assert!(largest < 4096, "{largest}");
+    }
+
+    #[test]
     fn the_bound_grows_with_the_input_up_to_the_kinds_limit() {
         let peer = crate::raft::PEER_MESSAGE_BYTES;
         assert_eq!(Bound::PeerMessage.bound_for(100), SMALL_CLAIM);
