@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{ClusterService, GrpcMetricsLayer, InFlightService, Limits, Retention};
 use crate::client::Client;
@@ -73,6 +72,8 @@ pub struct ServeOptions {
     /// Endpoints of an existing cluster to join as a learner.
     pub join: Vec<String>,
     pub limits: Limits,
+    /// At most this many connections open on the gRPC port (`--max-connections`).
+    pub max_connections: usize,
     pub retention: Retention,
     pub expiry: ExpirySettings,
     pub watch_window: WindowLimits,
@@ -175,9 +176,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         .layer(GrpcMetricsLayer)
         .add_service(records)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(without_nagle(listener), async move {
-            grpc_stop.requested().await
-        });
+        .serve_with_incoming_shutdown(
+            crate::connections::limited(listener, o.max_connections),
+            async move { grpc_stop.requested().await },
+        );
     listeners.spawn("grpc", async move {
         if let Err(e) = grpc.await {
             tracing::error!(error = %e, "gRPC server stopped");
@@ -192,9 +194,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let mut peer_stop = peer_listener_task.signal();
     let peer_grpc = grpc_server()
         .add_service(peers)
-        .serve_with_incoming_shutdown(without_nagle(peer_listener), async move {
-            peer_stop.requested().await
-        });
+        .serve_with_incoming_shutdown(
+            crate::connections::limited(peer_listener, o.max_connections),
+            async move { peer_stop.requested().await },
+        );
     peer_listener_task.spawn("peer grpc", async move {
         if let Err(e) = peer_grpc.await {
             tracing::error!(error = %e, "peer gRPC server stopped");
@@ -331,21 +334,7 @@ fn grpc_server() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-}
-
-/// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay`
-/// only applies to listeners tonic binds itself, not to an incoming stream
-/// like this one; without it a response written in several small segments
-/// waits for the client's delayed ACK (about 40 ms per request).
-fn without_nagle(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
+        .max_concurrent_streams(Some(crate::connections::MAX_STREAMS_PER_CONNECTION))
 }
 
 /// For a pristine node about to initialize the cluster: is any other initial
