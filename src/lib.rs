@@ -29,15 +29,19 @@
 //! - [`node`]: one server process; [`shutdown`]: its tasks and their order of
 //!   stopping; [`http`]: the operator port.
 //! - [`codec`]: the single place bytes are encoded and decoded.
+//! - [`connections`]: how many connections a listener serves at once.
 //! - [`metrics`]: the Prometheus registry (`/metrics`).
 //! - [`tls`]: TLS on the client, peer and HTTP ports (rustls), reloaded on SIGHUP.
 //! - [`memory`]: what a node holds, part by part, as the memory budget counts it.
 
+#[cfg(test)]
+mod alloc_probe;
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod connections;
 pub mod duties;
 pub mod handoff;
 pub mod http;

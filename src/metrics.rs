@@ -93,6 +93,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<PortLabels, Counter>,
     pub permission_denied: Family<OperationLabels, Counter>,
     pub auth_reloads: Family<ResultLabels, Counter>,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -139,6 +141,8 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             permission_denied: Family::default(),
             auth_reloads: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -289,6 +293,16 @@ impl Metrics {
             "auth_reloads",
             "Reloads of --auth-file on SIGHUP, by result: ok, or error (the roles read before stay)",
             m.auth_reloads.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Connections open on the gRPC ports (client and peer)",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections to a gRPC port (client or peer) closed at once because --max-connections were open on it",
+            m.connections_refused.clone(),
         );
         Metrics { registry: r, ..m }
     }

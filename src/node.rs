@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{ClusterService, GrpcMetricsLayer, InFlightService, Limits, Retention};
 use crate::client::{Client, ClientOptions};
@@ -75,6 +74,8 @@ pub struct ServeOptions {
     /// Endpoints of an existing cluster to join as a learner.
     pub join: Vec<String>,
     pub limits: Limits,
+    /// At most this many connections open on the gRPC port (`--max-connections`).
+    pub max_connections: usize,
     pub retention: Retention,
     pub expiry: ExpirySettings,
     pub watch_window: WindowLimits,
@@ -184,7 +185,7 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
         .add_service(records)
         .add_service(cluster);
     let grpc_stop = async move { grpc_stop.requested().await };
-    let incoming = without_nagle(listener);
+    let incoming = crate::connections::limited(listener, o.max_connections);
     match &tls.client_port {
         Some(t) => listeners.spawn(
             "grpc",
@@ -210,7 +211,7 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
     let mut peer_stop = peer_listener_task.signal();
     let peer_grpc = grpc_server().add_service(peers);
     let peer_stop = async move { peer_stop.requested().await };
-    let incoming = without_nagle(peer_listener);
+    let incoming = crate::connections::limited(peer_listener, o.max_connections);
     // With peer TLS, a connection without a node certificate of the
     // cluster CA is dropped at the handshake, before a Raft message is read.
     match &tls.peer_port {
@@ -376,6 +377,7 @@ fn grpc_server() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(Some(crate::connections::MAX_STREAMS_PER_CONNECTION))
 }
 
 /// Runs a gRPC server to its end, logging why if it failed.
@@ -386,21 +388,6 @@ async fn log_end(
     if let Err(e) = server.await {
         tracing::error!(error = %e, "{what} server stopped");
     }
-}
-
-/// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay`
-/// only applies to listeners tonic binds itself, not to an incoming stream
-/// like this one; without it a response written in several small segments
-/// waits for the client's delayed ACK (about 40 ms per request).
-fn without_nagle(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
 }
 
 /// For a pristine node about to initialize the cluster: is any other initial

@@ -438,11 +438,16 @@ fn serve_refuses_a_reused_memory_id_a_foreign_data_dir_and_unknown_config_keys()
         "2",
         "--data-dir",
         data.to_str().unwrap(),
+        "--listen",
+        &addr,
+        "--peer-listen",
+        &peer,
         "--initial-cluster",
         &format!("2={addr}/{peer}"),
     ]);
     assert!(!other.status.success());
-    assert!(String::from_utf8_lossy(&other.stderr).contains("belongs to node 1, not node 2"));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("belongs to node 1, not node 2"), "{err}");
 
     // Unknown settings in the config file are named.
     std::fs::write(&cfg, "id = 3\nelection_timeout = \"1s\"\n").unwrap();

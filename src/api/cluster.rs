@@ -411,7 +411,7 @@ fn not_dead(key: &str) -> ApiError {
     ))
 }
 
-fn check_count(n: usize, what: &str) -> Result<(), ApiError> {
+pub(super) fn check_count(n: usize, what: &str) -> Result<(), ApiError> {
     if n > MAX_HANDOFF_KEYS {
         return Err(ApiError::invalid(format!(
             "{what}: at most {MAX_HANDOFF_KEYS} per request, got {n}"
@@ -420,7 +420,7 @@ fn check_count(n: usize, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn parse_handoff_ids(ids: &[String]) -> Result<Vec<HandoffId>, ApiError> {
+pub(super) fn parse_handoff_ids(ids: &[String]) -> Result<Vec<HandoffId>, ApiError> {
     check_count(ids.len(), "handoff_ids")?;
     ids.iter()
         .map(|s| parse_handoff_id(s, "handoff_ids"))
@@ -491,7 +491,7 @@ const FAILED_PAGE_MAX: usize = 1_000;
 const CHANGE_IDS_SHOWN: usize = 100;
 
 /// Reads `key@revision` (the key may itself hold `@`; the revision is digits).
-fn parse_handoff_id(s: &str, field: &str) -> Result<HandoffId, ApiError> {
+pub(super) fn parse_handoff_id(s: &str, field: &str) -> Result<HandoffId, ApiError> {
     let bad = || ApiError::invalid(format!("{field}: {s:?} is not a handoff id (KEY@REVISION)"));
     let (key, rev) = s.rsplit_once('@').ok_or_else(bad)?;
     if key.is_empty() || rev.is_empty() || !rev.bytes().all(|b| b.is_ascii_digit()) {

@@ -25,7 +25,7 @@ pub use cluster::{node_status, ClusterService};
 pub use errors::ApiError;
 pub use grpc_metrics::GrpcMetricsLayer;
 pub use records::{InFlightService, Retention};
-pub use validate::{Limits, BATCH_VALUE_FACTOR};
+pub use validate::{Limits, BATCH_VALUE_FACTOR, MAX_BATCH_OPS, MAX_REQUEST_ID_BYTES};
 
 use crate::pb;
 use crate::state::{Record, RecordState};
@@ -49,3 +49,6 @@ pub fn record_to_pb(key: String, r: Record) -> pb::Record {
         value_omitted: false,
     }
 }
+
+#[cfg(test)]
+mod decode_proptests;

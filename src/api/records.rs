@@ -151,7 +151,7 @@ impl InFlightService {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
-        let op = self.insert_op(r, "")?;
+        let op = insert_op(&self.limits, r, "")?;
         self.propose_one(op, id).await
     }
 
@@ -163,7 +163,7 @@ impl InFlightService {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
-        let op = self.update_op(r, "")?;
+        let op = update_op(&self.limits, r, "")?;
         self.propose_one(op, id).await
     }
 
@@ -175,7 +175,7 @@ impl InFlightService {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
-        let op = self.delete_op(r, "")?;
+        let op = delete_op(&self.limits, r, "")?;
         self.propose_one(op, id).await
     }
 
@@ -187,7 +187,7 @@ impl InFlightService {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
-        let op = self.complete_op(r, "")?;
+        let op = complete_op(&self.limits, r, "")?;
         self.propose_one(op, id).await
     }
 
@@ -249,88 +249,102 @@ impl InFlightService {
         };
         Ok(self.node.read_barrier(level).await?)
     }
+}
 
-    fn insert_op(&self, r: pb::InsertRequest, at: &str) -> Result<Op, ApiError> {
-        self.limits.key(&format!("{at}key"), &r.key)?;
-        self.limits.value(&format!("{at}value"), &r.value)?;
-        self.limits.ttl(&format!("{at}ttl_ms"), r.ttl_ms)?;
-        Ok(Op::Insert {
-            key: r.key,
-            value: Bytes::from(r.value),
-            ttl_ms: r.ttl_ms,
-        })
-    }
+// What a request asks for, as validated ops: shared by the unary calls,
+// the frames of the batching session and the decoder property tests.
 
-    fn update_op(&self, r: pb::UpdateRequest, at: &str) -> Result<Op, ApiError> {
-        self.limits.key(&format!("{at}key"), &r.key)?;
-        self.limits.value(&format!("{at}value"), &r.value)?;
-        self.limits
-            .if_version(&format!("{at}if_version"), r.if_version)?;
-        self.limits.ttl(&format!("{at}ttl_ms"), r.ttl_ms)?;
-        let ttl = match (r.ttl_ms, r.clear_ttl) {
-            (Some(_), true) => {
-                return Err(ApiError::invalid(format!(
-                    "{at}clear_ttl: cannot be combined with {at}ttl_ms"
-                )))
-            }
-            (Some(t), false) => TtlChange::Set(t),
-            (None, true) => TtlChange::Clear,
-            (None, false) => TtlChange::Keep,
-        };
-        Ok(Op::Update {
-            key: r.key,
-            value: Bytes::from(r.value),
-            if_version: r.if_version,
-            ttl,
-        })
-    }
+pub(super) fn insert_op(limits: &Limits, r: pb::InsertRequest, at: &str) -> Result<Op, ApiError> {
+    limits.key(&format!("{at}key"), &r.key)?;
+    limits.value(&format!("{at}value"), &r.value)?;
+    limits.ttl(&format!("{at}ttl_ms"), r.ttl_ms)?;
+    Ok(Op::Insert {
+        key: r.key,
+        value: Bytes::from(r.value),
+        ttl_ms: r.ttl_ms,
+    })
+}
 
-    fn delete_op(&self, r: pb::DeleteRequest, at: &str) -> Result<Op, ApiError> {
-        self.limits.key(&format!("{at}key"), &r.key)?;
-        self.limits
-            .if_version(&format!("{at}if_version"), r.if_version)?;
-        Ok(Op::Delete {
-            key: r.key,
-            if_version: r.if_version,
-        })
-    }
-
-    fn complete_op(&self, r: pb::CompleteRequest, at: &str) -> Result<Op, ApiError> {
-        self.limits.key(&format!("{at}key"), &r.key)?;
-        if let Some(v) = &r.value {
-            self.limits.value(&format!("{at}value"), v)?;
-        }
-        self.limits
-            .if_version(&format!("{at}if_version"), r.if_version)?;
-        Ok(Op::Complete {
-            key: r.key,
-            value: r.value.map(Bytes::from),
-            if_version: r.if_version,
-        })
-    }
-
-    fn batch_op(&self, op: pb::BatchOp, i: usize) -> Result<Op, ApiError> {
-        let at = format!("ops[{i}].");
-        let (own_id, op) = match op.op {
-            None => {
-                return Err(ApiError::invalid(format!(
-                    "ops[{i}]: empty op (set insert, update, delete or complete)"
-                )))
-            }
-            Some(pb::batch_op::Op::Insert(r)) => (r.request_id.clone(), self.insert_op(r, &at)?),
-            Some(pb::batch_op::Op::Update(r)) => (r.request_id.clone(), self.update_op(r, &at)?),
-            Some(pb::batch_op::Op::Delete(r)) => (r.request_id.clone(), self.delete_op(r, &at)?),
-            Some(pb::batch_op::Op::Complete(r)) => {
-                (r.request_id.clone(), self.complete_op(r, &at)?)
-            }
-        };
-        if !own_id.is_empty() {
+pub(super) fn update_op(limits: &Limits, r: pb::UpdateRequest, at: &str) -> Result<Op, ApiError> {
+    limits.key(&format!("{at}key"), &r.key)?;
+    limits.value(&format!("{at}value"), &r.value)?;
+    limits.if_version(&format!("{at}if_version"), r.if_version)?;
+    limits.ttl(&format!("{at}ttl_ms"), r.ttl_ms)?;
+    let ttl = match (r.ttl_ms, r.clear_ttl) {
+        (Some(_), true) => {
             return Err(ApiError::invalid(format!(
-                "{at}request_id: set request_id on the batch, not on its ops"
-            )));
+                "{at}clear_ttl: cannot be combined with {at}ttl_ms"
+            )))
         }
-        Ok(op)
+        (Some(t), false) => TtlChange::Set(t),
+        (None, true) => TtlChange::Clear,
+        (None, false) => TtlChange::Keep,
+    };
+    Ok(Op::Update {
+        key: r.key,
+        value: Bytes::from(r.value),
+        if_version: r.if_version,
+        ttl,
+    })
+}
+
+pub(super) fn delete_op(limits: &Limits, r: pb::DeleteRequest, at: &str) -> Result<Op, ApiError> {
+    limits.key(&format!("{at}key"), &r.key)?;
+    limits.if_version(&format!("{at}if_version"), r.if_version)?;
+    Ok(Op::Delete {
+        key: r.key,
+        if_version: r.if_version,
+    })
+}
+
+pub(super) fn complete_op(
+    limits: &Limits,
+    r: pb::CompleteRequest,
+    at: &str,
+) -> Result<Op, ApiError> {
+    limits.key(&format!("{at}key"), &r.key)?;
+    if let Some(v) = &r.value {
+        limits.value(&format!("{at}value"), v)?;
     }
+    limits.if_version(&format!("{at}if_version"), r.if_version)?;
+    Ok(Op::Complete {
+        key: r.key,
+        value: r.value.map(Bytes::from),
+        if_version: r.if_version,
+    })
+}
+
+fn batch_op(limits: &Limits, op: pb::BatchOp, i: usize) -> Result<Op, ApiError> {
+    let at = format!("ops[{i}].");
+    let (own_id, op) = match op.op {
+        None => {
+            return Err(ApiError::invalid(format!(
+                "ops[{i}]: empty op (set insert, update, delete or complete)"
+            )))
+        }
+        Some(pb::batch_op::Op::Insert(r)) => (r.request_id.clone(), insert_op(limits, r, &at)?),
+        Some(pb::batch_op::Op::Update(r)) => (r.request_id.clone(), update_op(limits, r, &at)?),
+        Some(pb::batch_op::Op::Delete(r)) => (r.request_id.clone(), delete_op(limits, r, &at)?),
+        Some(pb::batch_op::Op::Complete(r)) => (r.request_id.clone(), complete_op(limits, r, &at)?),
+    };
+    if !own_id.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "{at}request_id: set request_id on the batch, not on its ops"
+        )));
+    }
+    Ok(op)
+}
+
+/// A batch's ops, each validated, within the batch's count and size limits.
+pub(super) fn batch_ops(limits: &Limits, ops: Vec<pb::BatchOp>) -> Result<Vec<Op>, ApiError> {
+    limits.batch_len(ops.len())?;
+    let ops = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| batch_op(limits, op, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    limits.batch_bytes(&ops)?;
+    Ok(ops)
 }
 
 fn mutation_response(a: Applied) -> pb::MutationResponse {
@@ -384,13 +398,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
     ) -> Result<Response<pb::BatchResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        self.limits.batch_len(r.ops.len())?;
-        let ops = r
-            .ops
-            .into_iter()
-            .enumerate()
-            .map(|(i, op)| self.batch_op(op, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ops = batch_ops(&self.limits, r.ops)?;
         // All or nothing, like the batch itself: one op outside the grant
         // refuses the whole batch, before anything is proposed.
         for (i, op) in ops.iter().enumerate() {
@@ -401,7 +409,6 @@ impl pb::in_flight_server::InFlight for InFlightService {
                     denied,
                 })?;
         }
-        self.limits.batch_bytes(&ops)?;
         let applied = self.propose(ops, r.request_id, true).await?;
         let revision = applied.first().map(|a| a.revision).unwrap_or(0);
         let mut results: Vec<_> = applied.into_iter().map(mutation_response).collect();

@@ -467,7 +467,16 @@ pub struct ServeArgs {
     /// `admin = true`.
     #[arg(long, env = "INFLIGHT_ADMIN_IDENTITIES", value_delimiter = ',')]
     pub admin_identities: Vec<String>,
+    /// At most this many connections open on the gRPC port; past it a new
+    /// connection is closed at once (logged, and counted in
+    /// inflight_connections_refused_total).
+    #[arg(long, env = "INFLIGHT_MAX_CONNECTIONS", default_value_t = crate::connections::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
+
+/// The largest `--max-connections`: tokio's semaphore holds at most this
+/// many permits, and no process has this many file descriptors.
+const MAX_MAX_CONNECTIONS: usize = 1 << 28;
 
 /// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `2GiB`, `1GB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -603,6 +612,11 @@ impl ServeArgs {
         if self.handoff_batch == 0 || self.handoff_batch > 10_000 {
             return Err("--handoff-batch: must be between 1 and 10000".into());
         }
+        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
+            return Err(format!(
+                "--max-connections: must be between 1 and {MAX_MAX_CONNECTIONS}"
+            ));
+        }
         let sink = self
             .sink
             .clone()
@@ -647,6 +661,7 @@ impl ServeArgs {
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
             },
+            max_connections: self.max_connections,
             handoff: HandoffOptions {
                 sink,
                 shadow: self.shadow_sink.clone(),

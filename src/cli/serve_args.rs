@@ -49,6 +49,7 @@ pub struct NodeArgs {
     pub auth_file: Option<PathBuf>,
     /// `--admin-identities`; empty leaves the flag out.
     pub admin_identities: Vec<String>,
+    pub max_connections: Option<usize>,
     /// Any other flags, appended last.
     pub extra: Vec<String>,
 }
@@ -79,6 +80,7 @@ impl NodeArgs {
             tls: TlsFlags::default(),
             auth_file: None,
             admin_identities: Vec::new(),
+            max_connections: None,
             extra: Vec::new(),
         }
     }
@@ -149,6 +151,9 @@ impl NodeArgs {
         if !self.admin_identities.is_empty() {
             flag("--admin-identities", self.admin_identities.join(","));
         }
+        if let Some(n) = self.max_connections {
+            flag("--max-connections", n.to_string());
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -212,6 +217,7 @@ mod tests {
         std::fs::write(&auth, "[roles.r]\n").unwrap();
         n.auth_file = Some(auth.clone());
         n.admin_identities = vec!["node-1".into(), "ops".into()];
+        n.max_connections = Some(3);
         n.extra = vec!["--heartbeat-ms".into(), "40".into()];
         let mut argv = vec!["inflight".to_string(), "serve".to_string()];
         argv.extend(n.to_args());
@@ -243,6 +249,7 @@ mod tests {
         );
         assert_eq!(s.memory_budget, 2 << 20);
         assert_eq!(s.handoff_batch, 20);
+        assert_eq!(s.max_connections, 3);
         assert_eq!(s.heartbeat_ms, 40);
         let client = tls.client.expect("client TLS");
         assert_eq!(client.cert.path, PathBuf::from("/c/node.pem"));
@@ -308,6 +315,17 @@ mod tests {
             panic!("not serve")
         };
         s.into_options()
+    }
+
+    #[test]
+    fn max_connections_defaults_and_refuses_zero() {
+        let d = serve_options(&[]).unwrap();
+        assert_eq!(
+            d.max_connections,
+            crate::connections::DEFAULT_MAX_CONNECTIONS
+        );
+        let e = serve_options(&["--max-connections", "0"]).expect_err("refused");
+        assert!(e.contains("--max-connections"), "{e}");
     }
 
     #[test]

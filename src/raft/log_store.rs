@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use super::durable_file;
 use super::wal::{self, Wal};
 use super::{Entry, LogId, TypeConfig, Vote};
-use crate::codec;
+use crate::codec::{self, Bound};
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -134,7 +134,7 @@ fn read_vote_file(path: &Path) -> io::Result<Option<Vote>> {
     if crc32fast::hash(body).to_le_bytes() != crc {
         return Err(bad("checksum mismatch"));
     }
-    codec::decode(body)
+    codec::decode_bounded(Bound::WalRecord, body)
         .map(Some)
         .map_err(|e| bad(&e.to_string()))
 }

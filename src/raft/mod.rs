@@ -33,6 +33,7 @@ mod log_store;
 mod network;
 mod node;
 mod peer_service;
+mod snapshot_stream;
 mod state_machine;
 mod wal;
 
@@ -142,5 +143,7 @@ impl Durability {
     }
 }
 
+#[cfg(test)]
+mod decode_proptests;
 #[cfg(test)]
 mod tests;

@@ -192,7 +192,7 @@ impl Node {
             // `duties::compaction` decides when to snapshot, in proportion to the table.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
-            install_snapshot_timeout: 30_000,
+            install_snapshot_timeout: super::snapshot_stream::CHUNK_TIMEOUT.as_millis() as u64,
             enable_pre_vote: Some(true),
             // Bounds one AppendEntries message: with `--max-value-bytes` at
             // most `MAX_VALUE_BYTES_BOUND` (checked at start), this many

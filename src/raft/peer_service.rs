@@ -3,8 +3,9 @@
 //! Each call decodes an openraft message, hands it to the local Raft node and
 //! encodes the answer. A payload that does not decode is refused with
 //! `INVALID_ARGUMENT` (and ends a stream); it never reaches openraft. A
-//! received snapshot is checked (magic, checksum, format) before openraft is
-//! asked to install it.
+//! received snapshot is held to the bounds of `snapshot_stream` (size, idle
+//! time, rate) and checked (magic, checksum, format) before openraft is asked
+//! to install it.
 
 use std::pin::Pin;
 
@@ -20,15 +21,13 @@ use tonic::{Request, Response, Status, Streaming};
 use std::sync::Arc;
 
 use super::node::LeaderContact;
+use super::snapshot_stream;
 use super::state_machine::decode_snapshot;
-use super::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use super::{Raft, Snapshot, TypeConfig};
 use crate::codec;
 use crate::memory::Reservations;
 use crate::pb::{RaftMessage, SnapshotChunk};
 use crate::shutdown::Shutdown;
-
-/// Snapshots larger than this are refused (a peer would have to hold them in memory).
-const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
 
 pub struct PeerService {
     raft: Raft,
@@ -57,7 +56,7 @@ impl PeerService {
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
+pub(super) fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
     codec::decode(&req.into_inner().payload)
         .map_err(|e| Status::invalid_argument(format!("payload: {e}")))
 }
@@ -158,27 +157,14 @@ impl crate::pb::raft_server::Raft for PeerService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let mut chunks = req.into_inner();
-        let first = chunks
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))??;
-        let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta)
-            .map_err(|e| Status::invalid_argument(format!("snapshot meta: {e}")))?;
-        let mut data = first.data;
-        let mut held = self.snapshots.reserve(data.len() as u64);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot exceeds the limit of {MAX_SNAPSHOT_BYTES} bytes"
-                )));
-            }
-            data.extend_from_slice(&chunk.data);
-            held.grow(chunk.data.len() as u64);
-        }
-        // Held until the install is done: the blob is received here, and the
-        // state machine reserves the body it decodes from it on top.
+        // `_held` counts the blob until the install is done: it is received
+        // here, and the state machine reserves the body it decodes on top.
+        let snapshot_stream::Received {
+            vote,
+            meta,
+            data,
+            held: _held,
+        } = snapshot_stream::receive(req.into_inner(), &self.snapshots, Default::default()).await?;
         let (body_meta, _) = decode_snapshot(&data)
             .map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
         if body_meta.last_log_id != meta.last_log_id {

@@ -34,11 +34,11 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::Mutex;
 
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::codec;
+use crate::codec::{self, Bound};
 use crate::memory::{Reservation, Reservations};
 use crate::state::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, Table, SNAPSHOT_FORMAT};
 
-const MAGIC: &[u8; 8] = b"IFSNAP1\n";
+pub(super) const MAGIC: &[u8; 8] = b"IFSNAP1\n";
 
 /// The buffer a snapshot is encoded through on its way to the file.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
@@ -269,7 +269,7 @@ fn write_snapshot(
     f.write_all(&crc.to_le_bytes())
 }
 
-fn encode_snapshot(meta: &SnapshotMeta, body: &SnapshotBody) -> io::Result<Vec<u8>> {
+pub(super) fn encode_snapshot(meta: &SnapshotMeta, body: &SnapshotBody) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 12];
     header[..8].copy_from_slice(MAGIC);
     let mut out = codec::encode_after(&header, &(meta, body))?;
@@ -293,16 +293,18 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, SnapshotBody), Str
     let (_, format): (SnapshotMeta, u32) =
         codec::decode_snapshot_prefix(payload).map_err(|e| e.to_string())?;
     let (meta, body) = match format {
-        SNAPSHOT_FORMAT => codec::decode_snapshot_payload::<(SnapshotMeta, SnapshotBody)>(payload)
-            .map_err(|e| e.to_string())?,
+        SNAPSHOT_FORMAT => {
+            codec::decode_bounded::<(SnapshotMeta, SnapshotBody)>(Bound::Snapshot, payload)
+                .map_err(|e| e.to_string())?
+        }
         3 => {
             let (meta, old): (SnapshotMeta, SnapshotBodyV3) =
-                codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
+                codec::decode_bounded(Bound::Snapshot, payload).map_err(|e| e.to_string())?;
             (meta, SnapshotBody::from(old))
         }
         2 => {
             let (meta, old): (SnapshotMeta, SnapshotBodyV2) =
-                codec::decode_snapshot_payload(payload).map_err(|e| e.to_string())?;
+                codec::decode_bounded(Bound::Snapshot, payload).map_err(|e| e.to_string())?;
             (meta, SnapshotBody::from(old))
         }
         other => {

@@ -69,15 +69,15 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use super::{Entry, LogId};
-use crate::codec;
+use crate::codec::{self, Bound};
 
-const TAG_BASE: u8 = 0;
-const TAG_ENTRY: u8 = 1;
-const TAG_TRUNCATE: u8 = 2;
-const TAG_PURGE: u8 = 3;
-const TAG_COMMITTED: u8 = 4;
+pub(super) const TAG_BASE: u8 = 0;
+pub(super) const TAG_ENTRY: u8 = 1;
+pub(super) const TAG_TRUNCATE: u8 = 2;
+pub(super) const TAG_PURGE: u8 = 3;
+pub(super) const TAG_COMMITTED: u8 = 4;
 
-const FRAME_HEADER: usize = 8;
+pub(super) const FRAME_HEADER: usize = 8;
 /// A frame claiming more than this is corrupt, not large.
 const MAX_FRAME: usize = 256 << 20;
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -86,7 +86,7 @@ pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub(crate) type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// Appends one framed record (tag + encoded body) to `buf`.
-fn frame<T: serde::Serialize>(buf: &mut Vec<u8>, tag: u8, body: &T) -> io::Result<()> {
+pub(super) fn frame<T: serde::Serialize>(buf: &mut Vec<u8>, tag: u8, body: &T) -> io::Result<()> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEADER]);
     buf.push(tag);
@@ -191,7 +191,7 @@ fn unrecoverable(what: String, dir: &Path) -> io::Error {
 }
 
 /// Why a frame could not be read.
-enum FrameError {
+pub(super) enum FrameError {
     Torn(&'static str),
     Corrupt(String),
     /// The checksum holds but the record does not decode: nothing tore it,
@@ -237,14 +237,19 @@ fn frame_at(bytes: &[u8], pos: usize) -> Result<&[u8], FrameError> {
 }
 
 /// Decodes a record without applying it; returns the entry index of an entry record.
-fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
+pub(super) fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
-        TAG_BASE => codec::decode::<(Option<LogId>, Option<LogId>)>(body).map(|_| None),
-        TAG_ENTRY => codec::decode::<Entry>(body).map(|e| Some(e.log_id.index)),
-        TAG_TRUNCATE => codec::decode::<Option<u64>>(body).map(|_| None),
-        TAG_PURGE => codec::decode::<LogId>(body).map(|_| None),
-        TAG_COMMITTED => codec::decode::<Option<LogId>>(body).map(|_| None),
+        TAG_BASE => codec::decode_bounded::<(Option<LogId>, Option<LogId>)>(Bound::WalRecord, body)
+            .map(|_| None),
+        TAG_ENTRY => {
+            codec::decode_bounded::<Entry>(Bound::WalRecord, body).map(|e| Some(e.log_id.index))
+        }
+        TAG_TRUNCATE => codec::decode_bounded::<Option<u64>>(Bound::WalRecord, body).map(|_| None),
+        TAG_PURGE => codec::decode_bounded::<LogId>(Bound::WalRecord, body).map(|_| None),
+        TAG_COMMITTED => {
+            codec::decode_bounded::<Option<LogId>>(Bound::WalRecord, body).map(|_| None)
+        }
         other => Err(codec::CodecError::Decode(format!(
             "unknown record tag {other}"
         ))),
@@ -252,15 +257,15 @@ fn decode_record(payload: &[u8]) -> Result<Option<u64>, codec::CodecError> {
 }
 
 /// Where a segment stopped being readable.
-struct Stop {
-    offset: usize,
-    error: FrameError,
+pub(super) struct Stop {
+    pub(super) offset: usize,
+    pub(super) error: FrameError,
 }
 
 /// Replays the records of one segment into `state`; returns how many bytes are
 /// valid and, if it stopped early, where and why. `last_entry` follows the
 /// index of the last entry record read.
-fn replay_segment(
+pub(super) fn replay_segment(
     bytes: &[u8],
     state: &mut Recovered,
     max_index: &mut u64,
@@ -296,7 +301,7 @@ fn replay_segment(
 /// checksum holds and it decodes, so garbage passes by chance about once in
 /// 2^32 tries. Data inside a torn frame that happens to be a valid frame
 /// (a value holding a copy of a WAL file) makes start-up refuse, never cut.
-fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
+pub(super) fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
     let mut q = bad + 1;
     while q + FRAME_HEADER < bytes.len() {
         let tag = bytes[q + FRAME_HEADER];
@@ -327,7 +332,12 @@ fn intact_after(bytes: &[u8], bad: usize) -> Option<(usize, Option<u64>)> {
 
 /// The log index a damaged frame held, as far as its neighbours (and its own
 /// unverified bytes) tell.
-fn damaged_index(bytes: &[u8], at: usize, before: Option<u64>, after: Option<u64>) -> String {
+pub(super) fn damaged_index(
+    bytes: &[u8],
+    at: usize,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> String {
     // The damaged record's own claim, checked against its neighbours.
     let own = bytes
         .get(at + FRAME_HEADER..)
@@ -336,7 +346,7 @@ fn damaged_index(bytes: &[u8], at: usize, before: Option<u64>, after: Option<u64
             rest.get(..len.min(rest.len()))
         })
         .filter(|p| p.first() == Some(&TAG_ENTRY))
-        .and_then(|p| codec::decode::<Entry>(&p[1..]).ok())
+        .and_then(|p| codec::decode_bounded::<Entry>(Bound::WalRecord, &p[1..]).ok())
         .map(|e| e.log_id.index)
         .filter(|i| before.is_none_or(|b| *i > b) && after.is_none_or(|a| *i < a));
     match (before, after, own) {
@@ -358,7 +368,8 @@ fn apply_record(
     let (tag, body) = (payload[0], &payload[1..]);
     match tag {
         TAG_BASE => {
-            let (purged, committed): (Option<LogId>, Option<LogId>) = codec::decode(body)?;
+            let (purged, committed): (Option<LogId>, Option<LogId>) =
+                codec::decode_bounded(Bound::WalRecord, body)?;
             if purged > st.purged {
                 st.purged = purged;
             }
@@ -367,7 +378,7 @@ fn apply_record(
             }
         }
         TAG_ENTRY => {
-            let e: Entry = codec::decode(body)?;
+            let e: Entry = codec::decode_bounded(Bound::WalRecord, body)?;
             let idx = e.log_id.index;
             st.entries.split_off(&idx);
             st.entries.insert(idx, e);
@@ -375,21 +386,29 @@ fn apply_record(
             return Ok(Some(idx));
         }
         TAG_TRUNCATE => {
-            let after: Option<u64> = codec::decode(body)?;
-            match after {
-                Some(i) => drop(st.entries.split_off(&(i + 1))),
+            let after: Option<u64> = codec::decode_bounded(Bound::WalRecord, body)?;
+            // `checked_add`: a record naming the last possible index (only a
+            // forged or damaged one can) drops nothing, and must not wrap
+            // around to dropping everything.
+            match after.map(|i| i.checked_add(1)) {
+                Some(Some(next)) => drop(st.entries.split_off(&next)),
+                Some(None) => {}
                 None => st.entries.clear(),
             }
         }
         TAG_PURGE => {
-            let upto: LogId = codec::decode(body)?;
-            st.entries = st.entries.split_off(&(upto.index + 1));
+            let upto: LogId = codec::decode_bounded(Bound::WalRecord, body)?;
+            // As for truncate: purging up to the last possible index purges all.
+            st.entries = match upto.index.checked_add(1) {
+                Some(next) => st.entries.split_off(&next),
+                None => BTreeMap::new(),
+            };
             if Some(upto) > st.purged {
                 st.purged = Some(upto);
             }
         }
         TAG_COMMITTED => {
-            st.committed = codec::decode(body)?;
+            st.committed = codec::decode_bounded(Bound::WalRecord, body)?;
         }
         other => {
             return Err(codec::CodecError::Decode(format!(

@@ -14,9 +14,11 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use parking_lot::RwLock;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::files::PortFiles;
 use super::{provider, verify};
@@ -147,24 +149,38 @@ fn build(port: Port, files: &PortFiles, allowed: &[String]) -> Result<Arc<Server
     Ok(Arc::new(config))
 }
 
-type Handshake = Pin<Box<dyn Future<Output = Option<TlsStream<TcpStream>>> + Send>>;
+type Handshake<IO> = Pin<Box<dyn Future<Output = Option<TlsStream<IO>>> + Send>>;
+
+/// What the acceptor takes in: accepted TCP connections, bare or wrapped
+/// (`crate::connections::Counted`), that tonic can read the peer's address
+/// from (and, once wrapped in TLS, the client certificate:
+/// `Request::peer_certs`).
+pub trait Accepted:
+    AsyncRead + AsyncWrite + Connected<ConnectInfo = TcpConnectInfo> + Unpin + Send + 'static
+{
+}
+
+impl<T> Accepted for T where
+    T: AsyncRead + AsyncWrite + Connected<ConnectInfo = TcpConnectInfo> + Unpin + Send + 'static
+{
+}
 
 /// Accepted TCP connections in, finished TLS handshakes out, for
 /// `serve_with_incoming`. Handshakes run concurrently inside the stream
 /// (no task per connection: dropping the stream on shutdown drops them),
 /// each bounded by [`HANDSHAKE_TIMEOUT`]. A failed one is logged at debug,
 /// counted in `inflight_tls_handshake_failures_total{port}`, and skipped.
-pub struct TlsIncoming<S> {
-    tcp: S,
+pub struct TlsIncoming<IO> {
+    tcp: Pin<Box<dyn Stream<Item = io::Result<IO>> + Send>>,
     tcp_done: bool,
-    handshakes: FuturesUnordered<Handshake>,
+    handshakes: FuturesUnordered<Handshake<IO>>,
     tls: ServerTls,
 }
 
-impl<S> TlsIncoming<S> {
-    pub fn new(tcp: S, tls: ServerTls) -> Self {
+impl<IO: Accepted> TlsIncoming<IO> {
+    pub fn new(tcp: impl Stream<Item = io::Result<IO>> + Send + 'static, tls: ServerTls) -> Self {
         TlsIncoming {
-            tcp,
+            tcp: Box::pin(tcp),
             tcp_done: false,
             handshakes: FuturesUnordered::new(),
             tls,
@@ -172,11 +188,11 @@ impl<S> TlsIncoming<S> {
     }
 }
 
-fn handshake(tls: &ServerTls, tcp: TcpStream) -> Handshake {
+fn handshake<IO: Accepted>(tls: &ServerTls, tcp: IO) -> Handshake<IO> {
     let acceptor = TlsAcceptor::from(tls.current());
     let port = tls.port().label();
     Box::pin(async move {
-        let from = tcp.peer_addr().ok();
+        let from = tcp.connect_info().remote_addr();
         let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => return Some(stream),
             Ok(Err(e)) => e.to_string(),
@@ -191,11 +207,8 @@ fn handshake(tls: &ServerTls, tcp: TcpStream) -> Handshake {
     })
 }
 
-impl<S> Stream for TlsIncoming<S>
-where
-    S: Stream<Item = io::Result<TcpStream>> + Unpin,
-{
-    type Item = io::Result<TlsStream<TcpStream>>;
+impl<IO: Accepted> Stream for TlsIncoming<IO> {
+    type Item = io::Result<TlsStream<IO>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -223,7 +236,7 @@ where
 
 /// The HTTP port's listener for axum: TLS streams from a TCP listener.
 pub struct TlsListener {
-    incoming: TlsIncoming<tokio_stream::wrappers::TcpListenerStream>,
+    incoming: TlsIncoming<TcpStream>,
     local: SocketAddr,
 }
 
