@@ -299,6 +299,43 @@ mod cluster {
 
     use super::serial_and_cn;
 
+    /// `--join` calls AddLearner with the joining node's own certificate:
+    /// a node certificate may add a learner without being an admin, a
+    /// client certificate that is not an admin may not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_node_joins_with_its_own_certificate_and_a_client_that_is_no_admin_cannot_add_one() {
+        let mut c = tls_cluster().await;
+        let pki = c.pki.as_ref().unwrap();
+        let alice = pki.client("alice");
+        let leader = c.wait_leader(Duration::from_secs(10)).await;
+        let as_alice = client(&c.nodes[&leader].grpc, tls(&pki.ca(), Some(&alice)));
+        let e = as_alice
+            .add_learner(
+                9,
+                &inflight::wire::MemberAddr::new("127.0.0.1:1", "127.0.0.1:2"),
+            )
+            .await
+            .expect_err("alice is no admin");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("AddLearner"), "{e:?}");
+
+        c.join_new(4).expect("start node 4");
+        let admin = c.admin();
+        testkit::wait_for(
+            Duration::from_secs(30),
+            "node 4 joined as a learner",
+            || async {
+                let l = admin.member_list().await.ok()?;
+                l.members.iter().any(|m| m.id == 4).then_some(())
+            },
+        )
+        .await;
+        admin
+            .promote(4)
+            .await
+            .expect("the harness's admin certificate promotes");
+    }
+
     async fn tls_cluster() -> Cluster {
         Cluster::start(ClusterOptions {
             tls: true,

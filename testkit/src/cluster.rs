@@ -40,6 +40,10 @@ pub fn default_bin() -> PathBuf {
     dir.join("inflight")
 }
 
+/// The client certificate name of a TLS cluster's [`Cluster::client`] and
+/// [`Cluster::admin`], named in every node's `--admin-identities`.
+pub const HARNESS_CLIENT: &str = "test";
+
 /// How nodes are addressed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Addresses {
@@ -186,7 +190,7 @@ impl Cluster {
         };
         if c.opts.tls {
             let pki = Pki::new(&c.dir.join("certs"), "ca");
-            let me = pki.client("test");
+            let me = pki.client(HARNESS_CLIENT);
             c.client_tls = Some(
                 ClientTls::from_files(&pki.ca(), Some((&me.cert, &me.key)))
                     .map_err(std::io::Error::other)?,
@@ -295,6 +299,10 @@ impl Cluster {
                 peer_trusted_ca_file: Some(pki.ca()),
                 peer_allowed_cn: Vec::new(),
             };
+            // The harness's own certificate ("test") runs the operators'
+            // calls (membership changes, leader transfer), as an operator's
+            // would.
+            a.admin_identities = vec![HARNESS_CLIENT.into()];
         }
         a.extra = o.extra_args.clone();
         a
