@@ -174,11 +174,10 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
     ))
     .max_decoding_message_size(max_msg.max(16 << 20))
     .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
-    let cluster = pb::cluster_server::ClusterServer::new(ClusterService::new(
-        node.clone(),
-        handoff.clone(),
-        o.auth.clone(),
-    ));
+    let cluster = pb::cluster_server::ClusterServer::new(
+        ClusterService::new(node.clone(), handoff.clone(), o.auth.clone())
+            .with_peer_port(tls.peer_port.clone()),
+    );
     let mut grpc_stop = listeners.signal();
     let grpc = grpc_server()
         .layer(GrpcMetricsLayer)

@@ -15,11 +15,15 @@ use crate::handoff::HandoffState;
 use crate::pb;
 use crate::raft;
 use crate::state::{Action, Command, DeadLetter, HandoffId};
+use crate::tls::ServerTls;
 
 pub struct ClusterService {
     node: raft::Node,
     handoff: Arc<HandoffState>,
     auth: Arc<Authorizer>,
+    /// This node's peer port TLS, if on: a caller it would admit may add a
+    /// learner (`--join`) without being an admin.
+    peer_port: Option<ServerTls>,
 }
 
 impl ClusterService {
@@ -28,7 +32,14 @@ impl ClusterService {
             node,
             handoff,
             auth,
+            peer_port: None,
         }
+    }
+
+    /// Lets a caller with a certificate `peer_port` admits add a learner.
+    pub fn with_peer_port(mut self, peer_port: Option<ServerTls>) -> Self {
+        self.peer_port = peer_port;
+        self
     }
 
     /// Refuses a caller that may not use the admin RPC `rpc`.
@@ -59,17 +70,18 @@ impl ClusterService {
     }
 }
 
-/// Whether the caller presents a node certificate: one with the extended
-/// key usage serverAuth, which the peer port demands of every peer and
-/// which client certificates do not carry (`certs init` gives it to node
-/// certificates only). `--join` calls AddLearner with the joining node's
-/// own certificate, so a node may add a learner without being named in
-/// `--admin-identities`. That grants nothing a node certificate does not
-/// already have: its holder can take part in replication on the peer port.
-fn joining_node<T>(req: &Request<T>) -> bool {
-    req.peer_certs()
-        .and_then(|chain| chain.first().cloned())
-        .is_some_and(|leaf| crate::tls::refuse_as_peer(&leaf, &[]).is_none())
+/// Whether the caller presents a certificate this node's peer port would
+/// admit (the peer CA, the extended key usage serverAuth, and the names of
+/// `--peer-allowed-cn`: the handshake's own check). `--join` calls
+/// AddLearner with the joining node's own certificate, so such a node may
+/// add a learner without being named in `--admin-identities`. That grants
+/// nothing the certificate does not already have: its holder can take part
+/// in replication on the peer port. Without peer TLS nobody passes this way.
+fn joining_node<T>(req: &Request<T>, peer_port: Option<&ServerTls>) -> bool {
+    match (req.peer_certs(), peer_port) {
+        (Some(chain), Some(port)) => port.admits_as_peer(&chain),
+        _ => false,
+    }
 }
 
 /// The hand-off pipeline as this node sees it.
@@ -195,7 +207,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        if !joining_node(&req) {
+        if !joining_node(&req, self.peer_port.as_ref()) {
             self.admin(&req, "Cluster.AddLearner")?;
         }
         let r = req.into_inner();

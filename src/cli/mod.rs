@@ -637,6 +637,19 @@ impl ServeArgs {
                 .unwrap_or_else(|| self.peer_listen.to_string()),
         ))
         .map_err(|e| format!("--advertise, --advertise-peer: {e}"))?;
+        // Roles need an identity, and a caller has one only when the client
+        // port demands a certificate: without --trusted-ca-file every call
+        // would be anonymous and allowed everything, the roles silently off.
+        if (self.auth_file.is_some() || !self.admin_identities.is_empty())
+            && self.trusted_ca_file.is_none()
+        {
+            return Err(
+                "--auth-file and --admin-identities need --trusted-ca-file (with --cert-file and \
+                 --key-file): without client certificates no caller has an identity, and every \
+                 call would be allowed everything"
+                    .into(),
+            );
+        }
         let auth =
             crate::auth::Authorizer::open(self.auth_file.as_deref(), &self.admin_identities)?;
         Ok(ServeOptions {

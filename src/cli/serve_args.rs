@@ -350,7 +350,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[roles.a]\nread = [\"x\"]\nreed = [\"y\"]\n").unwrap();
-        let e = serve_options(&["--auth-file", bad.to_str().unwrap()]).expect_err("refused");
+        let tls = [
+            "--cert-file",
+            "n.pem",
+            "--key-file",
+            "n-key.pem",
+            "--trusted-ca-file",
+            "ca.pem",
+        ];
+        let with_tls = |extra: &[&str]| {
+            let args: Vec<&str> = tls.iter().chain(extra).copied().collect();
+            serve_options(&args)
+        };
+        let e = with_tls(&["--auth-file", bad.to_str().unwrap()]).expect_err("refused");
         assert!(e.contains("--auth-file") && e.contains("bad.toml"), "{e}");
         assert!(e.contains("line 3") && e.contains("reed"), "{e}");
         let good = dir.path().join("good.toml");
@@ -359,7 +371,12 @@ mod tests {
             "[roles.a]\nread = [\"x/\"]\n[identities]\nbob = \"a\"\n",
         )
         .unwrap();
-        let o = serve_options(&[
+        let e = serve_options(&["--auth-file", good.to_str().unwrap()])
+            .expect_err("roles without client certificates would be off");
+        assert!(e.contains("--trusted-ca-file"), "{e}");
+        let e = serve_options(&["--admin-identities", "ops"]).expect_err("no identities");
+        assert!(e.contains("--trusted-ca-file"), "{e}");
+        let o = with_tls(&[
             "--auth-file",
             good.to_str().unwrap(),
             "--admin-identities",

@@ -92,6 +92,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
+        if !node.addr.contains('/') {
+            tracing::error!(
+                target_id = target,
+                address = %node.addr,
+                "this member's address predates the separate peer port: it names only its client \
+                 port, which serves no Raft; remove the member and add it back as CLIENT/PEER"
+            );
+        }
         PeerClient {
             target,
             addr: super::MemberAddr::stored(&node.addr).peer,

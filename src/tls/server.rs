@@ -66,6 +66,9 @@ struct Shared {
     files: PortFiles,
     allowed_names: Vec<String>,
     config: RwLock<Arc<ServerConfig>>,
+    /// The peer port's verifier, swapped with `config` on reload, so that a
+    /// certificate can be asked the handshake's question outside one.
+    peer_verifier: RwLock<Option<Arc<verify::PeerVerifier>>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -81,13 +84,14 @@ impl ServerTls {
     /// Reads the files and builds the port's configuration. `allowed_names`
     /// (`--peer-allowed-cn`) only applies to the peer port.
     pub fn new(port: Port, files: PortFiles, allowed_names: Vec<String>) -> Result<Self, String> {
-        let config = build(port, &files, &allowed_names)?;
+        let (config, peer_verifier) = build(port, &files, &allowed_names)?;
         Ok(ServerTls {
             inner: Arc::new(Shared {
                 port,
                 files,
                 allowed_names,
                 config: RwLock::new(config),
+                peer_verifier: RwLock::new(peer_verifier),
             }),
         })
     }
@@ -100,13 +104,30 @@ impl ServerTls {
     /// for the connections accepted from now on. On error the configuration
     /// in use stays, and the error says which file is wrong.
     pub fn reload(&self) -> Result<(), String> {
-        let config = build(
+        let (config, peer_verifier) = build(
             self.inner.port,
             &self.inner.files,
             &self.inner.allowed_names,
         )?;
         *self.inner.config.write() = config;
+        *self.inner.peer_verifier.write() = peer_verifier;
         Ok(())
+    }
+
+    /// Whether this peer port would admit `chain` (leaf first) now: the same
+    /// check as its handshake (the peer CA, serverAuth, `--peer-allowed-cn`).
+    /// False on the other ports.
+    pub fn admits_as_peer(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> bool {
+        use rustls::server::danger::ClientCertVerifier;
+        let Some(verifier) = self.inner.peer_verifier.read().clone() else {
+            return false;
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok()
     }
 
     /// The configuration for the next handshake.
@@ -115,17 +136,24 @@ impl ServerTls {
     }
 }
 
-fn build(port: Port, files: &PortFiles, allowed: &[String]) -> Result<Arc<ServerConfig>, String> {
+type Built = (Arc<ServerConfig>, Option<Arc<verify::PeerVerifier>>);
+
+fn build(port: Port, files: &PortFiles, allowed: &[String]) -> Result<Built, String> {
     let certs = files.cert.certificates()?;
     let key = files.key.private_key()?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
+    let mut peer_verifier = None;
     let builder = match (port, &files.trusted_ca) {
-        (Port::Peer, Some(ca)) => builder.with_client_cert_verifier(Arc::new(
-            verify::PeerVerifier::new(ca.roots()?, allowed.to_vec())
-                .map_err(|e| format!("{} {}: {e}", ca.flag, ca.path.display()))?,
-        )),
+        (Port::Peer, Some(ca)) => {
+            let v = Arc::new(
+                verify::PeerVerifier::new(ca.roots()?, allowed.to_vec())
+                    .map_err(|e| format!("{} {}: {e}", ca.flag, ca.path.display()))?,
+            );
+            peer_verifier = Some(v.clone());
+            builder.with_client_cert_verifier(v)
+        }
         (Port::Peer, None) => return Err("the peer port needs --peer-trusted-ca-file".into()),
         (_, Some(ca)) => builder.with_client_cert_verifier(
             verify::client_port(ca.roots()?)
@@ -146,7 +174,7 @@ fn build(port: Port, files: &PortFiles, allowed: &[String]) -> Result<Arc<Server
         Port::Client | Port::Peer => vec![b"h2".to_vec()],
         Port::Http => vec![b"http/1.1".to_vec()],
     };
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), peer_verifier))
 }
 
 type Handshake<IO> = Pin<Box<dyn Future<Output = Option<TlsStream<IO>>> + Send>>;

@@ -9,10 +9,15 @@
 //! openraft stores one string per member in the membership (its
 //! `BasicNode::addr`), replicated in the log and in snapshots. We keep both
 //! addresses in that string as `CLIENT/PEER` (`10.0.0.1:7001/10.0.0.1:7101`),
-//! so the membership's encoding did not change when the ports split. A
-//! string without `/` was written by a build that served Raft on the client
-//! port: it reads as the same address for both, so such a member is still
-//! reached until it is re-added. New members must give both addresses.
+//! so the membership's encoding did not change when the ports split and
+//! this build still reads an older log and snapshot. A string without `/`
+//! was written by a build that served Raft on the client port; it reads as
+//! the same address for both ports, but this build serves no Raft there, so
+//! a peer at such an address is unreachable (the peer network logs that it
+//! must be re-added). A cluster of such a build is therefore not upgraded
+//! node by node in place: remove each old member and add it back as
+//! `CLIENT/PEER` (`member remove`, then `--join`). New members must give
+//! both addresses.
 
 use std::fmt;
 
@@ -53,6 +58,7 @@ impl MemberAddr {
     /// `HOST:PORT`, used for both ports); if it is malformed anyway, dialing
     /// it fails with an error naming it.
     pub fn stored(s: &str) -> MemberAddr {
+        // See the module docs: a pre-split address names one port for both.
         match s.split_once('/') {
             Some((client, peer)) => MemberAddr::new(client, peer),
             None => MemberAddr::new(s, s),
