@@ -1,34 +1,12 @@
 //! `--max-connections` on a real node: connections past the limit are
 //! closed as they arrive, counted and logged, and a freed slot serves again.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use testkit::http::metric;
 use testkit::{wait_until, Cluster, ClusterOptions};
-
-/// A plain HTTP/1.1 GET of the body.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the HTTP port");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw
-}
-
-/// The value of an unlabelled metric.
-fn metric(http: &str, name: &str) -> f64 {
-    let text = http_get(http, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-}
 
 /// Whether the server closed `conn` (end of stream or reset). A connection
 /// it serves sends its HTTP/2 settings at once instead.
@@ -71,8 +49,8 @@ async fn connections_past_the_limit_are_closed_counted_and_logged() {
         closed < MAX + 3,
         "connections under the limit are served, not closed"
     );
-    assert!(metric(&node.http, "inflight_connections_refused_total") >= closed as f64);
-    assert!(metric(&node.http, "inflight_connections_open") <= MAX as f64);
+    assert!(metric(&node.http, "inflight_connections_refused_total").await >= closed as f64);
+    assert!(metric(&node.http, "inflight_connections_open").await <= MAX as f64);
     assert!(
         c.log_text(1)
             .contains("connection refused: --max-connections are open"),
@@ -86,8 +64,8 @@ async fn connections_past_the_limit_are_closed_counted_and_logged() {
         Duration::from_secs(10),
         "the open connections to drop",
         || {
-            let open = metric(&http, "inflight_connections_open");
-            async move { open < MAX as f64 }
+            let http = http.clone();
+            async move { metric(&http, "inflight_connections_open").await < MAX as f64 }
         },
     )
     .await;
