@@ -880,6 +880,13 @@ fn dev_tls_prints_the_client_settings_that_reach_every_port() {
         String::from_utf8_lossy(&get.stdout).lines().last(),
         Some("v")
     );
+    // The printed certificate is the dev cluster's admin: operator commands work.
+    let failed = run(&["handoff", "failed"], &[]);
+    assert!(
+        failed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
     let http = format!("127.0.0.1:{}", base + 6);
     let health = run(&["health", "--http", &http], &[]);
     assert!(

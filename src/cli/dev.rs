@@ -147,6 +147,8 @@ impl DevArgs {
                 peer_trusted_ca_file: Some(ca),
                 peer_allowed_cn: Vec::new(),
             };
+            // The client certificate `dev` prints is the operator's.
+            n.admin_identities = vec![DEFAULT_CLIENT.into()];
         }
         n
     }
