@@ -213,28 +213,12 @@ fn take_from_url(s: &str) -> Result<(String, Taken), String> {
     Ok((rest, taken))
 }
 
+/// As libpq decodes a URL's parameters: `%XX` escapes only (`+` stays).
 fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| "a URL parameter is not UTF-8 once decoded".to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "a URL parameter is not UTF-8 once decoded".to_string())
 }
 
 /// Takes our keys out of a keyword string (`key=value key='quoted \' value'`),

@@ -102,34 +102,12 @@ fn query(s: &str) -> String {
     format!("{before}{}{fragment}", params.join("&"))
 }
 
-/// Enough percent-decoding for a parameter name (`api%5Fkey`); anything
-/// undecodable is kept as it is.
+/// A parameter name percent-decoded as a form would be (`api%5Fkey`,
+/// `+` for a space); an undecodable escape is kept as it is.
 fn percent_decoded(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The keyword form, `key=value key = 'quoted value'`, with secret values
