@@ -4,19 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{free_port_block, wait_until_blocking as wait_until, Cluster, ClusterOptions};
+use testkit::{
+    free_port_block, wait_until_blocking as wait_until, Cluster, ClusterOptions, Reaper,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inflight");
-
-/// Kills a child process when the test ends, also when it fails.
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Every line of every NDJSON segment in a file sink's directory.
 fn postflight_lines(dir: &std::path::Path) -> Vec<String> {

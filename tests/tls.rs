@@ -815,13 +815,7 @@ async fn server_certificate(
 fn dev_tls_prints_the_client_settings_that_reach_every_port() {
     use std::process::{Command, Stdio};
     const BIN: &str = env!("CARGO_BIN_EXE_inflight");
-    struct Reaper(std::process::Child);
-    impl Drop for Reaper {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use testkit::Reaper;
     let dir = tempfile::tempdir().unwrap();
     let base = testkit::free_port_block(9);
     let out_path = dir.path().join("dev.out");

@@ -44,6 +44,17 @@ pub fn default_bin() -> PathBuf {
 /// [`Cluster::admin`], named in every node's `--admin-identities`.
 pub const HARNESS_CLIENT: &str = "test";
 
+/// Kills a child process (an `inflight dev`, a CLI `watch`) when the test
+/// ends, also when it fails.
+pub struct Reaper(pub std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How nodes are addressed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Addresses {

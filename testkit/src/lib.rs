@@ -24,7 +24,9 @@ pub mod sink;
 pub mod tls;
 pub mod wait;
 
-pub use cluster::{resident_bytes, Addresses, Cluster, ClusterOptions, Node, HARNESS_CLIENT};
+pub use cluster::{
+    resident_bytes, Addresses, Cluster, ClusterOptions, Node, Reaper, HARNESS_CLIENT,
+};
 pub use wait::{free_port, free_port_block, wait_for, wait_until, wait_until_blocking};
 
 /// Milliseconds since the Unix epoch on this machine's clock: the clock the
