@@ -71,14 +71,17 @@ impl PeerNetwork {
     /// reloaded (SIGHUP), so that new connections present the new
     /// certificate; calls still running keep the old channel.
     fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let tls = self.tls.as_ref().map(ReloadableClientTls::current);
-        let generation = tls.as_ref().map_or(0, |(g, _)| *g);
+        let generation = self.tls.as_ref().map_or(0, ReloadableClientTls::generation);
         let mut channels = self.channels.lock();
         if let Some((g, c)) = channels.get(addr) {
             if *g == generation {
                 return Ok(c.clone());
             }
         }
+        // Only a new channel needs the settings themselves. Read after the
+        // generation, they are at least as new as it says.
+        let tls = self.tls.as_ref().map(ReloadableClientTls::current);
+        let generation = tls.as_ref().map_or(0, |(g, _)| *g);
         let c = crate::wire::secure_endpoint(addr, tls.as_ref().map(|(_, t)| t.config()))
             .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
             .local_address(self.source_ip)

@@ -71,6 +71,12 @@ impl ReloadableClientTls {
     pub fn current(&self) -> (u64, ClientTls) {
         self.current.read().clone()
     }
+
+    /// The generation alone: whether a cached channel is still current,
+    /// without copying the certificates.
+    pub fn generation(&self) -> u64 {
+        self.current.read().0
+    }
 }
 
 /// The file's bytes, if it holds a PEM block of this kind: tonic parses the
