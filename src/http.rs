@@ -416,8 +416,7 @@ mod tests {
             advertise: crate::wire::MemberAddr::new("127.0.0.1:1", "127.0.0.1:2"),
             durability: Durability::Memory,
             snapshot_every: 1_000,
-            heartbeat_ms: 50,
-            election_timeout_ms: (150, 300),
+            timing: raft::Timing::new((150, 300), None).unwrap(),
             peer_source_ip: None,
             peer_tls: None,
         })

@@ -47,7 +47,6 @@ use crate::wire::MemberAddr;
 
 /// How long each shutdown step may take before the node moves on.
 const DUTIES_STOP: Duration = Duration::from_secs(20);
-const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 const LISTENERS_STOP: Duration = Duration::from_secs(5);
 const REST_STOP: Duration = Duration::from_secs(2);
 /// Each step's deadline when the Raft core has died: the process must be
@@ -356,7 +355,8 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
         anyhow::bail!("the Raft core is dead: {why}");
     }
     duties.stop(DUTIES_STOP).await;
-    node.hand_over_leadership(HANDOVER_WAIT).await;
+    node.hand_over_leadership(node.timing().handover_within())
+        .await;
     listeners.stop(LISTENERS_STOP).await;
     peer_listener_task.stop(LISTENERS_STOP).await;
     node.shutdown().await;

@@ -138,8 +138,7 @@ impl Node {
             advertise: addr.clone(),
             durability: Durability::Memory,
             snapshot_every: 10_000,
-            heartbeat_ms: 50,
-            election_timeout_ms: (150, 300),
+            timing: raft::Timing::new((150, 300), None).expect("timing"),
             peer_source_ip: None,
             peer_tls: None,
         })

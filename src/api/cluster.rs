@@ -51,7 +51,7 @@ impl ClusterService {
 
     fn members(&self) -> pb::MemberListResponse {
         let s = self.node.status();
-        let within = reachable_within(&s).as_millis() as u64;
+        let within = self.node.timing().reachable_within().as_millis() as u64;
         pb::MemberListResponse {
             members: s
                 .members
@@ -264,7 +264,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         self.admin(&req, "Cluster.RemoveMember")?;
         let r = req.into_inner();
-        self.node.leader_only().map_err(ApiError::from)?;
+        self.node.leader_only().await.map_err(ApiError::from)?;
         let existing = self.members();
         let Some(member) = existing.members.iter().find(|m| m.id == r.id) else {
             return Err(ApiError::NotFound(format!("id: node {} is not a member", r.id)).into());
@@ -309,7 +309,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         self.admin(&req, "Cluster.TransferLeader")?;
         let to = req.into_inner().to;
-        self.node.leader_only().map_err(ApiError::from)?;
+        self.node.leader_only().await.map_err(ApiError::from)?;
         let members = self.members();
         if !members.members.iter().any(|m| m.id == to && m.voter) {
             return Err(
@@ -318,7 +318,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         if to != self.node.id() {
             self.node
-                .transfer_leader(to, TRANSFER_WAIT)
+                .transfer_leader(to, self.node.timing().handover_within())
                 .await
                 .map_err(ApiError::from)?;
             tracing::info!(from = self.node.id(), to, "leadership transferred");
@@ -386,7 +386,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let exact = parse_handoff_ids(&r.handoff_ids)?;
         check_count(r.keys.len(), "keys")?;
-        self.node.leader_only().map_err(ApiError::from)?;
+        self.node.leader_only().await.map_err(ApiError::from)?;
         let ids = if r.all {
             None
         } else if r.keys.is_empty() {
@@ -414,7 +414,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let exact = parse_handoff_ids(&r.handoff_ids)?;
         check_count(r.keys.len(), "keys")?;
-        self.node.leader_only().map_err(ApiError::from)?;
+        self.node.leader_only().await.map_err(ApiError::from)?;
         let ids = if r.keys.is_empty() {
             exact
         } else {
@@ -528,15 +528,6 @@ pub(super) fn parse_handoff_id(s: &str, field: &str) -> Result<HandoffId, ApiErr
         key: key.to_string(),
         revision: rev.parse().map_err(|_| bad())?,
     })
-}
-
-/// How long a leader transfer may take before the caller hears it failed.
-const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A member counts as reachable if it acknowledged the leader within a few
-/// heartbeats: tight, so a node that just died is not counted on.
-fn reachable_within(s: &raft::Status) -> std::time::Duration {
-    std::time::Duration::from_millis(s.heartbeat_ms * 4 + 100)
 }
 
 impl ClusterService {

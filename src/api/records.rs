@@ -94,7 +94,7 @@ impl InFlightService {
         }
         // Only the leader's proposals commit, so only its account admits: a
         // follower names the leader instead of judging by its own memory.
-        self.node.leader_only()?;
+        self.node.leader_only().await?;
         // Held until the proposal is answered or fails: the growth counts
         // against the budget until the applied records hold it.
         let _reserved = super::budget::admit(

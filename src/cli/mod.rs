@@ -368,13 +368,15 @@ pub struct ServeArgs {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "INFLIGHT_MAX_VALUE_BYTES", default_value_t = crate::api::Limits::default().max_value_bytes)]
     pub max_value_bytes: usize,
-    /// Leader heartbeat interval, in milliseconds.
-    #[arg(long, env = "INFLIGHT_HEARTBEAT_MS", default_value_t = 50)]
-    pub heartbeat_ms: u64,
-    /// Election timeout range MIN..MAX in milliseconds. A follower also
-    /// honours the old leader's lease (MAX) before it campaigns, so writes
-    /// resume about MAX + a random MIN..MAX after a leader dies.
-    #[arg(long, env = "INFLIGHT_ELECTION_TIMEOUT_MS", default_value = "200..400", value_parser = parse_range)]
+    /// Leader heartbeat interval, in milliseconds (default: a third of the
+    /// election timeout's MIN).
+    #[arg(long, env = "INFLIGHT_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Election timeout range MIN..MAX in milliseconds: the one setting the
+    /// failover timing derives from (README, "Tuning failover"). A follower
+    /// also honours the old leader's lease (MAX) before it campaigns, so
+    /// writes resume about MAX + a random MIN..MAX after a leader dies.
+    #[arg(long, env = "INFLIGHT_ELECTION_TIMEOUT_MS", default_value = "150..300", value_parser = parse_range)]
     pub election_timeout_ms: (u64, u64),
     /// Source address of outgoing peer connections (default: chosen by the OS).
     #[arg(long, env = "INFLIGHT_PEER_SOURCE_IP")]
@@ -659,8 +661,7 @@ impl ServeArgs {
                 advertise,
                 durability: self.durability,
                 snapshot_every: self.snapshot_every,
-                heartbeat_ms: self.heartbeat_ms,
-                election_timeout_ms: self.election_timeout_ms,
+                timing: crate::raft::Timing::new(self.election_timeout_ms, self.heartbeat_ms)?,
                 peer_source_ip: self.peer_source_ip,
                 // Set by `node::serve` once the files are read.
                 peer_tls: None,

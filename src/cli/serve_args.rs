@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(s.memory_budget, 2 << 20);
         assert_eq!(s.handoff_batch, 20);
         assert_eq!(s.max_connections, 3);
-        assert_eq!(s.heartbeat_ms, 40);
+        assert_eq!(s.heartbeat_ms, Some(40));
         let client = tls.client.expect("client TLS");
         assert_eq!(client.cert.path, PathBuf::from("/c/node.pem"));
         assert_eq!(client.key.path, PathBuf::from("/c/node-key.pem"));
@@ -452,7 +452,7 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(s.id, 9, "the command line wins");
-        assert_eq!(s.heartbeat_ms, 70, "the command line wins");
+        assert_eq!(s.heartbeat_ms, Some(70), "the command line wins");
         assert_eq!(
             s.data_dir,
             PathBuf::from("/from/file"),

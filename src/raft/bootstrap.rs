@@ -30,8 +30,8 @@ pub struct RaftSettings {
     /// The fewest applied entries between two snapshots; a large table waits
     /// longer (see `crate::duties::compaction`).
     pub snapshot_every: u64,
-    pub heartbeat_ms: u64,
-    pub election_timeout_ms: (u64, u64),
+    /// Election timeout and heartbeat, and what is derived from them.
+    pub timing: super::Timing,
     /// Source address for outgoing peer connections, so that firewalls (and
     /// fault injection) see peer traffic coming from this node's address.
     pub peer_source_ip: Option<std::net::IpAddr>,

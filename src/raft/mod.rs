@@ -35,6 +35,7 @@ mod node;
 mod peer_service;
 mod snapshot_stream;
 mod state_machine;
+mod timing;
 mod wal;
 
 pub use crate::wire::MemberAddr;
@@ -42,6 +43,7 @@ pub use bootstrap::RaftSettings;
 pub use error::{leader_hint, Error};
 pub use node::{Consistency, LeaderChange, Member, Node, Role, Status};
 pub use peer_service::PeerService;
+pub use timing::Timing;
 
 use crate::state::{Command, Outcome};
 

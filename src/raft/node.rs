@@ -144,6 +144,7 @@ struct Inner {
     /// show an older state than this node served before a restart.
     recovered: AtomicBool,
     contact: Arc<LeaderContact>,
+    timing: super::Timing,
     /// What this node stamps into commands while it leads.
     clock: LeaderClock,
     leader_changes: Mutex<VecDeque<LeaderChange>>,
@@ -186,9 +187,9 @@ impl Node {
 
         let config = Config {
             cluster_name: "inflight".into(),
-            heartbeat_interval: s.heartbeat_ms,
-            election_timeout_min: s.election_timeout_ms.0,
-            election_timeout_max: s.election_timeout_ms.1,
+            heartbeat_interval: s.timing.heartbeat_ms,
+            election_timeout_min: s.timing.election_ms.0,
+            election_timeout_max: s.timing.election_ms.1,
             // `duties::compaction` decides when to snapshot, in proportion to the table.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
@@ -239,6 +240,7 @@ impl Node {
                 log,
                 recovered: AtomicBool::new(false),
                 contact: Arc::new(LeaderContact::default()),
+                timing: s.timing,
                 clock: LeaderClock::new(super::wall_clock_us),
                 leader_changes: Mutex::default(),
                 proposals,
@@ -348,8 +350,14 @@ impl Node {
             #[cfg(feature = "planted-bug-stale-reads")]
             Consistency::Linearizable => Ok(()),
             #[cfg(not(feature = "planted-bug-stale-reads"))]
-            Consistency::Linearizable => self.batched_read(&self.inner.read_index).await,
-            Consistency::Lease => self.batched_read(&self.inner.lease).await,
+            Consistency::Linearizable => {
+                self.leader_only().await?;
+                self.batched_read(&self.inner.read_index).await
+            }
+            Consistency::Lease => {
+                self.leader_only().await?;
+                self.batched_read(&self.inner.lease).await
+            }
             Consistency::Stale { max_staleness_ms } => {
                 if !self.is_recovered() {
                     return Err(Error::Unavailable(
@@ -389,15 +397,62 @@ impl Node {
         self.inner.raft.is_leader()
     }
 
-    /// `Ok` on the leader; elsewhere the error that names the leader.
-    pub fn leader_only(&self) -> Result<(), Error> {
-        if self.is_leader() {
-            return Ok(());
+    /// The failover timing this node runs with.
+    pub fn timing(&self) -> super::Timing {
+        self.inner.timing
+    }
+
+    /// `Ok` on the leader; elsewhere the error that names the leader, once
+    /// this node's view of it is fresh. While it knows no leader, or has not
+    /// heard from the one it knows for `Timing::leader_suspect_after`, it
+    /// waits (at most `Timing::election_settles_within`) until it hears from
+    /// a leader again or becomes one: a client that came here because the
+    /// leader stopped answering then learns the next leader the moment
+    /// there is one, instead of being sent back to the silent one or told
+    /// to retry later. Past the wait it answers with what it knows.
+    pub async fn leader_only(&self) -> Result<(), Error> {
+        let suspect_after = self.inner.timing.leader_suspect_after().as_millis() as u64;
+        let give_up = tokio::time::Instant::now() + self.inner.timing.election_settles_within();
+        let mut changes = self.inner.raft.metrics();
+        // A leader's heartbeats arrive every `heartbeat_ms`: look again at
+        // least that often, since hearing from one is not a metrics change.
+        let tick = Duration::from_millis(self.inner.timing.heartbeat_ms.max(5));
+        loop {
+            if self.is_leader() {
+                return Ok(());
+            }
+            let (leader, address) = self.known_leader();
+            let fresh = self
+                .inner
+                .contact
+                .millis_since()
+                .is_some_and(|ms| ms <= suspect_after);
+            if (leader.is_some() && fresh) || tokio::time::Instant::now() >= give_up {
+                return Err(Error::NotLeader {
+                    leader: leader.zip(address),
+                });
+            }
+            let next = (tokio::time::Instant::now() + tick).min(give_up);
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    return Err(Error::Stopped("the Raft core has stopped".into()));
+                },
+                _ = tokio::time::sleep_until(next) => {}
+            }
         }
-        let s = self.status();
-        Err(Error::NotLeader {
-            leader: s.leader.zip(s.leader_address),
-        })
+    }
+
+    /// The leader this node believes in, and its client address.
+    fn known_leader(&self) -> (Option<NodeId>, Option<String>) {
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow_watched();
+        let address = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| super::MemberAddr::stored(&n.addr).client)
+        });
+        (m.current_leader, address)
     }
 
     pub fn status(&self) -> Status {

@@ -1,0 +1,94 @@
+//! Every duration that decides how fast the cluster notices a failed leader
+//! and how fast clients find the next one, derived from one setting: the
+//! election timeout range MIN..MAX (`--election-timeout-ms`). Tuning is one
+//! knob; README's "Tuning failover" says what each setting costs.
+
+use std::time::Duration;
+
+/// The failover timing of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// A follower campaigns after MIN..MAX (drawn at random) without hearing
+    /// from a leader, counted from the end of the old leader's lease (MAX).
+    pub election_ms: (u64, u64),
+    /// The leader's heartbeat interval.
+    pub heartbeat_ms: u64,
+}
+
+impl Timing {
+    /// From `--election-timeout-ms`, and `--heartbeat-ms` if given (default:
+    /// a third of MIN, so a follower misses three heartbeats before it even
+    /// suspects the leader).
+    pub fn new(election_ms: (u64, u64), heartbeat_ms: Option<u64>) -> Result<Timing, String> {
+        let (min, max) = election_ms;
+        if min == 0 || max < min {
+            return Err(format!(
+                "--election-timeout-ms: {min}..{max} is not a range of positive milliseconds"
+            ));
+        }
+        let heartbeat_ms = heartbeat_ms.unwrap_or((min / 3).max(1));
+        if heartbeat_ms == 0 || heartbeat_ms * 2 > min {
+            return Err(format!(
+                "--heartbeat-ms {heartbeat_ms}: at most half the election timeout's minimum ({min} ms), or \
+                 followers start elections against a live leader"
+            ));
+        }
+        Ok(Timing {
+            election_ms,
+            heartbeat_ms,
+        })
+    }
+
+    /// How long a follower goes without hearing from the leader before it
+    /// stops sending clients there (MIN): past that the leader is more
+    /// likely gone than slow.
+    pub fn leader_suspect_after(&self) -> Duration {
+        Duration::from_millis(self.election_ms.0)
+    }
+
+    /// The longest an election normally takes once the leader went silent:
+    /// the old leader's lease (MAX), the longest random timeout (MAX), and
+    /// MIN for the pre-vote and vote rounds and the new leader's first
+    /// commit. A follower holds a client's call this long, at most, waiting
+    /// for a leader to name (`Node::leader_only`).
+    pub fn election_settles_within(&self) -> Duration {
+        Duration::from_millis(2 * self.election_ms.1 + self.election_ms.0)
+    }
+
+    /// How long a leadership hand-over (on shutdown, or `member
+    /// transfer-leader`) may take: the new leader needs one round trip once
+    /// it has caught up, so ten election timeouts cover a lagging follower.
+    pub fn handover_within(&self) -> Duration {
+        Duration::from_millis(10 * self.election_ms.1)
+    }
+
+    /// A member counts as reachable if it acknowledged the leader within
+    /// this: a few heartbeats, so that a node that just died is not counted.
+    pub fn reachable_within(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms * 4 + 100)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_defaults_to_a_third_of_the_minimum() {
+        let t = Timing::new((150, 300), None).unwrap();
+        assert_eq!(t.heartbeat_ms, 50);
+        assert_eq!(t.election_settles_within(), Duration::from_millis(750));
+        assert_eq!(t.leader_suspect_after(), Duration::from_millis(150));
+    }
+
+    #[test]
+    fn refuses_settings_that_would_start_elections_against_a_live_leader() {
+        let e = Timing::new((150, 300), Some(100)).unwrap_err();
+        assert!(e.contains("--heartbeat-ms 100"), "{e}");
+        assert!(Timing::new((300, 150), None)
+            .unwrap_err()
+            .contains("300..150"));
+        assert!(Timing::new((0, 10), None).is_err());
+        assert_eq!(Timing::new((150, 300), Some(75)).unwrap().heartbeat_ms, 75);
+    }
+}
