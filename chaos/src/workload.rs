@@ -56,6 +56,10 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (c, ip) in ips.into_iter().enumerate() {
+            // The library's defaults for hedging and endpoint sync (what a
+            // service gets without tuning), a shorter per-attempt deadline
+            // and retry budget, so that a stuck call is recorded as unknown
+            // and the client moves on.
             let opts = ClientOptions {
                 request_timeout: Duration::from_millis(1_000),
                 retry_for: Duration::from_millis(2_500),
@@ -63,6 +67,7 @@ impl Workload {
                 follow_leader: true,
                 frames: true,
                 tls: tls.clone(),
+                ..ClientOptions::default()
             };
             let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
             // Half of the reads go to the client's home node only, as a
@@ -73,6 +78,8 @@ impl Workload {
                 ClientOptions {
                     follow_leader: false,
                     retry_for: Duration::ZERO,
+                    hedge_after: None,
+                    sync_endpoints: None,
                     ..opts
                 },
             )

@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status, Streaming};
@@ -103,6 +104,23 @@ impl Watch {
     }
 }
 
+/// The first pause before a retry; each retry doubles it, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between two attempts of one call: short enough that a
+/// client finds a new leader within a fraction of an election, long enough
+/// that a cluster without one is not flooded.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Attempts of one call in flight at once: the first, and one hedge.
+const MAX_ATTEMPTS: usize = 2;
+
+/// Sleeps until `at`, or forever when there is nothing to wake for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A new request id: UUIDv7, so ids sort by creation time.
 pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -118,6 +136,17 @@ fn ensure_id(id: &mut String) {
 pub struct ClientOptions {
     /// Deadline of one attempt.
     pub request_timeout: Duration,
+    /// When an attempt has not answered within this, send the same call
+    /// (same request id) to another node as well, and take the first answer
+    /// (`None`: one attempt at a time). Set it to a few times the usual
+    /// latency: well above it, it only costs time in a failover; near it,
+    /// calls that are merely slow are sent twice.
+    pub hedge_after: Option<Duration>,
+    /// Every this often, learn the members' client addresses from the
+    /// cluster and use them as endpoints beside the ones given (`None`:
+    /// only the given endpoints), so that a client outlives the replacement
+    /// of the nodes it was started with. Only with `follow_leader`.
+    pub sync_endpoints: Option<Duration>,
     /// How long to keep retrying retryable failures before giving up.
     pub retry_for: Duration,
     /// Source address of the client's connections (default: chosen by the
@@ -141,6 +170,8 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             request_timeout: Duration::from_secs(5),
+            hedge_after: Some(Duration::from_millis(250)),
+            sync_endpoints: Some(Duration::from_secs(10)),
             retry_for: Duration::from_secs(20),
             local_address: None,
             follow_leader: true,
@@ -199,7 +230,12 @@ pub struct Client {
 }
 
 struct Inner {
-    endpoints: Vec<String>,
+    /// The given endpoints, then those learned from the membership
+    /// (`ClientOptions::sync_endpoints`).
+    endpoints: RwLock<Arc<Vec<String>>>,
+    given: Vec<String>,
+    /// When the endpoints were last learned, and whether a sync is under way.
+    synced: Mutex<(Instant, bool)>,
     channels: Mutex<HashMap<String, Channel>>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     leader: Mutex<Option<String>>,
@@ -234,7 +270,9 @@ impl Client {
         }
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints,
+                endpoints: RwLock::new(Arc::new(endpoints.clone())),
+                given: endpoints,
+                synced: Mutex::new((Instant::now(), false)),
                 channels: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
@@ -244,8 +282,69 @@ impl Client {
         })
     }
 
-    pub fn endpoints(&self) -> &[String] {
-        &self.inner.endpoints
+    /// The endpoints the client uses now: the given ones (less any that
+    /// left the membership) and the members learned since.
+    pub fn endpoints(&self) -> Arc<Vec<String>> {
+        self.inner.endpoints.read().clone()
+    }
+
+    /// Starts learning the members' addresses in the background when the
+    /// last sync is older than `ClientOptions::sync_endpoints`.
+    fn maybe_sync_endpoints(&self) {
+        let Some(every) = self.inner.opts.sync_endpoints else {
+            return;
+        };
+        if !self.inner.opts.follow_leader {
+            return;
+        }
+        {
+            let mut synced = self.inner.synced.lock();
+            if synced.1 || synced.0.elapsed() < every {
+                return;
+            }
+            synced.1 = true;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            let list = client.members_once().await;
+            if let Some(members) = list {
+                client.adopt_members(&members);
+            }
+            *client.inner.synced.lock() = (Instant::now(), false);
+        });
+    }
+
+    /// The member list, asked once of the leader (or the current endpoint),
+    /// with one request timeout: a sync must not hold up anything.
+    async fn members_once(&self) -> Option<Vec<pb::Member>> {
+        let target = self.target(Route::Leader);
+        let channel = self.channel(&target).ok()?;
+        let mut cluster = ClusterClient::new(channel);
+        let ask = cluster.member_list(pb::MemberListRequest {});
+        match tokio::time::timeout(self.inner.opts.request_timeout, ask).await {
+            Ok(Ok(r)) => Some(r.into_inner().members),
+            _ => None,
+        }
+    }
+
+    /// Adds the members' client addresses to the endpoints: the given
+    /// endpoints stay first and always (they may name the cluster in a way
+    /// the membership does not, e.g. a DNS name), then the members not among
+    /// them; a learned address that left the membership is dropped. An empty
+    /// list changes nothing.
+    fn adopt_members(&self, members: &[pb::Member]) {
+        let tls = self.inner.opts.tls.as_ref().map(ClientTls::config);
+        let mut next = self.inner.given.clone();
+        for m in members {
+            let a = &m.address;
+            if !a.is_empty() && !next.contains(a) && wire::secure_endpoint(a, tls).is_ok() {
+                next.push(a.clone());
+            }
+        }
+        let mut endpoints = self.inner.endpoints.write();
+        if next != **endpoints {
+            *endpoints = Arc::new(next);
+        }
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -333,7 +432,8 @@ impl Client {
                 return l;
             }
         }
-        let n = self.inner.endpoints.len();
+        let endpoints = self.endpoints();
+        let n = endpoints.len();
         // With frames, calls for any node stay on the current endpoint (until
         // it fails) so that they share its frames: spreading them over every
         // node would split each frame three ways. Unary calls rotate.
@@ -343,7 +443,22 @@ impl Client {
             }
             _ => self.inner.next.load(Ordering::Relaxed),
         };
-        self.inner.endpoints[i % n].clone()
+        endpoints[i % n].clone()
+    }
+
+    /// `target(route)`, or, when an attempt is already waiting there, the
+    /// next endpoint without one (for a hedge); `None` if every one has.
+    fn target_avoiding(&self, route: Route, busy: &[String]) -> Option<String> {
+        let first = self.target(route);
+        if !busy.contains(&first) {
+            return Some(first);
+        }
+        let endpoints = self.endpoints();
+        let start = self.inner.next.load(Ordering::Relaxed);
+        (0..endpoints.len())
+            .map(|i| &endpoints[(start + i) % endpoints.len()])
+            .find(|e| !busy.contains(e))
+            .cloned()
     }
 
     fn rotate(&self, failed: &str) {
@@ -371,29 +486,74 @@ impl Client {
 
     /// Like `retrying`, for calls that pick their own way to `target` (a
     /// unary RPC on its channel, or an op in its session's next frame).
+    ///
+    /// Attempts may overlap: when one has not answered within
+    /// `ClientOptions::hedge_after`, a second goes to another node (the
+    /// same call, so the same request id: at most one of them applies), and
+    /// the first answer that settles the call wins. A node that does not
+    /// know a live leader holds such an attempt until an election settles
+    /// (see `raft::Node::leader_only`), so the second attempt comes back
+    /// with the new leader as soon as there is one, instead of the client
+    /// waiting out `request_timeout` on a leader that will never answer.
     async fn retrying_at<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T>
     where
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let deadline = Instant::now() + self.inner.opts.retry_for;
-        let mut backoff = Duration::from_millis(20);
+        let opts = &self.inner.opts;
+        self.maybe_sync_endpoints();
+        let deadline = Instant::now() + opts.retry_for;
+        let mut backoff = FIRST_BACKOFF;
         let mut redirects = 0;
         // What a node itself last said (e.g. "no leader is known"): more useful
         // to report on giving up than the last connection error.
         let mut from_a_node: Option<Status> = None;
+        let mut pending = FuturesUnordered::new();
+        // The nodes with an attempt in flight.
+        let mut busy: Vec<String> = Vec::new();
+        // When to start the next attempt, and where if a redirect said so.
+        let mut next: Option<(Instant, Option<String>)> = Some((Instant::now(), None));
         loop {
-            let target = self.target(route);
-            let attempt =
-                tokio::time::timeout(self.inner.opts.request_timeout, call(&target)).await;
-            let status = match attempt {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(s)) => s,
-                Err(_) => Status::deadline_exceeded(format!(
-                    "{target} did not answer within {:?}",
-                    self.inner.opts.request_timeout
-                )),
+            if let Some((at, _)) = &next {
+                if *at <= Instant::now() && busy.len() < MAX_ATTEMPTS {
+                    let to = next.take().and_then(|(_, to)| to);
+                    // No other node to hedge to: wait for the attempt in flight.
+                    let Some(target) = to.or_else(|| self.target_avoiding(route, &busy)) else {
+                        continue;
+                    };
+                    busy.push(target.clone());
+                    let attempt = call(&target);
+                    let timeout = opts.request_timeout;
+                    pending.push(async move {
+                        let answer = match tokio::time::timeout(timeout, attempt).await {
+                            Ok(r) => r,
+                            Err(_) => Err(Status::deadline_exceeded(format!(
+                                "{target} did not answer within {timeout:?}"
+                            ))),
+                        };
+                        (target, answer)
+                    });
+                    if let Some(h) = opts.hedge_after {
+                        let at = Instant::now() + h;
+                        if busy.len() < MAX_ATTEMPTS && at <= deadline {
+                            next = Some((at, None));
+                        }
+                    }
+                    continue;
+                }
+            }
+            let wake = next
+                .as_ref()
+                .filter(|_| busy.len() < MAX_ATTEMPTS)
+                .map(|(at, _)| *at);
+            let (target, status) = tokio::select! {
+                Some((target, answer)) = pending.next() => match answer {
+                    Ok(resp) => return Ok(resp),
+                    Err(s) => (target, s),
+                },
+                _ = sleep_until(wake) => continue,
             };
+            busy.retain(|b| *b != target);
             if std::error::Error::source(&status).is_none() {
                 from_a_node = Some(status.clone());
             }
@@ -403,7 +563,7 @@ impl Client {
                     format!("{target}: TLS refused: {}", described(&status)),
                 ));
             }
-            match status.code() {
+            let retry = match status.code() {
                 Code::Unavailable => {
                     let hint = status
                         .metadata()
@@ -411,16 +571,16 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
                     match hint {
-                        Some(leader)
-                            if self.inner.opts.follow_leader
-                                && leader != target
-                                && redirects < 3 =>
-                        {
-                            *self.inner.leader.lock() = Some(leader);
+                        // The node names the leader an attempt is already
+                        // waiting on: nothing new; wait for that attempt.
+                        Some(leader) if opts.follow_leader && busy.contains(&leader) => false,
+                        Some(leader) if opts.follow_leader && leader != target && redirects < 3 => {
+                            *self.inner.leader.lock() = Some(leader.clone());
                             redirects += 1;
+                            next = Some((Instant::now(), Some(leader)));
                             continue;
                         }
-                        _ => self.rotate(&target),
+                        _ => true,
                     }
                 }
                 // Safe to retry: every call made here is a read, carries a request
@@ -430,27 +590,35 @@ impl Client {
                 // changes nothing).
                 // `Cancelled` is what a connection cut mid-call (a node killed
                 // under us) looks like; the call may or may not have landed.
-                Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => self.rotate(&target),
+                Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => true,
                 _ => return Err(status),
+            };
+            if retry {
+                self.rotate(&target);
+                redirects = 0;
+                let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                let at = Instant::now() + backoff + Duration::from_millis(jitter);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if at <= deadline {
+                    next = Some(match next.take() {
+                        Some((sooner, to)) if sooner <= at => (sooner, to),
+                        _ => (at, None),
+                    });
+                }
             }
-            redirects = 0;
-            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-            let pause = backoff + Duration::from_millis(jitter);
-            if Instant::now() + pause > deadline {
+            if busy.is_empty() && next.is_none() {
                 let last = from_a_node.unwrap_or(status);
                 return Err(Status::with_metadata(
                     last.code(),
                     format!(
                         "gave up after {:?} of retries against {}: {}",
-                        self.inner.opts.retry_for,
-                        self.inner.endpoints.join(","),
+                        opts.retry_for,
+                        self.endpoints().join(","),
                         described(&last)
                     ),
                     last.metadata().clone(),
                 ));
             }
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

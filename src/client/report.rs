@@ -189,12 +189,14 @@ impl Client {
     /// Asks every member for its status, membership taken from whichever
     /// endpoint answers first; each ask gets `timeout`.
     pub async fn cluster_report(&self, timeout: Duration) -> ClusterReport {
-        let lists = self.endpoints().iter().map(|ep| async move {
+        let endpoints = self.endpoints();
+        let lists = endpoints.iter().map(|ep| async move {
             let one = Client::with_options(
                 [ep.clone()],
                 ClientOptions {
                     request_timeout: timeout,
                     retry_for: Duration::ZERO,
+                    sync_endpoints: None,
                     tls: self.options().tls.clone(),
                     ..Default::default()
                 },
@@ -213,7 +215,7 @@ impl Client {
             .into_iter()
             .flatten()
             .find(|l| !l.is_empty())
-            .unwrap_or_else(|| self.endpoints().iter().map(|e| (0, e.clone())).collect());
+            .unwrap_or_else(|| endpoints.iter().map(|e| (0, e.clone())).collect());
         addrs.sort();
         let asks = addrs.into_iter().map(|(id, address)| async move {
             let status = self.node_status(&address, timeout).await;
