@@ -19,6 +19,8 @@ use crate::nemesis::{FaultKind, FaultRecord};
 #[derive(Clone, Debug, Serialize)]
 pub struct FaultOutage {
     pub kind: FaultKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_hit: Option<bool>,
     pub started_ms: u64,
     pub healed_ms: u64,
     pub longest_gap_ms: u64,
@@ -76,6 +78,7 @@ pub fn measure(
         .iter()
         .map(|f| FaultOutage {
             kind: f.kind,
+            leader_hit: f.leader_hit,
             started_ms: f.started_ms,
             healed_ms: f.healed_ms,
             longest_gap_ms: longest_gap(&acks, run_end_ms, f.started_ms, f.healed_ms),
@@ -84,7 +87,7 @@ pub fn measure(
     let mut by_kind: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for o in &outages {
         by_kind
-            .entry(kind_name(o.kind))
+            .entry(group_name(o.kind, o.leader_hit))
             .or_default()
             .push(o.longest_gap_ms);
     }
@@ -101,6 +104,17 @@ pub fn measure(
         })
         .collect();
     (outages, summary)
+}
+
+/// The kind, and for faults that strike at random whether they struck the
+/// leader: "pause (leader)" needs an election, "pause (follower)" does not,
+/// and their targets differ.
+pub fn group_name(kind: FaultKind, leader_hit: Option<bool>) -> String {
+    match leader_hit {
+        Some(true) => format!("{} (leader)", kind_name(kind)),
+        Some(false) => format!("{} (follower)", kind_name(kind)),
+        None => kind_name(kind),
+    }
 }
 
 /// The kind as `faults.jsonl` and `verdict.json` spell it (snake_case).
@@ -130,6 +144,7 @@ mod tests {
         FaultRecord {
             kind,
             detail: String::new(),
+            leader_hit: None,
             started_ms,
             healed_ms,
         }
@@ -187,5 +202,18 @@ mod tests {
             }
         );
         assert_eq!(by_kind["pause"].max_ms, 2_900);
+    }
+
+    #[test]
+    fn faults_that_struck_the_leader_are_counted_apart() {
+        let ops: Vec<Operation> = [0, 100, 900, 1_000, 1_050].into_iter().map(write).collect();
+        let mut on_leader = fault(FaultKind::Pause, 150, 300);
+        on_leader.leader_hit = Some(true);
+        let mut on_follower = fault(FaultKind::Pause, 950, 1_000);
+        on_follower.leader_hit = Some(false);
+        let (_, by_kind) = measure(&[on_leader, on_follower], &ops, 1_100);
+        assert_eq!(by_kind["pause (leader)"].max_ms, 800);
+        assert_eq!(by_kind["pause (follower)"].max_ms, 100);
+        assert!(!by_kind.contains_key("pause"));
     }
 }

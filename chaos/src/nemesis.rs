@@ -66,6 +66,13 @@ pub fn schedule(seed: u64, extra: usize) -> Vec<FaultKind> {
 pub struct FaultRecord {
     pub kind: FaultKind,
     pub detail: String,
+    /// For the kinds that strike a random node or split at random: whether
+    /// the leader was struck (killed, paused, or on the minority side), so
+    /// that availability is reported apart for faults that need an
+    /// election and faults that do not. `None` for the kinds that always
+    /// (or never) strike the leader.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_hit: Option<bool>,
     pub started_ms: u64,
     pub healed_ms: u64,
 }
@@ -96,6 +103,7 @@ pub async fn inject(
         v
     };
     let detail;
+    let mut leader_hit = None;
     match kind {
         FaultKind::KillOne | FaultKind::KillLeader | FaultKind::KillMinority => {
             let mut victims = match kind {
@@ -109,6 +117,9 @@ pub async fn inject(
                 }
             };
             victims.sort();
+            if kind != FaultKind::KillLeader {
+                leader_hit = Some(leader.is_some_and(|l| victims.contains(&l)));
+            }
             detail = format!("killed {victims:?}");
             for v in &victims {
                 c.kill(*v);
@@ -120,6 +131,7 @@ pub async fn inject(
         }
         FaultKind::Pause => {
             let v = pick(rng, &members);
+            leader_hit = Some(leader == Some(v));
             detail = format!("paused {v}");
             c.pause(v);
             tokio::time::sleep(hold).await;
@@ -147,6 +159,9 @@ pub async fn inject(
                     )
                 }
             };
+            if kind == FaultKind::MajorityMinority {
+                leader_hit = Some(leader.is_some_and(|l| a.contains(&l)));
+            }
             detail = format!("sides {a:?} | {b:?}, bridge {bridge:?}");
             fw.cut(&side(&a), &side(&b))?;
             tokio::time::sleep(hold).await;
@@ -208,6 +223,7 @@ pub async fn inject(
     Ok(FaultRecord {
         kind,
         detail,
+        leader_hit,
         started_ms,
         healed_ms: epoch.elapsed().as_millis() as u64,
     })
