@@ -105,6 +105,12 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .await
         .context("no agreed leader within 30 s of the start")?;
     let epoch = Instant::now();
+    // The epoch on the wall clock, so that the times in the history and the
+    // fault log can be lined up with the nodes' logs (e.g. "leader changed").
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let client_ips: Vec<String> = (0..5).map(|c| cluster.ip(100 + c)).collect();
     let client_home: Vec<(String, u64)> = client_ips
         .iter()
@@ -277,6 +283,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let verdict = json!({
         "seed": seed,
         "profile": format!("{:?}", args.profile),
+        "epoch_unix_ms": epoch_unix_ms,
         "operations": recorded.ops.len(),
         "unknown_outcomes": recorded.ops.iter().filter(|o| o.outcome == Outcome::Unknown).count(),
         "checks": checks.iter().map(|c| json!({"check": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),

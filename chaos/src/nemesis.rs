@@ -118,7 +118,7 @@ pub async fn inject(
             };
             victims.sort();
             if kind != FaultKind::KillLeader {
-                leader_hit = Some(leader.is_some_and(|l| victims.contains(&l)));
+                leader_hit = leader.map(|l| victims.contains(&l));
             }
             detail = format!("killed {victims:?}");
             for v in &victims {
@@ -131,7 +131,7 @@ pub async fn inject(
         }
         FaultKind::Pause => {
             let v = pick(rng, &members);
-            leader_hit = Some(leader == Some(v));
+            leader_hit = leader.map(|l| l == v);
             detail = format!("paused {v}");
             c.pause(v);
             tokio::time::sleep(hold).await;
@@ -160,7 +160,7 @@ pub async fn inject(
                 }
             };
             if kind == FaultKind::MajorityMinority {
-                leader_hit = Some(leader.is_some_and(|l| a.contains(&l)));
+                leader_hit = leader.map(|l| a.contains(&l));
             }
             detail = format!("sides {a:?} | {b:?}, bridge {bridge:?}");
             fw.cut(&side(&a), &side(&b))?;

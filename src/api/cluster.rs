@@ -264,7 +264,10 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         self.admin(&req, "Cluster.RemoveMember")?;
         let r = req.into_inner();
-        self.node.leader_only().await.map_err(ApiError::from)?;
+        self.node
+            .leader_only(raft::LeaderWait::Answer)
+            .await
+            .map_err(ApiError::from)?;
         let existing = self.members();
         let Some(member) = existing.members.iter().find(|m| m.id == r.id) else {
             return Err(ApiError::NotFound(format!("id: node {} is not a member", r.id)).into());
@@ -309,7 +312,10 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         self.admin(&req, "Cluster.TransferLeader")?;
         let to = req.into_inner().to;
-        self.node.leader_only().await.map_err(ApiError::from)?;
+        self.node
+            .leader_only(raft::LeaderWait::Answer)
+            .await
+            .map_err(ApiError::from)?;
         let members = self.members();
         if !members.members.iter().any(|m| m.id == to && m.voter) {
             return Err(
@@ -386,7 +392,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let exact = parse_handoff_ids(&r.handoff_ids)?;
         check_count(r.keys.len(), "keys")?;
-        self.node.leader_only().await.map_err(ApiError::from)?;
+        self.node
+            .leader_only(raft::LeaderWait::Answer)
+            .await
+            .map_err(ApiError::from)?;
         let ids = if r.all {
             None
         } else if r.keys.is_empty() {
@@ -414,7 +423,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let exact = parse_handoff_ids(&r.handoff_ids)?;
         check_count(r.keys.len(), "keys")?;
-        self.node.leader_only().await.map_err(ApiError::from)?;
+        self.node
+            .leader_only(raft::LeaderWait::Answer)
+            .await
+            .map_err(ApiError::from)?;
         let ids = if r.keys.is_empty() {
             exact
         } else {

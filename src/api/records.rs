@@ -14,7 +14,7 @@ use crate::auth::{Authorizer, Caller, Operation, Target};
 use crate::codec;
 use crate::handoff::HandoffState;
 use crate::pb;
-use crate::raft;
+use crate::raft::{self, LeaderWait};
 use crate::shutdown::Shutdown;
 use crate::state::{Action, Applied, Command, Op, RequestTag, Table, TtlChange};
 
@@ -88,13 +88,14 @@ impl InFlightService {
         ops: Vec<Op>,
         request_id: String,
         batch: bool,
+        wait: LeaderWait,
     ) -> Result<Vec<Applied>, ApiError> {
         if !request_id.is_empty() {
             self.limits.request_id(&request_id)?;
         }
         // Only the leader's proposals commit, so only its account admits: a
         // follower names the leader instead of judging by its own memory.
-        self.node.leader_only().await?;
+        self.node.leader_only(wait).await?;
         // Held until the proposal is answered or fails: the growth counts
         // against the budget until the applied records hold it.
         let _reserved = super::budget::admit(
@@ -131,8 +132,9 @@ impl InFlightService {
         &self,
         op: Op,
         request_id: String,
+        wait: LeaderWait,
     ) -> Result<pb::MutationResponse, ApiError> {
-        let applied = self.propose(vec![op], request_id, false).await?;
+        let applied = self.propose(vec![op], request_id, false, wait).await?;
         let a = applied
             .into_iter()
             .next()
@@ -146,60 +148,66 @@ impl InFlightService {
     pub(super) async fn insert(
         &self,
         caller: &Caller,
+        wait: LeaderWait,
         r: pb::InsertRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = insert_op(&self.limits, r, "")?;
-        self.propose_one(op, id).await
+        self.propose_one(op, id, wait).await
     }
 
     pub(super) async fn update(
         &self,
         caller: &Caller,
+        wait: LeaderWait,
         r: pb::UpdateRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = update_op(&self.limits, r, "")?;
-        self.propose_one(op, id).await
+        self.propose_one(op, id, wait).await
     }
 
     pub(super) async fn delete(
         &self,
         caller: &Caller,
+        wait: LeaderWait,
         r: pb::DeleteRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = delete_op(&self.limits, r, "")?;
-        self.propose_one(op, id).await
+        self.propose_one(op, id, wait).await
     }
 
     pub(super) async fn complete(
         &self,
         caller: &Caller,
+        wait: LeaderWait,
         r: pb::CompleteRequest,
     ) -> Result<pb::MutationResponse, ApiError> {
         self.auth
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = complete_op(&self.limits, r, "")?;
-        self.propose_one(op, id).await
+        self.propose_one(op, id, wait).await
     }
 
     pub(super) async fn get(
         &self,
         caller: &Caller,
+        wait: LeaderWait,
         r: pb::GetRequest,
     ) -> Result<pb::GetResponse, ApiError> {
         self.auth
             .check(caller, Operation::Read, Target::Key(&r.key))?;
         self.limits.key("key", &r.key)?;
-        self.read_barrier(r.consistency, r.max_staleness_ms).await?;
+        self.read_barrier(r.consistency, r.max_staleness_ms, wait)
+            .await?;
         let (found, revision) = self.read(|s| s.get(&r.key))?;
         match found {
             Some(rec) => Ok(pb::GetResponse {
@@ -234,6 +242,7 @@ impl InFlightService {
         &self,
         consistency: i32,
         max_staleness_ms: Option<u64>,
+        wait: LeaderWait,
     ) -> Result<(), ApiError> {
         let c = pb::Consistency::try_from(consistency)
             .map_err(|_| ApiError::invalid(format!("consistency: unknown value {consistency}")))?;
@@ -247,7 +256,7 @@ impl InFlightService {
             pb::Consistency::Lease => raft::Consistency::Lease,
             pb::Consistency::Stale => raft::Consistency::Stale { max_staleness_ms },
         };
-        Ok(self.node.read_barrier(level).await?)
+        Ok(self.node.read_barrier(level, wait).await?)
     }
 }
 
@@ -354,6 +363,16 @@ fn mutation_response(a: Applied) -> pb::MutationResponse {
     }
 }
 
+/// What the caller asked a follower that has lost the leader to do
+/// (`wire::WAIT_LEADER_KEY`).
+fn leader_wait<T>(req: &Request<T>) -> LeaderWait {
+    if req.metadata().contains_key(crate::wire::WAIT_LEADER_KEY) {
+        LeaderWait::Hold
+    } else {
+        LeaderWait::Answer
+    }
+}
+
 #[tonic::async_trait]
 impl pb::in_flight_server::InFlight for InFlightService {
     async fn insert(
@@ -361,7 +380,8 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::InsertRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::insert(self, &Caller::of(&req), req.into_inner()).await?,
+            InFlightService::insert(self, &Caller::of(&req), leader_wait(&req), req.into_inner())
+                .await?,
         ))
     }
 
@@ -370,7 +390,8 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::update(self, &Caller::of(&req), req.into_inner()).await?,
+            InFlightService::update(self, &Caller::of(&req), leader_wait(&req), req.into_inner())
+                .await?,
         ))
     }
 
@@ -379,7 +400,8 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::delete(self, &Caller::of(&req), req.into_inner()).await?,
+            InFlightService::delete(self, &Caller::of(&req), leader_wait(&req), req.into_inner())
+                .await?,
         ))
     }
 
@@ -388,7 +410,8 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::MutationResponse>, Status> {
         Ok(Response::new(
-            InFlightService::complete(self, &Caller::of(&req), req.into_inner()).await?,
+            InFlightService::complete(self, &Caller::of(&req), leader_wait(&req), req.into_inner())
+                .await?,
         ))
     }
 
@@ -409,7 +432,9 @@ impl pb::in_flight_server::InFlight for InFlightService {
                     denied,
                 })?;
         }
-        let applied = self.propose(ops, r.request_id, true).await?;
+        let applied = self
+            .propose(ops, r.request_id, true, LeaderWait::Answer)
+            .await?;
         let revision = applied.first().map(|a| a.revision).unwrap_or(0);
         let mut results: Vec<_> = applied.into_iter().map(mutation_response).collect();
         // 1,000 completes of large records must not answer with all their values.
@@ -419,7 +444,8 @@ impl pb::in_flight_server::InFlight for InFlightService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         Ok(Response::new(
-            InFlightService::get(self, &Caller::of(&req), req.into_inner()).await?,
+            InFlightService::get(self, &Caller::of(&req), leader_wait(&req), req.into_inner())
+                .await?,
         ))
     }
 
@@ -435,7 +461,8 @@ impl pb::in_flight_server::InFlight for InFlightService {
         self.limits.prefix("prefix", &r.prefix)?;
         self.limits.prefix("after_key", &r.after_key)?;
         let limit = self.limits.scan_limit(r.limit)?;
-        self.read_barrier(r.consistency, r.max_staleness_ms).await?;
+        self.read_barrier(r.consistency, r.max_staleness_ms, LeaderWait::Answer)
+            .await?;
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
         // The table stops a page once its values reach the bound, which the
         // last record's value (and 10,000 keys of 512 bytes) can pass: the

@@ -34,6 +34,7 @@ use super::response::{self, RESPONSE_BYTES};
 use super::ApiError;
 use crate::auth::Caller;
 use crate::pb;
+use crate::raft::LeaderWait;
 use crate::shutdown::Shutdown;
 use crate::wire::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 
@@ -117,11 +118,23 @@ async fn run_op(svc: &InFlightService, caller: &Caller, op: pb::FrameOp) -> pb::
         None => "unknown",
     };
     let result = match op.op {
-        Some(Op::Insert(r)) => svc.insert(caller, r).await.map(R::Mutation),
-        Some(Op::Update(r)) => svc.update(caller, r).await.map(R::Mutation),
-        Some(Op::Delete(r)) => svc.delete(caller, r).await.map(R::Mutation),
-        Some(Op::Complete(r)) => svc.complete(caller, r).await.map(R::Mutation),
-        Some(Op::Get(r)) => svc.get(caller, r).await.map(R::Get),
+        Some(Op::Insert(r)) => svc
+            .insert(caller, LeaderWait::Answer, r)
+            .await
+            .map(R::Mutation),
+        Some(Op::Update(r)) => svc
+            .update(caller, LeaderWait::Answer, r)
+            .await
+            .map(R::Mutation),
+        Some(Op::Delete(r)) => svc
+            .delete(caller, LeaderWait::Answer, r)
+            .await
+            .map(R::Mutation),
+        Some(Op::Complete(r)) => svc
+            .complete(caller, LeaderWait::Answer, r)
+            .await
+            .map(R::Mutation),
+        Some(Op::Get(r)) => svc.get(caller, LeaderWait::Answer, r).await.map(R::Get),
         None => Err(ApiError::invalid(
             "op: empty frame op (set insert, update, delete, complete or get)",
         )),

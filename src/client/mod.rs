@@ -68,6 +68,43 @@ fn records(ch: Channel) -> InFlightClient<Channel> {
         .max_encoding_message_size(MAX_REQUEST_BYTES)
 }
 
+/// How one attempt of an op travels.
+enum Via {
+    /// In the node's session, with the ops of other callers.
+    Frame(Arc<Session>),
+    /// As a unary call of its own; `true`: asking a follower that has lost
+    /// the leader to wait for the next one.
+    Unary(Channel, bool),
+}
+
+/// `op` as the unary call it stands for, its answer as a frame would give it.
+async fn unary_op(
+    ch: Channel,
+    op: pb::frame_op::Op,
+    wait_leader: bool,
+) -> Result<pb::op_result::Result> {
+    use pb::frame_op::Op;
+    use pb::op_result::Result as R;
+    fn request<M>(message: M, wait_leader: bool) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(message);
+        if wait_leader {
+            r.metadata_mut().insert(
+                wire::WAIT_LEADER_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        r
+    }
+    let mut c = records(ch);
+    Ok(match op {
+        Op::Insert(r) => R::Mutation(c.insert(request(r, wait_leader)).await?.into_inner()),
+        Op::Update(r) => R::Mutation(c.update(request(r, wait_leader)).await?.into_inner()),
+        Op::Delete(r) => R::Mutation(c.delete(request(r, wait_leader)).await?.into_inner()),
+        Op::Complete(r) => R::Mutation(c.complete(request(r, wait_leader)).await?.into_inner()),
+        Op::Get(r) => R::Get(c.get(request(r, wait_leader)).await?.into_inner()),
+    })
+}
+
 /// An open watch stream (`Client::watch`). Messages come as the node sent
 /// them: events in revision order, whole revisions per message except that a
 /// revision larger than the watcher's `max_message_bytes` is split over
@@ -282,8 +319,8 @@ impl Client {
         })
     }
 
-    /// The endpoints the client uses now: the given ones (less any that
-    /// left the membership) and the members learned since.
+    /// The endpoints the client uses now: the given ones, then the members
+    /// learned since (`ClientOptions::sync_endpoints`).
     pub fn endpoints(&self) -> Arc<Vec<String>> {
         self.inner.endpoints.read().clone()
     }
@@ -304,13 +341,19 @@ impl Client {
             }
             synced.1 = true;
         }
-        let client = self.clone();
-        tokio::spawn(async move {
-            let list = client.members_once().await;
-            if let Some(members) = list {
-                client.adopt_members(&members);
+        /// Marks the sync done however its task ends (also if it is
+        /// dropped with its runtime), so that the next one can start.
+        struct Done(Client);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                *self.0.inner.synced.lock() = (Instant::now(), false);
             }
-            *client.inner.synced.lock() = (Instant::now(), false);
+        }
+        let done = Done(self.clone());
+        tokio::spawn(async move {
+            if let Some(members) = done.0.members_once().await {
+                done.0.adopt_members(&members);
+            }
         });
     }
 
@@ -333,6 +376,9 @@ impl Client {
     /// them; a learned address that left the membership is dropped. An empty
     /// list changes nothing.
     fn adopt_members(&self, members: &[pb::Member]) {
+        if members.is_empty() {
+            return;
+        }
         let tls = self.inner.opts.tls.as_ref().map(ClientTls::config);
         let mut next = self.inner.given.clone();
         for m in members {
@@ -379,24 +425,6 @@ impl Client {
 
     /// One mutation, in a frame or as a unary call (`ClientOptions::frames`).
     async fn mutate(&self, op: pb::frame_op::Op) -> Result<pb::MutationResponse> {
-        use pb::frame_op::Op;
-        if !self.inner.opts.frames {
-            return self
-                .retrying(Route::Leader, |ch| {
-                    let op = op.clone();
-                    async move {
-                        let mut c = records(ch);
-                        match op {
-                            Op::Insert(r) => c.insert(r).await,
-                            Op::Update(r) => c.update(r).await,
-                            Op::Delete(r) => c.delete(r).await,
-                            Op::Complete(r) => c.complete(r).await,
-                            Op::Get(_) => Err(Status::internal("a get is not a mutation")),
-                        }
-                    }
-                })
-                .await;
-        }
         self.framed(Route::Leader, op, |r| match r {
             pb::op_result::Result::Mutation(m) => Some(m),
             _ => None,
@@ -404,22 +432,33 @@ impl Client {
         .await
     }
 
-    /// One op in its target's next frame, retried like a unary call;
-    /// `answer` picks the expected kind of result out of the op's outcome.
+    /// One op, retried and hedged (see `retrying_at`); `answer` picks the
+    /// expected kind of result out of the op's outcome. The first attempt
+    /// goes in its target's next frame (`ClientOptions::frames`); every
+    /// later one (a hedge, a retry, a redirect) is a unary call asking a
+    /// follower that has lost the leader to wait for the next one
+    /// (`wire::WAIT_LEADER_KEY`): a frame is answered only when all its ops
+    /// are, so a held op must not ride in one.
     async fn framed<T>(
         &self,
         route: Route,
         op: pb::frame_op::Op,
         answer: fn(pb::op_result::Result) -> Option<T>,
     ) -> Result<T> {
-        self.retrying_at(route, |target| {
-            let session = self.session(target);
-            let op = pb::FrameOp {
-                op: Some(op.clone()),
+        self.retrying_at(route, true, |target, later| {
+            let op = op.clone();
+            let via = if later || !self.inner.opts.frames {
+                self.channel(target).map(|ch| Via::Unary(ch, later))
+            } else {
+                self.session(target).map(Via::Frame)
             };
             async move {
-                answer(session?.call(op).await?).ok_or_else(|| {
-                    Status::internal("session: an op was answered with another kind of result")
+                let outcome = match via? {
+                    Via::Frame(session) => session.call(pb::FrameOp { op: Some(op) }).await?,
+                    Via::Unary(ch, wait) => unary_op(ch, op, wait).await?,
+                };
+                answer(outcome).ok_or_else(|| {
+                    Status::internal("an op was answered with another kind of result")
                 })
             }
         })
@@ -476,7 +515,7 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>>>,
     {
-        self.retrying_at(route, |target| {
+        self.retrying_at(route, false, |target, _| {
             let channel = self.channel(target);
             let attempt = channel.map(&mut call);
             async move { attempt?.await.map(Response::into_inner) }
@@ -486,33 +525,46 @@ impl Client {
 
     /// Like `retrying`, for calls that pick their own way to `target` (a
     /// unary RPC on its channel, or an op in its session's next frame).
+    /// `call(target, later)`: `later` is false for the call's first attempt
+    /// only.
     ///
-    /// Attempts may overlap: when one has not answered within
-    /// `ClientOptions::hedge_after`, a second goes to another node (the
-    /// same call, so the same request id: at most one of them applies), and
-    /// the first answer that settles the call wins. A node that does not
-    /// know a live leader holds such an attempt until an election settles
-    /// (see `raft::Node::leader_only`), so the second attempt comes back
-    /// with the new leader as soon as there is one, instead of the client
-    /// waiting out `request_timeout` on a leader that will never answer.
-    async fn retrying_at<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T>
+    /// With `hedge`, attempts may overlap: when one has not answered within
+    /// `ClientOptions::hedge_after`, a second goes to another node (the same
+    /// call, so the same request id: at most one of them applies), and the
+    /// first success wins; an error from one attempt waits for the other.
+    /// Later attempts ask a follower that has lost the leader to hold them
+    /// until an election settles (`wire::WAIT_LEADER_KEY`), so a hedge comes
+    /// back with the new leader as soon as there is one, instead of the
+    /// client waiting out `request_timeout` on a leader that will never
+    /// answer. Only calls that are safe to send twice at once and cheap to
+    /// send are hedged: single ops, not batches, scans or admin calls.
+    async fn retrying_at<T, F, Fut>(&self, route: Route, hedge: bool, mut call: F) -> Result<T>
     where
-        F: FnMut(&str) -> Fut,
+        F: FnMut(&str, bool) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let opts = &self.inner.opts;
         self.maybe_sync_endpoints();
-        let deadline = Instant::now() + opts.retry_for;
+        let started = Instant::now();
+        let deadline = started + opts.retry_for;
+        let hedge_after = opts.hedge_after.filter(|_| hedge);
+        // When to hedge an attempt that has not answered: `None` for never.
+        let hedge_at = |from: Instant, wait: Duration| -> Option<Instant> {
+            from.checked_add(wait).filter(|at| *at <= deadline)
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut redirects = 0;
+        let mut attempts = 0;
         // What a node itself last said (e.g. "no leader is known"): more useful
         // to report on giving up than the last connection error.
         let mut from_a_node: Option<Status> = None;
+        // An answer that ends the call, kept while another attempt may still succeed.
+        let mut settled: Option<Status> = None;
         let mut pending = FuturesUnordered::new();
         // The nodes with an attempt in flight.
         let mut busy: Vec<String> = Vec::new();
         // When to start the next attempt, and where if a redirect said so.
-        let mut next: Option<(Instant, Option<String>)> = Some((Instant::now(), None));
+        let mut next: Option<(Instant, Option<String>)> = Some((started, None));
         loop {
             if let Some((at, _)) = &next {
                 if *at <= Instant::now() && busy.len() < MAX_ATTEMPTS {
@@ -522,7 +574,8 @@ impl Client {
                         continue;
                     };
                     busy.push(target.clone());
-                    let attempt = call(&target);
+                    let attempt = call(&target, attempts > 0);
+                    attempts += 1;
                     let timeout = opts.request_timeout;
                     pending.push(async move {
                         let answer = match tokio::time::timeout(timeout, attempt).await {
@@ -533,11 +586,10 @@ impl Client {
                         };
                         (target, answer)
                     });
-                    if let Some(h) = opts.hedge_after {
-                        let at = Instant::now() + h;
-                        if busy.len() < MAX_ATTEMPTS && at <= deadline {
-                            next = Some((at, None));
-                        }
+                    if busy.len() < MAX_ATTEMPTS {
+                        next = hedge_after
+                            .and_then(|h| hedge_at(Instant::now(), h))
+                            .map(|at| (at, None));
                     }
                     continue;
                 }
@@ -554,45 +606,75 @@ impl Client {
                 _ = sleep_until(wake) => continue,
             };
             busy.retain(|b| *b != target);
+            if settled.is_some() {
+                // The call was settled by an error; this attempt did not
+                // succeed either.
+                if busy.is_empty() {
+                    return Err(settled.unwrap_or(status));
+                }
+                continue;
+            }
             if std::error::Error::source(&status).is_none() {
                 from_a_node = Some(status.clone());
             }
-            if tls_refusal(&status) {
-                return Err(Status::new(
+            let retry = if tls_refusal(&status) {
+                settled = Some(Status::new(
                     status.code(),
                     format!("{target}: TLS refused: {}", described(&status)),
                 ));
-            }
-            let retry = match status.code() {
-                Code::Unavailable => {
-                    let hint = status
-                        .metadata()
-                        .get(LEADER_ADDR_KEY)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    match hint {
-                        // The node names the leader an attempt is already
-                        // waiting on: nothing new; wait for that attempt.
-                        Some(leader) if opts.follow_leader && busy.contains(&leader) => false,
-                        Some(leader) if opts.follow_leader && leader != target && redirects < 3 => {
-                            *self.inner.leader.lock() = Some(leader.clone());
-                            redirects += 1;
-                            next = Some((Instant::now(), Some(leader)));
-                            continue;
+                false
+            } else {
+                match status.code() {
+                    Code::Unavailable => {
+                        let hint = status
+                            .metadata()
+                            .get(LEADER_ADDR_KEY)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        match hint {
+                            // The node names the leader an attempt is already
+                            // waiting on: nothing new. Wait for that attempt,
+                            // and look elsewhere again after a while.
+                            Some(leader) if opts.follow_leader && busy.contains(&leader) => {
+                                let wait = hedge_after.unwrap_or(Duration::ZERO).max(backoff);
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                                if next.is_none() {
+                                    next = hedge_at(Instant::now(), wait).map(|at| (at, None));
+                                }
+                                false
+                            }
+                            Some(leader)
+                                if opts.follow_leader && leader != target && redirects < 3 =>
+                            {
+                                *self.inner.leader.lock() = Some(leader.clone());
+                                redirects += 1;
+                                next = Some((Instant::now(), Some(leader)));
+                                continue;
+                            }
+                            _ => true,
                         }
-                        _ => true,
+                    }
+                    // Safe to retry: every call made here is a read, carries a
+                    // request id, is a membership change the server treats as
+                    // idempotent (adding a member twice or promoting a voter is a
+                    // no-op), or a hand-off retry or drop of exact handoff ids (a
+                    // second apply changes nothing). `Cancelled` is what a
+                    // connection cut mid-call (a node killed under us) looks
+                    // like; the call may or may not have landed.
+                    Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => true,
+                    _ => {
+                        settled = Some(status.clone());
+                        false
                     }
                 }
-                // Safe to retry: every call made here is a read, carries a request
-                // id, is a membership change the server treats as idempotent
-                // (adding a member twice or promoting a voter is a no-op), or a
-                // hand-off retry or drop of exact handoff ids (a second apply
-                // changes nothing).
-                // `Cancelled` is what a connection cut mid-call (a node killed
-                // under us) looks like; the call may or may not have landed.
-                Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => true,
-                _ => return Err(status),
             };
+            if let Some(answer) = &settled {
+                if busy.is_empty() {
+                    return Err(answer.clone());
+                }
+                next = None;
+                continue;
+            }
             if retry {
                 self.rotate(&target);
                 redirects = 0;
@@ -733,14 +815,6 @@ impl Client {
 
     pub async fn send_get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
         let route = Self::read_route(req.consistency);
-        if !self.inner.opts.frames {
-            return self
-                .retrying(route, |ch| {
-                    let req = req.clone();
-                    async move { records(ch).get(req).await }
-                })
-                .await;
-        }
         let got = self
             .framed(route, pb::frame_op::Op::Get(req.clone()), |r| match r {
                 pb::op_result::Result::Get(g) => Some(g),

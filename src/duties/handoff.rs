@@ -109,7 +109,11 @@ impl Duty for Handoff {
         // Fence: confirm leadership with a quorum before touching the sink. A
         // deposed leader that has not noticed yet (cut off by a partition)
         // would otherwise keep writing batches the new leader also writes.
-        if node.read_barrier(Consistency::Linearizable).await.is_err() {
+        if node
+            .read_barrier(Consistency::Linearizable, crate::raft::LeaderWait::Answer)
+            .await
+            .is_err()
+        {
             return Pace::Idle;
         }
         let batch = node

@@ -41,7 +41,7 @@ mod wal;
 pub use crate::wire::MemberAddr;
 pub use bootstrap::RaftSettings;
 pub use error::{leader_hint, Error};
-pub use node::{Consistency, LeaderChange, Member, Node, Role, Status};
+pub use node::{Consistency, LeaderChange, LeaderWait, Member, Node, Role, Status};
 pub use peer_service::PeerService;
 pub use timing::Timing;
 

@@ -122,6 +122,16 @@ pub struct LeaderChange {
     pub leader: Option<NodeId>,
 }
 
+/// What a follower that has lost the leader does with a call only the
+/// leader serves (see `Node::leader_only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaderWait {
+    /// Answer at once, naming the leader it last knew.
+    Answer,
+    /// Hold the call until it can name a leader it hears from.
+    Hold,
+}
+
 /// How many leader changes a node remembers for the status page.
 const LEADER_CHANGES_KEPT: usize = 20;
 
@@ -315,6 +325,7 @@ impl Node {
     /// Concurrent proposals are batched (see `batch`); each still gets its
     /// own log entry, revision and outcome.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, Error> {
+        self.await_quorum_lease().await;
         let metrics = &crate::metrics::METRICS;
         metrics.proposals_pending.inc();
         let (reply, answer) = oneshot::channel();
@@ -327,6 +338,38 @@ impl Node {
             metrics.proposals_failed.inc();
         }
         written
+    }
+
+    /// On a leader whose quorum lease is not valid, waits (at most
+    /// `Timing::leader_suspect_after`) until a quorum acknowledges it.
+    /// openraft refuses proposals without a valid lease, as a "no leader"
+    /// redirect; a leader just elected has none until its first round trip,
+    /// so without this wait the first writes after every election would
+    /// bounce back to their clients, to be retried after a backoff. A leader
+    /// cut off from the quorum still refuses after the wait.
+    async fn await_quorum_lease(&self) {
+        let lease = Duration::from_millis(self.inner.timing.election_ms.1);
+        let valid = |m: &openraft::RaftMetrics<super::TypeConfig>| {
+            m.state != ServerState::Leader
+                || m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease)
+        };
+        let mut rx = self.inner.raft.metrics();
+        if valid(&rx.borrow_watched()) {
+            return;
+        }
+        let give_up = tokio::time::Instant::now() + self.inner.timing.leader_suspect_after();
+        loop {
+            let next = (tokio::time::Instant::now() + Duration::from_millis(5)).min(give_up);
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if valid(&rx.borrow_watched()) || tokio::time::Instant::now() >= give_up {
+                return;
+            }
+        }
     }
 
     async fn answer<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
@@ -344,18 +387,23 @@ impl Node {
     }
 
     /// Returns once the local table may be read at `consistency`, or why not.
-    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
+    /// `wait`: as for `leader_only`, for the reads only the leader serves.
+    pub async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        wait: LeaderWait,
+    ) -> Result<(), Error> {
         match consistency {
             // The chaos suite's planted bug: a "linearizable" read that is not.
             #[cfg(feature = "planted-bug-stale-reads")]
             Consistency::Linearizable => Ok(()),
             #[cfg(not(feature = "planted-bug-stale-reads"))]
             Consistency::Linearizable => {
-                self.leader_only().await?;
+                self.leader_only(wait).await?;
                 self.batched_read(&self.inner.read_index).await
             }
             Consistency::Lease => {
-                self.leader_only().await?;
+                self.leader_only(wait).await?;
                 self.batched_read(&self.inner.lease).await
             }
             Consistency::Stale { max_staleness_ms } => {
@@ -402,15 +450,17 @@ impl Node {
         self.inner.timing
     }
 
-    /// `Ok` on the leader; elsewhere the error that names the leader, once
-    /// this node's view of it is fresh. While it knows no leader, or has not
-    /// heard from the one it knows for `Timing::leader_suspect_after`, it
-    /// waits (at most `Timing::election_settles_within`) until it hears from
-    /// a leader again or becomes one: a client that came here because the
-    /// leader stopped answering then learns the next leader the moment
-    /// there is one, instead of being sent back to the silent one or told
-    /// to retry later. Past the wait it answers with what it knows.
-    pub async fn leader_only(&self) -> Result<(), Error> {
+    /// `Ok` on the leader; elsewhere the error that names the leader.
+    ///
+    /// With `LeaderWait::Hold`, only once this node's view of the leader is
+    /// fresh: while it knows no leader, or has not heard from the one it
+    /// knows for `Timing::leader_suspect_after`, it waits (at most
+    /// `Timing::election_settles_within`) until it hears from a leader again
+    /// or becomes one. A client that came here because the leader stopped
+    /// answering then learns the next leader the moment there is one,
+    /// instead of being sent back to the silent one or told to retry later.
+    /// Past the wait it answers with what it knows.
+    pub async fn leader_only(&self, wait: LeaderWait) -> Result<(), Error> {
         let suspect_after = self.inner.timing.leader_suspect_after().as_millis() as u64;
         let give_up = tokio::time::Instant::now() + self.inner.timing.election_settles_within();
         let mut changes = self.inner.raft.metrics();
@@ -427,7 +477,10 @@ impl Node {
                 .contact
                 .millis_since()
                 .is_some_and(|ms| ms <= suspect_after);
-            if (leader.is_some() && fresh) || tokio::time::Instant::now() >= give_up {
+            if wait == LeaderWait::Answer
+                || (leader.is_some() && fresh)
+                || tokio::time::Instant::now() >= give_up
+            {
                 return Err(Error::NotLeader {
                     leader: leader.zip(address),
                 });

@@ -18,7 +18,7 @@ pub struct Timing {
 impl Timing {
     /// From `--election-timeout-ms`, and `--heartbeat-ms` if given (default:
     /// a third of MIN, so a follower misses three heartbeats before it even
-    /// suspects the leader).
+    /// suspects the leader; at most just below MIN, what openraft demands).
     pub fn new(election_ms: (u64, u64), heartbeat_ms: Option<u64>) -> Result<Timing, String> {
         let (min, max) = election_ms;
         if min == 0 || max < min {
@@ -27,9 +27,9 @@ impl Timing {
             ));
         }
         let heartbeat_ms = heartbeat_ms.unwrap_or((min / 3).max(1));
-        if heartbeat_ms == 0 || heartbeat_ms * 2 > min {
+        if heartbeat_ms == 0 || heartbeat_ms >= min {
             return Err(format!(
-                "--heartbeat-ms {heartbeat_ms}: at most half the election timeout's minimum ({min} ms), or \
+                "--heartbeat-ms {heartbeat_ms}: must be below the election timeout's minimum ({min} ms), or \
                  followers start elections against a live leader"
             ));
         }
@@ -83,12 +83,15 @@ mod tests {
 
     #[test]
     fn refuses_settings_that_would_start_elections_against_a_live_leader() {
-        let e = Timing::new((150, 300), Some(100)).unwrap_err();
-        assert!(e.contains("--heartbeat-ms 100"), "{e}");
+        let e = Timing::new((150, 300), Some(150)).unwrap_err();
+        assert!(e.contains("--heartbeat-ms 150"), "{e}");
         assert!(Timing::new((300, 150), None)
             .unwrap_err()
             .contains("300..150"));
         assert!(Timing::new((0, 10), None).is_err());
-        assert_eq!(Timing::new((150, 300), Some(75)).unwrap().heartbeat_ms, 75);
+        assert_eq!(
+            Timing::new((150, 300), Some(100)).unwrap().heartbeat_ms,
+            100
+        );
     }
 }

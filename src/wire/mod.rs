@@ -18,6 +18,13 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 pub const LEADER_ADDR_KEY: &str = "x-inflight-leader";
 /// Metadata key carrying the leader's node id alongside its address.
 pub const LEADER_ID_KEY: &str = "x-inflight-leader-id";
+/// Request metadata key: "if you are a follower that has lost the leader,
+/// hold this call until you can name the next one" (any value). The Rust
+/// client sends it on every attempt of a call but the first (hedges,
+/// retries, redirects), so the attempt that goes looking for a new leader
+/// waits for the election instead of being sent back to the silent leader;
+/// first attempts, and frames, are answered at once.
+pub const WAIT_LEADER_KEY: &str = "x-inflight-wait-leader";
 /// Metadata key carrying the position of the op that failed a batch.
 pub const FAILED_OP_KEY: &str = "x-inflight-failed-op";
 
