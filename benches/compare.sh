@@ -187,6 +187,19 @@ wait_until "etcd" etcd_ready
 wait_until "redis" redis_ready
 echo "== all three systems are up (work dir $WORK)" >&2
 
+# Leader changes each node of the disk cluster has seen so far, one line per
+# node. A change under load is a false election (nothing is killed before the
+# failover run): the report counts them, since a short election timeout buys
+# faster failover at the risk of exactly these.
+leader_changes() {
+    local i
+    for i in 1 2 3; do
+        curl -sf "http://127.0.0.1:$(port $((10 + i)))/metrics" |
+            awk '/^inflight_leader_changes_seen_total / {print $2; found=1} END {if (!found) print "null"}'
+    done
+}
+mapfile -t LC_BEFORE < <(leader_changes)
+
 # run LABEL SYSTEM ENDPOINTS WORKLOAD READ [CLIENTS CONNECTIONS]
 # One load run; its JSON goes to $RESULTS/LABEL-WORKLOAD-READ.json.
 run() {
@@ -349,6 +362,16 @@ sys.exit(0 if all(m.get('lag') == 0 for m in s['members']) else 1)"
     echo "{\"records\":$RECORDS,\"used_before\":$r_before,\"used_after\":$r_after,\"rss_before\":$r_rss_before,\"rss_after\":$r_rss_after}" \
         > "$RESULTS/memory-redis.json"
 fi
+
+mapfile -t LC_AFTER < <(leader_changes)
+python3 - "$RESULTS/leader-changes.json" "${LC_BEFORE[@]}" -- "${LC_AFTER[@]}" <<'EOF'
+import json, sys
+out, rest = sys.argv[1], sys.argv[2:]
+cut = rest.index("--")
+before, after = rest[:cut], rest[cut + 1:]
+seen = [None if "null" in (b, a) else int(float(a)) - int(float(b)) for b, a in zip(before, after)]
+json.dump({"per_node": seen}, open(out, "w"))
+EOF
 
 if has failover; then
     echo "== failover: kill -9 the leader under write load, $ROUNDS times" >&2

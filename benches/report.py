@@ -11,6 +11,7 @@ Files read from RESULTS_DIR (each optional; what is missing is left out):
   single.json                        which etcd member the one-client runs used
   cpu-SYSTEM-insert.json             server CPU ticks during that insert run
   memory-*.json, fill-*.json, failover.json
+  leader-changes.json                leader changes each node saw under load
 """
 import argparse
 import datetime
@@ -217,6 +218,14 @@ def main():
             mem_lines.append(f"| inflight node {node} (RSS) | {b:.0f} |")
         mem_lines.append(f"| Redis `used_memory` | {redis_used:.0f} |")
         mem_lines.append(f"| Redis RSS | {redis_rss:.0f} |")
+    lc = R("leader-changes.json")
+    if lc:
+        seen = [n for n in lc["per_node"] if n is not None]
+        if len(seen) == len(lc["per_node"]):
+            target("leader changes under load", f"{max(seen)} (most seen by one node, before the failover run)",
+                   "0", max(seen) == 0)
+        else:
+            target("leader changes under load", "not measured (a node's /metrics did not answer)", "0", None)
     fo = R("failover.json")
     fo_lines = []
     if fo:
