@@ -373,7 +373,7 @@ fn snapshot_payloads() -> Vec<Vec<u8>> {
         format: 3,
         revision: body.revision,
         records: body.records.clone(),
-        requests: body.requests.clone(),
+        requests: body.requests.to_vec(),
     };
     let v2 = crate::state::SnapshotBodyV2 {
         format: 2,

@@ -560,7 +560,8 @@ mod tests {
         assert_eq!(body.revision, 9);
         assert_eq!(body.records, vec![("k".to_string(), record)]);
         assert_eq!(body.requests.len(), 1);
-        let r = &body.requests[0];
+        let requests = body.requests.to_vec();
+        let r = &requests[0];
         assert_eq!(
             (r.id.as_str(), r.fingerprint, r.at_ms, r.revision),
             ("r", 5, 20, 7)
@@ -576,7 +577,10 @@ mod tests {
 
         // The current format round-trips; an unknown one is refused.
         let again = encode_snapshot(&meta, &body).unwrap();
-        assert_eq!(decode_snapshot(&again).unwrap().1.requests, body.requests);
+        assert_eq!(
+            decode_snapshot(&again).unwrap().1.requests.to_vec(),
+            requests
+        );
         assert!(body.dead_letters.is_empty());
         let mut future = body;
         future.format = SNAPSHOT_FORMAT + 1;

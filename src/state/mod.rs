@@ -50,7 +50,7 @@ pub use events::{Compacted, Event, EventKind, EventLog, WindowLimits, LIVE_BUFFE
 pub use outbox::{DeadLetter, HandoffId};
 pub use record::{Record, RecordState};
 pub use requests::{Receipt, Remembered};
-pub use snapshot::{SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, SNAPSHOT_FORMAT};
+pub use snapshot::{Requests, SnapshotBody, SnapshotBodyV2, SnapshotBodyV3, SNAPSHOT_FORMAT};
 /// The previous snapshot format, still read.
 pub mod snapshot_v2 {
     pub use super::snapshot::{RememberedV2, SnapshotBodyV2};

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::command::Outcome;
 use super::outbox::DeadLetter;
 use super::record::Record;
-use super::requests::{Receipt, Remembered};
+use super::requests::{Receipt, Remembered, RequestView};
 
 /// Bumped whenever `SnapshotBody` changes shape; a node refuses a snapshot of a
 /// format it does not know instead of misreading it.
@@ -22,9 +22,76 @@ pub struct SnapshotBody {
     pub revision: u64,
     pub records: Vec<(String, Record)>,
     /// Recent request ids with what they produced, oldest first.
-    pub requests: Vec<Remembered>,
+    pub requests: Requests,
     /// Records the sink refused for good, set aside from the hand-off queue.
     pub dead_letters: Vec<DeadLetter>,
+}
+
+/// A snapshot's request ids: a list when read from a file or a peer, a
+/// frozen view of the live table when taken from one (copied out only as
+/// the snapshot is encoded, off the apply path). Both encode the same way,
+/// as the list.
+#[derive(Debug)]
+pub enum Requests {
+    List(Vec<Remembered>),
+    View(RequestView),
+}
+
+impl Requests {
+    pub fn len(&self) -> usize {
+        match self {
+            Requests::List(l) => l.len(),
+            Requests::View(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids, oldest first, copied.
+    pub fn to_vec(&self) -> Vec<Remembered> {
+        match self {
+            Requests::List(l) => l.clone(),
+            Requests::View(v) => v.iter().collect(),
+        }
+    }
+
+    /// The ids, oldest first.
+    pub fn into_vec(self) -> Vec<Remembered> {
+        match self {
+            Requests::List(l) => l,
+            Requests::View(v) => v.iter().collect(),
+        }
+    }
+}
+
+impl From<Vec<Remembered>> for Requests {
+    fn from(l: Vec<Remembered>) -> Self {
+        Requests::List(l)
+    }
+}
+
+impl Serialize for Requests {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self {
+            Requests::List(l) => l.serialize(s),
+            Requests::View(v) => {
+                let mut seq = s.serialize_seq(Some(v.len()))?;
+                for r in v.iter() {
+                    seq.serialize_element(&r)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Requests {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<Remembered>::deserialize(d).map(Requests::List)
+    }
 }
 
 /// A format 3 snapshot: no dead letters (none existed).
@@ -42,7 +109,7 @@ impl From<SnapshotBodyV3> for SnapshotBody {
             format: SNAPSHOT_FORMAT,
             revision: old.revision,
             records: old.records,
-            requests: old.requests,
+            requests: old.requests.into(),
             dead_letters: Vec::new(),
         }
     }
@@ -70,7 +137,7 @@ impl From<SnapshotBodyV2> for SnapshotBody {
     /// the receipts); the revision is the applied ops' one. A remembered
     /// failure applied nothing, so it has no revision to keep (0).
     fn from(old: SnapshotBodyV2) -> Self {
-        let requests = old
+        let requests: Vec<Remembered> = old
             .requests
             .into_iter()
             .map(|r| Remembered {
@@ -97,7 +164,7 @@ impl From<SnapshotBodyV2> for SnapshotBody {
             format: SNAPSHOT_FORMAT,
             revision: old.revision,
             records: old.records,
-            requests,
+            requests: requests.into(),
             dead_letters: Vec::new(),
         }
     }

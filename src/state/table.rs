@@ -575,13 +575,14 @@ impl Table {
             format: SNAPSHOT_FORMAT,
             revision: self.revision(),
             records,
-            requests: self.requests.lock().export(),
+            requests: super::snapshot::Requests::View(self.requests.lock().view()),
             dead_letters: self.outbox.lock().dead_letters(None, usize::MAX),
         }
     }
 
     /// Replaces the whole state with a snapshot's content.
     pub fn restore(&self, body: SnapshotBody, revision: u64) {
+        let requests = body.requests.into_vec();
         self.restores.fetch_add(1, Ordering::AcqRel);
         let mut order = self.order.write();
         let mut deadlines = self.deadlines.lock();
@@ -591,7 +592,7 @@ impl Table {
         let mut bytes = 0;
         let mut outbox = self.outbox.lock();
         outbox.clear();
-        let mut newest_stamp = body.requests.iter().map(|r| r.at_ms).max().unwrap_or(0);
+        let mut newest_stamp = requests.iter().map(|r| r.at_ms).max().unwrap_or(0);
         for (key, record) in body.records {
             newest_stamp = newest_stamp.max(record.updated_at_ms);
             bytes += record.footprint(&key);
@@ -609,7 +610,7 @@ impl Table {
             let key: Arc<str> = Arc::from(d.id.key.as_str());
             outbox.set_aside(d.id.revision, key, &d.error, (d.revision, d.at_ms));
         }
-        self.requests.lock().restore(body.requests);
+        self.requests.lock().restore(requests);
         self.bytes.store(bytes, Ordering::Relaxed);
         self.last_stamp_ms.fetch_max(newest_stamp, Ordering::AcqRel);
         drop(outbox);
