@@ -1,5 +1,5 @@
 //! Micro benchmarks of the state machine's apply path: the cost per command
-//! of Insert, Update (with a TTL refresh) and Expire batches, of an insert
+//! of Insert, Update (with a TTL refresh) and Expire batches, of an update
 //! carrying a request id into a table that remembers 200,000 of them, and of
 //! taking a snapshot's content with that many ids (which holds up applies),
 //! independent of Raft and the network. Run: `cargo bench --bench apply`.
@@ -36,10 +36,13 @@ fn populated(n: u64) -> Table {
 
 /// Ids remembered by the request-id benchmarks: a few minutes of writes.
 const REMEMBERED: u64 = 200_000;
+/// Records those writes update, as in the chaos runs: few records, many ids.
+const HOT_KEYS: u64 = 8;
 
-/// An insert of key `i` carrying request id `i`, applied at time `at_ms`.
-fn tagged_insert(i: u64, at_ms: u64) -> Command {
+/// An update of one of the `HOT_KEYS` records, carrying request id `i`.
+fn tagged_update(i: u64) -> Command {
     Command {
+        at_ms: 1_000,
         request: Some(RequestTag {
             id: format!("0190a1b2-c3d4-7e5f-8a9b-{i:012}"),
             fingerprint: i,
@@ -48,16 +51,22 @@ fn tagged_insert(i: u64, at_ms: u64) -> Command {
             max_bytes: 1 << 30,
             legacy_max_ids: None,
         }),
-        at_ms,
-        action: insert(i, Some(1_000)).action,
+        action: Action::Ops(vec![Op::Update {
+            key: key(i % HOT_KEYS),
+            value: Bytes::from_static(VALUE),
+            if_version: None,
+            ttl: TtlChange::Keep,
+        }]),
     }
 }
 
-/// A store that has applied `n` tagged inserts (and remembers their ids).
+/// A store holding `HOT_KEYS` records that has applied `n` tagged updates
+/// (and remembers their ids).
 fn with_request_ids(n: u64) -> Table {
-    let s = Table::new();
+    let s = populated(HOT_KEYS);
     for i in 0..n {
-        s.apply(i + 1, &tagged_insert(i, 1_000)).expect("insert");
+        s.apply(HOT_KEYS + i + 1, &tagged_update(i))
+            .expect("update");
     }
     s
 }
@@ -94,12 +103,12 @@ fn bench_apply(c: &mut Criterion) {
         })
     });
 
-    g.bench_function("tagged_insert_among_200k_ids", |b| {
+    g.bench_function("tagged_update_among_200k_ids", |b| {
         let s = with_request_ids(REMEMBERED);
         let mut i = REMEMBERED;
         b.iter(|| {
             i += 1;
-            s.apply(i, &tagged_insert(i, 1_000)).expect("insert")
+            s.apply(HOT_KEYS + i, &tagged_update(i)).expect("update")
         })
     });
 
