@@ -167,20 +167,7 @@ async fn a_client_learns_the_members_and_outlives_the_one_endpoint_it_was_given(
         },
     )
     .expect("client");
-    let mut expected: Vec<String> = c.endpoints();
-    expected.sort();
-    wait_for(
-        Duration::from_secs(10),
-        "the client to learn every member",
-        || async {
-            // Each call may start a sync once the last is 100 ms old.
-            client.insert("sync", "x").await.ok();
-            let mut e = client.endpoints().to_vec();
-            e.sort();
-            (e == expected).then_some(())
-        },
-    )
-    .await;
+    endpoints_become(&client, c.endpoints(), "the client to learn every member").await;
     assert_eq!(
         client.endpoints()[0],
         given,
@@ -210,21 +197,28 @@ async fn a_client_learns_the_members_and_outlives_the_one_endpoint_it_was_given(
     let gone = if leader == 3 { 2 } else { 3 };
     admin.remove_member(gone, false).await.expect("remove");
     c.stop(gone);
-    let mut expected: Vec<String> = [1, 2, 3, 4]
+    let expected = [1, 2, 3, 4]
         .into_iter()
         .filter(|id| *id != gone)
         .map(|id| c.nodes[&id].grpc.clone())
         .collect();
-    expected.sort();
-    wait_for(
-        Duration::from_secs(10),
+    endpoints_become(
+        &client,
+        expected,
         "the client to learn node 4 and forget the removed member",
-        || async {
-            client.insert("sync", "y").await.ok();
-            let mut e = client.endpoints().to_vec();
-            e.sort();
-            (e == expected).then_some(())
-        },
     )
+    .await;
+}
+
+/// Waits until `client`'s endpoints are `expected`, in any order. Each try
+/// writes, and a call may start a sync once the last one is old enough.
+async fn endpoints_become(client: &Client, mut expected: Vec<String>, what: &str) {
+    expected.sort();
+    wait_for(Duration::from_secs(10), what, || async {
+        client.insert("sync", "x").await.ok();
+        let mut e = client.endpoints().to_vec();
+        e.sort();
+        (e == expected).then_some(())
+    })
     .await;
 }

@@ -349,8 +349,11 @@ impl Node {
     /// cut off from the quorum still refuses after the wait.
     async fn await_quorum_lease(&self) {
         let lease = Duration::from_millis(self.inner.timing.election_ms.1);
+        // A lone voter is its own quorum: openraft lets it write without
+        // acknowledgements, and reports none.
         let valid = |m: &openraft::RaftMetrics<super::TypeConfig>| {
             m.state != ServerState::Leader
+                || m.membership_config.membership().voter_ids().count() == 1
                 || m.last_quorum_acked
                     .as_ref()
                     .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease)
