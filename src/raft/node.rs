@@ -202,7 +202,13 @@ impl Node {
             election_timeout_max: s.timing.election_ms.1,
             // `duties::compaction` decides when to snapshot, in proportion to the table.
             snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: s.snapshot_every.min(1_000),
+            // A follower that was away (restarted, cut off) for less than
+            // this many entries catches up from the log, in a few round
+            // trips; past it, it needs a whole snapshot, which with the
+            // remembered request ids takes seconds, and a quorum that
+            // includes it cannot commit meanwhile. The log's bytes stay
+            // bounded by the compaction duty whatever this count says.
+            max_in_snapshot_log_to_keep: s.snapshot_every.saturating_mul(3),
             install_snapshot_timeout: super::snapshot_stream::CHUNK_TIMEOUT.as_millis() as u64,
             enable_pre_vote: Some(true),
             // Bounds one AppendEntries message: with `--max-value-bytes` at
