@@ -71,6 +71,7 @@ pub struct Metrics {
     pub proposals_pending: Gauge,
     pub proposal_batch_size: Histogram,
     pub read_batch_size: Histogram,
+    pub follower_read_batch_size: Histogram,
     pub frame_ops: Histogram,
     pub wal_fsync_seconds: Histogram,
     pub grpc_seconds: Family<GrpcLabels, Histogram>,
@@ -119,6 +120,7 @@ impl Metrics {
             proposals_pending: Gauge::default(),
             proposal_batch_size: batch_histogram(),
             read_batch_size: batch_histogram(),
+            follower_read_batch_size: batch_histogram(),
             frame_ops: batch_histogram(),
             wal_fsync_seconds: latency_histogram(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
@@ -184,6 +186,11 @@ impl Metrics {
             "read_batch_size",
             "Linearizable or lease reads served by one ReadIndex round or lease check",
             m.read_batch_size.clone(),
+        );
+        r.register(
+            "follower_read_batch_size",
+            "Linearizable reads on this follower or learner served by one read-index request to the leader",
+            m.follower_read_batch_size.clone(),
         );
         r.register(
             "frame_ops",

@@ -197,22 +197,25 @@ impl InFlightService {
         self.propose_one(op, id, wait).await
     }
 
+    /// `timeout`: the caller's deadline, if it sent one (`grpc-timeout`).
     pub(super) async fn get(
         &self,
         caller: &Caller,
         wait: LeaderWait,
+        timeout: Option<std::time::Duration>,
         r: pb::GetRequest,
     ) -> Result<pb::GetResponse, ApiError> {
         self.auth
             .check(caller, Operation::Read, Target::Key(&r.key))?;
         self.limits.key("key", &r.key)?;
-        self.read_barrier(r.consistency, r.max_staleness_ms, wait)
+        self.read_barrier(r.consistency, r.max_staleness_ms, wait, timeout)
             .await?;
         let (found, revision) = self.read(|s| s.get(&r.key))?;
         match found {
             Some(rec) => Ok(pb::GetResponse {
                 record: Some(record_to_pb(r.key, rec)),
                 revision,
+                served_by: self.node.id(),
             }),
             None => Err(ApiError::Rejected(crate::state::Rejection::NotFound {
                 key: r.key,
@@ -243,6 +246,7 @@ impl InFlightService {
         consistency: i32,
         max_staleness_ms: Option<u64>,
         wait: LeaderWait,
+        timeout: Option<std::time::Duration>,
     ) -> Result<(), ApiError> {
         let c = pb::Consistency::try_from(consistency)
             .map_err(|_| ApiError::invalid(format!("consistency: unknown value {consistency}")))?;
@@ -256,7 +260,7 @@ impl InFlightService {
             pb::Consistency::Lease => raft::Consistency::Lease,
             pb::Consistency::Stale => raft::Consistency::Stale { max_staleness_ms },
         };
-        Ok(self.node.read_barrier(level, wait).await?)
+        Ok(self.node.read_barrier(level, wait, timeout).await?)
     }
 }
 
@@ -444,8 +448,14 @@ impl pb::in_flight_server::InFlight for InFlightService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         Ok(Response::new(
-            InFlightService::get(self, &Caller::of(&req), leader_wait(&req), req.into_inner())
-                .await?,
+            InFlightService::get(
+                self,
+                &Caller::of(&req),
+                leader_wait(&req),
+                crate::wire::grpc_timeout(req.metadata()),
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -454,6 +464,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let caller = Caller::of(&req);
+        let timeout = crate::wire::grpc_timeout(req.metadata());
         let r = req.into_inner();
         self.auth
             .check(&caller, Operation::Read, Target::Prefix(&r.prefix))
@@ -461,8 +472,13 @@ impl pb::in_flight_server::InFlight for InFlightService {
         self.limits.prefix("prefix", &r.prefix)?;
         self.limits.prefix("after_key", &r.after_key)?;
         let limit = self.limits.scan_limit(r.limit)?;
-        self.read_barrier(r.consistency, r.max_staleness_ms, LeaderWait::Answer)
-            .await?;
+        self.read_barrier(
+            r.consistency,
+            r.max_staleness_ms,
+            LeaderWait::Answer,
+            timeout,
+        )
+        .await?;
         let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
         // The table stops a page once its values reach the bound, which the
         // last record's value (and 10,000 keys of 512 bytes) can pass: the
@@ -480,6 +496,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
             records,
             more,
             revision,
+            served_by: self.node.id(),
         }))
     }
 

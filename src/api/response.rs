@@ -162,6 +162,7 @@ mod tests {
             result: Some(R::Get(pb::GetResponse {
                 record: mutation("g", v).record,
                 revision: 9,
+                served_by: u64::MAX,
             })),
         };
         let mut results = vec![
@@ -208,12 +209,14 @@ mod tests {
             records: many[..n].to_vec(),
             more: true,
             revision: u64::MAX,
+            served_by: u64::MAX,
         };
         assert!(page.encoded_len() <= RESPONSE_BYTES);
         let one_more = pb::ScanResponse {
             records: many[..n + 1].to_vec(),
             more: true,
             revision: u64::MAX,
+            served_by: u64::MAX,
         };
         assert!(one_more.encoded_len() > RESPONSE_BYTES - ANSWER_FIELDS_BYTES);
     }

@@ -134,7 +134,10 @@ async fn run_op(svc: &InFlightService, caller: &Caller, op: pb::FrameOp) -> pb::
             .complete(caller, LeaderWait::Answer, r)
             .await
             .map(R::Mutation),
-        Some(Op::Get(r)) => svc.get(caller, LeaderWait::Answer, r).await.map(R::Get),
+        Some(Op::Get(r)) => svc
+            .get(caller, LeaderWait::Answer, None, r)
+            .await
+            .map(R::Get),
         None => Err(ApiError::invalid(
             "op: empty frame op (set insert, update, delete, complete or get)",
         )),

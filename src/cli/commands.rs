@@ -155,6 +155,7 @@ pub async fn run(
                     if json {
                         let mut v = record_json(r);
                         v["revision"] = json!(g.revision);
+                        v["served_by"] = json!(g.served_by);
                         println!("{v}");
                     } else {
                         print_record(r);
@@ -181,7 +182,7 @@ pub async fn run(
                     let records: Vec<_> = page.records.iter().map(record_json).collect();
                     println!(
                         "{}",
-                        json!({"records": records, "more": page.more, "revision": page.revision})
+                        json!({"records": records, "more": page.more, "revision": page.revision, "served_by": page.served_by})
                     );
                 } else {
                     for r in &page.records {

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::{Duty, Pace};
 use crate::handoff::{Document, HandoffState, Sink, SinkError, SinkStats};
-use crate::raft::{Consistency, Node};
+use crate::raft::Node;
 use crate::shutdown::Shutdown;
 use crate::state::{Action, Command, HandoffId};
 
@@ -109,11 +109,7 @@ impl Duty for Handoff {
         // Fence: confirm leadership with a quorum before touching the sink. A
         // deposed leader that has not noticed yet (cut off by a partition)
         // would otherwise keep writing batches the new leader also writes.
-        if node
-            .read_barrier(Consistency::Linearizable, crate::raft::LeaderWait::Answer)
-            .await
-            .is_err()
-        {
+        if node.confirm_leadership().await.is_err() {
             return Pace::Idle;
         }
         let batch = node

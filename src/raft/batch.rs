@@ -97,11 +97,14 @@ async fn propose_batch(raft: Raft, batch: Vec<Proposal>) {
 }
 
 /// Answers every waiting read with the result of one `policy` round, one
-/// round at a time, until every sender is gone.
+/// round at a time, until every sender is gone: the read index (the log
+/// index a reader must have applied before it reads), or why there is none.
+/// Local readers then wait for their own state machine; followers' requests
+/// (`follower_read`) join the same rounds.
 pub(super) async fn read_loop(
     raft: Raft,
     policy: ReadPolicy,
-    mut rx: mpsc::UnboundedReceiver<Reply<()>>,
+    mut rx: mpsc::UnboundedReceiver<Reply<u64>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
@@ -112,9 +115,9 @@ pub(super) async fn read_loop(
             .read_batch_size
             .observe(waiting.len() as f64);
         let result = raft
-            .ensure_linearizable(policy.clone())
+            .get_read_linearizer(policy.clone())
             .await
-            .map(|_| ())
+            .map(|l| l.read_log_id().index())
             .map_err(Error::from);
         for w in waiting {
             let _ = w.send(result.clone());

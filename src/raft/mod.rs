@@ -12,6 +12,8 @@
 //! - `state_machine`: feeds committed entries to `crate::state::Table` and
 //!   builds, stores and installs snapshots.
 //! - `network` / `peer_service`: peer RPCs over tonic, both directions.
+//! - `follower_read`: LINEARIZABLE reads on followers and learners, with
+//!   the leader's read index asked for over the peer port.
 //! - `node`: [`Node`], the one way in for the rest of the server: `propose`,
 //!   `read_barrier`, `is_leader`, `status`, membership and shutdown. Nothing
 //!   outside this folder calls openraft; its errors become [`Error`] here.
@@ -29,6 +31,7 @@ mod bootstrap;
 mod clock;
 mod durable_file;
 mod error;
+mod follower_read;
 mod log_store;
 mod network;
 mod node;

@@ -91,6 +91,30 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Asks the leader at peer address `addr` for its read index (follower
+    /// reads), waiting at most `timeout`.
+    pub(super) async fn read_index(
+        &self,
+        addr: &str,
+        req: &super::follower_read::ReadIndexRequest,
+        timeout: Duration,
+    ) -> Result<super::follower_read::ReadIndexResponse, String> {
+        let channel = self.channel(addr)?;
+        let payload = codec::encode(req).map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(RaftMessage { payload });
+        request.set_timeout(timeout);
+        let mut client = RaftClient::new(channel);
+        // The deadline holds even while the connection is still being made.
+        let resp = match tokio::time::timeout(timeout, client.read_index(request)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        codec::decode(&resp.into_inner().payload).map_err(|e| format!("bad reply: {e}"))
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 

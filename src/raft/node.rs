@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use super::batch::{self, Proposal, Reply};
 use super::bootstrap::check_identity;
 use super::clock::LeaderClock;
+use super::follower_read::{self, RemoteReads, Waiter};
 use super::log_store::LogStore;
 use super::network::PeerNetwork;
 use super::peer_service::PeerService;
@@ -160,8 +161,11 @@ struct Inner {
     leader_changes: Mutex<VecDeque<LeaderChange>>,
     /// The batchers' queues (see `batch`), and their tasks, joined on shutdown.
     proposals: mpsc::UnboundedSender<Proposal>,
-    read_index: mpsc::UnboundedSender<Reply<()>>,
-    lease: mpsc::UnboundedSender<Reply<()>>,
+    read_index: mpsc::UnboundedSender<Reply<u64>>,
+    lease: mpsc::UnboundedSender<Reply<u64>>,
+    /// LINEARIZABLE reads on a follower or learner, waiting for a read
+    /// index from the leader (`follower_read`).
+    remote_reads: mpsc::UnboundedSender<Waiter>,
     batchers: Mutex<Vec<JoinHandle<()>>>,
     /// Bytes of writes admitted under the memory budget and not yet
     /// answered (see `api::budget`).
@@ -220,10 +224,11 @@ impl Node {
         .validate()
         .context("invalid Raft settings")?;
 
+        let network = PeerNetwork::new(s.peer_source_ip, s.peer_tls.clone());
         let raft = Raft::new(
             s.id,
             Arc::new(config),
-            PeerNetwork::new(s.peer_source_ip, s.peer_tls.clone()),
+            network.clone(),
             log.clone(),
             sm.clone(),
         )
@@ -232,7 +237,15 @@ impl Node {
         let (proposals, proposals_rx) = mpsc::unbounded_channel();
         let (read_index, read_index_rx) = mpsc::unbounded_channel();
         let (lease, lease_rx) = mpsc::unbounded_channel();
+        let (remote_reads, remote_reads_rx) = mpsc::unbounded_channel();
+        let remote = RemoteReads {
+            id: s.id,
+            raft: raft.clone(),
+            network,
+            local: read_index.clone(),
+        };
         let batchers = vec![
+            tokio::spawn(follower_read::remote_read_loop(remote, remote_reads_rx)),
             tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx)),
             tokio::spawn(batch::read_loop(
                 raft.clone(),
@@ -262,6 +275,7 @@ impl Node {
                 proposals,
                 read_index,
                 lease,
+                remote_reads,
                 batchers: Mutex::new(batchers),
                 reservations: Reservations::default(),
             }),
@@ -323,6 +337,7 @@ impl Node {
             self.inner.contact.clone(),
             self.inner.sm.snapshot_reservations(),
             stop,
+            self.inner.read_index.clone(),
         )
     }
 
@@ -386,8 +401,9 @@ impl Node {
             .unwrap_or_else(|_| Err(Error::Stopped("the node is shutting down".into())))
     }
 
-    /// Waits for the next batched round of `queue` (ReadIndex or lease).
-    async fn batched_read(&self, queue: &mpsc::UnboundedSender<Reply<()>>) -> Result<(), Error> {
+    /// The read index of the next batched round of `queue` (ReadIndex or
+    /// lease), on the leader.
+    async fn batched_read(&self, queue: &mpsc::UnboundedSender<Reply<u64>>) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
         match queue.send(reply) {
             Ok(()) => Self::answer(answer).await,
@@ -395,25 +411,129 @@ impl Node {
         }
     }
 
+    /// The leader's read index, asked for by this follower or learner in
+    /// the next batched round (`follower_read`), by `deadline`.
+    async fn remote_read_index(&self, deadline: tokio::time::Instant) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inner
+            .remote_reads
+            .send(Waiter { deadline, reply })
+            .is_err()
+        {
+            return Err(Error::Stopped(
+                "the follower read batcher has stopped".into(),
+            ));
+        }
+        match tokio::time::timeout_at(deadline, Self::answer(answer)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Unavailable(
+                "linearizable read: no read index from the leader within the read's deadline; this node \
+                 does not serve unconfirmed local state. Retry, or read from another node"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Waits, until `deadline`, for the state machine to apply `index`.
+    async fn await_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), Error> {
+        let applied = || {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow_watched();
+            m.last_applied.as_ref().map_or(0, |l| l.index)
+        };
+        if applied() >= index {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self
+            .inner
+            .raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "read index applied")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::ShuttingDown) => {
+                Err(Error::Stopped("the Raft core has stopped".into()))
+            }
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(Error::Unavailable(format!(
+                "linearizable read: this node has applied the log up to index {}, short of the read index \
+                 {index}, within the read's deadline (it is catching up); read from another node",
+                applied()
+            ))),
+        }
+    }
+
+    /// `Ok` once a quorum has confirmed, after this call began, that this
+    /// node leads (one ReadIndex round), and this node has applied what was
+    /// committed then: the fence of the leader's duties that act outside the
+    /// log (the hand-off). Elsewhere, `NotLeader`. Unlike a LINEARIZABLE read
+    /// barrier, never satisfied on a follower.
+    pub async fn confirm_leadership(&self) -> Result<(), Error> {
+        if !self.is_leader() {
+            let (leader, address) = self.known_leader();
+            return Err(Error::NotLeader {
+                leader: leader.zip(address),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.timing.read_within();
+        let index = self.batched_read(&self.inner.read_index).await?;
+        self.await_applied(index, deadline).await
+    }
+
     /// Returns once the local table may be read at `consistency`, or why not.
-    /// `wait`: as for `leader_only`, for the reads only the leader serves.
+    /// `wait`: as for `leader_only`, for the reads only the leader serves
+    /// (LEASE). `timeout`: the read's own deadline, if it has one (a unary
+    /// call's `grpc-timeout`); else `Timing::read_within`.
+    ///
+    /// LINEARIZABLE reads are served by every member: the leader after its
+    /// ReadIndex round, a follower or learner after the leader's
+    /// (`follower_read`); both once the read index is applied locally.
     pub async fn read_barrier(
         &self,
         consistency: Consistency,
         wait: LeaderWait,
+        timeout: Option<Duration>,
     ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now()
+            + match timeout {
+                // Leave a tenth for the answer to travel back in time.
+                Some(t) => t.saturating_sub(t / 10),
+                None => self.inner.timing.read_within(),
+            };
         match consistency {
             // The chaos suite's planted bug: a "linearizable" read that is not.
             #[cfg(feature = "planted-bug-stale-reads")]
             Consistency::Linearizable => Ok(()),
             #[cfg(not(feature = "planted-bug-stale-reads"))]
             Consistency::Linearizable => {
-                self.leader_only(wait).await?;
-                self.batched_read(&self.inner.read_index).await
+                let on_leader = if self.is_leader() {
+                    match self.batched_read(&self.inner.read_index).await {
+                        Err(Error::NotLeader { .. }) => None,
+                        other => Some(other?),
+                    }
+                } else {
+                    None
+                };
+                let index = match on_leader {
+                    Some(index) => index,
+                    None => {
+                        let index = self.remote_read_index(deadline).await?;
+                        // The chaos suite's second planted bug: a follower
+                        // that reads before it has applied the read index.
+                        if cfg!(feature = "planted-bug-follower-reads") {
+                            return Ok(());
+                        }
+                        index
+                    }
+                };
+                self.await_applied(index, deadline).await
             }
             Consistency::Lease => {
                 self.leader_only(wait).await?;
-                self.batched_read(&self.inner.lease).await
+                let index = self.batched_read(&self.inner.lease).await?;
+                self.await_applied(index, deadline).await
             }
             Consistency::Stale { max_staleness_ms } => {
                 if !self.is_recovered() {

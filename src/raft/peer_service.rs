@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use std::sync::Arc;
 
+use super::batch::Reply;
+use super::follower_read::{ReadIndexRequest, ReadIndexResponse};
 use super::node::LeaderContact;
 use super::snapshot_stream;
 use super::state_machine::decode_snapshot;
@@ -38,6 +40,9 @@ pub struct PeerService {
     /// The listeners' stop signal: replication streams end on it, so that
     /// the server's graceful stop can finish.
     stop: Shutdown,
+    /// This node's batched ReadIndex queue, which followers' read-index
+    /// requests join (`follower_read`).
+    reads: tokio::sync::mpsc::UnboundedSender<Reply<u64>>,
 }
 
 impl PeerService {
@@ -46,12 +51,14 @@ impl PeerService {
         contact: Arc<LeaderContact>,
         snapshots: Reservations,
         stop: Shutdown,
+        reads: tokio::sync::mpsc::UnboundedSender<Reply<u64>>,
     ) -> Self {
         PeerService {
             raft,
             contact,
             snapshots,
             stop,
+            reads,
         }
     }
 }
@@ -198,6 +205,38 @@ impl crate::pb::raft_server::Raft for PeerService {
                 .await
                 .map_err(stopped)?,
         )
+    }
+
+    /// A follower asks for the read index: answered after this node's next
+    /// ReadIndex round (shared with its own reads) confirms that it leads.
+    /// Elsewhere: FAILED_PRECONDITION naming the leader it knows.
+    async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: ReadIndexRequest = decode(req)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.reads
+            .send(reply)
+            .map_err(|_| stopped("the read batcher has stopped"))?;
+        let index = match answer.await {
+            Err(_) => return Err(stopped("the node is shutting down")),
+            Ok(Err(e @ super::Error::NotLeader { .. })) => {
+                return Err(Status::failed_precondition(e.to_string()))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(from = rpc.from, error = %e, "read index refused");
+                return Err(Status::unavailable(e.to_string()));
+            }
+            Ok(Ok(index)) => index,
+        };
+        let (leader, term) = {
+            let rx = self.raft.metrics();
+            let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
+            (m.id, m.current_term)
+        };
+        encode(&ReadIndexResponse {
+            leader,
+            term,
+            index,
+        })
     }
 }
 

@@ -195,6 +195,12 @@ mod tests {
         ) -> Result<Response<Self::StreamAppendStream>, Status> {
             Err(Status::unimplemented("test"))
         }
+        async fn read_index(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("test"))
+        }
         async fn transfer_leader(
             &self,
             _: Request<RaftMessage>,

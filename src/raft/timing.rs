@@ -55,6 +55,15 @@ impl Timing {
         Duration::from_millis(2 * self.election_ms.1 + self.election_ms.0)
     }
 
+    /// The deadline of a LINEARIZABLE read that brings none of its own (a
+    /// frame's op, or a unary call without `grpc-timeout`): a follower asking
+    /// the leader for its read index rides out an election this long, then
+    /// answers UNAVAILABLE rather than hold the caller or read unconfirmed
+    /// local state.
+    pub fn read_within(&self) -> Duration {
+        self.election_settles_within()
+    }
+
     /// How long a leadership hand-over (on shutdown, or `member
     /// transfer-leader`) may take: the new leader needs one round trip once
     /// it has caught up, so ten election timeouts cover a lagging follower.
@@ -78,6 +87,7 @@ mod tests {
         let t = Timing::new((150, 300), None).unwrap();
         assert_eq!(t.heartbeat_ms, 50);
         assert_eq!(t.election_settles_within(), Duration::from_millis(750));
+        assert_eq!(t.read_within(), Duration::from_millis(750));
         assert_eq!(t.leader_suspect_after(), Duration::from_millis(150));
     }
 

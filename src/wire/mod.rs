@@ -28,6 +28,29 @@ pub const WAIT_LEADER_KEY: &str = "x-inflight-wait-leader";
 /// Metadata key carrying the position of the op that failed a batch.
 pub const FAILED_OP_KEY: &str = "x-inflight-failed-op";
 
+/// The deadline a gRPC caller sent with its call (the `grpc-timeout`
+/// header: up to 8 digits and a unit, H M S m u n), if any and well formed.
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The largest message a gRPC client accepts unless told otherwise (tonic's,
 /// grpc-go's and grpc-java's default decode limit).
 pub const DEFAULT_CLIENT_MESSAGE_BYTES: usize = 4 << 20;
@@ -90,5 +113,31 @@ pub fn human_bytes(b: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
         b => format!("{b}B"),
+    }
+}
+
+#[cfg(test)]
+mod grpc_timeout_tests {
+    use super::*;
+    use tonic::metadata::MetadataMap;
+
+    fn with(v: &str) -> Option<Duration> {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", v.parse().unwrap());
+        grpc_timeout(&m)
+    }
+
+    #[test]
+    fn reads_every_unit_and_refuses_malformed_values() {
+        assert_eq!(with("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(with("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(with("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(with("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "m", "12", "1x", "-1m", "123456789m", "1.5S"] {
+            assert_eq!(with(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
     }
 }
