@@ -1,8 +1,11 @@
 //! The Rust client library.
 //!
 //! A `Client` holds a list of endpoints and remembers which one is the leader.
-//! Mutations and LINEARIZABLE/LEASE reads go to the leader if one is known,
-//! else to the next endpoint in turn. STALE reads and watches go to the
+//! Mutations and LEASE reads go to the leader if one is known, else to the
+//! next endpoint in turn. LINEARIZABLE reads go where
+//! `ClientOptions::linearizable_reads` says: the leader (default), any
+//! member, or the home member (every member serves them, see
+//! `raft::follower_read`). STALE reads and watches go to the
 //! client's current endpoint (its first, until that one fails), so that they
 //! share frames; give the `Client`s of different processes their endpoints
 //! in different orders to spread STALE reads over the followers (with
@@ -201,6 +204,26 @@ pub struct ClientOptions {
     /// Connect over TLS, trusting this CA and presenting this identity
     /// (default: plaintext).
     pub tls: Option<ClientTls>,
+    /// Where LINEARIZABLE reads go (default: the leader). Every member
+    /// serves them: a follower asks the leader for its read index, so a read
+    /// there costs one more hop but takes the read off the leader's CPU.
+    pub linearizable_reads: ReadFrom,
+}
+
+/// Where a client sends its LINEARIZABLE reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The leader, as far as known: the lowest latency, all reads on one node.
+    #[default]
+    Leader,
+    /// Any member, as STALE reads: the client's current endpoint with
+    /// frames, each endpoint in turn without. Give the clients of different
+    /// processes their endpoints in different orders to spread the reads.
+    Any,
+    /// The first endpoint given (the nearest member, say one in the same
+    /// zone, or a learner placed there as a read replica); the others only
+    /// when a read there fails.
+    Home,
 }
 
 impl Default for ClientOptions {
@@ -214,6 +237,7 @@ impl Default for ClientOptions {
             follow_leader: true,
             frames: true,
             tls: None,
+            linearizable_reads: ReadFrom::Leader,
         }
     }
 }
@@ -259,6 +283,8 @@ enum Route {
     Leader,
     /// Any node (STALE reads, watches).
     Any,
+    /// The first given endpoint for a call's first attempt, then as `Any`.
+    Home,
 }
 
 #[derive(Clone)]
@@ -466,10 +492,14 @@ impl Client {
     }
 
     fn target(&self, route: Route) -> String {
-        if route == Route::Leader {
-            if let Some(l) = self.inner.leader.lock().clone() {
-                return l;
+        match route {
+            Route::Leader => {
+                if let Some(l) = self.inner.leader.lock().clone() {
+                    return l;
+                }
             }
+            Route::Home => return self.inner.given[0].clone(),
+            Route::Any => {}
         }
         let endpoints = self.endpoints();
         let n = endpoints.len();
@@ -569,6 +599,10 @@ impl Client {
             if let Some((at, _)) = &next {
                 if *at <= Instant::now() && busy.len() < MAX_ATTEMPTS {
                     let to = next.take().and_then(|(_, to)| to);
+                    let route = match route {
+                        Route::Home if attempts > 0 => Route::Any,
+                        r => r,
+                    };
                     // No other node to hedge to: wait for the attempt in flight.
                     let Some(target) = to.or_else(|| self.target_avoiding(route, &busy)) else {
                         continue;
@@ -796,9 +830,15 @@ impl Client {
 
     // ----- reads -----------------------------------------------------------
 
-    fn read_route(consistency: i32) -> Route {
+    fn read_route(&self, consistency: i32) -> Route {
         if consistency == Consistency::Stale as i32 {
             Route::Any
+        } else if consistency == Consistency::Linearizable as i32 {
+            match self.inner.opts.linearizable_reads {
+                ReadFrom::Leader => Route::Leader,
+                ReadFrom::Any => Route::Any,
+                ReadFrom::Home => Route::Home,
+            }
         } else {
             Route::Leader
         }
@@ -814,7 +854,7 @@ impl Client {
     }
 
     pub async fn send_get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
-        let route = Self::read_route(req.consistency);
+        let route = self.read_route(req.consistency);
         let got = self
             .framed(route, pb::frame_op::Op::Get(req.clone()), |r| match r {
                 pb::op_result::Result::Get(g) => Some(g),
@@ -852,7 +892,7 @@ impl Client {
     }
 
     pub async fn send_scan(&self, req: pb::ScanRequest) -> Result<pb::ScanResponse> {
-        self.retrying(Self::read_route(req.consistency), |ch| {
+        self.retrying(self.read_route(req.consistency), |ch| {
             let req = req.clone();
             async move { records(ch).scan(req).await }
         })
