@@ -200,3 +200,73 @@ async fn a_follower_cut_off_from_the_leader_answers_unavailable_within_the_deadl
     assert_eq!(got.served_by, follower);
     assert_eq!(got.record.unwrap().value, &b"answered"[..]);
 }
+
+/// A follower restarted far behind the cluster (thousands of entries to
+/// catch up on) answers a LINEARIZABLE read only once it has applied the
+/// leader's read index: every read it serves holds the last write
+/// acknowledged before the restart, from its very first answer on. (Right
+/// after a restart the node gets a read index long before it has applied
+/// the backlog, so a node that read at once would answer the old value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_catching_up_after_a_restart_serves_no_read_older_than_an_acknowledged_write() {
+    let mut c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = c.members().into_iter().find(|id| *id != leader).unwrap();
+    let writer = c.client();
+    writer.insert("call/hot", "before").await.expect("insert");
+    c.wait_applied(follower, 2, Duration::from_secs(10)).await;
+    c.stop(follower);
+
+    const BACKLOG: usize = 4_000;
+    const WORKERS: usize = 32;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..BACKLOG).step_by(WORKERS) {
+                writer
+                    .insert(&format!("fill/{i:05}"), "x")
+                    .await
+                    .expect("insert while the follower is down");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    writer
+        .update("call/hot", "after", None)
+        .await
+        .expect("the last write before the restart");
+
+    c.restart(follower);
+    let r = reader(&c, follower);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let (mut served, mut refused) = (0, 0);
+    while served < 50 {
+        assert!(
+            Instant::now() < give_up,
+            "node {follower} served {served} reads within 60 s of its restart ({refused} refused)"
+        );
+        match r.get("call/hot", Consistency::Linearizable).await {
+            Ok(g) => {
+                assert_eq!(g.served_by, follower);
+                assert_eq!(
+                    g.record.expect("the record").value,
+                    &b"after"[..],
+                    "read {served} on the restarted node {follower} missed the write acknowledged before it"
+                );
+                served += 1;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+                    "{e:?}"
+                );
+                refused += 1;
+                // Not up yet, or still catching up: ask again shortly.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
