@@ -252,6 +252,17 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         ),
     });
 
+    // Follower reads: the home-node reads went to every member, so unless
+    // followers serve LINEARIZABLE reads only the leader shows up here.
+    checks.push(Check {
+        name: "follower reads: home-node linearizable reads served by followers too".into(),
+        passed: recorded.home_reads_by_member.len() >= 2,
+        detail: format!(
+            "home-node reads that found their record, by serving member: {:?}",
+            recorded.home_reads_by_member
+        ),
+    });
+
     // Linearizability, key by key.
     let mut by_key: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
     for op in &recorded.ops {

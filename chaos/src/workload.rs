@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inflight::client::{Client, ClientOptions, ClientTls, Consistency};
+use inflight::client::{Client, ClientOptions, ClientTls, Consistency, ReadFrom};
 use inflight::pb;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -31,6 +31,10 @@ pub struct Completion {
 pub struct Recorded {
     pub ops: Vec<Operation>,
     pub completions: Vec<Completion>,
+    /// Home-node LINEARIZABLE reads that found their record, by the member
+    /// that served them (`GetResponse::served_by`): followers serve these
+    /// reads themselves, so more than one member shows up here.
+    pub home_reads_by_member: std::collections::BTreeMap<u64, u64>,
 }
 
 pub struct Workload {
@@ -71,12 +75,15 @@ impl Workload {
             };
             let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
             // Half of the reads go to the client's home node only, as a
-            // client reading from its nearest node would: a follower must
-            // refuse a linearizable read, never answer it from local state.
+            // client reading from its nearest node would: a follower serves
+            // a linearizable read after the leader's read index is applied
+            // there, and refuses it when it cannot get one; it never answers
+            // from unconfirmed local state.
             let home = Client::with_options(
                 [endpoints[c % endpoints.len()].clone()],
                 ClientOptions {
                     follow_leader: false,
+                    linearizable_reads: ReadFrom::Home,
                     retry_for: Duration::ZERO,
                     hedge_after: None,
                     sync_endpoints: None,
@@ -166,7 +173,7 @@ async fn run_client(
         } else {
             &client
         };
-        let (outcome, completion) = execute(via, &key, &call).await;
+        let (outcome, completion, served_by) = execute(via, &key, &call).await;
         let returned_at = (outcome != Outcome::Unknown).then(|| ns(epoch));
         match &outcome {
             Outcome::Read { version, .. } | Outcome::Written { version } => {
@@ -175,6 +182,9 @@ async fn run_client(
             _ => {}
         }
         let mut r = recorded.lock();
+        if let (Some(id), true) = (served_by, std::ptr::eq(via, &home)) {
+            *r.home_reads_by_member.entry(id).or_default() += 1;
+        }
         if let Some(c) = completion {
             r.completions.push(c);
         }
@@ -190,8 +200,13 @@ async fn run_client(
 }
 
 /// Sends one call; maps the answer to an outcome, and for a Complete the
-/// record's hand-off id (known only when acknowledged).
-async fn execute(client: &Client, key: &str, call: &Call) -> (Outcome, Option<Completion>) {
+/// record's hand-off id (known only when acknowledged), for a read that
+/// found its record the member that served it.
+async fn execute(
+    client: &Client,
+    key: &str,
+    call: &Call,
+) -> (Outcome, Option<Completion>, Option<u64>) {
     let written = |r: Result<pb::MutationResponse, tonic::Status>| match r {
         Ok(m) => Outcome::Written {
             version: m.record.map(|r| r.version).unwrap_or(0),
@@ -199,12 +214,13 @@ async fn execute(client: &Client, key: &str, call: &Call) -> (Outcome, Option<Co
         Err(e) => refusal(&e),
     };
     match call {
-        Call::Insert { value } => (written(client.insert(key, value.clone()).await), None),
+        Call::Insert { value } => (written(client.insert(key, value.clone()).await), None, None),
         Call::Update { value, if_version } => (
             written(client.update(key, value.clone(), *if_version).await),
             None,
+            None,
         ),
-        Call::Delete { if_version } => (written(client.delete(key, *if_version).await), None),
+        Call::Delete { if_version } => (written(client.delete(key, *if_version).await), None, None),
         Call::Complete { value } => {
             let r = client
                 .complete(key, value.clone().map(String::into_bytes), None)
@@ -213,7 +229,7 @@ async fn execute(client: &Client, key: &str, call: &Call) -> (Outcome, Option<Co
                 handoff_id: format!("{key}@{}", m.revision),
                 acknowledged: true,
             });
-            (written(r), completion)
+            (written(r), completion, None)
         }
         Call::Get => match client.get(key, Consistency::Linearizable).await {
             Ok(g) => match g.record {
@@ -224,10 +240,11 @@ async fn execute(client: &Client, key: &str, call: &Call) -> (Outcome, Option<Co
                         completed: r.state != pb::RecordState::Live as i32,
                     },
                     None,
+                    Some(g.served_by),
                 ),
-                None => (Outcome::Unknown, None),
+                None => (Outcome::Unknown, None, None),
             },
-            Err(e) => (refusal(&e), None),
+            Err(e) => (refusal(&e), None, None),
         },
     }
 }
