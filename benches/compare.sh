@@ -7,7 +7,11 @@
 #
 # usage: benches/compare.sh [--duration SECS] [--clients N] [--workloads LIST]
 #                           [--connections N] [--records N] [--failover-rounds N]
-#                           [--out FILE]
+#                           [--cpus-per-node CORES] [--out FILE]
+#   --cpus-per-node  hold every server process (each inflight node, each etcd
+#                member, Redis) to CORES cores with a CPU quota of its own
+#                (cgroup cpu controller), as if each ran on a host of that
+#                size; default: no quota, all share the machine's cores
 #   --workloads  comma-separated subset of (default: all)
 #       insert      new keys, on all three systems; also CPU per insert: the
 #                   three server processes (/proc/PID/stat) plus the load
@@ -15,6 +19,10 @@
 #       update      existing keys, on all three systems
 #       get         inflight linearizable, lease, stale; etcd linearizable,
 #                   serializable; Redis GET
+#       spread      inflight linearizable gets sent to any member (follower
+#                   reads) next to the leader only, on the 3-node cluster and
+#                   on a 5-node one (started for these runs only); etcd
+#                   linearizable gets (its clients spread over the members)
 #       lifecycle   insert, 3 updates, complete, on all three systems
 #       mixed       90% linearizable get, 10% update, on all three systems
 #       single      one client on one connection, one op at a time: insert
@@ -34,9 +42,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DURATION=10
+CPUS_PER_NODE=
 CLIENTS=64
 CONNECTIONS=8
-ALL_WORKLOADS=insert,update,get,lifecycle,mixed,single,memory-durability,memory,failover
+ALL_WORKLOADS=insert,update,get,spread,lifecycle,mixed,single,memory-durability,memory,failover
 WORKLOADS=$ALL_WORKLOADS
 RECORDS=1000000
 ROUNDS=10
@@ -51,6 +60,7 @@ while [ $# -gt 0 ]; do
         --records) RECORDS=$2; shift 2 ;;
         --failover-rounds) ROUNDS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --cpus-per-node) CPUS_PER_NODE=$2; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -89,6 +99,41 @@ cargo build --release --locked -p inflight -p inflight-load >&2
 INFLIGHT=$ROOT/target/release/inflight
 LOAD=$ROOT/target/release/inflight-load
 
+# --- --cpus-per-node: one CPU quota per server process -------------------------
+# Each capped process gets a cgroup of its own (cgroup v1 `cpu`, or v2),
+# named CGROUP_BASE-NAME; start-node.sh caps the inflight nodes it starts.
+CGROUP_BASE=
+CGROUP_KIND=
+if [ -n "$CPUS_PER_NODE" ]; then
+    CPU_QUOTA_US=$(python3 -c 'import sys; v = float(sys.argv[1]); print(int(v * 100000) if 0 < v <= 64 else "")' \
+        "$CPUS_PER_NODE" 2>/dev/null || true)
+    [ -n "$CPU_QUOTA_US" ] || { echo "compare.sh: --cpus-per-node: a number of cores, e.g. 0.5" >&2; exit 2; }
+    if [ -f /sys/fs/cgroup/cpu/cgroup.procs ] && [ -w /sys/fs/cgroup/cpu ]; then
+        CGROUP_KIND=v1
+        CGROUP_BASE=/sys/fs/cgroup/cpu/inflight-compare-$$
+    elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
+        CGROUP_KIND=v2
+        CGROUP_BASE=/sys/fs/cgroup/inflight-compare-$$
+        echo +cpu > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+    else
+        echo "compare.sh: --cpus-per-node needs a writable cgroup cpu controller (run as root)" >&2
+        exit 2
+    fi
+fi
+# cap_cpu NAME PID: hold PID (every thread of it) to --cpus-per-node cores.
+cap_cpu() {
+    [ -n "$CGROUP_BASE" ] || return 0
+    local dir=$CGROUP_BASE-$1
+    mkdir -p "$dir"
+    if [ "$CGROUP_KIND" = v1 ]; then
+        echo 100000 > "$dir/cpu.cfs_period_us"
+        echo "$CPU_QUOTA_US" > "$dir/cpu.cfs_quota_us"
+    else
+        echo "$CPU_QUOTA_US 100000" > "$dir/cpu.max"
+    fi
+    echo "$2" > "$dir/cgroup.procs"
+}
+
 WORK=$(mktemp -d /tmp/inflight-compare.XXXXXX)
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
@@ -101,6 +146,10 @@ cleanup() {
     # Both inflight clusters (disk: $WORK/inflight, memory: $WORK/inflight-memory).
     for f in "$WORK"/inflight*/node-*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [ -n "$CGROUP_BASE" ]; then
+        sleep 0.5
+        for d in "$CGROUP_BASE"-*; do [ -d "$d" ] && rmdir "$d" 2>/dev/null || true; done
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -108,7 +157,8 @@ trap 'exit 130' INT TERM
 
 # A block of free loopback ports: inflight (disk) +1..3 gRPC, +5..7 peer,
 # +11..13 HTTP; etcd +21..23 client, +31..33 peer; Redis +39; inflight
-# (memory) +41..43 gRPC, +45..47 peer, +51..53 HTTP.
+# (memory) +41..43 gRPC, +45..47 peer, +51..53 HTTP; inflight (5 nodes, the
+# spread runs) +14..18 gRPC, +24..28 peer, +34..38 HTTP.
 BASE=$(( 31000 + (RANDOM % 150) * 60 ))
 port() { echo $(( BASE + $1 )); }
 
@@ -118,16 +168,28 @@ port() { echo $(( BASE + $1 )); }
 # DIR/postflight), so this script builds no serve flags itself, the failover
 # run can kill and restart single nodes by pid, and the pid in DIR/node-ID.pid
 # is the server's own (for its CPU time).
-inflight_cluster() { # dir durability grpc-port http-port peer-port: writes dir/start-node.sh
-    local dir=$1 durability=$2 grpc=$3 http=$4 peer=$5
+inflight_cluster() { # dir durability grpc-port http-port peer-port [nodes]: writes dir/start-node.sh
+    local dir=$1 durability=$2 grpc=$3 http=$4 peer=$5 nodes=${6:-3} cap=":"
     mkdir -p "$dir"
+    if [ -n "$CGROUP_BASE" ]; then
+        cap="d=$CGROUP_BASE-$(basename "$dir")-\$id; mkdir -p \$d"
+        if [ "$CGROUP_KIND" = v1 ]; then
+            cap="$cap; echo 100000 > \$d/cpu.cfs_period_us; echo $CPU_QUOTA_US > \$d/cpu.cfs_quota_us"
+        else
+            cap="$cap; echo '$CPU_QUOTA_US 100000' > \$d/cpu.max"
+        fi
+        cap="$cap; echo \$pid > \$d/cgroup.procs"
+    fi
     cat > "$dir/start-node.sh" <<EOF
 #!/usr/bin/env bash
 # Starts (or restarts) inflight node \$1 in the background; its pid goes to node-\$1.pid.
 id=\$1
-setsid "$INFLIGHT" dev --nodes 3 --dir "$dir" --durability $durability \\
+setsid "$INFLIGHT" dev --nodes $nodes --dir "$dir" --durability $durability \\
     --grpc-port $grpc --http-port $http --peer-port $peer --node "\$id" < /dev/null &
-echo \$! > "$dir/node-\$id.pid"
+pid=\$!
+echo \$pid > "$dir/node-\$id.pid"
+# --cpus-per-node (nothing without it)
+$cap
 EOF
     chmod +x "$dir/start-node.sh"
 }
@@ -162,6 +224,7 @@ for i in 1 2 3; do
         > "$WORK/etcd/e$i.log" 2>&1 < /dev/null &
     PIDS+=($!)
     ETCD_PIDS+=($!)
+    cap_cpu "etcd-e$i" $!
 done
 
 # --- Redis: one server, no persistence ----------------------------------------
@@ -169,6 +232,7 @@ REDIS_PORT=$(port 39)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize no --logfile "$WORK/redis.log" < /dev/null &
 PIDS+=($!)
+cap_cpu redis $!
 REDIS_EP=127.0.0.1:$REDIS_PORT
 
 wait_until() { # what, command...
@@ -202,11 +266,13 @@ mapfile -t LC_BEFORE < <(leader_changes)
 
 # run LABEL SYSTEM ENDPOINTS WORKLOAD READ [CLIENTS CONNECTIONS]
 # One load run; its JSON goes to $RESULTS/LABEL-WORKLOAD-READ.json.
+# With SPREAD=1, inflight's linearizable reads go to any member (--spread-reads).
 run() {
-    local label=$1 sys=$2 eps=$3 wl=$4 read=$5 clients=${6:-$CLIENTS} conns=${7:-$CONNECTIONS}
-    echo "== $label $wl ($read), ${DURATION}s, $clients clients, $conns connections" >&2
+    local label=$1 sys=$2 eps=$3 wl=$4 read=$5 clients=${6:-$CLIENTS} conns=${7:-$CONNECTIONS} extra=()
+    [ "${SPREAD:-0}" = 1 ] && extra=(--spread-reads)
+    echo "== $label $wl ($read${extra[*]:+, ${extra[*]}}), ${DURATION}s, $clients clients, $conns connections" >&2
     "$LOAD" run --system "$sys" --endpoints "$eps" --workload "$wl" --read "$read" \
-        --clients "$clients" --connections "$conns" --duration "${DURATION}s" \
+        --clients "$clients" --connections "$conns" --duration "${DURATION}s" "${extra[@]}" \
         --json "$RESULTS/$label-$wl-$read.json" > /dev/null
 }
 
@@ -279,6 +345,32 @@ if has get; then
     for r in linearizable lease stale; do run inflight inflight "$IF_EPS" get $r; done
     for r in linearizable serializable; do run etcd etcd "$ETCD_EPS" get $r; done
     run redis redis "$REDIS_EP" get linearizable
+fi
+
+if has spread; then
+    # Leader-only and etcd as in `get` (run here when `get` is not selected).
+    if ! has get; then
+        run inflight inflight "$IF_EPS" get linearizable
+        run etcd etcd "$ETCD_EPS" get linearizable
+    fi
+    SPREAD=1 run inflight-spread inflight "$IF_EPS" get linearizable
+    # The same two runs on 5 members: a cluster started for them only, so
+    # that it takes no CPU from the other runs.
+    echo "== starting a 5-node inflight cluster (disk) for the spread runs" >&2
+    inflight_cluster "$WORK/inflight5" disk "$(port 14)" "$(port 34)" "$(port 24)" 5
+    IF5_EPS=""
+    for i in 1 2 3 4 5; do
+        "$WORK/inflight5/start-node.sh" $i
+        IF5_EPS="$IF5_EPS${IF5_EPS:+,}127.0.0.1:$(port $((13 + i)))"
+    done
+    wait_until "inflight (5 nodes)" inflight_ready "$IF5_EPS"
+    run inflight5 inflight "$IF5_EPS" get linearizable
+    SPREAD=1 run inflight5-spread inflight "$IF5_EPS" get linearizable
+    echo "== stopping the 5-node inflight cluster" >&2
+    for f in "$WORK"/inflight5/node-*.pid; do
+        kill -9 "$(cat "$f")" 2>/dev/null || true
+        rm -f "$f"
+    done
 fi
 
 if has single; then
@@ -388,7 +480,7 @@ MODEL=$(lscpu | sed -n 's/^Model name: *//p' | sed -n 1p)
 MACHINE="$(nproc) cores ($MODEL), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 python3 "$ROOT/benches/report.py" "$RESULTS" \
     --command "$COMMAND" --machine "$MACHINE" --duration "$DURATION" --clients "$CLIENTS" \
-    --connections "$CONNECTIONS" --cores "$(nproc)" \
+    --connections "$CONNECTIONS" --cores "$(nproc)" --cpus-per-node "$CPUS_PER_NODE" \
     --versions "inflight $INFLIGHT_VERSION; $ETCD_VERSION; Redis $REDIS_VERSION" \
     | tee "$OUT"
 echo "== wrote $OUT" >&2

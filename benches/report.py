@@ -12,6 +12,9 @@ Files read from RESULTS_DIR (each optional; what is missing is left out):
   cpu-SYSTEM-insert.json             server CPU ticks during that insert run
   memory-*.json, fill-*.json, failover.json
   leader-changes.json                leader changes each node saw under load
+  inflight-spread-get-linearizable.json, inflight5[-spread]-get-linearizable.json
+                                     linearizable gets on any member (follower
+                                     reads), and on a 5-node cluster
 """
 import argparse
 import datetime
@@ -93,6 +96,7 @@ def main():
     p.add_argument("--clients", required=True)
     p.add_argument("--connections", required=True)
     p.add_argument("--cores", type=int, default=None)
+    p.add_argument("--cpus-per-node", default="")
     a = p.parse_args()
     R = lambda n: load(a.results, n)  # noqa: E731
 
@@ -121,6 +125,10 @@ def main():
       "all three systems on this one machine, one after the other in the same run.")
     w("")
     w(f"- Machine: {a.machine}")
+    if a.cpus_per_node:
+        w(f"- `--cpus-per-node {a.cpus_per_node}`: every server process (each inflight node, each etcd member, "
+          f"Redis) held to {a.cpus_per_node} cores by a CPU quota of its own, as if each ran on a host of that size; "
+          "the load generator is not held.")
     w(f"- Versions: {a.versions}")
     w("- inflight: 3 nodes, `--durability disk` (vote and log fsynced before they count), default file sink; "
       "etcd: 3 members, default settings; Redis: one server, `--save '' --appendonly no`.")
@@ -173,6 +181,13 @@ def main():
     if i and e:
         x = ratio(i, e)
         target("linearizable get", f"{x:.2f}× etcd linearizable range", "≥ 10×", x >= 10)
+    i, l, e = R("inflight-spread-get-linearizable.json"), R("inflight-get-linearizable.json"), R("etcd-get-linearizable.json")
+    if i and l:
+        x = ratio(i, l)
+        target("linearizable get on any member (follower reads), 3 members", f"{x:.2f}× leader-only", "≥ 2×", x >= 2)
+    if i and e:
+        x = ratio(i, e)
+        target("linearizable get on any member, 3 members", f"{x:.2f}× etcd linearizable range", "≥ 10×", x >= 10)
     i, e = R("inflight-get-lease.json"), R("etcd-get-serializable.json")
     if i and e:
         x = ratio(i, e)
@@ -254,6 +269,25 @@ def main():
                 continue
             w(f"| {name} | {lat(i, 'p50')} | {lat(i, 'p99')} | {ops(i)} | {lat(e, 'p50')} | {lat(e, 'p99')} | {ops(e)} "
               f"| {fmt_ratio(ratio(i, e, key=p50))} |")
+    spread = [(n, R(f"{p}-get-linearizable.json"), R(f"{p}-spread-get-linearizable.json"))
+              for n, p in ((3, "inflight"), (5, "inflight5"))]
+    if any(s or l for _, l, s in spread):
+        w("")
+        w("## Linearizable reads from every member")
+        w("")
+        w("The same linearizable get load sent to the leader only, and to any member (each connection to its own "
+          "first endpoint, `ReadFrom::Any`): a follower asks the leader for its read index, waits until it has "
+          "applied that far, and reads locally. etcd's connections are spread over its members in every run.")
+        w("")
+        w("| members | leader only ops/s | p99 | any member ops/s | p99 | any/leader | any/etcd |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        e = R("etcd-get-linearizable.json")
+        for n, l, sp in spread:
+            if l or sp:
+                w(f"| {n} | {ops(l)} | {lat(l, 'p99')} | {ops(sp)} | {lat(sp, 'p99')} | {fmt_ratio(ratio(sp, l))} "
+                  f"| {fmt_ratio(ratio(sp, e))} |")
+                for x in errors(l, sp):
+                    w(f"| | {n} members: {x} | | | | | |")
     if any(cpus.values()):
         w("")
         w("## CPU per insert")

@@ -78,6 +78,10 @@ struct Common {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// inflight: send LINEARIZABLE reads to any member (each connection to
+    /// its own first endpoint), not only the leader.
+    #[arg(long)]
+    spread_reads: bool,
 }
 
 #[derive(clap::Args)]
@@ -129,7 +133,7 @@ fn value(size: usize, tag: u64) -> Vec<u8> {
 async fn connect(c: &Common) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(c.connections);
     for i in 0..c.connections.max(1) {
-        conns.push(Conn::open(c.system, &c.endpoints, i).await?);
+        conns.push(Conn::open(c.system, &c.endpoints, i, c.spread_reads).await?);
     }
     Ok(conns)
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use inflight::client::{Client, ClientOptions, Consistency};
+use inflight::client::{Client, ClientOptions, Consistency, ReadFrom};
 use redis::aio::MultiplexedConnection;
 use tonic::transport::{Channel, Endpoint};
 
@@ -52,7 +52,14 @@ pub enum Conn {
 
 impl Conn {
     /// Opens connection number `i` to `endpoints` (spread over the endpoints).
-    pub async fn open(system: System, endpoints: &[String], i: usize) -> anyhow::Result<Conn> {
+    /// `spread_reads`: inflight's LINEARIZABLE reads go to the connection's
+    /// first endpoint (any member), not to the leader.
+    pub async fn open(
+        system: System,
+        endpoints: &[String],
+        i: usize,
+        spread_reads: bool,
+    ) -> anyhow::Result<Conn> {
         let ep = &endpoints[i % endpoints.len()];
         Ok(match system {
             System::Inflight => {
@@ -65,6 +72,11 @@ impl Conn {
                     ClientOptions {
                         request_timeout: Duration::from_secs(5),
                         retry_for: Duration::from_secs(10),
+                        linearizable_reads: if spread_reads {
+                            ReadFrom::Any
+                        } else {
+                            ReadFrom::Leader
+                        },
                         ..Default::default()
                     },
                 )?)
