@@ -32,6 +32,7 @@ mod clock;
 mod durable_file;
 mod error;
 mod follower_read;
+mod heartbeat;
 mod log_store;
 mod network;
 mod node;

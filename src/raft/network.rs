@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::heartbeat::HeartbeatLink;
 use super::{NodeId, PeerNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::codec;
 use crate::metrics::{PeerLabels, METRICS};
@@ -131,6 +132,16 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: super::MemberAddr::stored(&node.addr).peer,
             network: self.clone(),
+            heartbeat: None,
+        }
+    }
+
+    /// Heartbeats (and the leadership probes of ReadIndex rounds) go on one
+    /// long-lived stream per follower (`heartbeat`), not a stream each.
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
+        PeerClient {
+            heartbeat: Some(HeartbeatLink::default()),
+            ..self.new_client(target, node).await
         }
     }
 }
@@ -141,23 +152,25 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     network: PeerNetwork,
+    /// Set on the heartbeat client: its one-request streams ride one stream.
+    heartbeat: Option<HeartbeatLink>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct PeerError(String);
 
-fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
+pub(super) fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(&PeerError(msg.into())))
 }
 
-fn network(msg: impl Into<String>) -> RPCError<TypeConfig> {
+pub(super) fn network(msg: impl Into<String>) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&PeerError(msg.into())))
 }
 
 /// Transport failures mean the peer is unreachable (back off); anything else is
 /// a network error on a reachable peer.
-fn from_status(s: tonic::Status) -> RPCError<TypeConfig> {
+pub(super) fn from_status(s: tonic::Status) -> RPCError<TypeConfig> {
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             unreachable(format!("{}: {}", s.code(), s.message()))
@@ -228,6 +241,30 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             + Unpin
             + 'static,
     {
+        if let Some(link) = self.heartbeat.clone() {
+            return Box::pin(async move {
+                let client = self.client()?;
+                let requests: Vec<AppendEntriesRequest<TypeConfig>> = input.collect().await;
+                let mut answers = Vec::with_capacity(requests.len());
+                for req in &requests {
+                    let mut client = client.clone();
+                    let open = |rx| async move {
+                        client
+                            .stream_append(tokio_stream::wrappers::ReceiverStream::new(rx))
+                            .await
+                            .map(tonic::Response::into_inner)
+                            .map_err(from_status)
+                    };
+                    let answer = link.send(req, open).await;
+                    let failed = answer.is_err();
+                    answers.push(answer);
+                    if failed {
+                        break;
+                    }
+                }
+                Ok(Box::pin(futures::stream::iter(answers)) as BoxStream<'s, _>)
+            });
+        }
         Box::pin(async move {
             let mut client = self.client()?;
             // Responses come back in request order: the send times queued here
