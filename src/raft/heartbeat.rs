@@ -110,76 +110,15 @@ impl HeartbeatLink {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use futures::Stream;
     use openraft::testing::log_id;
-    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-    use tonic::{Request, Response, Status};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Response;
 
     use super::*;
-    use crate::pb::raft_client::RaftClient;
-    use crate::pb::raft_server::{Raft, RaftServer};
-
-    /// A follower that answers each heartbeat with its `prev_log_id` (so an
-    /// answer names its request), after 300 ms when `leader_commit` is set,
-    /// and counts the streams opened to it.
-    #[derive(Clone, Default)]
-    struct Echo {
-        streams: Arc<AtomicUsize>,
-    }
-
-    #[tonic::async_trait]
-    impl Raft for Echo {
-        type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
-        async fn stream_append(
-            &self,
-            req: Request<tonic::Streaming<RaftMessage>>,
-        ) -> Result<Response<Self::StreamAppendStream>, Status> {
-            self.streams.fetch_add(1, Ordering::SeqCst);
-            let answers = req.into_inner().then(|m| async move {
-                let m = m?;
-                let r: AppendEntriesRequest<TypeConfig> = codec::decode(&m.payload).unwrap();
-                if r.leader_commit.is_some() {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                let answer: StreamAppendResult<TypeConfig> = Ok(r.prev_log_id);
-                Ok(RaftMessage {
-                    payload: codec::encode(&answer).unwrap(),
-                })
-            });
-            Ok(Response::new(Box::pin(answers)))
-        }
-        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn pre_vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn append_entries(
-            &self,
-            _: Request<RaftMessage>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn install_snapshot(
-            &self,
-            _: Request<tonic::Streaming<crate::pb::SnapshotChunk>>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn transfer_leader(
-            &self,
-            _: Request<RaftMessage>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn read_index(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-    }
+    use crate::raft::test_peer::TestPeer;
 
     fn heartbeat(index: u64, slow: bool) -> AppendEntriesRequest<TypeConfig> {
         AppendEntriesRequest {
@@ -192,15 +131,26 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_share_one_stream_and_an_abandoned_one_never_answers_the_next() {
-        let echo = Echo::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftServer::new(echo.clone()))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        let client = RaftClient::connect(format!("http://{addr}")).await.unwrap();
+        // A follower that answers each heartbeat with its `prev_log_id` (so
+        // an answer names its request), after 300 ms when `leader_commit`
+        // is set, and counts the streams opened to it.
+        let streams = Arc::new(AtomicUsize::new(0));
+        let opened = streams.clone();
+        let client = TestPeer::stream_append(move |requests| {
+            opened.fetch_add(1, Ordering::SeqCst);
+            Box::pin(requests.then(|m| async move {
+                let r: AppendEntriesRequest<TypeConfig> = codec::decode(&m?.payload).unwrap();
+                if r.leader_commit.is_some() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let answer: StreamAppendResult<TypeConfig> = Ok(r.prev_log_id);
+                Ok(RaftMessage {
+                    payload: codec::encode(&answer).unwrap(),
+                })
+            }))
+        })
+        .serve()
+        .await;
         let link = HeartbeatLink::default();
         let send = |req: AppendEntriesRequest<TypeConfig>| {
             let (link, mut client) = (link.clone(), client.clone());
@@ -219,7 +169,7 @@ mod tests {
             let answer = send(heartbeat(i, false)).await.unwrap();
             assert_eq!(answer, Ok(Some(log_id::<TypeConfig>(1, 1, i))));
         }
-        assert_eq!(echo.streams.load(Ordering::SeqCst), 1, "one stream for all five");
+        assert_eq!(streams.load(Ordering::SeqCst), 1, "one stream for all five");
 
         // The caller gives up before the slow answer arrives.
         let abandoned = tokio::time::timeout(Duration::from_millis(50), send(heartbeat(6, true)));
@@ -228,6 +178,6 @@ mod tests {
         // late answer to the abandoned one.
         let answer = send(heartbeat(7, false)).await.unwrap();
         assert_eq!(answer, Ok(Some(log_id::<TypeConfig>(1, 1, 7))));
-        assert_eq!(echo.streams.load(Ordering::SeqCst), 2);
+        assert_eq!(streams.load(Ordering::SeqCst), 2);
     }
 }

@@ -39,6 +39,8 @@ mod node;
 mod peer_service;
 mod snapshot_stream;
 mod state_machine;
+#[cfg(test)]
+mod test_peer;
 mod timing;
 mod wal;
 

@@ -148,83 +148,31 @@ mod tests {
     //! is `receive` with small bounds, so stalls and overruns take
     //! milliseconds. (The peer service calls the same `receive`.)
 
-    use std::pin::Pin;
-
     use tokio::sync::mpsc;
-    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-    use tonic::{Code, Request, Response, Streaming};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Code;
 
     use super::*;
     use crate::pb::raft_client::RaftClient;
-    use crate::pb::raft_server::{Raft, RaftServer};
     use crate::pb::RaftMessage;
-
-    struct Receiver {
-        limits: StreamLimits,
-        snapshots: Reservations,
-    }
-
-    #[tonic::async_trait]
-    impl Raft for Receiver {
-        async fn install_snapshot(
-            &self,
-            req: Request<Streaming<SnapshotChunk>>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            let got = receive(req.into_inner(), &self.snapshots, self.limits).await?;
-            Ok(Response::new(RaftMessage {
-                payload: (got.data.len() as u64).to_le_bytes().to_vec(),
-            }))
-        }
-
-        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn pre_vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn append_entries(
-            &self,
-            _: Request<RaftMessage>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
-        async fn stream_append(
-            &self,
-            _: Request<Streaming<RaftMessage>>,
-        ) -> Result<Response<Self::StreamAppendStream>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn read_index(
-            &self,
-            _: Request<RaftMessage>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn transfer_leader(
-            &self,
-            _: Request<RaftMessage>,
-        ) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-    }
+    use crate::raft::test_peer::TestPeer;
 
     /// Starts a receiver on a local port; returns a client and the
     /// receiver's reservations.
     async fn start(limits: StreamLimits) -> (RaftClient<tonic::transport::Channel>, Reservations) {
         let snapshots = Reservations::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let svc = RaftServer::new(Receiver {
-            limits,
-            snapshots: snapshots.clone(),
-        });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        let client = RaftClient::connect(format!("http://{addr}")).await.unwrap();
+        let held = snapshots.clone();
+        let client = TestPeer::install_snapshot(move |chunks| {
+            let held = held.clone();
+            Box::pin(async move {
+                let got = receive(chunks, &held, limits).await?;
+                Ok(RaftMessage {
+                    payload: (got.data.len() as u64).to_le_bytes().to_vec(),
+                })
+            })
+        })
+        .serve()
+        .await;
         (client, snapshots)
     }
 
