@@ -192,16 +192,30 @@ async fn follower_answers_mutation_with_unavailable_and_the_leader_address() {
         .to_str()
         .unwrap();
     assert_eq!(hint, c.nodes[&leader].grpc);
-    // A linearizable read on a follower is redirected too; a stale one is served.
+    // A LEASE read on a follower is redirected too; linearizable and stale
+    // reads are served by the follower itself (nothing there).
     let e = raw
+        .get(pb::GetRequest {
+            key: "call/9".into(),
+            consistency: pb::Consistency::Lease as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("lease reads go to the leader");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        e.metadata().get("x-inflight-leader").map(|v| v.to_str().unwrap()),
+        Some(c.nodes[&leader].grpc.as_str())
+    );
+    let linearizable = raw
         .get(pb::GetRequest {
             key: "call/9".into(),
             consistency: pb::Consistency::Linearizable as i32,
             ..Default::default()
         })
         .await
-        .expect_err("linearizable reads go to the leader");
-    assert_eq!(e.code(), Code::Unavailable);
+        .expect_err("nothing there");
+    assert_eq!(linearizable.code(), Code::NotFound, "{linearizable:?}");
     let stale = raw
         .get(pb::GetRequest {
             key: "call/9".into(),
