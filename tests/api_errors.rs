@@ -204,7 +204,9 @@ async fn follower_answers_mutation_with_unavailable_and_the_leader_address() {
         .expect_err("lease reads go to the leader");
     assert_eq!(e.code(), Code::Unavailable);
     assert_eq!(
-        e.metadata().get("x-inflight-leader").map(|v| v.to_str().unwrap()),
+        e.metadata()
+            .get("x-inflight-leader")
+            .map(|v| v.to_str().unwrap()),
         Some(c.nodes[&leader].grpc.as_str())
     );
     let linearizable = raw
