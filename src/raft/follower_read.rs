@@ -54,8 +54,9 @@ pub(super) struct Waiter {
     pub reply: Reply<u64>,
 }
 
-/// How long to wait before asking again after a failed attempt, unless the
-/// node learns of a leader change sooner.
+/// How long to wait before asking again after a failed attempt (an
+/// election in progress, a leader that just lost its place): long enough
+/// not to spin against a node that refuses at once.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// What a round needs: who this node is, its view of the leader, the way to
@@ -90,7 +91,6 @@ impl RemoteReads {
 
     /// One round: the leader's read index, asked for until `deadline`.
     async fn round(&self, deadline: Instant) -> Result<u64, Error> {
-        let mut changes = self.raft.metrics();
         let mut why;
         loop {
             // Each arm returns the read index, or says why there is none yet.
@@ -123,12 +123,7 @@ impl RemoteReads {
             if Instant::now() >= deadline {
                 break;
             }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() {
-                    return Err(Error::Stopped("the Raft core has stopped".into()));
-                },
-                _ = tokio::time::sleep_until(pause) => {}
-            }
+            tokio::time::sleep_until(pause).await;
         }
         Err(Error::Unavailable(format!(
             "linearizable read: this node could not get a read index from the leader within the read's \

@@ -88,12 +88,23 @@ impl HeartbeatLink {
         let answer = answers.next().await;
         state.awaiting = false;
         match answer {
-            Some(Ok(msg)) => {
-                codec::decode::<StreamAppendResult<TypeConfig>>(&msg.payload).map_err(|e| {
+            Some(Ok(msg)) => match codec::decode::<StreamAppendResult<TypeConfig>>(&msg.payload) {
+                Ok(result) => {
+                    // The follower ends its side of a stream after an
+                    // error answer (a conflict, a higher vote): the next
+                    // heartbeat needs a new one.
+                    if result.is_err() {
+                        state.open = None;
+                    }
+                    Ok(result)
+                }
+                Err(e) => {
                     state.open = None;
-                    super::network::network(format!("bad heartbeat reply from peer: {e}"))
-                })
-            }
+                    Err(super::network::network(format!(
+                        "bad heartbeat reply from peer: {e}"
+                    )))
+                }
+            },
             Some(Err(status)) => {
                 state.open = None;
                 Err(super::network::from_status(status))
