@@ -283,6 +283,7 @@ async fn garbage_on_the_grpc_port_does_not_crash_the_node() {
     for call in 0..3 {
         let msg = pb::RaftMessage {
             payload: vec![0xff; 100 + call],
+            ..Default::default()
         };
         let r = match call {
             0 => peer.vote(msg).await,
@@ -305,6 +306,7 @@ async fn garbage_on_the_grpc_port_does_not_crash_the_node() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let stream = futures::stream::iter(vec![pb::RaftMessage {
         payload: vec![7; 9],
+        ..Default::default()
     }]);
     if let Ok(resp) = peer.stream_append(stream).await {
         use futures::StreamExt;

@@ -248,6 +248,7 @@ async fn client_port_serves_no_raft_rpc_and_peer_port_no_client_rpc() {
     let vote = pb::raft_client::RaftClient::new(channel(&n.grpc))
         .vote(pb::RaftMessage {
             payload: vec![1, 2, 3],
+            ..Default::default()
         })
         .await
         .expect_err("the client port refuses Raft RPCs");

@@ -263,6 +263,49 @@ async fn linearizable_read_never_returns_a_value_older_than_an_acknowledged_writ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_hearing_only_from_a_deposed_leader_refuses_bounded_stale_reads() {
+    let c = Cluster::start(ClusterOptions {
+        nodes: 5,
+        addresses: Addresses::DistinctIps,
+        ..Default::default()
+    })
+    .await;
+    let client = c.client();
+    let first = client.insert("call/1", "ringing").await.unwrap();
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let f = (1..=5).find(|i| *i != leader).unwrap();
+    c.wait_applied(f, first.revision, Duration::from_secs(5))
+        .await;
+
+    // The leader and one follower on the minority side: the follower keeps
+    // accepting the old leader's heartbeats while the majority elects
+    // another leader and writes on.
+    let _fw = c.partition(&[leader, f]);
+    let majority: Vec<String> = (1..=5)
+        .filter(|i| *i != leader && *i != f)
+        .map(|i| c.nodes[&i].grpc.clone())
+        .collect();
+    let majority = Client::new(majority).unwrap();
+    wait_for(Duration::from_secs(10), "the majority to write", || async {
+        majority.update("call/1", "answered", None).await.ok()
+    })
+    .await;
+    // The bound asked for below is 500 ms; the write is older than that.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let e = c
+        .node_client(f)
+        .send_get(pb::GetRequest {
+            key: "call/1".into(),
+            consistency: Consistency::Stale as i32,
+            max_staleness_ms: Some(500),
+        })
+        .await
+        .expect_err("its state misses a write acknowledged 600 ms ago");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("max_staleness_ms"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() {
     let c = Cluster::start(ClusterOptions {
         addresses: Addresses::DistinctIps,

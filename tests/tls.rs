@@ -461,6 +461,7 @@ mod cluster {
             let e = raft_client(&n.peer, &tls(&ca, peer_id))
                 .vote(pb::RaftMessage {
                     payload: vec![1, 2, 3],
+                    ..Default::default()
                 })
                 .await
                 .expect_err(what);
@@ -573,6 +574,7 @@ mod cluster {
         let append = raft_client(peer, &id)
             .append_entries(pb::RaftMessage {
                 payload: inflight::codec::encode(&append).unwrap(),
+                ..Default::default()
             })
             .await
             .expect_err("AppendEntries refused");
@@ -584,6 +586,7 @@ mod cluster {
         let vote = raft_client(peer, &id)
             .vote(pb::RaftMessage {
                 payload: inflight::codec::encode(&vote).unwrap(),
+                ..Default::default()
             })
             .await
             .expect_err("Vote refused");

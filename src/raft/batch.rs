@@ -20,7 +20,7 @@
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use openraft::ReadPolicy;
+use openraft::LinearizerOption;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Error, Raft};
@@ -96,14 +96,14 @@ async fn propose_batch(raft: Raft, batch: Vec<Proposal>) {
     }
 }
 
-/// Answers every waiting read with the result of one `policy` round, one
+/// Answers every waiting read with the result of one `option` round, one
 /// round at a time, until every sender is gone: the read index (the log
 /// index a reader must have applied before it reads), or why there is none.
 /// Local readers then wait for their own state machine; followers' requests
 /// (`follower_read`) join the same rounds.
 pub(super) async fn read_loop(
     raft: Raft,
-    policy: ReadPolicy,
+    option: LinearizerOption,
     mut rx: mpsc::UnboundedReceiver<Reply<u64>>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -115,7 +115,7 @@ pub(super) async fn read_loop(
             .read_batch_size
             .observe(waiting.len() as f64);
         let result = raft
-            .get_read_linearizer(policy.clone())
+            .get_read_linearizer(option.clone())
             .await
             .map(|l| l.read_log_id().index())
             .map_err(Error::from);

@@ -15,9 +15,21 @@
 //!
 //! A stamp is also never below the last stamp this node applied (the
 //! previous leader's, replicated): time does not go backwards across a
-//! leader change. The first stamp is the wall clock or that, whichever is
-//! later.
+//! leader change.
+//!
+//! Every node also follows the leaders' time while it does not lead: each
+//! stamp it applies live (from an entry past those its log held when it
+//! started, so not while it replays its own log after a restart) is taken as
+//! the time then, if it is ahead of where its own clock would be.
+//! A node that becomes leader therefore carries on from its predecessor's
+//! time, advanced by its own monotonic clock, and slews from there toward
+//! its wall clock. Without that, a node restarted with its wall clock
+//! minutes ahead and then elected would start stamping at its wall clock
+//! and expire every TTL in those minutes at once. A node that never saw a
+//! stamp live (a whole cluster restarting) starts from its wall clock or
+//! the last stamp it applied, whichever is later.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -33,8 +45,11 @@ pub struct LeaderClock {
     /// The wall clock, µs since the Unix epoch.
     wall_us: fn() -> u64,
     /// The last stamp (µs, so that frequent small steps still slew) and when
-    /// it was taken.
+    /// it was taken, or the last stamp seen applied live if that was ahead.
     last: Mutex<Option<(u64, Instant)>>,
+    /// Entries up to this index were in the log when the node started: their
+    /// stamps are history, not the time now (see `live_after`).
+    live_after: AtomicU64,
 }
 
 impl LeaderClock {
@@ -43,6 +58,41 @@ impl LeaderClock {
         LeaderClock {
             wall_us,
             last: Mutex::new(None),
+            live_after: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Entries past `index` reach this node as leaders make them: `index`
+    /// is the last one its log held when it started (0 for an empty log).
+    pub fn live_after(&self, index: u64) {
+        self.live_after.store(index, Ordering::Release);
+    }
+
+    /// The newest stamp this node has applied, with the index of the last
+    /// entry applied: the leaders' time now, to carry on from should this
+    /// node lead. Ignored for entries its log held when it started, and when
+    /// this clock is already ahead.
+    pub fn observe(&self, index: u64, stamp_ms: u64) {
+        if index > self.live_after.load(Ordering::Acquire) {
+            self.observe_at(Instant::now(), stamp_ms);
+        }
+    }
+
+    fn observe_at(&self, now: Instant, stamp_ms: u64) {
+        // 0: nothing stamped yet (only blank and membership entries applied).
+        if stamp_ms == 0 {
+            return;
+        }
+        let stamp = stamp_ms.saturating_mul(1000);
+        let mut last = self.last.lock();
+        let ahead = match *last {
+            None => true,
+            Some((prev, at)) => {
+                stamp > prev.saturating_add(now.saturating_duration_since(at).as_micros() as u64)
+            }
+        };
+        if ahead {
+            *last = Some((stamp, now));
         }
     }
 
@@ -109,6 +159,35 @@ mod tests {
         assert_eq!(c.stamp_at(t, T0, 5), T0);
         let (c, t) = clock();
         assert_eq!(c.stamp_at(t, T0, T0 + 7_000), T0 + 7_000);
+    }
+
+    #[test]
+    fn a_new_leader_carries_on_from_the_stamps_it_applied_not_its_jumped_wall_clock() {
+        let (c, t) = clock();
+        // Applied live: the previous leader's time was T0 at t.
+        c.observe_at(t, T0);
+        // Two seconds later this node leads; its wall clock is 5 minutes ahead.
+        let s = c.stamp_at(t + Duration::from_secs(2), T0 + 2_000 + 300_000, 0);
+        assert_eq!(
+            s,
+            T0 + 2_000 + 2 * SLEW_MS_PER_SEC,
+            "two seconds plus their slew"
+        );
+    }
+
+    #[test]
+    fn stamps_applied_before_going_live_or_behind_the_clock_are_ignored() {
+        let (c, t) = clock();
+        // Replayed from the log after a restart: not the time now.
+        c.live_after(10);
+        c.observe(10, T0 - 3_600_000);
+        assert_eq!(c.stamp_at(t, T0, 0), T0, "no live stamp: the wall clock");
+        let (c, t) = clock();
+        c.observe_at(t, T0);
+        // An older stamp applied late does not pull the clock back.
+        c.observe_at(t + Duration::from_secs(1), T0 - 500);
+        let s = c.stamp_at(t + Duration::from_secs(1), T0 + 1_000, 0);
+        assert_eq!(s, T0 + 1_000);
     }
 
     #[test]

@@ -77,6 +77,7 @@ fn snapshot_meta() -> SnapshotMeta {
 fn decode_peer<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
     peer_service::decode::<T>(Request::new(RaftMessage {
         payload: payload.to_vec(),
+        ..Default::default()
     }))
     .map_err(|s| s.message().to_string())
 }

@@ -25,7 +25,7 @@ use tonic::Streaming;
 
 use super::TypeConfig;
 use crate::codec;
-use crate::pb::RaftMessage;
+use crate::pb::{PeerClock, RaftMessage};
 
 /// Heartbeats waiting to go out on the stream, at most (one at a time is
 /// the norm).
@@ -49,13 +49,15 @@ struct State {
 }
 
 impl HeartbeatLink {
-    /// Sends `req` on the stream (opened with `open` when there is none, or
-    /// when the last one fell out of step) and returns its answer.
+    /// Sends `req` (echoing `fresh_as_of`, see `contact`) on the stream
+    /// (opened with `open` when there is none, or when the last one fell out
+    /// of step) and returns its answer, with the follower's clock reading.
     pub(super) async fn send<F, Fut>(
         &self,
         req: &AppendEntriesRequest<TypeConfig>,
+        fresh_as_of: Option<PeerClock>,
         open: F,
-    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>
+    ) -> Result<(StreamAppendResult<TypeConfig>, Option<PeerClock>), RPCError<TypeConfig>>
     where
         F: FnOnce(mpsc::Receiver<RaftMessage>) -> Fut,
         Fut: std::future::Future<Output = Result<Streaming<RaftMessage>, RPCError<TypeConfig>>>,
@@ -76,7 +78,15 @@ impl HeartbeatLink {
                 state.open.insert((tx, answers))
             }
         };
-        if tx.send(RaftMessage { payload }).await.is_err() {
+        if tx
+            .send(RaftMessage {
+                payload,
+                fresh_as_of,
+                ..Default::default()
+            })
+            .await
+            .is_err()
+        {
             state.open = None;
             return Err(super::network::unreachable(
                 "the heartbeat stream closed".to_string(),
@@ -96,7 +106,7 @@ impl HeartbeatLink {
                     if result.is_err() {
                         state.open = None;
                     }
-                    Ok(result)
+                    Ok((result, msg.clock))
                 }
                 Err(e) => {
                     state.open = None;
@@ -157,6 +167,7 @@ mod tests {
                 let answer: StreamAppendResult<TypeConfig> = Ok(r.prev_log_id);
                 Ok(RaftMessage {
                     payload: codec::encode(&answer).unwrap(),
+                    ..Default::default()
                 })
             }))
         })
@@ -166,7 +177,7 @@ mod tests {
         let send = |req: AppendEntriesRequest<TypeConfig>| {
             let (link, mut client) = (link.clone(), client.clone());
             async move {
-                link.send(&req, |rx| async move {
+                link.send(&req, None, |rx| async move {
                     client
                         .stream_append(ReceiverStream::new(rx))
                         .await
@@ -174,6 +185,7 @@ mod tests {
                         .map_err(super::super::network::from_status)
                 })
                 .await
+                .map(|(result, _clock)| result)
             }
         };
         for i in 1..=5 {

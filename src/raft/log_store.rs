@@ -89,6 +89,13 @@ impl LogStore {
         m.vote.is_none() && m.entries.is_empty() && m.purged.is_none()
     }
 
+    /// The index of the last entry held or purged (0: none).
+    pub fn last_index(&self) -> u64 {
+        let m = self.inner.mem.lock();
+        let held = m.entries.keys().next_back().copied();
+        held.or(m.purged.map(|p| p.index)).unwrap_or(0)
+    }
+
     /// Approximate bytes the entries held in memory take.
     pub fn bytes(&self) -> u64 {
         self.inner.mem.lock().bytes

@@ -29,6 +29,7 @@
 mod batch;
 mod bootstrap;
 mod clock;
+mod contact;
 mod durable_file;
 mod error;
 mod follower_read;

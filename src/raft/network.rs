@@ -36,12 +36,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::contact::Echoes;
 use super::heartbeat::HeartbeatLink;
 use super::{NodeId, PeerNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::codec;
 use crate::metrics::{PeerLabels, METRICS};
 use crate::pb::raft_client::RaftClient;
-use crate::pb::{RaftMessage, SnapshotChunk};
+use crate::pb::{PeerClock, RaftMessage, SnapshotChunk};
 use crate::wire::ReloadableClientTls;
 
 /// Size of the pieces a snapshot is streamed in.
@@ -57,6 +58,11 @@ pub struct PeerNetwork {
     source_ip: Option<IpAddr>,
     /// The cluster CA and this node's certificate, when peers speak TLS.
     tls: Option<ReloadableClientTls>,
+    /// This node's Raft, once it runs: appends echo the followers' clock
+    /// readings only while it leads with a quorum (`contact`).
+    raft: Arc<std::sync::OnceLock<super::Raft>>,
+    /// The followers' clock readings, as their answers brought them.
+    echoes: Arc<Echoes>,
 }
 
 impl PeerNetwork {
@@ -65,6 +71,8 @@ impl PeerNetwork {
             channels: Arc::default(),
             source_ip,
             tls,
+            raft: Arc::default(),
+            echoes: Arc::default(),
         }
     }
 
@@ -93,6 +101,31 @@ impl PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// From now on, appends sent through this network echo followers' clock
+    /// readings while `raft` leads (`RaftMessage::fresh_as_of`).
+    pub(super) fn attach(&self, raft: super::Raft) {
+        let _ = self.raft.set(raft);
+    }
+
+    /// What an append to `target` echoes as `fresh_as_of`: on a leader, the
+    /// newest reading of `target`'s clock that arrived before the leader sent
+    /// what a quorum last acknowledged.
+    fn fresh_as_of(&self, target: NodeId) -> Option<PeerClock> {
+        let raft = self.raft.get()?;
+        let rx = raft.metrics();
+        // Read `now` first: the instant computed is then no later than the
+        // real one (a reading that arrived just after it does not count).
+        let now = tokio::time::Instant::now();
+        let quorum_acked = {
+            let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
+            if m.state != openraft::ServerState::Leader {
+                return None;
+            }
+            now.checked_sub(openraft::Instant::elapsed(&**m.last_quorum_acked.as_ref()?))?
+        };
+        self.echoes.echo(target, quorum_acked)
+    }
+
     /// Asks the leader at peer address `addr` for its read index (follower
     /// reads), waiting at most `timeout`.
     pub(super) async fn read_index(
@@ -103,7 +136,10 @@ impl PeerNetwork {
     ) -> Result<super::follower_read::ReadIndexResponse, String> {
         let channel = self.channel(addr)?;
         let payload = codec::encode(req).map_err(|e| e.to_string())?;
-        let mut request = tonic::Request::new(RaftMessage { payload });
+        let mut request = tonic::Request::new(RaftMessage {
+            payload,
+            ..Default::default()
+        });
         request.set_timeout(timeout);
         let mut client = RaftClient::new(channel);
         // The deadline holds even while the connection is still being made.
@@ -184,7 +220,10 @@ fn message<T: Serialize>(
     timeout: Option<Duration>,
 ) -> Result<tonic::Request<RaftMessage>, RPCError<TypeConfig>> {
     let payload = codec::encode(value).map_err(|e| network(e.to_string()))?;
-    let mut req = tonic::Request::new(RaftMessage { payload });
+    let mut req = tonic::Request::new(RaftMessage {
+        payload,
+        ..Default::default()
+    });
     if let Some(t) = timeout {
         req.set_timeout(t);
     }
@@ -215,13 +254,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let req = message(&rpc, Some(option.hard_ttl()))?;
-        reply(
-            self.client()?
-                .append_entries(req)
-                .await
-                .map_err(from_status)?,
-        )
+        let mut req = message(&rpc, Some(option.hard_ttl()))?;
+        req.get_mut().fresh_as_of = self.network.fresh_as_of(self.target);
+        let resp = self
+            .client()?
+            .append_entries(req)
+            .await
+            .map_err(from_status)?;
+        self.network
+            .echoes
+            .arrived(self.target, resp.get_ref().clock);
+        reply(resp)
     }
 
     fn stream_append<'s, S>(
@@ -255,7 +298,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                             .map(tonic::Response::into_inner)
                             .map_err(from_status)
                     };
-                    let answer = link.send(req, open).await;
+                    let echo = self.network.fresh_as_of(self.target);
+                    let answer = link.send(req, echo, open).await.map(|(result, clock)| {
+                        self.network.echoes.arrived(self.target, clock);
+                        result
+                    });
                     let failed = answer.is_err();
                     answers.push(answer);
                     if failed {
@@ -277,12 +324,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 })
                 .clone();
             let sent_out = sent.clone();
+            let (peers, target) = (self.network.clone(), self.target);
+            let echoes = self.network.echoes.clone();
             // An entry that cannot be encoded goes out empty; the peer rejects it
             // and openraft restarts replication from a known point.
             let outgoing = input.map(move |req| {
                 sent_out.lock().push_back(Instant::now());
                 RaftMessage {
                     payload: codec::encode(&req).unwrap_or_default(),
+                    fresh_as_of: peers.fresh_as_of(target),
+                    ..Default::default()
                 }
             });
             let responses = client
@@ -295,6 +346,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     rtt.observe(t.elapsed().as_secs_f64());
                 }
                 let msg = item.map_err(from_status)?;
+                echoes.arrived(target, msg.clock);
                 codec::decode::<StreamAppendResult<TypeConfig>>(&msg.payload)
                     .map_err(|e| network(format!("bad stream-append reply from peer: {e}")))
             });
@@ -420,7 +472,10 @@ mod tests {
         let vote = |network: PeerNetwork| {
             let addr = addr.clone();
             async move {
-                let req = tonic::Request::new(RaftMessage { payload: vec![] });
+                let req = tonic::Request::new(RaftMessage {
+                    payload: vec![],
+                    ..Default::default()
+                });
                 // The server records the handshake and hangs up: the call fails.
                 let _ = RaftClient::new(network.channel(&addr).unwrap())
                     .vote(req)

@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use super::batch::Reply;
 use super::follower_read::{ReadIndexRequest, ReadIndexResponse};
 use super::node::LeaderContact;
@@ -70,7 +72,10 @@ pub(super) fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
     let payload = codec::encode(v).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage { payload }))
+    Ok(Response::new(RaftMessage {
+        payload,
+        ..Default::default()
+    }))
 }
 
 fn stopped(e: impl std::fmt::Display) -> Status {
@@ -88,6 +93,11 @@ pub(super) fn counts_as_contact(resp: &AppendEntriesResponse<TypeConfig>) -> boo
         AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) => true,
         AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => false,
     }
+}
+
+/// The leader's commit index an append carries (0: none yet).
+fn leader_commit(req: &AppendEntriesRequest<TypeConfig>) -> u64 {
+    req.leader_commit.map_or(0, |l| l.index)
 }
 
 /// [`counts_as_contact`] for one answer on a replication stream: `Ok` is an
@@ -112,12 +122,16 @@ impl crate::pb::raft_server::Raft for PeerService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let echo = req.get_ref().fresh_as_of;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        let commit = leader_commit(&rpc);
         let resp = self.raft.append_entries(rpc).await.map_err(stopped)?;
         if counts_as_contact(&resp) {
-            self.contact.touch();
+            self.contact.touch(commit, echo);
         }
-        encode(&resp)
+        let mut answer = encode(&resp)?;
+        answer.get_mut().clock = Some(self.contact.reading());
+        Ok(answer)
     }
 
     type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
@@ -126,18 +140,31 @@ impl crate::pb::raft_server::Raft for PeerService {
         &self,
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // Each answer is for the request that went in at the same place
+        // (openraft answers a stream in order): its commit index and the
+        // leader's confirmed age go with it.
+        let commits = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let noted = commits.clone();
         // The input ends at the first message that fails to arrive or decode;
         // openraft then sees the stream close and the leader reconnects.
         let input = req
             .into_inner()
             .take_while(|m| futures::future::ready(m.is_ok()))
-            .filter_map(|m| async move {
-                let m = m.ok()?;
-                match codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "stream-append: undecodable request; closing stream");
-                        None
+            .filter_map(move |m| {
+                let noted = noted.clone();
+                async move {
+                    let m = m.ok()?;
+                    match codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
+                        Ok(r) => {
+                            noted
+                                .lock()
+                                .push_back((leader_commit(&r), m.fresh_as_of));
+                            Some(r)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stream-append: undecodable request; closing stream");
+                            None
+                        }
                     }
                 }
             });
@@ -147,11 +174,18 @@ impl crate::pb::raft_server::Raft for PeerService {
             .stream_append(Box::pin(input))
             .map(move |r| match r {
                 Ok(result) => {
-                    if stream_counts_as_contact(&result) {
-                        contact.touch();
+                    let commit = commits.lock().pop_front();
+                    if let (true, Some((commit, echo))) =
+                        (stream_counts_as_contact(&result), commit)
+                    {
+                        contact.touch(commit, echo);
                     }
                     codec::encode(&result)
-                        .map(|payload| RaftMessage { payload })
+                        .map(|payload| RaftMessage {
+                            payload,
+                            clock: Some(contact.reading()),
+                            ..Default::default()
+                        })
                         .map_err(|e| Status::internal(e.to_string()))
                 }
                 Err(fatal) => Err(stopped(fatal)),

@@ -168,6 +168,7 @@ mod tests {
                 let got = receive(chunks, &held, limits).await?;
                 Ok(RaftMessage {
                     payload: (got.data.len() as u64).to_le_bytes().to_vec(),
+                    ..Default::default()
                 })
             })
         })

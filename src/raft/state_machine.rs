@@ -33,6 +33,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::Mutex;
 
+use super::clock::LeaderClock;
 use super::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec::{self, Bound};
 use crate::memory::{Reservation, Reservations};
@@ -59,6 +60,8 @@ struct Inner {
     keeping: Mutex<()>,
     /// Snapshots being built or installed, by their expected size.
     snapshots: Reservations,
+    /// The node's leader clock, told the newest stamp after every apply.
+    clock: std::sync::OnceLock<Arc<LeaderClock>>,
 }
 
 #[derive(Clone)]
@@ -143,8 +146,15 @@ impl StateMachine {
                 current: Mutex::new(None),
                 keeping: Mutex::new(()),
                 snapshots: Reservations::default(),
+                clock: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Tells `clock` the newest applied stamp after every apply, so that
+    /// this node carries on from the leaders' time should it lead.
+    pub fn feed_clock(&self, clock: Arc<LeaderClock>) {
+        let _ = self.inner.clock.set(clock);
     }
 
     pub fn table(&self) -> &Arc<Table> {
@@ -366,9 +376,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let table = &self.inner.table;
+        let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let index = log_id.index;
+            last = Some(index);
             let outcome = match entry.payload {
                 EntryPayload::Normal(cmd) => Some(table.apply(index, &cmd)),
                 EntryPayload::Membership(m) => {
@@ -386,6 +398,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Membership and blank entries have no outcome of their own (`None`).
                 r.send(outcome);
             }
+        }
+        if let (Some(clock), Some(index)) = (self.inner.clock.get(), last) {
+            clock.observe(index, table.last_stamp_ms());
         }
         Ok(())
     }

@@ -5,6 +5,13 @@
 
 use std::time::Duration;
 
+/// LEASE reads stay linearizable while any two members' clocks run at rates
+/// within this factor of each other (one at half the speed of another, or
+/// twice): see [`Timing::lease_read_age`]. Real clocks drift by parts per
+/// million; the bound is there for a clock that misbehaves (a paused VM, a
+/// broken clock source).
+pub const LEASE_CLOCK_RATE_BOUND: u64 = 2;
+
 /// The failover timing of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -62,6 +69,20 @@ impl Timing {
     /// local state.
     pub fn read_within(&self) -> Duration {
         self.election_settles_within()
+    }
+
+    /// The oldest quorum acknowledgement a LEASE read may rely on: MAX /
+    /// [`LEASE_CLOCK_RATE_BOUND`].
+    ///
+    /// A follower that acknowledged the leader refuses to vote for anyone
+    /// else for MAX after it heard from it, on its own clock; the leader
+    /// serves LEASE reads for this long after it *sent* what a quorum
+    /// acknowledged, on its clock. If clocks may run at rates that differ by
+    /// a factor up to the bound, the leader's window, measured in real time,
+    /// still ends before any voter's refusal does, so no new leader can
+    /// commit a write while the old one still serves LEASE reads.
+    pub fn lease_read_age(&self) -> Duration {
+        Duration::from_millis(self.election_ms.1 / LEASE_CLOCK_RATE_BOUND)
     }
 
     /// How long a leadership hand-over (on shutdown, or `member

@@ -137,7 +137,15 @@ pub struct Node {
     /// How it finds the cluster when it (re)starts.
     pub membership: Membership,
     pub paused: bool,
+    /// Environment variables the process starts with besides the harness's
+    /// own (the chaos suite's clock faults set libfaketime's here).
+    pub env: Vec<(String, String)>,
 }
+
+/// libfaketime, from Debian's `faketime` package: preloaded into a node, it
+/// moves every clock the process reads (wall and monotonic) and scales its
+/// sleeps, so the whole process lives at the faked time and rate.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -150,6 +158,8 @@ pub struct Cluster {
     net: Option<(u8, u8)>,
     /// The test CA of a TLS cluster (`ClusterOptions::tls`).
     pub pki: Option<Pki>,
+    /// Every process start: which node, and when.
+    pub starts: Vec<(u64, Instant)>,
     /// What the harness's clients present to a TLS cluster.
     client_tls: Option<ClientTls>,
 }
@@ -197,6 +207,7 @@ impl Cluster {
             removed: Vec::new(),
             net,
             pki: None,
+            starts: Vec::new(),
             client_tls: None,
         };
         if c.opts.tls {
@@ -271,6 +282,7 @@ impl Cluster {
                 child: None,
                 membership,
                 paused: false,
+                env: Vec::new(),
             },
         );
     }
@@ -349,6 +361,7 @@ impl Cluster {
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -356,7 +369,22 @@ impl Cluster {
             .map_err(|e| std::io::Error::new(e.kind(), format!("start {}: {e}", bin.display())))?;
         n.child = Some(child);
         n.paused = false;
+        self.starts.push((id, Instant::now()));
         Ok(())
+    }
+
+    /// From its next start, node `id` runs under libfaketime with
+    /// `FAKETIME=spec` ("+600": its clocks 600 s ahead; "+0 x2": running
+    /// twice as fast); `None`: on the real clock again.
+    pub fn set_fake_clock(&mut self, id: u64, spec: Option<&str>) {
+        let n = self.nodes.get_mut(&id).expect("known node");
+        n.env = match spec {
+            Some(spec) => vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME".into(), spec.into()),
+            ],
+            None => Vec::new(),
+        };
     }
 
     /// Starts a stopped or killed node again on its data; panics if it runs.
@@ -616,9 +644,16 @@ impl Cluster {
     /// Cuts node `id` off from every other node (needs distinct IPs); the
     /// cut lasts until the returned firewall is healed or dropped.
     pub fn isolate(&self, id: u64) -> Firewall {
+        self.partition(&[id])
+    }
+
+    /// Cuts the nodes in `side` off from every other node, both ways (needs
+    /// distinct IPs); the cut lasts until the returned firewall is healed or
+    /// dropped.
+    pub fn partition(&self, side: &[u64]) -> Firewall {
         assert!(
             self.net.is_some(),
-            "isolating a node needs Addresses::DistinctIps"
+            "cutting links needs Addresses::DistinctIps"
         );
         static N: AtomicU16 = AtomicU16::new(0);
         let fw = Firewall::new(&format!(
@@ -627,14 +662,11 @@ impl Cluster {
             N.fetch_add(1, Ordering::Relaxed)
         ))
         .expect("nftables");
-        let others: Vec<&str> = self
-            .nodes
-            .values()
-            .filter(|n| n.id != id)
-            .map(|n| n.ip.as_str())
-            .collect();
-        fw.isolate(&self.nodes[&id].ip, &others)
-            .expect("cut the node off");
+        let (a, b): (Vec<&Node>, Vec<&Node>) =
+            self.nodes.values().partition(|n| side.contains(&n.id));
+        let ips =
+            |nodes: Vec<&Node>| -> Vec<String> { nodes.iter().map(|n| n.ip.clone()).collect() };
+        fw.cut(&ips(a), &ips(b)).expect("cut the links");
         fw
     }
 

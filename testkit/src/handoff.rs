@@ -40,6 +40,10 @@ pub struct Eviction {
     pub handoff_id: String,
     /// The leader's stamp on the `Evict` command (Unix ms).
     pub at_ms: u64,
+    /// The watcher's own clock when the event arrived (Unix ms): where
+    /// node clocks are faulted on purpose (the chaos suite), the one time
+    /// that is true.
+    pub seen_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +189,7 @@ impl EvictionWatch {
                             split.push(Eviction {
                                 handoff_id: format!("{}@{}", r.key, r.mod_revision),
                                 at_ms: e.at_ms,
+                                seen_ms: crate::now_ms(),
                             });
                         }
                         if !msg.more_in_revision {
@@ -242,6 +247,7 @@ mod tests {
         Eviction {
             handoff_id: id.into(),
             at_ms,
+            seen_ms: at_ms,
         }
     }
 
