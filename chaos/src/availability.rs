@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::history::{Call, Operation, Outcome};
+use crate::history::{Operation, Outcome};
 use crate::nemesis::{FaultKind, FaultRecord};
 
 /// One fault and the longest write outage that overlapped it.
@@ -38,7 +38,7 @@ pub struct KindSummary {
 pub fn acknowledged_writes(ops: &[Operation]) -> Vec<u64> {
     let mut acks: Vec<u64> = ops
         .iter()
-        .filter(|o| !matches!(o.call, Call::Get))
+        .filter(|o| !o.call.is_read())
         .filter(|o| matches!(o.outcome, Outcome::Written { .. }))
         .filter_map(|o| o.returned_at.map(|ns| ns / 1_000_000))
         .collect();
@@ -128,6 +128,7 @@ pub fn kind_name(kind: FaultKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Call;
 
     fn write(returned_ms: u64) -> Operation {
         Operation {
@@ -147,6 +148,7 @@ mod tests {
             leader_hit: None,
             started_ms,
             healed_ms,
+            clock: None,
         }
     }
 
@@ -167,7 +169,7 @@ mod tests {
     fn reads_unknown_and_refused_outcomes_are_not_acknowledged_writes() {
         let mut ops = vec![write(100), write(900)];
         ops.push(Operation {
-            call: Call::Get,
+            call: Call::GET,
             ..write(500)
         });
         ops.push(Operation {

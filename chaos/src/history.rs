@@ -13,13 +13,39 @@ pub enum Call {
         value: String,
         if_version: Option<u64>,
     },
-    Get,
+    /// A read, at one of the two levels checked for linearizability.
+    Get {
+        #[serde(default)]
+        level: ReadLevel,
+    },
     Delete {
         if_version: Option<u64>,
     },
     Complete {
         value: Option<String>,
     },
+}
+
+impl Call {
+    /// A LINEARIZABLE get.
+    pub const GET: Call = Call::Get {
+        level: ReadLevel::Linearizable,
+    };
+
+    pub fn is_read(&self) -> bool {
+        matches!(self, Call::Get { .. })
+    }
+}
+
+/// The read levels whose answers must be linearizable (STALE reads are
+/// checked for their own promises, in `staleness`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadLevel {
+    #[default]
+    Linearizable,
+    /// The leader's lease (no quorum round while it holds).
+    Lease,
 }
 
 /// Why a mutation or read was refused, as far as the model cares.

@@ -12,4 +12,6 @@ pub mod history;
 pub mod linearizability;
 pub mod model;
 pub mod nemesis;
+pub mod staleness;
+pub mod ttl;
 pub mod workload;

@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::history::{Call, Operation, Outcome};
+use crate::history::{Operation, Outcome};
 use crate::model::{step, State};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -50,7 +50,7 @@ pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
     // leaving it out is exact, and keeps it from multiplying the search.
     let ops: Vec<Operation> = ops
         .iter()
-        .filter(|o| !(o.call == Call::Get && o.outcome == Outcome::Unknown))
+        .filter(|o| !(o.call.is_read() && o.outcome == Outcome::Unknown))
         .cloned()
         .collect();
     let ops = &ops[..];
@@ -210,7 +210,7 @@ mod tests {
         let h = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
             op(1, update("b"), written(2), 20, Some(30)),
-            op(2, Call::Get, read("b", 2), 40, Some(50)),
+            op(2, Call::GET, read("b", 2), 40, Some(50)),
         ];
         assert_eq!(check_key(&h, T), Verdict::Linearizable);
     }
@@ -221,7 +221,7 @@ mod tests {
             op(1, insert("a"), written(1), 0, Some(10)),
             op(1, update("b"), written(2), 20, Some(30)),
             // Called after the update returned, yet sees the old value.
-            op(2, Call::Get, read("a", 1), 40, Some(50)),
+            op(2, Call::GET, read("a", 1), 40, Some(50)),
         ];
         assert_eq!(check_key(&h, T), Verdict::Violation);
     }
@@ -232,7 +232,7 @@ mod tests {
             let h = vec![
                 op(1, insert("a"), written(1), 0, Some(10)),
                 op(1, update("b"), written(2), 20, Some(60)),
-                op(2, Call::Get, seen, 30, Some(40)),
+                op(2, Call::GET, seen, 30, Some(40)),
             ];
             assert_eq!(check_key(&h, T), Verdict::Linearizable);
         }
@@ -244,8 +244,8 @@ mod tests {
         let h = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
             op(1, update("b"), written(2), 20, Some(100)),
-            op(2, Call::Get, read("b", 2), 30, Some(40)),
-            op(2, Call::Get, read("a", 1), 50, Some(60)),
+            op(2, Call::GET, read("b", 2), 30, Some(40)),
+            op(2, Call::GET, read("a", 1), 50, Some(60)),
         ];
         assert_eq!(check_key(&h, T), Verdict::Violation);
     }
@@ -255,14 +255,14 @@ mod tests {
         let took_effect = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
             op(1, update("b"), Outcome::Unknown, 20, None),
-            op(2, Call::Get, read("a", 1), 30, Some(40)),
-            op(2, Call::Get, read("b", 2), 500, Some(510)),
+            op(2, Call::GET, read("a", 1), 30, Some(40)),
+            op(2, Call::GET, read("b", 2), 500, Some(510)),
         ];
         assert_eq!(check_key(&took_effect, T), Verdict::Linearizable);
         let never = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
             op(1, update("b"), Outcome::Unknown, 20, None),
-            op(2, Call::Get, read("a", 1), 500, Some(510)),
+            op(2, Call::GET, read("a", 1), 500, Some(510)),
         ];
         assert_eq!(check_key(&never, T), Verdict::Linearizable);
     }
@@ -273,7 +273,7 @@ mod tests {
         let h = vec![
             op(1, insert("a"), written(1), 0, Some(10)),
             op(1, update("b"), written(2), 20, Some(30)),
-            op(2, Call::Get, read("b", 3), 40, Some(50)),
+            op(2, Call::GET, read("b", 3), 40, Some(50)),
         ];
         assert_eq!(check_key(&h, T), Verdict::Violation);
     }
@@ -284,7 +284,7 @@ mod tests {
             op(1, insert("a"), written(1), 0, Some(10)),
             op(
                 2,
-                Call::Get,
+                Call::GET,
                 Outcome::Refused {
                     refusal: Refusal::NotFound,
                 },
@@ -310,7 +310,7 @@ mod tests {
             ),
             op(
                 2,
-                Call::Get,
+                Call::GET,
                 Outcome::Read {
                     value: "z".into(),
                     version: 2,
@@ -321,7 +321,7 @@ mod tests {
             ),
             op(
                 2,
-                Call::Get,
+                Call::GET,
                 Outcome::Refused {
                     refusal: Refusal::NotFound,
                 },
@@ -345,13 +345,13 @@ mod tests {
     fn reads_without_an_answer_are_ignored() {
         let mut h = vec![op(1, insert("a"), written(1), 0, Some(10))];
         for i in 0..5_000 {
-            h.push(op(2, Call::Get, Outcome::Unknown, 20 + i, None));
+            h.push(op(2, Call::GET, Outcome::Unknown, 20 + i, None));
         }
         h.push(op(1, update("b"), written(2), 20, Some(30)));
-        h.push(op(3, Call::Get, read("a", 1), 40, Some(50)));
+        h.push(op(3, Call::GET, read("a", 1), 40, Some(50)));
         assert_eq!(check_key(&h, T), Verdict::Violation);
         h.pop();
-        h.push(op(3, Call::Get, read("b", 2), 40, Some(50)));
+        h.push(op(3, Call::GET, read("b", 2), 40, Some(50)));
         assert_eq!(check_key(&h, T), Verdict::Linearizable);
     }
 
@@ -361,7 +361,7 @@ mod tests {
         for c in 1..=12u32 {
             h.push(op(c, update(&format!("v{c}")), Outcome::Unknown, 10, None));
         }
-        h.push(op(99, Call::Get, read("v7", 2), 20, Some(30)));
+        h.push(op(99, Call::GET, read("v7", 2), 20, Some(30)));
         assert_eq!(check_key(&h, T), Verdict::Linearizable);
     }
 }

@@ -69,7 +69,7 @@ fn apply(s: &State, call: &Call) -> (State, Outcome) {
     };
     let if_version = match call {
         Call::Insert { .. } => return refused(Refusal::AlreadyExists),
-        Call::Get => {
+        Call::Get { .. } => {
             return (
                 s.clone(),
                 Outcome::Read {
@@ -108,6 +108,6 @@ fn apply(s: &State, call: &Call) -> (State, Outcome) {
                 version: version + 1,
             },
         ),
-        Call::Insert { .. } | Call::Get => unreachable!("returned above"),
+        Call::Insert { .. } | Call::Get { .. } => unreachable!("returned above"),
     }
 }

@@ -35,9 +35,16 @@ pub enum FaultKind {
     Membership,
     /// Restart every node in turn (SIGTERM), waiting for a leader in between.
     RollingRestart,
+    /// Restart one node (the leader, made leader again, or a follower) with
+    /// its clock running fast (1.25× to 2×); restart it normally at the end.
+    ClockFast,
+    /// The same with the clock running slow (0.5× to 0.8×).
+    ClockSlow,
+    /// The same with the wall clock jumped 2 to 10 minutes ahead.
+    ClockJump,
 }
 
-pub const ALL: [FaultKind; 10] = [
+pub const ALL: [FaultKind; 13] = [
     FaultKind::KillOne,
     FaultKind::KillLeader,
     FaultKind::KillMinority,
@@ -48,7 +55,25 @@ pub const ALL: [FaultKind; 10] = [
     FaultKind::OneWay,
     FaultKind::Membership,
     FaultKind::RollingRestart,
+    FaultKind::ClockFast,
+    FaultKind::ClockSlow,
+    FaultKind::ClockJump,
 ];
+
+/// A node that ran with a faked clock, and when (ms since the run's epoch:
+/// from its start under the fake clock to its restart with the real one).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ClockFault {
+    pub node: u64,
+    /// Clock seconds per real second.
+    pub rate: f64,
+    /// How far its wall clock was ahead, seconds.
+    pub ahead_s: u64,
+    /// Whether it led during the fault (made leader by a transfer).
+    pub led: bool,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
 
 /// The faults of a run: every kind once, in an order drawn from the seed,
 /// then `extra` more drawn at random.
@@ -75,6 +100,8 @@ pub struct FaultRecord {
     pub leader_hit: Option<bool>,
     pub started_ms: u64,
     pub healed_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockFault>,
 }
 
 /// Applies one fault for `hold`, then heals it. Returns what was done.
@@ -104,6 +131,7 @@ pub async fn inject(
     };
     let detail;
     let mut leader_hit = None;
+    let mut clock = None;
     match kind {
         FaultKind::KillOne | FaultKind::KillLeader | FaultKind::KillMinority => {
             let mut victims = match kind {
@@ -209,6 +237,51 @@ pub async fn inject(
             detail = format!("removed {gone}, added and promoted {fresh}");
             tokio::time::sleep(hold).await;
         }
+        FaultKind::ClockFast | FaultKind::ClockSlow | FaultKind::ClockJump => {
+            let (rate, ahead_s) = match kind {
+                FaultKind::ClockFast => (rng.random_range(125..=200u32) as f64 / 100.0, 0),
+                FaultKind::ClockSlow => (rng.random_range(50..=80u32) as f64 / 100.0, 0),
+                _ => (1.0, rng.random_range(120..=600u64)),
+            };
+            let on_leader = rng.random_bool(0.5);
+            let followers: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|x| Some(*x) != leader)
+                .collect();
+            let v = match leader {
+                Some(l) if on_leader => l,
+                _ => pick(rng, &followers),
+            };
+            let spec = if ahead_s > 0 {
+                format!("+{ahead_s}")
+            } else {
+                format!("+0 x{rate}")
+            };
+            c.terminate(v, Duration::from_secs(10));
+            c.set_fake_clock(v, Some(&spec));
+            c.spawn(v)?;
+            let from_ms = epoch.elapsed().as_millis() as u64;
+            // The leader is struck by making the faked node lead.
+            let led = on_leader && make_leader(c, v).await;
+            leader_hit = Some(led);
+            detail = format!(
+                "node {v} restarted with FAKETIME=\"{spec}\"{}",
+                if led { ", made leader" } else { "" }
+            );
+            tokio::time::sleep(hold).await;
+            c.terminate(v, Duration::from_secs(10));
+            c.set_fake_clock(v, None);
+            c.spawn(v)?;
+            clock = Some(ClockFault {
+                node: v,
+                rate,
+                ahead_s,
+                led,
+                from_ms,
+                to_ms: epoch.elapsed().as_millis() as u64,
+            });
+        }
         FaultKind::RollingRestart => {
             detail = format!("restarted {members:?} one by one");
             for id in &members {
@@ -226,5 +299,22 @@ pub async fn inject(
         leader_hit,
         started_ms,
         healed_ms: epoch.elapsed().as_millis() as u64,
+        clock,
     })
+}
+
+/// Transfers the leadership to `id` (once it has caught up) and waits until
+/// the cluster agrees on it: within 15 s, or false.
+async fn make_leader(c: &Cluster, id: u64) -> bool {
+    let admin = c.admin();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if c.leader().await == Some(id) {
+            return true;
+        }
+        // Refused while it catches up (or while no leader is known): ask again.
+        let _ = admin.transfer_leader(id).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }

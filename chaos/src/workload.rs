@@ -14,7 +14,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
-use crate::history::{Call, Operation, Outcome, Refusal};
+use crate::history::{Call, Operation, Outcome, ReadLevel, Refusal};
+use crate::staleness::{Ack, StaleRead};
+use crate::ttl;
 
 pub const KEYS: u64 = 8;
 /// Recording clients that share one client address (and one `Client`).
@@ -35,10 +37,20 @@ pub struct Recorded {
     /// that served them (`GetResponse::served_by`): followers serve these
     /// reads themselves, so more than one member shows up here.
     pub home_reads_by_member: std::collections::BTreeMap<u64, u64>,
+    /// STALE gets that found their record, from the home node.
+    pub stale_reads: Vec<StaleRead>,
+    /// Every acknowledged write's revision and return time.
+    pub acks: Vec<Ack>,
+    /// The TTL records (`ttl`).
+    pub ttl: Vec<ttl::Probe>,
 }
+
+/// The bound of the bounded STALE reads.
+pub const MAX_STALENESS_MS: u64 = 300;
 
 pub struct Workload {
     pub recorded: Arc<Mutex<Recorded>>,
+    ttl: Arc<Mutex<Vec<ttl::Probe>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -59,6 +71,7 @@ impl Workload {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
+        let probes = Arc::new(Mutex::new(Vec::new()));
         for (c, ip) in ips.into_iter().enumerate() {
             // The library's defaults for hedging and endpoint sync (what a
             // service gets without tuning), a shorter per-attempt deadline
@@ -74,6 +87,15 @@ impl Workload {
                 ..ClientOptions::default()
             };
             let client = Client::with_options(endpoints.clone(), opts.clone()).expect("client");
+            if c == 0 {
+                tasks.push(tokio::spawn(ttl::run(
+                    client.clone(),
+                    seed,
+                    epoch,
+                    stop.clone(),
+                    probes.clone(),
+                )));
+            }
             // Half of the reads go to the client's home node only, as a
             // client reading from its nearest node would: a follower serves
             // a linearizable read after the leader's read index is applied
@@ -106,6 +128,7 @@ impl Workload {
         }
         Workload {
             recorded,
+            ttl: probes,
             stop,
             tasks,
         }
@@ -116,7 +139,9 @@ impl Workload {
         for t in self.tasks {
             let _ = t.await;
         }
-        std::mem::take(&mut *self.recorded.lock())
+        let mut r = std::mem::take(&mut *self.recorded.lock());
+        r.ttl = std::mem::take(&mut *self.ttl.lock());
+        r
     }
 }
 
@@ -143,20 +168,41 @@ async fn run_client(
         let key = format!("k{k}");
         let value = format!("c{client_id}-{seq}");
         let roll = rng.random_range(0..100);
+        // Reads: 40% (LINEARIZABLE through the leader or from the home node,
+        // LEASE, STALE with and without a bound); writes: 60%.
         let call = match roll {
-            0..=34 => Call::Get,
-            35..=49 => Call::Update {
+            0..=19 => Call::GET,
+            20..=29 => Call::Get {
+                level: ReadLevel::Lease,
+            },
+            30..=39 => {
+                let bound = (roll < 35).then_some(MAX_STALENESS_MS);
+                let called_at = ns(epoch);
+                if let Some((served_by, revision)) = stale_get(&home, &key, bound).await {
+                    recorded.lock().stale_reads.push(StaleRead {
+                        client: client_id,
+                        key,
+                        served_by,
+                        max_staleness_ms: bound,
+                        called_at,
+                        returned_at: ns(epoch),
+                        revision,
+                    });
+                }
+                continue;
+            }
+            40..=51 => Call::Update {
                 value: value.clone(),
                 if_version: None,
             },
-            50..=64 => Call::Update {
+            52..=63 => Call::Update {
                 value: value.clone(),
                 if_version: seen[k as usize].or(Some(1)),
             },
-            65..=79 => Call::Insert {
+            64..=77 => Call::Insert {
                 value: value.clone(),
             },
-            80..=89 => Call::Complete {
+            78..=89 => Call::Complete {
                 value: Some(value.clone()),
             },
             _ => Call::Delete {
@@ -168,12 +214,14 @@ async fn run_client(
             },
         };
         let called_at = ns(epoch);
-        let via = if call == Call::Get && rng.random_bool(0.5) {
+        // Half of the LINEARIZABLE reads go to the home node only.
+        let via = if (10..=19).contains(&roll) {
             &home
         } else {
             &client
         };
-        let (outcome, completion, served_by) = execute(via, &key, &call).await;
+        let answer = execute(via, &key, &call).await;
+        let outcome = answer.outcome;
         let returned_at = (outcome != Outcome::Unknown).then(|| ns(epoch));
         match &outcome {
             Outcome::Read { version, .. } | Outcome::Written { version } => {
@@ -182,11 +230,17 @@ async fn run_client(
             _ => {}
         }
         let mut r = recorded.lock();
-        if let (Some(id), true) = (served_by, std::ptr::eq(via, &home)) {
+        if let (Some(id), true) = (answer.served_by, std::ptr::eq(via, &home)) {
             *r.home_reads_by_member.entry(id).or_default() += 1;
         }
-        if let Some(c) = completion {
+        if let Some(c) = answer.completion {
             r.completions.push(c);
+        }
+        if let (Some(revision), Some(returned_at)) = (answer.revision, returned_at) {
+            r.acks.push(Ack {
+                returned_at,
+                revision,
+            });
         }
         r.ops.push(Operation {
             client: client_id,
@@ -199,28 +253,55 @@ async fn run_client(
     }
 }
 
-/// Sends one call; maps the answer to an outcome, and for a Complete the
-/// record's hand-off id (known only when acknowledged), for a read that
-/// found its record the member that served it.
-async fn execute(
-    client: &Client,
-    key: &str,
-    call: &Call,
-) -> (Outcome, Option<Completion>, Option<u64>) {
+/// A STALE get from the home node, with or without a bound: the serving
+/// member and its applied revision, if it found the record.
+async fn stale_get(home: &Client, key: &str, bound: Option<u64>) -> Option<(u64, u64)> {
+    let g = home
+        .send_get(pb::GetRequest {
+            key: key.into(),
+            consistency: pb::Consistency::Stale as i32,
+            max_staleness_ms: bound,
+        })
+        .await
+        .ok()?;
+    g.record.is_some().then_some((g.served_by, g.revision))
+}
+
+/// What one call came back with.
+struct Answer {
+    outcome: Outcome,
+    /// For a Complete, the record's hand-off id (known only when acknowledged).
+    completion: Option<Completion>,
+    /// For a read that found its record, the member that served it.
+    served_by: Option<u64>,
+    /// For an acknowledged write, its revision.
+    revision: Option<u64>,
+}
+
+/// Sends one call and maps the answer.
+async fn execute(client: &Client, key: &str, call: &Call) -> Answer {
+    let answer = |outcome| Answer {
+        outcome,
+        completion: None,
+        served_by: None,
+        revision: None,
+    };
     let written = |r: Result<pb::MutationResponse, tonic::Status>| match r {
-        Ok(m) => Outcome::Written {
-            version: m.record.map(|r| r.version).unwrap_or(0),
+        Ok(m) => Answer {
+            outcome: Outcome::Written {
+                version: m.record.map(|r| r.version).unwrap_or(0),
+            },
+            revision: Some(m.revision),
+            ..answer(Outcome::Unknown)
         },
-        Err(e) => refusal(&e),
+        Err(e) => answer(refusal(&e)),
     };
     match call {
-        Call::Insert { value } => (written(client.insert(key, value.clone()).await), None, None),
-        Call::Update { value, if_version } => (
-            written(client.update(key, value.clone(), *if_version).await),
-            None,
-            None,
-        ),
-        Call::Delete { if_version } => (written(client.delete(key, *if_version).await), None, None),
+        Call::Insert { value } => written(client.insert(key, value.clone()).await),
+        Call::Update { value, if_version } => {
+            written(client.update(key, value.clone(), *if_version).await)
+        }
+        Call::Delete { if_version } => written(client.delete(key, *if_version).await),
         Call::Complete { value } => {
             let r = client
                 .complete(key, value.clone().map(String::into_bytes), None)
@@ -229,23 +310,31 @@ async fn execute(
                 handoff_id: format!("{key}@{}", m.revision),
                 acknowledged: true,
             });
-            (written(r), completion, None)
+            Answer {
+                completion,
+                ..written(r)
+            }
         }
-        Call::Get => match client.get(key, Consistency::Linearizable).await {
-            Ok(g) => match g.record {
-                Some(r) => (
-                    Outcome::Read {
-                        value: String::from_utf8_lossy(&r.value).into_owned(),
-                        version: r.version,
-                        completed: r.state != pb::RecordState::Live as i32,
+        Call::Get { level } => {
+            let consistency = match level {
+                ReadLevel::Linearizable => Consistency::Linearizable,
+                ReadLevel::Lease => Consistency::Lease,
+            };
+            match client.get(key, consistency).await {
+                Ok(g) => match g.record {
+                    Some(r) => Answer {
+                        served_by: Some(g.served_by),
+                        ..answer(Outcome::Read {
+                            value: String::from_utf8_lossy(&r.value).into_owned(),
+                            version: r.version,
+                            completed: r.state != pb::RecordState::Live as i32,
+                        })
                     },
-                    None,
-                    Some(g.served_by),
-                ),
-                None => (Outcome::Unknown, None, None),
-            },
-            Err(e) => (refusal(&e), None, None),
-        },
+                    None => answer(Outcome::Unknown),
+                },
+                Err(e) => answer(refusal(&e)),
+            }
+        }
     }
 }
 
