@@ -262,10 +262,11 @@ async fn linearizable_read_never_returns_a_value_older_than_an_acknowledged_writ
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_follower_hearing_only_from_a_deposed_leader_refuses_bounded_stale_reads() {
+/// A cluster of `nodes` on distinct addresses holding `call/1` ("ringing"),
+/// its client, its leader, and a follower that has applied the insert.
+async fn follower_holding_call_1(nodes: u64) -> (Cluster, Client, u64, u64) {
     let c = Cluster::start(ClusterOptions {
-        nodes: 5,
+        nodes,
         addresses: Addresses::DistinctIps,
         ..Default::default()
     })
@@ -273,9 +274,15 @@ async fn a_follower_hearing_only_from_a_deposed_leader_refuses_bounded_stale_rea
     let client = c.client();
     let first = client.insert("call/1", "ringing").await.unwrap();
     let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let f = (1..=5).find(|i| *i != leader).unwrap();
+    let f = (1..=nodes).find(|i| *i != leader).unwrap();
     c.wait_applied(f, first.revision, Duration::from_secs(5))
         .await;
+    (c, client, leader, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_hearing_only_from_a_deposed_leader_refuses_bounded_stale_reads() {
+    let (c, _client, leader, f) = follower_holding_call_1(5).await;
 
     // The leader and one follower on the minority side: the follower keeps
     // accepting the old leader's heartbeats while the majority elects
@@ -307,17 +314,7 @@ async fn a_follower_hearing_only_from_a_deposed_leader_refuses_bounded_stale_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_read_on_a_cut_off_follower_may_be_old_and_reports_its_revision() {
-    let c = Cluster::start(ClusterOptions {
-        addresses: Addresses::DistinctIps,
-        ..Default::default()
-    })
-    .await;
-    let client = c.client();
-    let first = client.insert("call/1", "ringing").await.unwrap();
-    let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let f = (1..=3).find(|i| *i != leader).unwrap();
-    c.wait_applied(f, first.revision, Duration::from_secs(5))
-        .await;
+    let (c, client, _leader, f) = follower_holding_call_1(3).await;
 
     let fw = c.isolate(f);
     let second = client.update("call/1", "answered", None).await.unwrap();

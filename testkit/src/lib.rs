@@ -12,7 +12,8 @@
 //!   `/metrics` samples;
 //! - [`ca`]: a certificate authority per test, for the TLS servers above;
 //! - [`tls`]: a test CA and the node and client certificates it signs, for
-//!   TLS clusters (`ClusterOptions::tls`).
+//!   TLS clusters (`ClusterOptions::tls`);
+//! - [`ttl`]: inserting with a TTL and checking that expiry runs.
 
 pub mod ca;
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod net;
 pub mod postgres;
 pub mod sink;
 pub mod tls;
+pub mod ttl;
 pub mod wait;
 
 pub use cluster::{
