@@ -68,9 +68,9 @@ impl LeaderClock {
         self.live_after.store(index, Ordering::Release);
     }
 
-    /// The newest stamp this node has applied, with the index of the last
-    /// entry applied: the leaders' time now, to carry on from should this
-    /// node lead. Ignored for entries its log held when it started, and when
+    /// A stamp this node just applied, with its entry's index: the leaders'
+    /// time now, to carry on from should this node lead. Ignored for entries
+    /// its log held when it started (their stamps are history), and when
     /// this clock is already ahead.
     pub fn observe(&self, index: u64, stamp_ms: u64) {
         if index > self.live_after.load(Ordering::Acquire) {

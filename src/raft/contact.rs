@@ -8,22 +8,26 @@
 //! sending appends to the followers on its side while the majority elects
 //! another and writes on; and an append can arrive seconds after it was
 //! sent (a paused process, TCP retransmitting after a partition heals). No
-//! clock comparison between nodes can tell those apart, so freshness rests
-//! on causality instead:
+//! comparison of clocks between nodes can tell those apart, so freshness
+//! rests on causality instead:
 //!
 //! 1. every answer a follower sends to an append carries a reading of its
 //!    own clock (`RaftMessage::clock`);
-//! 2. the leader remembers when each reading arrived ([`Echoes`]), and on
-//!    its next appends to that follower echoes the newest reading that
-//!    arrived before it sent what a quorum has since acknowledged
-//!    (`RaftMessage::fresh_as_of`);
-//! 3. the follower, once it has applied the commit index of that append,
-//!    holds every write acknowledged before its own reading: such a write
-//!    was committed before the leader sent that append (it was committed
-//!    before the reading, which came before the leader's quorum round), and
-//!    no newer leader can have acknowledged one, since the voters that
-//!    acknowledged this leader after the reading refuse any other candidate
-//!    for a lease after that.
+//! 2. the leader remembers when each reading arrived ([`Echoes`]). Once it
+//!    has applied an entry of its own term, each append it sends echoes the
+//!    newest reading of that follower that arrived before it sent what a
+//!    quorum has since acknowledged, with its applied index at the time of
+//!    sending (`RaftMessage::fresh_as_of`);
+//! 3. once the follower has applied that index, it holds every write
+//!    acknowledged before its own reading:
+//!    - one this leader acknowledged: applied here before the answer went
+//!      out, so before the reading, so at or below the index;
+//!    - one an earlier leader acknowledged: committed, so in this leader's
+//!      log, and applied here once an entry of this leader's term is;
+//!    - one a newer leader acknowledged: impossible. A quorum acknowledged
+//!      this leader's append after the reading, so each of them had not
+//!      yet voted for a newer term then, and a newer leader needs one of
+//!      them to commit anything.
 //!
 //! The freshness is measured on the follower's own clock only, so it holds
 //! whatever the other clocks do, and however late a message arrives.
@@ -34,10 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::NodeId;
-use crate::pb::PeerClock;
+use crate::pb::{Freshness, PeerClock};
 
-/// Contacts remembered while they wait for their commit index to be
-/// applied. Dropping the oldest only makes the state look older than it is.
+/// Evidence of freshness remembered while it waits for its index to be
+/// applied; past that, new evidence is folded into the newest.
 const PENDING_CONTACTS: usize = 256;
 
 #[derive(Debug)]
@@ -50,8 +54,8 @@ pub struct LeaderContact {
     /// The reading (ms since `epoch` + 1) as of which the state is known
     /// fresh (0 = not yet), as of the last `fresh_millis_since`.
     fresh: AtomicU64,
-    /// Contacts whose commit index was not applied yet: (commit index, the
-    /// reading it makes the state fresh as of), at most `PENDING_CONTACTS`.
+    /// Evidence whose index was not applied yet: (index, the reading it
+    /// makes the state fresh as of), at most `PENDING_CONTACTS`.
     pending: Mutex<VecDeque<(u64, u64)>>,
 }
 
@@ -76,12 +80,23 @@ impl LeaderContact {
         }
     }
 
-    /// The leader's append was accepted; it carried `leader_commit`, and
-    /// `fresh_as_of`, one of this node's readings the leader echoed (none,
-    /// or another process's: no evidence of freshness).
-    pub fn touch(&self, leader_commit: u64, fresh_as_of: Option<PeerClock>) {
-        let fresh = fresh_as_of.filter(|c| c.id == self.clock_id).map(|c| c.ms);
-        self.touch_at(self.now(), leader_commit, fresh);
+    /// The leader's append was accepted.
+    pub fn heard(&self) {
+        self.last.fetch_max(self.now(), Ordering::Relaxed);
+    }
+
+    /// An append from a leader carried `fresh_as_of` (a reading of another
+    /// process, the same node before a restart, is not evidence).
+    pub fn note(&self, fresh_as_of: Option<Freshness>) {
+        if let Some(Freshness {
+            reading: Some(reading),
+            index,
+        }) = fresh_as_of
+        {
+            if reading.id == self.clock_id {
+                self.note_at(self.now(), index, reading.ms);
+            }
+        }
     }
 
     /// Milliseconds since the last contact; `None` if there was none.
@@ -100,20 +115,23 @@ impl LeaderContact {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    fn touch_at(&self, now: u64, leader_commit: u64, fresh: Option<u64>) {
-        self.last.fetch_max(now, Ordering::Relaxed);
+    fn note_at(&self, now: u64, index: u64, fresh: u64) {
         // A reading from the future is not one of ours.
-        let Some(fresh) = fresh.filter(|f| (1..=now).contains(f)) else {
+        if !(1..=now).contains(&fresh) {
             return;
-        };
-        let mut pending = self.pending.lock();
-        match pending.back_mut() {
-            // Once `commit` is applied, this contact shows that state too.
-            Some((commit, at)) if *commit >= leader_commit => *at = (*at).max(fresh),
-            _ => pending.push_back((leader_commit, fresh)),
         }
-        if pending.len() > PENDING_CONTACTS {
-            pending.pop_front();
+        let mut pending = self.pending.lock();
+        let full = pending.len() >= PENDING_CONTACTS;
+        match pending.back_mut() {
+            // Once `commit` is applied, this evidence holds too.
+            Some((commit, at)) if *commit >= index => *at = (*at).max(fresh),
+            // Full: fold into the newest, which then needs the higher index
+            // (the older evidence stays, to be reached first).
+            Some((commit, at)) if full => {
+                *commit = index;
+                *at = (*at).max(fresh);
+            }
+            _ => pending.push_back((index, fresh)),
         }
     }
 
@@ -130,8 +148,11 @@ impl LeaderContact {
     }
 }
 
-/// Readings: how many are kept per follower, newest last.
-const READINGS_KEPT: usize = 32;
+/// Readings kept per follower, newest last, at least `READING_SPACING`
+/// apart: 64 of them cover at least 320 ms, more than a quorum round takes,
+/// however many appends a burst answers.
+const READINGS_KEPT: usize = 64;
+const READING_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The leader's side: the followers' clock readings and when each arrived.
 #[derive(Default)]
@@ -150,6 +171,13 @@ impl Echoes {
     fn arrived_at(&self, target: NodeId, reading: PeerClock, at: tokio::time::Instant) {
         let mut all = self.readings.lock();
         let kept = all.entry(target).or_default();
+        // Keeping the older of two close readings only loses a few ms.
+        if kept
+            .back()
+            .is_some_and(|(_, last)| at < *last + READING_SPACING)
+        {
+            return;
+        }
         kept.push_back((reading, at));
         if kept.len() > READINGS_KEPT {
             kept.pop_front();
@@ -181,11 +209,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_follower_is_fresh_only_once_it_has_applied_what_the_contact_carried() {
+    fn a_follower_is_fresh_only_once_it_has_applied_the_echoed_index() {
         let c = LeaderContact::default();
-        // At 1,000 ms an append echoes our reading of 980 and says: committed 50.
-        c.touch_at(1_000, 50, Some(980));
-        assert_eq!(since(1_100, c.last.load(Ordering::Relaxed)), Some(100));
+        // At 1,000 ms an append echoes our reading of 980 with index 50.
+        c.note_at(1_000, 50, 980);
         // Applied only up to 40: no evidence of freshness yet.
         assert_eq!(c.fresh_at(1_100, 40), None);
         // Applied 50: fresh as of 980.
@@ -193,51 +220,54 @@ mod tests {
     }
 
     #[test]
-    fn late_or_unconfirmed_appends_make_no_follower_fresh() {
+    fn late_appends_and_strangers_readings_make_no_follower_fresher() {
         let c = LeaderContact::default();
-        c.touch_at(1_000, 50, Some(990));
+        c.note_at(1_000, 50, 990);
         assert_eq!(c.fresh_at(1_000, 50), Some(10));
         // An append that arrives at 6,000 but echoes a reading of 1,000 (it
-        // was sent then, or its leader lost its quorum since): contact, and
-        // fresh as of 1,000 only.
-        c.touch_at(6_000, 55, Some(1_000));
+        // was sent then, or its leader lost its quorum since): fresh as of
+        // 1,000 only.
+        c.note_at(6_000, 55, 1_000);
         assert_eq!(c.fresh_at(6_000, 55), Some(5_000));
-        // One that echoes nothing counts as contact only.
-        c.touch_at(7_000, 60, None);
-        assert_eq!(c.fresh_at(7_000, 60), Some(6_000));
-        assert_eq!(since(7_000, c.last.load(Ordering::Relaxed)), Some(0));
-        // Readings of another process (before a restart) do not count.
+        // Hearing from the leader is contact, not freshness.
+        c.heard();
+        assert_eq!(c.fresh_at(6_000, 55), Some(5_000));
+        // Readings of another process (before a restart) do not count, nor
+        // do readings from the future.
         let stranger = PeerClock {
             id: c.clock_id.wrapping_add(1),
-            ms: 7_000,
+            ms: 1,
         };
-        c.touch(60, Some(stranger));
-        assert!(c.fresh_at(7_000, 60) >= Some(6_000));
+        c.note(Some(Freshness {
+            reading: Some(stranger),
+            index: 0,
+        }));
+        c.note_at(6_000, 0, 7_000);
+        assert_eq!(c.fresh_at(6_000, 60), Some(5_000));
     }
 
     #[test]
-    fn a_lagging_follower_catches_up_contact_by_contact() {
+    fn a_lagging_follower_catches_up_evidence_by_evidence() {
         let c = LeaderContact::default();
-        for (t, commit) in [(100, 10), (200, 20), (300, 30)] {
-            c.touch_at(t, commit, Some(t));
+        for (t, index) in [(100, 10), (200, 20), (300, 30)] {
+            c.note_at(t, index, t);
         }
-        assert_eq!(
-            c.fresh_at(400, 25),
-            Some(200),
-            "fresh as of the contact with 20"
-        );
+        assert_eq!(c.fresh_at(400, 25), Some(200), "the evidence with 20");
         assert_eq!(c.fresh_at(400, 30), Some(100));
     }
 
     #[test]
-    fn pending_contacts_are_bounded() {
+    fn pending_evidence_is_bounded_and_the_oldest_stays_reachable() {
         let c = LeaderContact::default();
-        for i in 1..=(PENDING_CONTACTS as u64 * 2) {
-            c.touch_at(i, i, Some(i));
+        let n = PENDING_CONTACTS as u64 * 2;
+        for i in 1..=n {
+            c.note_at(i, i, i);
         }
         assert_eq!(c.pending.lock().len(), PENDING_CONTACTS);
-        // The oldest were dropped: applied up to them proves nothing.
-        assert_eq!(c.fresh_at(1_000, 10), None);
+        // An apply that lags far behind still reaches the oldest evidence ...
+        assert_eq!(c.fresh_at(n, 10), Some(n - 10));
+        // ... and the newest, folded together, once it has applied them all.
+        assert_eq!(c.fresh_at(n, n), Some(0));
     }
 }
 
@@ -255,6 +285,8 @@ mod echo_tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         assert_eq!(e.echo(2, at(0)), None, "no readings yet");
         e.arrived_at(2, reading(100), at(10));
+        // Too close to the one before: not kept.
+        e.arrived_at(2, reading(102), at(12));
         e.arrived_at(2, reading(120), at(30));
         // A quorum round sent at 20, between the two: only the first counts.
         assert_eq!(e.echo(2, at(20)), Some(reading(100)));

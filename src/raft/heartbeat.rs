@@ -25,7 +25,7 @@ use tonic::Streaming;
 
 use super::TypeConfig;
 use crate::codec;
-use crate::pb::{PeerClock, RaftMessage};
+use crate::pb::{Freshness, PeerClock, RaftMessage};
 
 /// Heartbeats waiting to go out on the stream, at most (one at a time is
 /// the norm).
@@ -55,7 +55,7 @@ impl HeartbeatLink {
     pub(super) async fn send<F, Fut>(
         &self,
         req: &AppendEntriesRequest<TypeConfig>,
-        fresh_as_of: Option<PeerClock>,
+        fresh_as_of: Option<Freshness>,
         open: F,
     ) -> Result<(StreamAppendResult<TypeConfig>, Option<PeerClock>), RPCError<TypeConfig>>
     where

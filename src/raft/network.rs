@@ -42,7 +42,7 @@ use super::{NodeId, PeerNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::codec;
 use crate::metrics::{PeerLabels, METRICS};
 use crate::pb::raft_client::RaftClient;
-use crate::pb::{PeerClock, RaftMessage, SnapshotChunk};
+use crate::pb::{Freshness, RaftMessage, SnapshotChunk};
 use crate::wire::ReloadableClientTls;
 
 /// Size of the pieces a snapshot is streamed in.
@@ -58,9 +58,9 @@ pub struct PeerNetwork {
     source_ip: Option<IpAddr>,
     /// The cluster CA and this node's certificate, when peers speak TLS.
     tls: Option<ReloadableClientTls>,
-    /// This node's Raft, once it runs: appends echo the followers' clock
-    /// readings only while it leads with a quorum (`contact`).
-    raft: Arc<std::sync::OnceLock<super::Raft>>,
+    /// This node's Raft and table, once it runs: appends echo the followers'
+    /// clock readings only while it leads with a quorum (`contact`).
+    raft: Arc<std::sync::OnceLock<(super::Raft, Arc<crate::state::Table>)>>,
     /// The followers' clock readings, as their answers brought them.
     echoes: Arc<Echoes>,
 }
@@ -102,28 +102,39 @@ impl PeerNetwork {
 
 impl PeerNetwork {
     /// From now on, appends sent through this network echo followers' clock
-    /// readings while `raft` leads (`RaftMessage::fresh_as_of`).
-    pub(super) fn attach(&self, raft: super::Raft) {
-        let _ = self.raft.set(raft);
+    /// readings while `raft` leads (`RaftMessage::fresh_as_of`); `table` is
+    /// its state machine's.
+    pub(super) fn attach(&self, raft: super::Raft, table: Arc<crate::state::Table>) {
+        let _ = self.raft.set((raft, table));
     }
 
-    /// What an append to `target` echoes as `fresh_as_of`: on a leader, the
-    /// newest reading of `target`'s clock that arrived before the leader sent
-    /// what a quorum last acknowledged.
-    fn fresh_as_of(&self, target: NodeId) -> Option<PeerClock> {
-        let raft = self.raft.get()?;
+    /// What an append to `target` echoes as `fresh_as_of` (`contact`): on a
+    /// leader that has applied an entry of its own term, the newest reading
+    /// of `target`'s clock that arrived before the leader sent what a quorum
+    /// last acknowledged, with the leader's applied index now.
+    fn fresh_as_of(&self, target: NodeId) -> Option<Freshness> {
+        let (raft, table) = self.raft.get()?;
         let rx = raft.metrics();
         // Read `now` first: the instant computed is then no later than the
         // real one (a reading that arrived just after it does not count).
         let now = tokio::time::Instant::now();
         let quorum_acked = {
             let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
-            if m.state != openraft::ServerState::Leader {
+            let own_term_applied = m
+                .last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term);
+            if m.state != openraft::ServerState::Leader || !own_term_applied {
                 return None;
             }
             now.checked_sub(openraft::Instant::elapsed(&**m.last_quorum_acked.as_ref()?))?
         };
-        self.echoes.echo(target, quorum_acked)
+        let reading = self.echoes.echo(target, quorum_acked)?;
+        // Read after the reading arrived: every write this leader
+        // acknowledged before it is applied here by now.
+        Some(Freshness {
+            reading: Some(reading),
+            index: table.revision(),
+        })
     }
 
     /// Asks the leader at peer address `addr` for its read index (follower

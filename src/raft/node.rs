@@ -225,6 +225,19 @@ impl Node {
         .validate()
         .context("invalid Raft settings")?;
 
+        if !log.is_pristine() {
+            // openraft reloads a restarted voter's vote without the lease it
+            // was honouring, so it would vote for a new leader at once, while
+            // the leader it acknowledged just before it stopped may still
+            // serve LEASE reads. Sitting out one lease (MAX) first keeps
+            // LEASE reads linearizable across restarts.
+            let lease = Duration::from_millis(s.timing.election_ms.1);
+            tracing::info!(
+                ?lease,
+                "restarted on an existing log: waiting out a leader's lease before joining in"
+            );
+            tokio::time::sleep(lease).await;
+        }
         let clock = Arc::new(LeaderClock::new(super::wall_clock_us));
         clock.live_after(log.last_index());
         sm.feed_clock(clock.clone());
@@ -238,7 +251,7 @@ impl Node {
         )
         .await
         .context("starting the Raft node")?;
-        network.attach(raft.clone());
+        network.attach(raft.clone(), table.clone());
         let (proposals, proposals_rx) = mpsc::unbounded_channel();
         let (read_index, read_index_rx) = mpsc::unbounded_channel();
         let (lease, lease_rx) = mpsc::unbounded_channel();
@@ -261,8 +274,10 @@ impl Node {
                 raft.clone(),
                 // A lease younger than `lease_read_age` (not openraft's
                 // default, MAX): the margin for clocks that drift. Past it,
-                // the read asks for a heartbeat round and waits for it.
-                LinearizerOption::new(Some(s.timing.lease_read_age()), true),
+                // the read asks for a heartbeat round and waits for it, at
+                // most MIN: a leader cut off from its quorum answers soon.
+                LinearizerOption::new(Some(s.timing.lease_read_age()), true)
+                    .with_wait_timeout(s.timing.leader_suspect_after()),
                 lease_rx,
             )),
         ];
@@ -564,20 +579,32 @@ impl Node {
         }
     }
 
-    /// A leader is as fresh as its last quorum acknowledgement; a follower as
-    /// its last contact from a leader.
+    /// A leader is as fresh as what its quorum last acknowledged, once it has
+    /// applied an entry of its own term (before that it may lack writes its
+    /// predecessor acknowledged); a follower as the leader's latest echo of
+    /// its clock whose index it has applied (`contact`).
     fn check_staleness(&self, max: u64) -> Result<(), Error> {
-        let source = if self.is_leader() {
-            "confirmed its leadership with a quorum"
-        } else {
-            "heard from the leader with a commit index it has applied"
+        let leader_age = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow_watched();
+            (m.state == ServerState::Leader).then(|| {
+                let own_term_applied = m
+                    .last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term);
+                m.last_quorum_acked
+                    .as_ref()
+                    .filter(|_| own_term_applied)
+                    .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
+            })
         };
-        let age = if self.is_leader() {
-            self.leader_contact_ms()
-        } else {
-            self.inner
-                .contact
-                .fresh_millis_since(self.inner.table.revision())
+        let (age, source) = match leader_age {
+            Some(age) => (age, "confirmed its leadership with a quorum"),
+            None => (
+                self.inner
+                    .contact
+                    .fresh_millis_since(self.inner.table.revision()),
+                "had the leader confirm its state",
+            ),
         };
         match age {
             Some(s) if s <= max => Ok(()),
@@ -585,7 +612,7 @@ impl Node {
                 "max_staleness_ms: this node last {source} {s} ms ago, more than {max} ms; read from another node"
             ))),
             None => Err(Error::Unavailable(format!(
-                "max_staleness_ms: this node has not {source} since it started; read from another node"
+                "max_staleness_ms: this node has not {source} yet; read from another node"
             ))),
         }
     }

@@ -20,8 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use super::batch::Reply;
 use super::follower_read::{ReadIndexRequest, ReadIndexResponse};
 use super::node::LeaderContact;
@@ -82,22 +80,16 @@ fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft node stopped: {e}"))
 }
 
-/// Whether an AppendEntries answer counts as contact with the leader for
-/// `max_staleness_ms`: only one this node accepted (its log now matches the
-/// sender's up to the entries sent). A `Conflict` (our log diverges, so we
-/// may lack what the leader has) or a `HigherVote` (the sender is not our
-/// leader: a deposed leader still sending) says nothing about how fresh our
-/// state is, so it must not make a STALE read look fresh.
+/// Whether an AppendEntries answer counts as contact with the leader (a
+/// follower that heard from it lately sends clients there): only one this
+/// node accepted. A `Conflict` or a `HigherVote` (the sender is not our
+/// leader: a deposed leader still sending) does not. How fresh the state
+/// is, for `max_staleness_ms`, is another matter: `contact`.
 pub(super) fn counts_as_contact(resp: &AppendEntriesResponse<TypeConfig>) -> bool {
     match resp {
         AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) => true,
         AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => false,
     }
-}
-
-/// The leader's commit index an append carries (0: none yet).
-fn leader_commit(req: &AppendEntriesRequest<TypeConfig>) -> u64 {
-    req.leader_commit.map_or(0, |l| l.index)
 }
 
 /// [`counts_as_contact`] for one answer on a replication stream: `Ok` is an
@@ -122,12 +114,11 @@ impl crate::pb::raft_server::Raft for PeerService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let echo = req.get_ref().fresh_as_of;
+        self.contact.note(req.get_ref().fresh_as_of);
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        let commit = leader_commit(&rpc);
         let resp = self.raft.append_entries(rpc).await.map_err(stopped)?;
         if counts_as_contact(&resp) {
-            self.contact.touch(commit, echo);
+            self.contact.heard();
         }
         let mut answer = encode(&resp)?;
         answer.get_mut().clock = Some(self.contact.reading());
@@ -140,11 +131,7 @@ impl crate::pb::raft_server::Raft for PeerService {
         &self,
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        // Each answer is for the request that went in at the same place
-        // (openraft answers a stream in order): its commit index and the
-        // leader's confirmed age go with it.
-        let commits = Arc::new(Mutex::new(std::collections::VecDeque::new()));
-        let noted = commits.clone();
+        let noted = self.contact.clone();
         // The input ends at the first message that fails to arrive or decode;
         // openraft then sees the stream close and the leader reconnects.
         let input = req
@@ -154,13 +141,9 @@ impl crate::pb::raft_server::Raft for PeerService {
                 let noted = noted.clone();
                 async move {
                     let m = m.ok()?;
+                    noted.note(m.fresh_as_of);
                     match codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
-                        Ok(r) => {
-                            noted
-                                .lock()
-                                .push_back((leader_commit(&r), m.fresh_as_of));
-                            Some(r)
-                        }
+                        Ok(r) => Some(r),
                         Err(e) => {
                             tracing::warn!(error = %e, "stream-append: undecodable request; closing stream");
                             None
@@ -174,11 +157,8 @@ impl crate::pb::raft_server::Raft for PeerService {
             .stream_append(Box::pin(input))
             .map(move |r| match r {
                 Ok(result) => {
-                    let commit = commits.lock().pop_front();
-                    if let (true, Some((commit, echo))) =
-                        (stream_counts_as_contact(&result), commit)
-                    {
-                        contact.touch(commit, echo);
+                    if stream_counts_as_contact(&result) {
+                        contact.heard();
                     }
                     codec::encode(&result)
                         .map(|payload| RaftMessage {

@@ -60,7 +60,7 @@ struct Inner {
     keeping: Mutex<()>,
     /// Snapshots being built or installed, by their expected size.
     snapshots: Reservations,
-    /// The node's leader clock, told the newest stamp after every apply.
+    /// The node's leader clock, told the newest stamp of every applied batch.
     clock: std::sync::OnceLock<Arc<LeaderClock>>,
 }
 
@@ -151,8 +151,9 @@ impl StateMachine {
         }
     }
 
-    /// Tells `clock` the newest applied stamp after every apply, so that
-    /// this node carries on from the leaders' time should it lead.
+    /// Tells `clock` the newest stamp of every applied batch (with its
+    /// entry's index), so that this node carries on from the leaders' time
+    /// should it lead.
     pub fn feed_clock(&self, clock: Arc<LeaderClock>) {
         let _ = self.inner.clock.set(clock);
     }
@@ -376,13 +377,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let table = &self.inner.table;
-        let mut last = None;
+        // The newest stamp applied in this batch, and its entry's index.
+        let mut newest: Option<(u64, u64)> = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let index = log_id.index;
-            last = Some(index);
             let outcome = match entry.payload {
-                EntryPayload::Normal(cmd) => Some(table.apply(index, &cmd)),
+                EntryPayload::Normal(cmd) => {
+                    if newest.is_none_or(|(_, at)| cmd.at_ms >= at) {
+                        newest = Some((index, cmd.at_ms));
+                    }
+                    Some(table.apply(index, &cmd))
+                }
                 EntryPayload::Membership(m) => {
                     self.inner.applied.lock().1 = StoredMembership::new(Some(log_id), m);
                     table.advance_revision(index);
@@ -399,8 +405,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(outcome);
             }
         }
-        if let (Some(clock), Some(index)) = (self.inner.clock.get(), last) {
-            clock.observe(index, table.last_stamp_ms());
+        if let (Some(clock), Some((index, at_ms))) = (self.inner.clock.get(), newest) {
+            clock.observe(index, at_ms);
         }
         Ok(())
     }

@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
-/// LEASE reads stay linearizable while any two members' clocks run at rates
-/// within this factor of each other (one at half the speed of another, or
-/// twice): see [`Timing::lease_read_age`]. Real clocks drift by parts per
-/// million; the bound is there for a clock that misbehaves (a paused VM, a
-/// broken clock source).
+/// LEASE reads stay linearizable while any two members' monotonic clocks
+/// run at rates within this factor of each other (one at half the speed of
+/// another, or twice): see [`Timing::lease_read_age`]. Real clocks drift by
+/// parts per million; the bound is there for a clock source that
+/// misbehaves. It does not cover a monotonic clock that stops or leaps (a
+/// host suspended and resumed): no rate bound does. A paused process is
+/// fine (its clock runs on), and so is a restarted one: a node restarted on
+/// its log sits out one lease before it joins in (`Node::start`).
 pub const LEASE_CLOCK_RATE_BOUND: u64 = 2;
 
 /// The failover timing of one node.
