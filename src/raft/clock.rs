@@ -7,7 +7,8 @@
 //!
 //! The stamp instead advances with the monotonic clock (`Instant`) since the
 //! previous stamp, and the wall clock only pulls it gradually: by at most
-//! [`SLEW_MS_PER_SEC`] ms per second of monotonic time, ahead or back. So a
+//! [`SLEW_MS_PER_SEC`] ms per second of monotonic time, ahead or back. A
+//! wall clock at most [`SNAP_AHEAD_MS`] ahead is taken at once. So a
 //! wall clock that jumps an hour ahead is caught up over ten hours, during
 //! which time runs 10% fast; one that jumps back makes time run 10% slow
 //! until the wall clock catches up, never backwards. Small drift is
@@ -37,6 +38,12 @@ use parking_lot::Mutex;
 /// How fast the stamp may move toward the wall clock beyond monotonic
 /// progress: ms per second (10%).
 pub const SLEW_MS_PER_SEC: u64 = 100;
+
+/// A wall clock at most this far ahead of the stamp is taken at once:
+/// ordinary drift, and the few ms by which a new leader's continuation of
+/// its predecessor's time trails the real time (a stamp is applied some
+/// time after it was taken). Further ahead is a jump, absorbed by the slew.
+pub const SNAP_AHEAD_MS: u64 = 1_000;
 
 /// One node's leader clock. Only a leader stamps; a follower's clock is
 /// idle and picks up (monotonic progress, slew, the replicated floor) when
@@ -129,6 +136,9 @@ impl LeaderClock {
 /// clock by at most the slew. Never below `prev_us`.
 fn step(prev_us: u64, elapsed_us: u64, wall_us: u64) -> u64 {
     let mono = prev_us.saturating_add(elapsed_us);
+    if wall_us >= mono && wall_us - mono <= SNAP_AHEAD_MS * 1_000 {
+        return wall_us;
+    }
     let slew = elapsed_us.saturating_mul(SLEW_MS_PER_SEC) / 1000;
     if wall_us >= mono {
         mono + (wall_us - mono).min(slew)
@@ -225,6 +235,17 @@ mod tests {
         let end = t + Duration::from_secs(11 * 3_600);
         let s = c.stamp_at(end, T0 + hour + 11 * hour, 0);
         assert_eq!(s, T0 + hour + 11 * hour);
+    }
+
+    #[test]
+    fn a_wall_clock_a_little_ahead_is_taken_at_once() {
+        let (c, t) = clock();
+        // Carrying on from a predecessor's stamp applied 20 ms after it was taken.
+        c.observe_at(t, T0 - 20);
+        assert_eq!(c.stamp_at(t, T0, 0), T0);
+        // Ordinary drift ahead, within the snap.
+        let s = c.stamp_at(t + Duration::from_secs(1), T0 + 1_000 + SNAP_AHEAD_MS, 0);
+        assert_eq!(s, T0 + 1_000 + SNAP_AHEAD_MS);
     }
 
     #[test]
