@@ -197,6 +197,28 @@ impl Echoes {
     }
 }
 
+/// How long ago this node last confirmed its leadership with a quorum, as
+/// the leader's own evidence of freshness: `None` when it does not lead;
+/// `Some(None)` while it leads without that evidence yet. It counts only
+/// once an entry of its own term is applied: before that, its state may
+/// lack writes that an earlier leader acknowledged.
+pub fn leader_confirmed_ago(
+    m: &openraft::RaftMetrics<super::TypeConfig>,
+) -> Option<Option<std::time::Duration>> {
+    if m.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let own_term_applied = m
+        .last_applied
+        .is_some_and(|l| l.leader_id.term == m.current_term);
+    Some(
+        m.last_quorum_acked
+            .as_ref()
+            .filter(|_| own_term_applied)
+            .map(|t| openraft::Instant::elapsed(&**t)),
+    )
+}
+
 fn since(now: u64, t: u64) -> Option<u64> {
     match t {
         0 => None,

@@ -120,13 +120,7 @@ impl PeerNetwork {
         let now = tokio::time::Instant::now();
         let quorum_acked = {
             let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
-            let own_term_applied = m
-                .last_applied
-                .is_some_and(|l| l.leader_id.term == m.current_term);
-            if m.state != openraft::ServerState::Leader || !own_term_applied {
-                return None;
-            }
-            now.checked_sub(openraft::Instant::elapsed(&**m.last_quorum_acked.as_ref()?))?
+            now.checked_sub(super::contact::leader_confirmed_ago(&m)??)?
         };
         let reading = self.echoes.echo(target, quorum_acked)?;
         // Read after the reading arrived: every write this leader

@@ -587,15 +587,7 @@ impl Node {
         let leader_age = {
             let rx = self.inner.raft.metrics();
             let m = rx.borrow_watched();
-            (m.state == ServerState::Leader).then(|| {
-                let own_term_applied = m
-                    .last_applied
-                    .is_some_and(|l| l.leader_id.term == m.current_term);
-                m.last_quorum_acked
-                    .as_ref()
-                    .filter(|_| own_term_applied)
-                    .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
-            })
+            super::contact::leader_confirmed_ago(&m).map(|ago| ago.map(|d| d.as_millis() as u64))
         };
         let (age, source) = match leader_age {
             Some(age) => (age, "confirmed its leadership with a quorum"),
