@@ -132,25 +132,20 @@ impl crate::pb::raft_server::Raft for PeerService {
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let noted = self.contact.clone();
-        // The input ends at the first message that fails to arrive or decode;
-        // openraft then sees the stream close and the leader reconnects.
+        // The input ends at the first message that fails to arrive or decode
+        // (the appends after it would leave a gap); openraft then sees the
+        // stream close and the leader reconnects.
         let input = req
             .into_inner()
-            .take_while(|m| futures::future::ready(m.is_ok()))
-            .filter_map(move |m| {
-                let noted = noted.clone();
-                async move {
-                    let m = m.ok()?;
-                    noted.note(m.fresh_as_of);
-                    match codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "stream-append: undecodable request; closing stream");
-                            None
-                        }
-                    }
-                }
-            });
+            .map(move |m| {
+                let m = m.map_err(drop)?;
+                noted.note(m.fresh_as_of);
+                codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).map_err(|e| {
+                    tracing::warn!(error = %e, "stream-append: undecodable request; closing stream");
+                })
+            })
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| futures::future::ready(r.ok()));
         let contact = self.contact.clone();
         let output = self
             .raft
