@@ -43,6 +43,14 @@ impl Timing {
                  followers start elections against a live leader"
             ));
         }
+        let lease_ms = max / LEASE_CLOCK_RATE_BOUND;
+        if heartbeat_ms >= lease_ms {
+            return Err(format!(
+                "--heartbeat-ms {heartbeat_ms}: must be below half the election timeout's maximum \
+                 ({lease_ms} ms, the age of the quorum acknowledgement a LEASE read relies on), or an \
+                 idle leader's lease lapses between heartbeats and every LEASE read waits for a quorum round"
+            ));
+        }
         Ok(Timing {
             election_ms,
             heartbeat_ms,
@@ -123,6 +131,14 @@ mod tests {
             .unwrap_err()
             .contains("300..150"));
         assert!(Timing::new((0, 10), None).is_err());
+        // Below MIN but not below MAX / 2: LEASE reads would lapse when idle.
+        let e = Timing::new((200, 300), Some(160)).unwrap_err();
+        assert!(
+            e.contains("half the election timeout's maximum (150 ms)"),
+            "{e}"
+        );
+        // The default, MIN / 3, is always below MAX / 2.
+        assert!(Timing::new((200, 210), None).is_ok());
         assert_eq!(
             Timing::new((150, 300), Some(100)).unwrap().heartbeat_ms,
             100
