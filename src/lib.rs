@@ -49,6 +49,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod resp;
 pub mod shutdown;
 pub mod state;
 pub mod tls;

@@ -68,6 +68,8 @@ pub struct ServeOptions {
     /// The peer port: `Raft` only.
     pub peer_listen: SocketAddr,
     pub http: Option<SocketAddr>,
+    /// The Redis protocol port (`crate::resp`).
+    pub resp_listen: Option<SocketAddr>,
     /// id → addresses of every initial voter (empty when joining).
     pub initial_cluster: BTreeMap<u64, MemberAddr>,
     /// Endpoints of an existing cluster to join as a learner.
@@ -116,6 +118,14 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let resp_listener = match o.resp_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--resp-listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     // Open the sinks first: a sink that cannot even be opened (a directory
     // that cannot be created) is a configuration error, reported at startup.
     let ca = o.handoff.sink_ca_file.as_deref();
@@ -144,6 +154,7 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
         grpc = %o.listen,
         peer = %o.peer_listen,
         http = ?o.http,
+        resp = ?o.resp_listen,
         durability = node.durability().as_str(),
         data_dir = %o.raft.data_dir.display(),
         sink = %o.handoff.sink,
@@ -163,16 +174,31 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
     // to wire::MAX_WATCH_MESSAGE_BYTES: the encoding limit is that, a
     // backstop that turns a larger message into an error status.
     let max_msg = o.limits.max_value_bytes * 2 + (1 << 20);
-    let records = pb::in_flight_server::InFlightServer::new(InFlightService::new(
+    let records_service = InFlightService::new(
         node.clone(),
         listeners.signal(),
         o.limits,
         o.retention,
         handoff.clone(),
         o.auth.clone(),
-    ))
-    .max_decoding_message_size(max_msg.max(16 << 20))
-    .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
+    );
+    if let Some(l) = resp_listener {
+        // The client port's TLS and roles: a RESP client is who its
+        // certificate says, as on gRPC.
+        listeners.spawn(
+            "resp",
+            crate::resp::serve(
+                l,
+                records_service.clone(),
+                tls.client_port.clone(),
+                o.max_connections,
+                listeners.signal(),
+            ),
+        );
+    }
+    let records = pb::in_flight_server::InFlightServer::new(records_service)
+        .max_decoding_message_size(max_msg.max(16 << 20))
+        .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
     let cluster = pb::cluster_server::ClusterServer::new(
         ClusterService::new(node.clone(), handoff.clone(), o.auth.clone())
             .with_peer_port(tls.peer_port.clone()),

@@ -25,7 +25,9 @@ pub use cluster::{node_status, ClusterService};
 pub use errors::ApiError;
 pub use grpc_metrics::GrpcMetricsLayer;
 pub use records::{InFlightService, Retention};
-pub use validate::{Limits, BATCH_VALUE_FACTOR, MAX_BATCH_OPS, MAX_REQUEST_ID_BYTES};
+pub use validate::{
+    Limits, BATCH_VALUE_FACTOR, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_REQUEST_ID_BYTES, MAX_SCAN_LIMIT,
+};
 
 use crate::pb;
 use crate::state::{Record, RecordState};

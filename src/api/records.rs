@@ -145,7 +145,7 @@ impl InFlightService {
     // One handler per operation, shared by the unary calls and the frames of
     // the batching session (`session.rs`).
 
-    pub(super) async fn insert(
+    pub(crate) async fn insert(
         &self,
         caller: &Caller,
         wait: LeaderWait,
@@ -158,7 +158,7 @@ impl InFlightService {
         self.propose_one(op, id, wait).await
     }
 
-    pub(super) async fn update(
+    pub(crate) async fn update(
         &self,
         caller: &Caller,
         wait: LeaderWait,
@@ -171,7 +171,7 @@ impl InFlightService {
         self.propose_one(op, id, wait).await
     }
 
-    pub(super) async fn delete(
+    pub(crate) async fn delete(
         &self,
         caller: &Caller,
         wait: LeaderWait,
@@ -184,7 +184,7 @@ impl InFlightService {
         self.propose_one(op, id, wait).await
     }
 
-    pub(super) async fn complete(
+    pub(crate) async fn complete(
         &self,
         caller: &Caller,
         wait: LeaderWait,
@@ -198,7 +198,7 @@ impl InFlightService {
     }
 
     /// `timeout`: the caller's deadline, if it sent one (`grpc-timeout`).
-    pub(super) async fn get(
+    pub(crate) async fn get(
         &self,
         caller: &Caller,
         wait: LeaderWait,
@@ -221,6 +221,82 @@ impl InFlightService {
                 key: r.key,
             })),
         }
+    }
+
+    /// An atomic batch: every op is authorized before anything is proposed.
+    pub(crate) async fn batch(
+        &self,
+        caller: &Caller,
+        r: pb::BatchRequest,
+    ) -> Result<pb::BatchResponse, ApiError> {
+        let ops = batch_ops(&self.limits, r.ops)?;
+        // All or nothing, like the batch itself: one op outside the grant
+        // refuses the whole batch, before anything is proposed.
+        for (i, op) in ops.iter().enumerate() {
+            self.auth
+                .check(caller, Operation::Write, Target::Key(op.key()))
+                .map_err(|denied| ApiError::PermissionDenied {
+                    op: Some(i),
+                    denied,
+                })?;
+        }
+        let applied = self
+            .propose(ops, r.request_id, true, LeaderWait::Answer)
+            .await?;
+        let revision = applied.first().map(|a| a.revision).unwrap_or(0);
+        let mut results: Vec<_> = applied.into_iter().map(mutation_response).collect();
+        // 1,000 completes of large records must not answer with all their values.
+        response::bound_values(&mut results, RESPONSE_BYTES, response::mutation_record);
+        Ok(pb::BatchResponse { results, revision })
+    }
+
+    /// One page of the records under a prefix.
+    pub(crate) async fn scan(
+        &self,
+        caller: &Caller,
+        timeout: Option<std::time::Duration>,
+        r: pb::ScanRequest,
+    ) -> Result<pb::ScanResponse, ApiError> {
+        self.auth
+            .check(caller, Operation::Read, Target::Prefix(&r.prefix))?;
+        self.limits.prefix("prefix", &r.prefix)?;
+        self.limits.prefix("after_key", &r.after_key)?;
+        let limit = self.limits.scan_limit(r.limit)?;
+        self.read_barrier(
+            r.consistency,
+            r.max_staleness_ms,
+            LeaderWait::Answer,
+            timeout,
+        )
+        .await?;
+        let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
+        // The table stops a page once its values reach the bound, which the
+        // last record's value (and 10,000 keys of 512 bytes) can pass: the
+        // page is cut to what fits in the encoded answer.
+        let (page, revision) = self.read(|s| s.scan(&r.prefix, after, limit, RESPONSE_BYTES))?;
+        let mut records: Vec<pb::Record> = page
+            .records
+            .into_iter()
+            .map(|(k, v)| record_to_pb(k, v))
+            .collect();
+        let fits = response::scan_page_len(&records, RESPONSE_BYTES);
+        let more = page.more || fits < records.len();
+        records.truncate(fits);
+        Ok(pb::ScanResponse {
+            records,
+            more,
+            revision,
+            served_by: self.node.id(),
+        })
+    }
+
+    /// The node behind the service (status, clock, table size).
+    pub(crate) fn node(&self) -> &raft::Node {
+        &self.node
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Reads the local table, and the revision it is at (read after the data,
@@ -424,26 +500,9 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
         let caller = Caller::of(&req);
-        let r = req.into_inner();
-        let ops = batch_ops(&self.limits, r.ops)?;
-        // All or nothing, like the batch itself: one op outside the grant
-        // refuses the whole batch, before anything is proposed.
-        for (i, op) in ops.iter().enumerate() {
-            self.auth
-                .check(&caller, Operation::Write, Target::Key(op.key()))
-                .map_err(|denied| ApiError::PermissionDenied {
-                    op: Some(i),
-                    denied,
-                })?;
-        }
-        let applied = self
-            .propose(ops, r.request_id, true, LeaderWait::Answer)
-            .await?;
-        let revision = applied.first().map(|a| a.revision).unwrap_or(0);
-        let mut results: Vec<_> = applied.into_iter().map(mutation_response).collect();
-        // 1,000 completes of large records must not answer with all their values.
-        response::bound_values(&mut results, RESPONSE_BYTES, response::mutation_record);
-        Ok(Response::new(pb::BatchResponse { results, revision }))
+        Ok(Response::new(
+            InFlightService::batch(self, &caller, req.into_inner()).await?,
+        ))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -465,39 +524,9 @@ impl pb::in_flight_server::InFlight for InFlightService {
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let caller = Caller::of(&req);
         let timeout = crate::wire::grpc_timeout(req.metadata());
-        let r = req.into_inner();
-        self.auth
-            .check(&caller, Operation::Read, Target::Prefix(&r.prefix))
-            .map_err(ApiError::from)?;
-        self.limits.prefix("prefix", &r.prefix)?;
-        self.limits.prefix("after_key", &r.after_key)?;
-        let limit = self.limits.scan_limit(r.limit)?;
-        self.read_barrier(
-            r.consistency,
-            r.max_staleness_ms,
-            LeaderWait::Answer,
-            timeout,
-        )
-        .await?;
-        let after = (!r.after_key.is_empty()).then_some(r.after_key.as_str());
-        // The table stops a page once its values reach the bound, which the
-        // last record's value (and 10,000 keys of 512 bytes) can pass: the
-        // page is cut to what fits in the encoded answer.
-        let (page, revision) = self.read(|s| s.scan(&r.prefix, after, limit, RESPONSE_BYTES))?;
-        let mut records: Vec<pb::Record> = page
-            .records
-            .into_iter()
-            .map(|(k, v)| record_to_pb(k, v))
-            .collect();
-        let fits = response::scan_page_len(&records, RESPONSE_BYTES);
-        let more = page.more || fits < records.len();
-        records.truncate(fits);
-        Ok(Response::new(pb::ScanResponse {
-            records,
-            more,
-            revision,
-            served_by: self.node.id(),
-        }))
+        Ok(Response::new(
+            InFlightService::scan(self, &caller, timeout, req.into_inner()).await?,
+        ))
     }
 
     type WatchStream = WatchStream;

@@ -49,6 +49,9 @@ pub struct DevArgs {
     /// HTTP port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 8001)]
     pub http_port: u16,
+    /// Redis protocol port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 6381)]
+    pub resp_port: u16,
     /// Where every node hands off finished records (default: file:DIR/postflight).
     #[arg(long, value_parser = crate::handoff::SinkSpecParser)]
     pub sink: Option<SinkSpec>,
@@ -134,6 +137,7 @@ impl DevArgs {
             Membership::Initial(members),
         );
         n.http = Some(format!("127.0.0.1:{}", self.http_port + id - 1));
+        n.resp = Some(format!("127.0.0.1:{}", self.resp_port + id - 1));
         n.durability = Some(self.durability);
         n.sink = Some(self.sink());
         if self.tls {
@@ -276,9 +280,10 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let scheme = if args.tls { "https" } else { "http" };
     for (id, ep) in ids.iter().zip(&endpoints) {
         println!(
-            "  node {id}: grpc {ep}  peer {}  http {scheme}://127.0.0.1:{}  log {}",
+            "  node {id}: grpc {ep}  peer {}  http {scheme}://127.0.0.1:{}  resp 127.0.0.1:{}  log {}",
             args.peer(*id),
             args.http_port + id - 1,
+            args.resp_port + id - 1,
             args.dir.join(format!("node-{id}.log")).display()
         );
     }

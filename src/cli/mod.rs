@@ -352,6 +352,10 @@ pub struct ServeArgs {
     /// HTTP address for /livez, /readyz, /status, /metrics, /cluster and the status page at /.
     #[arg(long, env = "INFLIGHT_HTTP")]
     pub http: Option<SocketAddr>,
+    /// Redis protocol (RESP2/RESP3) address for clients: the same records,
+    /// limits, TLS and roles as --listen (README "The Redis protocol").
+    #[arg(long, env = "INFLIGHT_RESP_LISTEN")]
+    pub resp_listen: Option<SocketAddr>,
     /// The initial voters: ID=CLIENT_HOST:PORT/PEER_HOST:PORT,... (the
     /// lowest id initializes the cluster once).
     #[arg(long, env = "INFLIGHT_INITIAL_CLUSTER", conflicts_with = "join")]
@@ -669,6 +673,7 @@ impl ServeArgs {
             listen: self.listen,
             peer_listen: self.peer_listen,
             http: self.http,
+            resp_listen: self.resp_listen,
             auth: std::sync::Arc::new(auth),
             initial_cluster,
             join: self.join,

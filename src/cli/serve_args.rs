@@ -33,6 +33,8 @@ pub struct NodeArgs {
     pub peer_listen: String,
     /// HTTP HOST:PORT.
     pub http: Option<String>,
+    /// RESP HOST:PORT.
+    pub resp: Option<String>,
     pub membership: Membership,
     pub durability: Option<Durability>,
     pub snapshot_every: Option<u64>,
@@ -69,6 +71,7 @@ impl NodeArgs {
             listen,
             peer_listen,
             http: None,
+            resp: None,
             membership,
             durability: None,
             snapshot_every: None,
@@ -103,6 +106,9 @@ impl NodeArgs {
         };
         if let Some(http) = &self.http {
             flag("--http", http.clone());
+        }
+        if let Some(resp) = &self.resp {
+            flag("--resp-listen", resp.clone());
         }
         match &self.membership {
             Membership::Initial(members) => flag("--initial-cluster", initial_cluster(members)),

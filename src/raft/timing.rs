@@ -134,7 +134,7 @@ mod tests {
         // Below MIN but not below MAX / 2: LEASE reads would lapse when idle.
         let e = Timing::new((200, 300), Some(160)).unwrap_err();
         assert!(
-            e.contains("half the election timeout's maximum (150 ms)"),
+            e.contains("below half the election timeout's maximum (150 ms"),
             "{e}"
         );
         // The default, MIN / 3, is always below MAX / 2.

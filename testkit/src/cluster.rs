@@ -131,6 +131,8 @@ pub struct Node {
     /// Peer gRPC HOST:PORT.
     pub peer: String,
     pub http: String,
+    /// Redis protocol HOST:PORT (not on a fixed-port subnet).
+    pub resp: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -252,7 +254,7 @@ impl Cluster {
 
     fn add(&mut self, id: u64, membership: Membership) {
         let ip = self.ip(id);
-        let (grpc, peer, http) = match self.opts.addresses {
+        let (grpc, peer, http, resp) = match self.opts.addresses {
             Addresses::Subnet {
                 grpc_port,
                 peer_port,
@@ -262,11 +264,13 @@ impl Cluster {
                 format!("{ip}:{grpc_port}"),
                 format!("{ip}:{peer_port}"),
                 format!("{ip}:{http_port}"),
+                None,
             ),
             _ => (
                 format!("{ip}:{}", free_port()),
                 format!("{ip}:{}", free_port()),
                 format!("{ip}:{}", free_port()),
+                Some(format!("{ip}:{}", free_port())),
             ),
         };
         self.nodes.insert(
@@ -277,6 +281,7 @@ impl Cluster {
                 grpc,
                 peer,
                 http,
+                resp,
                 data_dir: self.dir.join(format!("node-{id}")),
                 log: self.dir.join(format!("node-{id}.log")),
                 child: None,
@@ -299,6 +304,7 @@ impl Cluster {
             n.membership.clone(),
         );
         a.http = Some(n.http.clone());
+        a.resp = n.resp.clone();
         a.peer_source_ip = (n.ip != "127.0.0.1").then(|| n.ip.clone());
         a.durability = o.durability;
         a.snapshot_every = o.snapshot_every;

@@ -1,0 +1,452 @@
+//! One connection's state and the commands about the connection: `HELLO`,
+//! `CLIENT`, `SELECT`, `CONSISTENCY`, `REQID`, `MULTI`/`EXEC`. Record
+//! commands are in `records.rs`, `COMMAND` and `INFO` in `introspect.rs`.
+//!
+//! A command is either about the connection, answered at once in the order
+//! sent, or about records ([`Step::Keys`]), run as a future that `conn.rs`
+//! lets overlap with its neighbours in a pipeline when they touch other
+//! keys.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::cursors::Cursors;
+use super::introspect::{command_info, info};
+use super::records::{arity, error, key, number, record_of, version, SetMode, SetOptions};
+use super::reply::Reply;
+use crate::api::InFlightService;
+use crate::auth::Caller;
+use crate::pb;
+
+/// What every connection of a port shares.
+pub struct Shared {
+    pub svc: InFlightService,
+    pub cursors: Cursors,
+    pub next_client_id: std::sync::atomic::AtomicU64,
+}
+
+/// One connection's settings, changed by its commands.
+pub struct Session {
+    pub id: u64,
+    pub name: Option<Bytes>,
+    pub resp3: bool,
+    pub caller: Caller,
+    pub peer: String,
+    pub(super) consistency: pb::Consistency,
+    pub(super) max_staleness_ms: Option<u64>,
+    /// `REQID`: the request id of the next write.
+    pub(super) request_id: Option<String>,
+    /// Commands queued by `MULTI`, and whether one was refused.
+    pub(super) multi: Option<(Vec<pb::BatchOp>, Vec<Kind>, bool)>,
+}
+
+/// What a command turned into.
+pub enum Step {
+    /// Answered already.
+    Now(Reply),
+    /// Answered, then the connection closes (`QUIT`).
+    Close(Reply),
+    /// Work on these keys (all of them, for a scan or `EXEC`: `None`).
+    Keys(Option<Vec<String>>, BoxFuture<'static, Reply>),
+}
+
+/// The reply shape of a write queued in `MULTI`.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Ok,
+    Version,
+    One,
+}
+
+impl Session {
+    pub fn new(id: u64, caller: Caller, peer: String) -> Session {
+        Session {
+            id,
+            name: None,
+            resp3: false,
+            caller,
+            peer,
+            consistency: pb::Consistency::Linearizable,
+            max_staleness_ms: None,
+            request_id: None,
+            multi: None,
+        }
+    }
+
+    /// Whether `name` is a record command that may join a pipeline's wave
+    /// (outside `MULTI`, every other command waits for the wave before it).
+    pub fn is_record_command(&self, name: &[u8]) -> bool {
+        const RECORD: &[&str] = &[
+            "GET", "MGET", "EXISTS", "SET", "DEL", "IF.SET", "IF.DEL", "COMPLETE", "RECORD", "TTL",
+            "PTTL", "EXPIRE", "PEXPIRE", "PERSIST", "SCAN", "EXEC",
+        ];
+        self.multi.is_none()
+            && RECORD
+                .iter()
+                .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Turns one command into a [`Step`].
+    pub fn run(&mut self, shared: &Arc<Shared>, args: Vec<Bytes>) -> Step {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let a = &args[1..];
+        if self.multi.is_some()
+            && !matches!(
+                name.as_str(),
+                "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT"
+            )
+        {
+            return Step::Now(self.queue(&name, a));
+        }
+        match self.connection_command(shared, &name, a) {
+            Some(step) => step,
+            None => match self.record_command(shared, &name, a) {
+                Ok(step) => step,
+                Err(reply) => Step::Now(reply),
+            },
+        }
+    }
+
+    fn connection_command(
+        &mut self,
+        shared: &Arc<Shared>,
+        name: &str,
+        a: &[Bytes],
+    ) -> Option<Step> {
+        let reply = match name {
+            "PING" => match a {
+                [] => Reply::Simple("PONG"),
+                [m] => Reply::bulk(m.clone()),
+                _ => arity(name),
+            },
+            "ECHO" => match a {
+                [m] => Reply::bulk(m.clone()),
+                _ => arity(name),
+            },
+            "QUIT" => return Some(Step::Close(Reply::OK)),
+            "HELLO" => self.hello(shared, a),
+            "AUTH" => Reply::err(
+                "ERR AUTH: this port has no passwords; a client is identified by its TLS \
+                 certificate (--client-cert-file on the node's client port)",
+            ),
+            "SELECT" => match a {
+                [db] if db.as_ref() == b"0" => Reply::OK,
+                [_] => Reply::err("ERR DB index is out of range (inflight has database 0 only)"),
+                _ => arity(name),
+            },
+            "CLIENT" => self.client(a),
+            "COMMAND" => command_info(a),
+            "INFO" => info(&shared.svc, a),
+            "DBSIZE" if a.is_empty() => Reply::Int(shared.svc.node().table().len() as i64),
+            "DBSIZE" => arity(name),
+            "CONSISTENCY" => self.set_consistency(a),
+            "REQID" => match a {
+                [id] => match std::str::from_utf8(id) {
+                    Ok(id) if !id.is_empty() => {
+                        self.request_id = Some(id.to_string());
+                        Reply::OK
+                    }
+                    _ => Reply::err("ERR REQID: the id must be non-empty UTF-8 text"),
+                },
+                _ => arity(name),
+            },
+            "MULTI" if self.multi.is_some() => Reply::err("ERR MULTI calls can not be nested"),
+            "MULTI" => {
+                self.multi = Some((Vec::new(), Vec::new(), false));
+                Reply::OK
+            }
+            "DISCARD" => match self.multi.take() {
+                Some(_) => Reply::OK,
+                None => Reply::err("ERR DISCARD without MULTI"),
+            },
+            "WATCH" | "UNWATCH" => Reply::err(
+                "ERR WATCH is not supported: make a MULTI block conditional with IF.SET and \
+                 IF.DEL, which apply only at the version you read (all or nothing)",
+            ),
+            "EXEC" => return Some(self.exec(shared)),
+            _ => return None,
+        };
+        Some(Step::Now(reply))
+    }
+
+    fn hello(&mut self, shared: &Arc<Shared>, a: &[Bytes]) -> Reply {
+        let mut rest = a;
+        if let [v, tail @ ..] = a {
+            match v.as_ref() {
+                b"2" => self.resp3 = false,
+                b"3" => self.resp3 = true,
+                _ => return Reply::err("NOPROTO unsupported protocol version"),
+            }
+            rest = tail;
+        }
+        while let [opt, tail @ ..] = rest {
+            match (opt.to_ascii_uppercase().as_slice(), tail) {
+                (b"SETNAME", [n, tail @ ..]) => {
+                    self.name = Some(n.clone());
+                    rest = tail;
+                }
+                (b"AUTH", _) => {
+                    return Reply::err(
+                        "ERR AUTH: this port has no passwords; a client is identified by its TLS certificate",
+                    )
+                }
+                _ => return Reply::err("ERR syntax error in HELLO"),
+            }
+        }
+        let node = shared.svc.node();
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("inflight")),
+            (
+                Reply::text("version"),
+                Reply::text(env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                Reply::text("proto"),
+                Reply::Int(if self.resp3 { 3 } else { 2 }),
+            ),
+            (Reply::text("id"), Reply::Int(self.id as i64)),
+            (Reply::text("mode"), Reply::text("standalone")),
+            (
+                Reply::text("role"),
+                Reply::text(if node.is_leader() {
+                    "master"
+                } else {
+                    "replica"
+                }),
+            ),
+            (Reply::text("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn client(&mut self, a: &[Bytes]) -> Reply {
+        let Some(sub) = a.first() else {
+            return arity("CLIENT");
+        };
+        match (sub.to_ascii_uppercase().as_slice(), &a[1..]) {
+            (b"SETNAME", [n]) => {
+                if n.iter().any(|b| *b <= b' ' || *b > b'~') {
+                    return Reply::err(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!n.is_empty()).then(|| n.clone());
+                Reply::OK
+            }
+            (b"GETNAME", []) => self.name.clone().map(Reply::Bulk).unwrap_or(Reply::Null),
+            (b"ID", []) => Reply::Int(self.id as i64),
+            (b"INFO", []) => Reply::text(format!(
+                "id={} addr={} name={} db=0 resp={}\n",
+                self.id,
+                self.peer,
+                self.name
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default(),
+                if self.resp3 { 3 } else { 2 }
+            )),
+            // Client libraries announce themselves; nothing to keep.
+            (b"SETINFO", [_, _]) => Reply::OK,
+            _ => Reply::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for 'CLIENT {}'",
+                String::from_utf8_lossy(sub)
+            )),
+        }
+    }
+
+    fn set_consistency(&mut self, a: &[Bytes]) -> Reply {
+        let level = a.first().map(|l| l.to_ascii_lowercase());
+        let (c, max) = match (level.as_deref(), &a[a.len().min(1)..]) {
+            (Some(b"linearizable"), []) => (pb::Consistency::Linearizable, None),
+            (Some(b"lease"), []) => (pb::Consistency::Lease, None),
+            (Some(b"stale"), []) => (pb::Consistency::Stale, None),
+            (Some(b"stale"), [ms]) => {
+                match number(ms) {
+                    Some(ms) if ms >= 0 => (pb::Consistency::Stale, Some(ms as u64)),
+                    _ => return Reply::err(
+                        "ERR CONSISTENCY stale: max-staleness-ms must be a non-negative integer",
+                    ),
+                }
+            }
+            _ => return Reply::err("ERR CONSISTENCY linearizable|lease|stale [max-staleness-ms]"),
+        };
+        self.consistency = c;
+        self.max_staleness_ms = max;
+        Reply::OK
+    }
+
+    /// The request id for the next write, taken.
+    pub(super) fn take_request_id(&mut self) -> String {
+        self.request_id.take().unwrap_or_default()
+    }
+
+    /// A command that may not carry a request id (it is more than one write).
+    pub(super) fn no_request_id(&mut self, name: &str) -> Result<(), Reply> {
+        match self.request_id.take() {
+            None => Ok(()),
+            Some(_) => Err(Reply::err(format!(
+                "ERR REQID: {name} reads and then writes conditionally, so a retry could differ \
+                 from the first attempt; REQID applies to SET NX, SET XX, IF.SET, IF.DEL, DEL of \
+                 one key, COMPLETE and EXEC"
+            ))),
+        }
+    }
+
+    pub(super) fn get_request(&self, key: String) -> pb::GetRequest {
+        pb::GetRequest {
+            key,
+            consistency: self.consistency as i32,
+            max_staleness_ms: self.max_staleness_ms,
+        }
+    }
+
+    /// A command inside `MULTI`: checked and queued as an op of the batch
+    /// that `EXEC` proposes.
+    fn queue(&mut self, name: &str, a: &[Bytes]) -> Reply {
+        let op = queued_op(name, a);
+        let Some((ops, kinds, failed)) = self.multi.as_mut() else {
+            return Reply::err("ERR internal: no MULTI");
+        };
+        match op {
+            Ok((op, kind)) => {
+                ops.push(op);
+                kinds.push(kind);
+                Reply::Simple("QUEUED")
+            }
+            Err(e) => {
+                *failed = true;
+                e
+            }
+        }
+    }
+
+    fn exec(&mut self, shared: &Arc<Shared>) -> Step {
+        let Some((ops, kinds, failed)) = self.multi.take() else {
+            return Step::Now(Reply::err("ERR EXEC without MULTI"));
+        };
+        if failed {
+            return Step::Now(Reply::err(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+        }
+        if ops.is_empty() {
+            return Step::Now(Reply::Array(Vec::new()));
+        }
+        let sh = shared.clone();
+        let caller = self.caller.clone();
+        let req = pb::BatchRequest {
+            ops,
+            request_id: self.take_request_id(),
+        };
+        Step::Keys(
+            None,
+            async move {
+                match sh.svc.batch(&caller, req).await {
+                    Ok(b) => Reply::Array(
+                        b.results
+                            .into_iter()
+                            .zip(kinds)
+                            .map(|(m, kind)| match kind {
+                                Kind::Ok => Reply::OK,
+                                Kind::One => Reply::Int(1),
+                                Kind::Version => Reply::Int(record_of(m).version as i64),
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => error(e),
+                }
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// The ops `MULTI` accepts: those that are one write each, whatever the
+/// state (a plain `SET` is a read and a write, so it cannot join a batch).
+fn queued_op(name: &str, a: &[Bytes]) -> Result<(pb::BatchOp, Kind), Reply> {
+    use pb::batch_op::Op;
+    let (op, kind) =
+        match name {
+            "SET" => {
+                let o = SetOptions::parse(a)?;
+                if o.get {
+                    return Err(Reply::err(
+                        "ERR SET ... GET cannot be queued in MULTI: it reads",
+                    ));
+                }
+                match o.mode {
+                    SetMode::Insert => (
+                        Op::Insert(pb::InsertRequest {
+                            key: o.key,
+                            value: o.value.to_vec(),
+                            ttl_ms: o.ttl.ms(),
+                            request_id: String::new(),
+                        }),
+                        Kind::Ok,
+                    ),
+                    SetMode::Update => (Op::Update(o.update(None, String::new())), Kind::Ok),
+                    SetMode::Upsert => return Err(Reply::err(
+                        "ERR a SET without NX or XX cannot be queued in MULTI: it is a read and a \
+                         conditional write; use SET NX (insert) or SET XX (update)",
+                    )),
+                }
+            }
+            "IF.SET" => {
+                let [k, v, value] = a else {
+                    return Err(arity(name));
+                };
+                (
+                    Op::Update(pb::UpdateRequest {
+                        key: key(k)?,
+                        value: value.to_vec(),
+                        if_version: Some(version(v)?),
+                        ttl_ms: None,
+                        clear_ttl: false,
+                        request_id: String::new(),
+                    }),
+                    Kind::Version,
+                )
+            }
+            "IF.DEL" | "DEL" => {
+                let (k, v) = match (name, a) {
+                    ("IF.DEL", [k, v]) => (k, Some(version(v)?)),
+                    ("DEL", [k]) => (k, None),
+                    ("DEL", _) => return Err(Reply::err("ERR DEL in MULTI takes one key")),
+                    _ => return Err(arity(name)),
+                };
+                (
+                    Op::Delete(pb::DeleteRequest {
+                        key: key(k)?,
+                        if_version: v,
+                        request_id: String::new(),
+                    }),
+                    Kind::One,
+                )
+            }
+            "COMPLETE" => {
+                let (k, value) = match a {
+                    [k] => (k, None),
+                    [k, v] => (k, Some(v.to_vec())),
+                    _ => return Err(arity(name)),
+                };
+                (
+                    Op::Complete(pb::CompleteRequest {
+                        key: key(k)?,
+                        value,
+                        if_version: None,
+                        request_id: String::new(),
+                    }),
+                    Kind::Version,
+                )
+            }
+            _ => {
+                return Err(Reply::err(format!(
+                    "ERR {name} cannot be queued in MULTI: a MULTI block is one atomic batch of \
+                 writes (SET NX, SET XX, IF.SET, IF.DEL, DEL, COMPLETE)"
+                )))
+            }
+        };
+    Ok((pb::BatchOp { op: Some(op) }, kind))
+}

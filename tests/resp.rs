@@ -1,0 +1,599 @@
+//! The RESP port (`--resp-listen`) on a real 3-node cluster: every command
+//! through the `redis` crate in RESP2 and RESP3, the error cases on a raw
+//! socket (the connection stays usable, or closes for bytes that are not
+//! RESP), pipelining through the proposal batching, followers, redis-cli,
+//! and redis-py.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use redis::Value;
+use testkit::cluster::refusing_sink;
+use testkit::http::metric;
+use testkit::{Cluster, ClusterOptions};
+
+fn resp_addr(c: &Cluster, id: u64) -> String {
+    c.nodes[&id]
+        .resp
+        .clone()
+        .expect("test clusters open a RESP port")
+}
+
+async fn connect(addr: &str, resp3: bool) -> redis::aio::MultiplexedConnection {
+    let proto = if resp3 { "?protocol=resp3" } else { "" };
+    redis::Client::open(format!("redis://{addr}/{proto}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn cmd(
+    c: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<Value> {
+    let mut k = redis::cmd(args[0]);
+    for a in &args[1..] {
+        k.arg(*a);
+    }
+    k.query_async(c).await
+}
+
+fn code(e: &redis::RedisError) -> String {
+    e.code().unwrap_or("").to_string()
+}
+
+async fn ok(c: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> Value {
+    cmd(c, args)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_command_answers_as_redis_would_in_resp2_and_resp3() {
+    // Completed records stay in memory (immutable) instead of leaving it.
+    let c = Cluster::start(ClusterOptions {
+        sink: Some(refusing_sink()),
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let addr = resp_addr(&c, leader);
+    for resp3 in [false, true] {
+        let p = if resp3 { "r3/" } else { "r2/" };
+        let k = |s: &str| format!("{p}{s}");
+        let mut r = connect(&addr, resp3).await;
+        let ok_reply = Value::Okay;
+
+        assert_eq!(
+            ok(&mut r, &["PING"]).await,
+            Value::SimpleString("PONG".into())
+        );
+        assert_eq!(ok(&mut r, &["ECHO", "hi"]).await, bulk("hi"));
+        // SET: upsert, NX (insert), XX (update), GET.
+        assert_eq!(ok(&mut r, &["SET", &k("a"), "1"]).await, ok_reply);
+        assert_eq!(ok(&mut r, &["GET", &k("a")]).await, bulk("1"));
+        assert_eq!(
+            ok(&mut r, &["SET", &k("a"), "2"]).await,
+            ok_reply,
+            "upsert of an existing key"
+        );
+        assert_eq!(ok(&mut r, &["SET", &k("a"), "x", "NX"]).await, Value::Nil);
+        assert_eq!(
+            ok(&mut r, &["SET", &k("none"), "x", "XX"]).await,
+            Value::Nil
+        );
+        assert_eq!(ok(&mut r, &["GET", &k("none")]).await, Value::Nil);
+        assert_eq!(
+            ok(&mut r, &["SET", &k("a"), "3", "XX", "GET"]).await,
+            bulk("2")
+        );
+        assert_eq!(
+            ok(&mut r, &["SET", &k("b"), "9", "NX", "GET"]).await,
+            Value::Nil
+        );
+        assert_eq!(
+            ok(&mut r, &["MGET", &k("a"), &k("none"), &k("b")]).await,
+            Value::Array(vec![bulk("3"), Value::Nil, bulk("9")])
+        );
+        assert_eq!(
+            int(&ok(&mut r, &["EXISTS", &k("a"), &k("none"), &k("b")]).await),
+            2
+        );
+        // TTLs.
+        assert_eq!(int(&ok(&mut r, &["TTL", &k("a")]).await), -1);
+        assert_eq!(int(&ok(&mut r, &["TTL", &k("none")]).await), -2);
+        assert_eq!(
+            ok(&mut r, &["SET", &k("t"), "v", "EX", "100"]).await,
+            ok_reply
+        );
+        let ttl = int(&ok(&mut r, &["TTL", &k("t")]).await);
+        assert!((95..=100).contains(&ttl), "{ttl}");
+        let pttl = int(&ok(&mut r, &["PTTL", &k("t")]).await);
+        assert!((95_000..=100_000).contains(&pttl), "{pttl}");
+        assert_eq!(int(&ok(&mut r, &["PERSIST", &k("t")]).await), 1);
+        assert_eq!(int(&ok(&mut r, &["PERSIST", &k("t")]).await), 0);
+        assert_eq!(int(&ok(&mut r, &["TTL", &k("t")]).await), -1);
+        assert_eq!(int(&ok(&mut r, &["PEXPIRE", &k("t"), "50000"]).await), 1);
+        let ttl = int(&ok(&mut r, &["TTL", &k("t")]).await);
+        assert!((45..=50).contains(&ttl), "{ttl}");
+        assert_eq!(
+            ok(&mut r, &["SET", &k("t"), "w", "KEEPTTL"]).await,
+            ok_reply
+        );
+        assert!(
+            int(&ok(&mut r, &["TTL", &k("t")]).await) > 0,
+            "KEEPTTL kept it"
+        );
+        assert_eq!(ok(&mut r, &["SET", &k("t"), "w"]).await, ok_reply);
+        assert_eq!(
+            int(&ok(&mut r, &["TTL", &k("t")]).await),
+            -1,
+            "a plain SET clears the TTL"
+        );
+        assert_eq!(int(&ok(&mut r, &["EXPIRE", &k("none"), "10"]).await), 0);
+        assert_eq!(int(&ok(&mut r, &["EXPIRE", &k("t"), "0"]).await), 1);
+        assert_eq!(
+            ok(&mut r, &["GET", &k("t")]).await,
+            Value::Nil,
+            "EXPIRE 0 deletes"
+        );
+        // DEL counts what it deleted.
+        assert_eq!(int(&ok(&mut r, &["DEL", &k("b"), &k("none")]).await), 1);
+        // Our own: versions, completion, the whole record.
+        assert_eq!(ok(&mut r, &["SET", &k("c"), "v", "NX"]).await, ok_reply);
+        assert_eq!(int(&ok(&mut r, &["IF.SET", &k("c"), "1", "w"]).await), 2);
+        assert_eq!(ok(&mut r, &["IF.SET", &k("c"), "1", "x"]).await, Value::Nil);
+        assert_eq!(int(&ok(&mut r, &["IF.DEL", &k("c"), "1"]).await), 0);
+        let record = ok(&mut r, &["RECORD", &k("c")]).await;
+        let fields: Vec<(Value, Value)> = match record {
+            Value::Map(m) => m,
+            Value::Array(a) => a.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect(),
+            other => panic!("RECORD answered {other:?}"),
+        };
+        assert!(
+            fields.contains(&(bulk("version"), Value::Int(2))),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&(bulk("state"), bulk("live"))),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&(bulk("value"), bulk("w"))), "{fields:?}");
+        assert_eq!(int(&ok(&mut r, &["COMPLETE", &k("c"), "done"]).await), 3);
+        let e = cmd(&mut r, &["SET", &k("c"), "again"]).await.unwrap_err();
+        assert_eq!(code(&e), "IMMUTABLE", "{e}");
+        assert_eq!(ok(&mut r, &["COMPLETE", &k("none")]).await, Value::Nil);
+        // MULTI/EXEC is one atomic batch.
+        assert_eq!(ok(&mut r, &["MULTI"]).await, ok_reply);
+        assert_eq!(
+            ok(&mut r, &["SET", &k("m1"), "1", "NX"]).await,
+            Value::SimpleString("QUEUED".into())
+        );
+        assert_eq!(
+            ok(&mut r, &["SET", &k("m2"), "2", "NX", "EX", "60"]).await,
+            Value::SimpleString("QUEUED".into())
+        );
+        assert_eq!(
+            ok(&mut r, &["IF.SET", &k("a"), "3", "4"]).await,
+            Value::SimpleString("QUEUED".into())
+        );
+        assert_eq!(
+            ok(&mut r, &["EXEC"]).await,
+            Value::Array(vec![Value::Okay, Value::Okay, Value::Int(4)])
+        );
+        assert_eq!(ok(&mut r, &["MULTI"]).await, ok_reply);
+        ok(&mut r, &["SET", &k("m3"), "3", "NX"]).await;
+        ok(&mut r, &["SET", &k("m1"), "again", "NX"]).await;
+        let e = cmd(&mut r, &["EXEC"]).await.unwrap_err();
+        assert_eq!(code(&e), "EXECFAILED", "{e}");
+        assert!(e.to_string().contains("ops[1]"), "{e}");
+        assert_eq!(
+            ok(&mut r, &["GET", &k("m3")]).await,
+            Value::Nil,
+            "nothing applied"
+        );
+        assert_eq!(ok(&mut r, &["MULTI"]).await, ok_reply);
+        assert!(
+            cmd(&mut r, &["GET", &k("a")]).await.is_err(),
+            "reads are not queued"
+        );
+        let e = cmd(&mut r, &["EXEC"]).await.unwrap_err();
+        assert_eq!(code(&e), "EXECABORT", "{e}");
+        assert!(cmd(&mut r, &["WATCH", &k("a")])
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("IF.SET"));
+        // Request ids: a retried SET NX with the same id gets the first answer.
+        ok(&mut r, &["REQID", &format!("{p}req-1")]).await;
+        assert_eq!(ok(&mut r, &["SET", &k("idem"), "v", "NX"]).await, ok_reply);
+        ok(&mut r, &["REQID", &format!("{p}req-1")]).await;
+        assert_eq!(
+            ok(&mut r, &["SET", &k("idem"), "v", "NX"]).await,
+            ok_reply,
+            "the retry is recognised"
+        );
+        ok(&mut r, &["REQID", &format!("{p}req-2")]).await;
+        assert!(cmd(&mut r, &["SET", &k("idem"), "v"])
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("REQID"));
+        // Connection commands.
+        assert_eq!(ok(&mut r, &["SELECT", "0"]).await, ok_reply);
+        assert!(cmd(&mut r, &["SELECT", "1"]).await.is_err());
+        assert_eq!(
+            ok(&mut r, &["CLIENT", "SETNAME", "router-7"]).await,
+            ok_reply
+        );
+        assert_eq!(ok(&mut r, &["CLIENT", "GETNAME"]).await, bulk("router-7"));
+        assert!(int(&ok(&mut r, &["CLIENT", "ID"]).await) > 0);
+        // a, c (completed, kept by the refusing sink), m1, m2, idem.
+        assert!(int(&ok(&mut r, &["DBSIZE"]).await) >= 5);
+        assert_eq!(ok(&mut r, &["CONSISTENCY", "stale", "500"]).await, ok_reply);
+        assert_eq!(ok(&mut r, &["GET", &k("a")]).await, bulk("4"));
+        assert_eq!(ok(&mut r, &["CONSISTENCY", "lease"]).await, ok_reply);
+        assert_eq!(ok(&mut r, &["GET", &k("a")]).await, bulk("4"));
+        assert!(cmd(&mut r, &["CONSISTENCY", "eventual"]).await.is_err());
+        let e = cmd(&mut r, &["NOSUCH", "x"]).await.unwrap_err();
+        assert!(e.to_string().contains("unknown command 'NOSUCH'"), "{e}");
+        let e = cmd(&mut r, &["GET"]).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("wrong number of arguments for 'get'"),
+            "{e}"
+        );
+        let hello = ok(&mut r, &["HELLO", if resp3 { "3" } else { "2" }]).await;
+        let proto = if resp3 { 3 } else { 2 };
+        let has_proto = match &hello {
+            Value::Map(m) => m.contains(&(bulk("proto"), Value::Int(proto))),
+            Value::Array(a) => a
+                .windows(2)
+                .any(|w| w[0] == bulk("proto") && w[1] == Value::Int(proto)),
+            _ => false,
+        };
+        assert!(has_proto, "{hello:?}");
+    }
+    // SCAN pages with numeric cursors through every key of a prefix.
+    let mut r = connect(&addr, false).await;
+    for i in 0..25 {
+        ok(&mut r, &["SET", &format!("scan/{i:02}"), "v", "NX"]).await;
+    }
+    ok(&mut r, &["SET", "other", "v"]).await;
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = ok(&mut r, &["SCAN", &cursor, "MATCH", "scan/*", "COUNT", "10"]).await;
+        let Value::Array(parts) = page else {
+            panic!("{page:?}")
+        };
+        let (Value::BulkString(next), Value::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("{parts:?}")
+        };
+        for key in keys {
+            let Value::BulkString(key) = key else {
+                panic!("{key:?}")
+            };
+            seen.push(String::from_utf8(key.clone()).unwrap());
+        }
+        pages += 1;
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        (0..25).map(|i| format!("scan/{i:02}")).collect::<Vec<_>>()
+    );
+    let e = cmd(&mut r, &["SCAN", "0", "MATCH", "scan/?"])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("only prefix patterns"), "{e}");
+    let e = cmd(&mut r, &["SCAN", "12345"]).await.unwrap_err();
+    assert!(e.to_string().contains("invalid cursor"), "{e}");
+}
+
+/// One raw connection: what it sends, what it reads back.
+struct Raw(std::net::TcpStream);
+
+impl Raw {
+    fn open(addr: &str) -> Raw {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Raw(s)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).unwrap();
+    }
+
+    /// Reads until `n` replies' worth of lines have come (each reply here
+    /// is one line, or a bulk string: two).
+    fn read_until(&mut self, end: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).ends_with(end) {
+            let n = self.0.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    /// Reads to the end of the stream (the server closed it).
+    fn read_to_close(&mut self) -> String {
+        let mut got = Vec::new();
+        self.0.read_to_end(&mut got).unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
+    let c = Cluster::start(ClusterOptions {
+        extra_args: vec!["--max-value-bytes".into(), "1024".into()],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let addr = resp_addr(&c, leader);
+    let mut raw = Raw::open(&addr);
+    // A value over --max-value-bytes: refused, the rest read and dropped.
+    let big = vec![b'x'; 5000];
+    raw.send(&command(&[b"SET", b"k", &big]));
+    raw.send(&command(&[b"PING"]));
+    let got = raw.read_until("+PONG\r\n");
+    assert!(
+        got.starts_with(
+            "-ERR argument 3 is a bulk string of 5000 bytes, more than the limit of 1024"
+        ),
+        "{got}"
+    );
+    // Too many arguments.
+    let many: Vec<&[u8]> = std::iter::once(&b"MGET"[..])
+        .chain(std::iter::repeat_n(&b"k"[..], 5000))
+        .collect();
+    raw.send(&command(&many));
+    raw.send(b"PING\r\n");
+    let got = raw.read_until("+PONG\r\n");
+    assert!(got.starts_with("-ERR too many arguments: 5001"), "{got}");
+    // A key that is not UTF-8, a key over the limit, an unknown command.
+    raw.send(&command(&[b"GET", b"\xff\xfe"]));
+    raw.send(&command(&[b"GET", &[b'k'; 600]]));
+    raw.send(&command(&[b"FLUSHALL"]));
+    raw.send(b"PING\r\n");
+    let got = raw.read_until("+PONG\r\n");
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert!(lines[0].starts_with("-ERR keys must be UTF-8"), "{got}");
+    assert!(
+        lines[1].starts_with("-ERR key:") && lines[1].contains("512"),
+        "{got}"
+    );
+    assert!(
+        lines[2].starts_with("-ERR unknown command 'FLUSHALL'"),
+        "{got}"
+    );
+    // Bytes that are not RESP: an error, then the connection closes.
+    raw.send(b"*1\r\n:5\r\n");
+    let got = raw.read_to_close();
+    assert!(
+        got.starts_with("-ERR Protocol error: expected '$'"),
+        "{got}"
+    );
+    // Other connections are not affected.
+    let mut r = connect(&addr, false).await;
+    assert_eq!(
+        ok(&mut r, &["PING"]).await,
+        Value::SimpleString("PONG".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_answers_in_order_and_its_writes_share_proposals() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let addr = resp_addr(&c, leader);
+    let mut raw = Raw::open(&addr);
+    // Same key, one after the other: each command sees the one before.
+    let mut p = Vec::new();
+    for args in [
+        &[&b"SET"[..], b"seq", b"1"][..],
+        &[b"GET", b"seq"],
+        &[b"SET", b"seq", b"2", b"XX"],
+        &[b"GET", b"seq"],
+        &[b"DEL", b"seq"],
+        &[b"GET", b"seq"],
+        &[b"ECHO", b"end"],
+    ] {
+        p.extend(command(args));
+    }
+    raw.send(&p);
+    let got = raw.read_until("$3\r\nend\r\n");
+    assert_eq!(
+        got,
+        "+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n2\r\n:1\r\n$-1\r\n$3\r\nend\r\n"
+    );
+
+    // 200 inserts of distinct keys in one pipeline: far fewer proposals.
+    let http = &c.nodes[&leader].http;
+    let before = metric(http, "inflight_proposal_batch_size_count").await;
+    let mut p = Vec::new();
+    for i in 0..200 {
+        p.extend(command(&[
+            b"SET",
+            format!("pipe/{i}").as_bytes(),
+            b"v",
+            b"NX",
+        ]));
+    }
+    p.extend(command(&[b"ECHO", b"end"]));
+    raw.send(&p);
+    let got = raw.read_until("$3\r\nend\r\n");
+    assert_eq!(got.matches("+OK\r\n").count(), 200, "{got}");
+    let proposals = metric(http, "inflight_proposal_batch_size_count").await - before;
+    assert!(
+        proposals <= 20.0,
+        "200 pipelined writes took {proposals} proposals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_answers_reads_and_names_the_leader() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let mut l = connect(&resp_addr(&c, leader), false).await;
+    ok(&mut l, &["SET", "shared", "v"]).await;
+    for id in c.members() {
+        let mut r = connect(&resp_addr(&c, id), true).await;
+        // LINEARIZABLE reads are served by followers too (follower ReadIndex).
+        assert_eq!(ok(&mut r, &["GET", "shared"]).await, bulk("v"), "node {id}");
+        let info = ok(&mut r, &["INFO", "replication"]).await;
+        let text = match info {
+            Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            Value::VerbatimString { text, .. } => text,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            text.contains(&format!("inflight_leader_id:{leader}\r\n")),
+            "{text}"
+        );
+        let role = if id == leader {
+            "role:master"
+        } else {
+            "role:slave"
+        };
+        assert!(text.contains(role), "{text}");
+        if id != leader {
+            let e = cmd(&mut r, &["SET", "shared", "w"]).await.unwrap_err();
+            assert_eq!(code(&e), "READONLY", "{e}");
+            assert!(
+                e.to_string().contains(&c.nodes[&leader].grpc),
+                "names the leader: {e}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cli_sets_gets_pipes_scans_and_finds_the_leader() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let (host, port) = resp_addr(&c, leader)
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let cli = |args: &[&str], input: Option<&str>| {
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-h", &host, "-p", &port])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli (Debian's redis-tools; scripts/test installs it)");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["set", "cli/a", "1"], None).trim(), "OK");
+    assert_eq!(cli(&["get", "cli/a"], None).trim(), "1");
+    // Pipelined input: raw protocol through --pipe.
+    let mut pipe = String::new();
+    for i in 0..50 {
+        pipe += &String::from_utf8(command(&[b"SET", format!("cli/p{i:02}").as_bytes(), b"v"]))
+            .unwrap();
+    }
+    let out = cli(&["--pipe"], Some(&pipe));
+    assert!(out.contains("errors: 0, replies: 50"), "{out}");
+    let scanned = cli(&["--scan", "--pattern", "cli/p*"], None);
+    let mut keys: Vec<&str> = scanned.lines().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        (0..50).map(|i| format!("cli/p{i:02}")).collect::<Vec<_>>()
+    );
+    let info = cli(&["info", "replication"], None);
+    assert!(
+        info.contains(&format!("inflight_leader_id:{leader}")),
+        "{info}"
+    );
+    // Every node answers.
+    for id in c.members() {
+        let (h, p) = resp_addr(&c, id)
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", &h, "-p", &p, "get", "cli/a"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "1",
+            "node {id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_py_runs_the_lifecycle_of_a_call() {
+    // The completed call stays in memory (immutable) for the script to see.
+    let c = Cluster::start(ClusterOptions {
+        sink: Some(refusing_sink()),
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let (host, port) = resp_addr(&c, leader)
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/resp_call_lifecycle.py");
+    // Debian's Python, which has Debian's python3-redis (scripts/test
+    // installs it), whatever other Python comes first on PATH.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([script, &host, &port])
+        .output()
+        .expect("/usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("call lifecycle: ok"));
+}
