@@ -597,3 +597,138 @@ async fn redis_py_runs_the_lifecycle_of_a_call() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("call lifecycle: ok"));
 }
+
+/// A RESP connection over TLS, presenting `identity` (or no certificate).
+async fn tls_connect(
+    addr: &str,
+    ca: &std::path::Path,
+    identity: Option<&testkit::tls::CertFiles>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(inflight::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        Some(id) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&id.cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&id.key).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// Sends `commands` and reads until the answers end with `end`, or the
+/// connection fails.
+async fn exchange<S>(s: &mut S, commands: &[u8], end: &str) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(commands).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(end) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "closed after {:?}",
+                String::from_utf8_lossy(&got)
+            )));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8(got).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_a_connection_is_its_certificate_and_its_roles_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        r#"
+[roles.sms-writer]
+read = ["call/"]
+write = ["sms/"]
+
+[identities]
+"sms-dispatcher" = "sms-writer"
+"#,
+    )
+    .unwrap();
+    let c = Cluster::start(ClusterOptions {
+        tls: true,
+        extra_args: vec!["--auth-file".into(), auth.display().to_string()],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let addr = resp_addr(&c, leader);
+    let pki = c.pki.as_ref().unwrap();
+    let me = pki.client("sms-dispatcher");
+    let mut s = tls_connect(&addr, &pki.ca(), Some(&me)).await.unwrap();
+    let mut p = Vec::new();
+    for args in [
+        &[&b"SET"[..], b"sms/1", b"queued"][..],
+        &[b"SET", b"call/1", b"ringing"],
+        &[b"GET", b"call/1"],
+        &[b"GET", b"sms/1"],
+        &[b"MULTI"],
+        &[b"SET", b"sms/2", b"v", b"NX"],
+        &[b"SET", b"call/2", b"v", b"NX"],
+        &[b"EXEC"],
+        &[b"SCAN", b"0", b"MATCH", b"sms/*"],
+        &[b"ECHO", b"end"],
+    ] {
+        p.extend(command(args));
+    }
+    let got = exchange(&mut s, &p, "$3\r\nend\r\n").await.unwrap();
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert_eq!(lines[0], "+OK", "{got}");
+    assert!(
+        lines[1].starts_with("-NOPERM") && lines[1].contains("sms-dispatcher"),
+        "{got}"
+    );
+    assert_eq!(lines[2], "$-1", "reading call/ is granted: {got}");
+    assert!(
+        lines[3].starts_with("-NOPERM"),
+        "reading sms/ is not: {got}"
+    );
+    assert_eq!(&lines[4..7], &["+OK", "+QUEUED", "+QUEUED"], "{got}");
+    assert!(
+        lines[7].starts_with("-NOPERM ops[1]"),
+        "the batch is refused whole: {got}"
+    );
+    assert!(
+        lines[8].starts_with("-NOPERM"),
+        "no grant to scan sms/: {got}"
+    );
+
+    // No certificate, or no TLS at all: no answer.
+    let refused = match tls_connect(&addr, &pki.ca(), None).await {
+        Ok(mut s) => exchange(&mut s, b"PING\r\n", "+PONG\r\n").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate was answered");
+    let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(exchange(&mut plain, b"PING\r\n", "+PONG\r\n")
+        .await
+        .is_err());
+}

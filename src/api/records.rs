@@ -205,8 +205,21 @@ impl InFlightService {
         timeout: Option<std::time::Duration>,
         r: pb::GetRequest,
     ) -> Result<pb::GetResponse, ApiError> {
-        self.auth
-            .check(caller, Operation::Read, Target::Key(&r.key))?;
+        self.get_as(caller, Operation::Read, wait, timeout, r).await
+    }
+
+    /// A get authorized as `op`: `Operation::Write` for the read a write
+    /// makes on its own behalf (the RESP port's upsert reads the version it
+    /// then updates at), which needs no grant to read.
+    pub(crate) async fn get_as(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        wait: LeaderWait,
+        timeout: Option<std::time::Duration>,
+        r: pb::GetRequest,
+    ) -> Result<pb::GetResponse, ApiError> {
+        self.auth.check(caller, op, Target::Key(&r.key))?;
         self.limits.key("key", &r.key)?;
         self.read_barrier(r.consistency, r.max_staleness_ms, wait, timeout)
             .await?;

@@ -12,7 +12,7 @@ use futures::FutureExt;
 use super::reply::Reply;
 use super::session::{Session, Shared, Step};
 use crate::api::{ApiError, InFlightService};
-use crate::auth::Caller;
+use crate::auth::{Caller, Operation};
 use crate::pb;
 use crate::raft::LeaderWait;
 use crate::state::Rejection;
@@ -35,7 +35,7 @@ impl Session {
                 let [k] = a else { return Err(arity(name)) };
                 let req = self.get_request(key(k)?);
                 one(req.key.clone(), async move {
-                    match read(&sh.svc, &caller, req).await {
+                    match read(&sh.svc, &caller, Operation::Read, req).await {
                         Ok(Some(r)) => Reply::Bulk(r.value),
                         Ok(None) => Reply::Null,
                         Err(e) => error(e),
@@ -53,7 +53,8 @@ impl Session {
                     Some(keys),
                     async move {
                         let found = futures::future::join_all(
-                            reqs.into_iter().map(|r| read(&sh.svc, &caller, r)),
+                            reqs.into_iter()
+                                .map(|r| read(&sh.svc, &caller, Operation::Read, r)),
                         )
                         .await;
                         let mut out = Vec::with_capacity(found.len());
@@ -189,7 +190,7 @@ impl Session {
                 let millis = name == "PTTL";
                 one(req.key.clone(), async move {
                     let now = sh.svc.node().stamp();
-                    match read(&sh.svc, &caller, req).await {
+                    match read(&sh.svc, &caller, Operation::Read, req).await {
                         Ok(None) => Reply::Int(-2),
                         Ok(Some(r)) => match r.expires_at_ms {
                             None => Reply::Int(-1),
@@ -481,7 +482,13 @@ async fn set(
     }
     let consistent = linearizable(linear);
     for _ in 0..CAS_ATTEMPTS {
-        let old = read(svc, caller, consistent.clone()).await?;
+        // SET ... GET shows the old value, so it needs the grant to read.
+        let as_op = if o.get {
+            Operation::Read
+        } else {
+            Operation::Write
+        };
+        let old = read(svc, caller, as_op, consistent.clone()).await?;
         let written = match (&old, o.mode) {
             (None, SetMode::Update) | (Some(_), SetMode::Insert) => return Ok(failed(old)),
             (None, _) => {
@@ -517,7 +524,7 @@ async fn change_ttl(
 ) -> Reply {
     let linear = linearizable(linear);
     for _ in 0..CAS_ATTEMPTS {
-        let r = match read(svc, caller, linear.clone()).await {
+        let r = match read(svc, caller, Operation::Write, linear.clone()).await {
             Ok(Some(r)) => r,
             Ok(None) => return Reply::Int(0),
             Err(e) => return error(e),
@@ -577,13 +584,20 @@ fn contended(key: &str) -> ApiError {
 }
 
 /// A record as GET sees it: a missing record and an EXPIRED one read as
-/// nothing; a COMPLETED one keeps its value until it is handed off.
+/// nothing; a COMPLETED one keeps its value until it is handed off. `as_op`
+/// is the grant it needs: `Read`, or `Write` for the read a write makes on
+/// its own behalf (an upsert's, EXPIRE's), whose value the caller never
+/// sees.
 async fn read(
     svc: &InFlightService,
     caller: &Caller,
+    as_op: Operation,
     req: pb::GetRequest,
 ) -> Result<Option<pb::Record>, ApiError> {
-    match svc.get(caller, LeaderWait::Answer, None, req).await {
+    match svc
+        .get_as(caller, as_op, LeaderWait::Answer, None, req)
+        .await
+    {
         Ok(r) => Ok(r
             .record
             .filter(|r| r.state != pb::RecordState::Expired as i32)),
