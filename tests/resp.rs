@@ -10,6 +10,7 @@ use std::time::Duration;
 use redis::Value;
 use testkit::cluster::refusing_sink;
 use testkit::http::metric;
+use testkit::resp::{self, RespConn};
 use testkit::{Cluster, ClusterOptions};
 
 fn resp_addr(c: &Cluster, id: u64) -> String {
@@ -343,16 +344,6 @@ impl Raw {
     }
 }
 
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     let c = Cluster::start(ClusterOptions {
@@ -365,8 +356,8 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     let mut raw = Raw::open(&addr);
     // A value over --max-value-bytes: refused, the rest read and dropped.
     let big = vec![b'x'; 5000];
-    raw.send(&command(&[b"SET", b"k", &big]));
-    raw.send(&command(&[b"PING"]));
+    raw.send(&resp::encode(&[b"SET", b"k", &big]));
+    raw.send(&resp::encode(&[b"PING"]));
     let got = raw.read_until("+PONG\r\n");
     assert!(
         got.starts_with(
@@ -378,14 +369,14 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     let many: Vec<&[u8]> = std::iter::once(&b"MGET"[..])
         .chain(std::iter::repeat_n(&b"k"[..], 5000))
         .collect();
-    raw.send(&command(&many));
+    raw.send(&resp::encode(&many));
     raw.send(b"PING\r\n");
     let got = raw.read_until("+PONG\r\n");
     assert!(got.starts_with("-ERR too many arguments: 5001"), "{got}");
     // A key that is not UTF-8, a key over the limit, an unknown command.
-    raw.send(&command(&[b"GET", b"\xff\xfe"]));
-    raw.send(&command(&[b"GET", &[b'k'; 600]]));
-    raw.send(&command(&[b"FLUSHALL"]));
+    raw.send(&resp::encode(&[b"GET", b"\xff\xfe"]));
+    raw.send(&resp::encode(&[b"GET", &[b'k'; 600]]));
+    raw.send(&resp::encode(&[b"FLUSHALL"]));
     raw.send(b"PING\r\n");
     let got = raw.read_until("+PONG\r\n");
     let lines: Vec<&str> = got.split("\r\n").collect();
@@ -430,7 +421,7 @@ async fn a_pipeline_answers_in_order_and_its_writes_share_proposals() {
         &[b"GET", b"seq"],
         &[b"ECHO", b"end"],
     ] {
-        p.extend(command(args));
+        p.extend(resp::encode(args));
     }
     raw.send(&p);
     let got = raw.read_until("$3\r\nend\r\n");
@@ -444,14 +435,14 @@ async fn a_pipeline_answers_in_order_and_its_writes_share_proposals() {
     let before = metric(http, "inflight_proposal_batch_size_count").await;
     let mut p = Vec::new();
     for i in 0..200 {
-        p.extend(command(&[
+        p.extend(resp::encode(&[
             b"SET",
             format!("pipe/{i}").as_bytes(),
             b"v",
             b"NX",
         ]));
     }
-    p.extend(command(&[b"ECHO", b"end"]));
+    p.extend(resp::encode(&[b"ECHO", b"end"]));
     raw.send(&p);
     let got = raw.read_until("$3\r\nend\r\n");
     assert_eq!(got.matches("+OK\r\n").count(), 200, "{got}");
@@ -534,8 +525,12 @@ async fn redis_cli_sets_gets_pipes_scans_and_finds_the_leader() {
     // Pipelined input: raw protocol through --pipe.
     let mut pipe = String::new();
     for i in 0..50 {
-        pipe += &String::from_utf8(command(&[b"SET", format!("cli/p{i:02}").as_bytes(), b"v"]))
-            .unwrap();
+        pipe += &String::from_utf8(resp::encode(&[
+            b"SET",
+            format!("cli/p{i:02}").as_bytes(),
+            b"v",
+        ]))
+        .unwrap();
     }
     let out = cli(&["--pipe"], Some(&pipe));
     assert!(out.contains("errors: 0, replies: 50"), "{out}");
@@ -598,65 +593,6 @@ async fn redis_py_runs_the_lifecycle_of_a_call() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("call lifecycle: ok"));
 }
 
-/// A RESP connection over TLS, presenting `identity` (or no certificate).
-async fn tls_connect(
-    addr: &str,
-    ca: &std::path::Path,
-    identity: Option<&testkit::tls::CertFiles>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(inflight::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match identity {
-        Some(id) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(&id.cert)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_file(&id.key).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-}
-
-/// Sends `commands` and reads until the answers end with `end`, or the
-/// connection fails.
-async fn exchange<S>(s: &mut S, commands: &[u8], end: &str) -> std::io::Result<String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(commands).await?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).ends_with(end) {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
-        if n == 0 {
-            return Err(std::io::Error::other(format!(
-                "closed after {:?}",
-                String::from_utf8_lossy(&got)
-            )));
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8(got).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn over_tls_a_connection_is_its_certificate_and_its_roles_apply() {
     let dir = tempfile::tempdir().unwrap();
@@ -683,10 +619,10 @@ write = ["sms/"]
     let addr = resp_addr(&c, leader);
     let pki = c.pki.as_ref().unwrap();
     let me = pki.client("sms-dispatcher");
-    let mut s = tls_connect(&addr, &pki.ca(), Some(&me)).await.unwrap();
-    let mut p = Vec::new();
-    for args in [
-        &[&b"SET"[..], b"sms/1", b"queued"][..],
+    let tls = resp::client_config(&pki.ca(), Some((&me.cert, &me.key)));
+    let mut s = RespConn::connect(&addr, Some(tls)).await.unwrap();
+    let commands: &[&[&[u8]]] = &[
+        &[b"SET", b"sms/1", b"queued"],
         &[b"SET", b"call/1", b"ringing"],
         &[b"GET", b"call/1"],
         &[b"GET", b"sms/1"],
@@ -695,40 +631,45 @@ write = ["sms/"]
         &[b"SET", b"call/2", b"v", b"NX"],
         &[b"EXEC"],
         &[b"SCAN", b"0", b"MATCH", b"sms/*"],
-        &[b"ECHO", b"end"],
-    ] {
-        p.extend(command(args));
+    ];
+    s.send(commands).await.unwrap();
+    let mut got = Vec::new();
+    for _ in commands {
+        got.push(s.read().await.unwrap());
     }
-    let got = exchange(&mut s, &p, "$3\r\nend\r\n").await.unwrap();
-    let lines: Vec<&str> = got.split("\r\n").collect();
-    assert_eq!(lines[0], "+OK", "{got}");
+    let denied = |v: &resp::Value, what: &str| match v {
+        resp::Value::Error(e) => e.starts_with("NOPERM") && e.contains(what),
+        _ => false,
+    };
+    assert_eq!(got[0], resp::Value::Simple("OK".into()), "{got:?}");
     assert!(
-        lines[1].starts_with("-NOPERM") && lines[1].contains("sms-dispatcher"),
-        "{got}"
+        denied(&got[1], "\"sms-dispatcher\" may not write \"call/1\""),
+        "{got:?}"
     );
-    assert_eq!(lines[2], "$-1", "reading call/ is granted: {got}");
+    assert_eq!(
+        got[2],
+        resp::Value::Bulk(None),
+        "reading call/ is granted: {got:?}"
+    );
+    assert!(denied(&got[3], "may not read \"sms/1\""), "{got:?}");
+    assert_eq!(got[5], resp::Value::Simple("QUEUED".into()), "{got:?}");
     assert!(
-        lines[3].starts_with("-NOPERM"),
-        "reading sms/ is not: {got}"
+        denied(&got[7], "ops[1]"),
+        "the batch is refused whole: {got:?}"
     );
-    assert_eq!(&lines[4..7], &["+OK", "+QUEUED", "+QUEUED"], "{got}");
-    assert!(
-        lines[7].starts_with("-NOPERM ops[1]"),
-        "the batch is refused whole: {got}"
-    );
-    assert!(
-        lines[8].starts_with("-NOPERM"),
-        "no grant to scan sms/: {got}"
-    );
+    assert!(denied(&got[8], "sms/"), "no grant to scan sms/: {got:?}");
 
     // No certificate, or no TLS at all: no answer.
-    let refused = match tls_connect(&addr, &pki.ca(), None).await {
-        Ok(mut s) => exchange(&mut s, b"PING\r\n", "+PONG\r\n").await.is_err(),
-        Err(_) => true,
+    let anonymous = resp::client_config(&pki.ca(), None);
+    let answered = match RespConn::connect(&addr, Some(anonymous)).await {
+        Ok(mut s) => s.call(&[b"PING"]).await.is_ok(),
+        Err(_) => false,
     };
-    assert!(refused, "a client without a certificate was answered");
-    let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    assert!(exchange(&mut plain, b"PING\r\n", "+PONG\r\n")
-        .await
-        .is_err());
+    assert!(!answered, "a client without a certificate was answered");
+    let mut plain = RespConn::connect(&addr, None).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), plain.call(&[b"PING"])).await;
+    assert!(
+        matches!(answer, Ok(Err(_))),
+        "plaintext on the TLS port: {answer:?}"
+    );
 }

@@ -11,6 +11,7 @@ pub use testkit::{Addresses, Cluster, ClusterOptions};
 pub const GRPC_PORT: u16 = 17_000;
 pub const HTTP_PORT: u16 = 18_000;
 pub const PEER_PORT: u16 = 19_000;
+pub const RESP_PORT: u16 = 16_000;
 
 /// The shared file sink's directory of a run in `dir`.
 pub fn sink_dir(dir: &Path) -> PathBuf {
@@ -36,6 +37,7 @@ pub fn start(
             grpc_port: GRPC_PORT,
             peer_port: PEER_PORT,
             http_port: HTTP_PORT,
+            resp_port: RESP_PORT,
         },
         tls,
         ..ClusterOptions::default()

@@ -12,6 +12,7 @@ pub mod history;
 pub mod linearizability;
 pub mod model;
 pub mod nemesis;
+pub mod resp;
 pub mod staleness;
 pub mod ttl;
 pub mod workload;

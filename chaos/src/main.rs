@@ -131,6 +131,14 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         seed,
         epoch,
         cluster.client_tls(),
+        inflight_chaos::resp::Ports {
+            addrs: cluster
+                .nodes
+                .iter()
+                .filter_map(|(id, n)| Some((*id, n.resp.clone()?)))
+                .collect(),
+            tls: cluster.resp_tls(),
+        },
     );
 
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
@@ -356,6 +364,19 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         name: "lease reads: answered, and checked for linearizability with the rest".into(),
         passed: lease_reads > 0,
         detail: format!("{lease_reads} LEASE reads found their record"),
+    });
+
+    // RESP clients' operations are judged with the rest, below; this makes
+    // sure they got through.
+    let r = &recorded.resp;
+    checks.push(Check {
+        name: "resp clients: answered, and checked for linearizability with the rest".into(),
+        passed: r.written > 0 && r.reads_found > 0,
+        detail: format!(
+            "{} writes acknowledged, {} RECORD reads found their record, {} refused, {} unknown, \
+             {} writes followed READONLY to the leader",
+            r.written, r.reads_found, r.refused, r.unknown, r.redirected
+        ),
     });
 
     // Linearizability, key by key.

@@ -43,7 +43,12 @@ pub struct Recorded {
     pub acks: Vec<Ack>,
     /// The TTL records (`ttl`).
     pub ttl: Vec<ttl::Probe>,
+    /// What the RESP clients did (their operations are in `ops`).
+    pub resp: crate::resp::Counts,
 }
+
+/// Recording clients that speak the Redis protocol (`crate::resp`).
+pub const RESP_CLIENTS: u32 = 2;
 
 /// The bound of the bounded STALE reads.
 pub const MAX_STALENESS_MS: u64 = 300;
@@ -51,6 +56,7 @@ pub const MAX_STALENESS_MS: u64 = 300;
 pub struct Workload {
     pub recorded: Arc<Mutex<Recorded>>,
     ttl: Arc<Mutex<Vec<ttl::Probe>>>,
+    resp: Arc<Mutex<crate::resp::Counts>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -67,11 +73,27 @@ impl Workload {
         seed: u64,
         epoch: Instant,
         tls: Option<ClientTls>,
+        resp: crate::resp::Ports,
     ) -> Workload {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let probes = Arc::new(Mutex::new(Vec::new()));
+        let resp_counts = Arc::new(Mutex::new(crate::resp::Counts::default()));
+        let homes: Vec<u64> = resp.addrs.keys().copied().collect();
+        for i in 0..RESP_CLIENTS {
+            tasks.push(tokio::spawn(crate::resp::run(
+                // Ids apart from the gRPC clients' (0, 1, 2, ...).
+                1_000 + i,
+                resp.clone(),
+                homes[i as usize % homes.len()],
+                seed,
+                epoch,
+                recorded.clone(),
+                resp_counts.clone(),
+                stop.clone(),
+            )));
+        }
         for (c, ip) in ips.into_iter().enumerate() {
             // The library's defaults for hedging and endpoint sync (what a
             // service gets without tuning), a shorter per-attempt deadline
@@ -129,6 +151,7 @@ impl Workload {
         Workload {
             recorded,
             ttl: probes,
+            resp: resp_counts,
             stop,
             tasks,
         }
@@ -141,6 +164,7 @@ impl Workload {
         }
         let mut r = std::mem::take(&mut *self.recorded.lock());
         r.ttl = std::mem::take(&mut *self.ttl.lock());
+        r.resp = self.resp.lock().clone();
         r
     }
 }

@@ -70,6 +70,7 @@ pub enum Addresses {
         grpc_port: u16,
         peer_port: u16,
         http_port: u16,
+        resp_port: u16,
     },
 }
 
@@ -131,7 +132,7 @@ pub struct Node {
     /// Peer gRPC HOST:PORT.
     pub peer: String,
     pub http: String,
-    /// Redis protocol HOST:PORT (not on a fixed-port subnet).
+    /// Redis protocol HOST:PORT (every harness cluster opens one).
     pub resp: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -164,6 +165,8 @@ pub struct Cluster {
     pub starts: Vec<(u64, Instant)>,
     /// What the harness's clients present to a TLS cluster.
     client_tls: Option<ClientTls>,
+    /// The harness's certificate files on a TLS cluster.
+    harness_cert: Option<CertFiles>,
 }
 
 /// A loopback /24 (127.A.B.0) no other cluster of this process uses.
@@ -211,10 +214,12 @@ impl Cluster {
             pki: None,
             starts: Vec::new(),
             client_tls: None,
+            harness_cert: None,
         };
         if c.opts.tls {
             let pki = Pki::new(&c.dir.join("certs"), "ca");
             let me = pki.client(HARNESS_CLIENT);
+            c.harness_cert = Some(me.clone());
             c.client_tls = Some(
                 ClientTls::from_files(&pki.ca(), Some((&me.cert, &me.key)))
                     .map_err(std::io::Error::other)?,
@@ -259,12 +264,13 @@ impl Cluster {
                 grpc_port,
                 peer_port,
                 http_port,
+                resp_port,
                 ..
             } => (
                 format!("{ip}:{grpc_port}"),
                 format!("{ip}:{peer_port}"),
                 format!("{ip}:{http_port}"),
-                None,
+                Some(format!("{ip}:{resp_port}")),
             ),
             _ => (
                 format!("{ip}:{}", free_port()),
@@ -349,6 +355,16 @@ impl Cluster {
     /// What the harness's clients present to a TLS cluster (`None`: plaintext).
     pub fn client_tls(&self) -> Option<ClientTls> {
         self.client_tls.clone()
+    }
+
+    /// What a RESP client presents to a TLS cluster (the harness's
+    /// certificate), for [`crate::resp::RespConn::connect`]; `None`: plaintext.
+    pub fn resp_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let (pki, me) = (self.pki.as_ref()?, self.harness_cert.as_ref()?);
+        Some(crate::resp::client_config(
+            &pki.ca(),
+            Some((&me.cert, &me.key)),
+        ))
     }
 
     /// Starts node `id` on its data directory; does nothing if it runs.

@@ -21,6 +21,7 @@ pub mod handoff;
 pub mod http;
 pub mod net;
 pub mod postgres;
+pub mod resp;
 pub mod sink;
 pub mod tls;
 pub mod ttl;
