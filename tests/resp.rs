@@ -232,6 +232,45 @@ async fn every_command_answers_as_redis_would_in_resp2_and_resp3() {
             .unwrap_err()
             .to_string()
             .contains("REQID"));
+        // A command that fails uses up the REQID before it: the next
+        // write does not carry it, and the id is still free afterwards.
+        ok(&mut r, &["REQID", &format!("{p}req-3")]).await;
+        assert!(cmd(&mut r, &["IF.SET", &k("a"), "not-a-version", "x"])
+            .await
+            .is_err());
+        assert_eq!(ok(&mut r, &["SET", &k("n1"), "v", "NX"]).await, ok_reply);
+        ok(&mut r, &["REQID", &format!("{p}req-3")]).await;
+        assert_eq!(
+            ok(&mut r, &["SET", &k("n2"), "v", "NX"]).await,
+            ok_reply,
+            "req-3 was not used by n1"
+        );
+        // An EXPIRED record waiting for hand-off takes no write: a plain SET
+        // says so at once (no retries against a record that cannot change).
+        assert_eq!(
+            ok(&mut r, &["SET", &k("x"), "v", "PX", "100"]).await,
+            ok_reply
+        );
+        let mut expired = false;
+        for _ in 0..200 {
+            if int(&ok(&mut r, &["TTL", &k("x")]).await) == -2 {
+                expired = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(expired, "the 100 ms TTL did not expire within 10 s");
+        let e = cmd(&mut r, &["SET", &k("x"), "again"]).await.unwrap_err();
+        assert_eq!(code(&e), "IMMUTABLE", "{e}");
+        assert!(e.to_string().contains("EXPIRED"), "{e}");
+        assert_eq!(
+            int(&ok(&mut r, &["DEL", &k("x")]).await),
+            0,
+            "not deleted: waits for hand-off"
+        );
+        // TTL rounds to the nearest second, as Redis does.
+        ok(&mut r, &["SET", &k("round"), "v", "PX", "1400"]).await;
+        assert_eq!(int(&ok(&mut r, &["TTL", &k("round")]).await), 1);
         // Connection commands.
         assert_eq!(ok(&mut r, &["SELECT", "0"]).await, ok_reply);
         assert!(cmd(&mut r, &["SELECT", "1"]).await.is_err());
@@ -323,8 +362,7 @@ impl Raw {
         self.0.write_all(bytes).unwrap();
     }
 
-    /// Reads until `n` replies' worth of lines have come (each reply here
-    /// is one line, or a bulk string: two).
+    /// Reads until what came in ends with `end`.
     fn read_until(&mut self, end: &str) -> String {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -389,6 +427,45 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
         lines[2].starts_with("-ERR unknown command 'FLUSHALL'"),
         "{got}"
     );
+    // Too many words on an inline line; a HELLO refused whole leaves the
+    // protocol as it was (RESP2: nil is $-1, not _).
+    let mut line = b"MGET".to_vec();
+    for _ in 0..5000 {
+        line.extend_from_slice(b" k");
+    }
+    line.extend_from_slice(b"\r\n");
+    raw.send(&line);
+    raw.send(&resp::encode(&[b"HELLO", b"3", b"AUTH", b"default", b"pw"]));
+    raw.send(&resp::encode(&[b"GET", b"missing"]));
+    raw.send(b"PING\r\n");
+    let got = raw.read_until("+PONG\r\n");
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("-ERR too many arguments: 5001"),
+        "{got}"
+    );
+    assert!(lines[1].starts_with("-ERR AUTH"), "{got}");
+    assert_eq!(lines[2], "$-1", "{got}");
+    // A MULTI block is held to the batch limits while it is queued.
+    let mut p = resp::encode(&[b"MULTI"]);
+    for i in 0..1001 {
+        p.extend(resp::encode(&[
+            b"SET",
+            format!("m/{i}").as_bytes(),
+            b"v",
+            b"NX",
+        ]));
+    }
+    p.extend(resp::encode(&[b"EXEC"]));
+    p.extend(resp::encode(&[b"EXISTS", b"m/0"]));
+    raw.send(&p);
+    let got = raw.read_until(":0\r\n");
+    assert_eq!(got.matches("+QUEUED\r\n").count(), 1000, "{got}");
+    assert!(
+        got.contains("-ERR MULTI: more than 1000 commands in one block"),
+        "{got}"
+    );
+    assert!(got.contains("-EXECABORT"), "{got}");
     // Bytes that are not RESP: an error, then the connection closes.
     raw.send(b"*1\r\n:5\r\n");
     let got = raw.read_to_close();
@@ -429,6 +506,24 @@ async fn a_pipeline_answers_in_order_and_its_writes_share_proposals() {
         got,
         "+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n2\r\n:1\r\n$-1\r\n$3\r\nend\r\n"
     );
+    // Writes apply in the order sent, across keys too: the upsert of
+    // `data` (a read, then a write) before the insert of `flag`.
+    let mut p = resp::encode(&[b"SET", b"data", b"x"]);
+    p.extend(resp::encode(&[b"SET", b"flag", b"1", b"NX"]));
+    raw.send(&p);
+    assert_eq!(raw.read_until("+OK\r\n+OK\r\n"), "+OK\r\n+OK\r\n");
+    let mut r = connect(&addr, false).await;
+    let revision = |v: Value| match v {
+        Value::Array(a) => a
+            .chunks(2)
+            .find(|p| p[0] == bulk("mod_revision"))
+            .map(|p| int(&p[1]))
+            .unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let data = revision(ok(&mut r, &["RECORD", "data"]).await);
+    let flag = revision(ok(&mut r, &["RECORD", "flag"]).await);
+    assert!(data < flag, "data at {data}, flag at {flag}");
 
     // 200 inserts of distinct keys in one pipeline: far fewer proposals.
     let http = &c.nodes[&leader].http;
@@ -631,6 +726,9 @@ write = ["sms/"]
         &[b"SET", b"call/2", b"v", b"NX"],
         &[b"EXEC"],
         &[b"SCAN", b"0", b"MATCH", b"sms/*"],
+        // One key outside the grant refuses the whole DEL: sms/1 stays.
+        &[b"DEL", b"sms/1", b"call/1"],
+        &[b"SET", b"sms/1", b"again", b"NX"],
     ];
     s.send(commands).await.unwrap();
     let mut got = Vec::new();
@@ -658,6 +756,12 @@ write = ["sms/"]
         "the batch is refused whole: {got:?}"
     );
     assert!(denied(&got[8], "sms/"), "no grant to scan sms/: {got:?}");
+    assert!(denied(&got[9], "may not write \"call/1\""), "{got:?}");
+    assert_eq!(
+        got[10],
+        resp::Value::Bulk(None),
+        "sms/1 was not deleted: {got:?}"
+    );
 
     // No certificate, or no TLS at all: no answer.
     let anonymous = resp::client_config(&pki.ca(), None);

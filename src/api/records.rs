@@ -303,6 +303,17 @@ impl InFlightService {
         })
     }
 
+    /// Whether `caller` may do `op` on `target`: for a command that checks
+    /// all its keys before it does anything (the RESP port's multi-key DEL).
+    pub(crate) fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        target: Target<'_>,
+    ) -> Result<(), ApiError> {
+        Ok(self.auth.check(caller, op, target)?)
+    }
+
     /// The node behind the service (status, clock, table size).
     pub(crate) fn node(&self) -> &raft::Node {
         &self.node

@@ -5,11 +5,16 @@
 //! anything is answered. Record commands on distinct keys run together (a
 //! "wave"), so a pipeline of N writes meets in one proposal batch and N
 //! LINEARIZABLE reads in one ReadIndex round (`raft::batch`), as a session
-//! frame's ops do. A command on a key the wave already touches, a scan or
-//! `EXEC` (they touch many keys), and every connection command (`HELLO`,
-//! `CONSISTENCY`, `INFO`, ...) wait until the wave before them is
-//! answered, so each connection sees its own commands take effect in the
-//! order it sent them. The answers of a read are written with one flush.
+//! frame's ops do; the writes of a wave reach the proposer in the order
+//! sent. A command on a key the wave already touches, a scan or `EXEC`
+//! (they touch many keys), a read-then-write (a plain `SET`, `SET ... GET`,
+//! `EXPIRE`, `PEXPIRE`, `PERSIST`: its write would otherwise be proposed
+//! after later writes of the pipeline), and every connection command
+//! (`HELLO`, `CONSISTENCY`, `INFO`, ...) wait until the wave before them is
+//! answered, and a read-then-write runs alone. So a connection's writes
+//! apply in the order it sent them, and it sees its own commands take
+//! effect in that order. Answers are written as they pile up (every 64
+//! KiB) and at the end of each read of input.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,7 +30,9 @@ use super::session::{Session, Shared, Step};
 use crate::shutdown::Shutdown;
 
 /// Commands of one wave, at most: past this the wave is answered first.
-const MAX_WAVE: usize = 1024;
+/// With the value limit, it bounds what one connection's answers hold
+/// (128 answers of up to 1 MiB by default) before they are written.
+const MAX_WAVE: usize = 128;
 /// Answers buffered before they are written, whatever is still to come.
 const FLUSH_BYTES: usize = 64 * 1024;
 
@@ -33,7 +40,8 @@ const FLUSH_BYTES: usize = 64 * 1024;
 struct Wave {
     replies: FuturesOrdered<futures::future::BoxFuture<'static, Reply>>,
     keys: HashSet<String>,
-    /// A command of the wave touches every key (a scan, `EXEC`).
+    /// A command of the wave touches every key (a scan, `EXEC`) or must run
+    /// alone (a read-then-write).
     all: bool,
 }
 
@@ -59,14 +67,69 @@ impl Wave {
             }
         }
     }
+}
 
-    /// Waits for every answer of the wave and appends them to `out`.
-    async fn finish(&mut self, resp3: bool, out: &mut BytesMut) {
-        while let Some(r) = self.replies.next().await {
-            r.encode(resp3, out);
+/// The writing side of a connection: the answers not yet written, and the
+/// wave whose answers are still to come.
+struct Output<W> {
+    wr: W,
+    out: BytesMut,
+    wave: Wave,
+    stop: Shutdown,
+}
+
+/// Why a connection ends early.
+enum End {
+    /// The node stops, or the client stopped reading or went away.
+    Gone,
+}
+
+impl<W: AsyncWrite + Unpin> Output<W> {
+    /// Appends an answer; writes once enough is buffered.
+    async fn answer(&mut self, r: Reply, resp3: bool) -> Result<(), End> {
+        r.encode(resp3, &mut self.out);
+        if self.out.len() >= FLUSH_BYTES {
+            self.flush().await?;
         }
-        self.keys.clear();
-        self.all = false;
+        Ok(())
+    }
+
+    /// Waits for every answer of the wave, in order, writing them as they
+    /// pile up, so that no more than a wave and `FLUSH_BYTES` are held.
+    async fn finish(&mut self, resp3: bool) -> Result<(), End> {
+        loop {
+            let next = tokio::select! {
+                r = self.wave.replies.next() => r,
+                _ = self.stop.requested() => return Err(End::Gone),
+            };
+            match next {
+                Some(r) => self.answer(r, resp3).await?,
+                None => break,
+            }
+        }
+        self.wave.keys.clear();
+        self.wave.all = false;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = async {
+            self.wr.write_all(&self.out).await?;
+            self.wr.flush().await
+        };
+        let done = tokio::select! {
+            r = written => r.is_ok(),
+            _ = self.stop.requested() => false,
+        };
+        self.out.clear();
+        if done {
+            Ok(())
+        } else {
+            Err(End::Gone)
+        }
     }
 }
 
@@ -79,11 +142,15 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let (mut rd, wr) = tokio::io::split(io);
     let mut parser = Parser::new(limits);
     let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut wave = Wave::new();
+    let mut o = Output {
+        wr,
+        out: BytesMut::with_capacity(16 * 1024),
+        wave: Wave::new(),
+        stop: stop.clone(),
+    };
     loop {
         let read = tokio::select! {
             r = rd.read_buf(&mut input) => r,
@@ -97,71 +164,78 @@ pub async fn serve<S>(
                 return;
             }
         }
-        let mut close = false;
-        loop {
-            let parsed = match parser.next(&mut input) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    // Not RESP: answer what came before, say why, close.
-                    wave.finish(session.resp3, &mut out).await;
-                    Reply::err(format!("ERR {e}")).encode(session.resp3, &mut out);
-                    close = true;
-                    break;
-                }
-            };
-            let args = match parsed {
-                Parsed::Command(args) if args.is_empty() => continue,
-                Parsed::Command(args) => args,
-                Parsed::Refused(why) => {
-                    wave.finish(session.resp3, &mut out).await;
-                    Reply::err(why).encode(session.resp3, &mut out);
-                    continue;
-                }
-            };
-            if !session.is_record_command(&args[0]) {
-                wave.finish(session.resp3, &mut out).await;
-            }
-            match session.run(&shared, args) {
-                Step::Now(r) => {
-                    wave.finish(session.resp3, &mut out).await;
-                    r.encode(session.resp3, &mut out);
-                }
-                Step::Close(r) => {
-                    wave.finish(session.resp3, &mut out).await;
-                    r.encode(session.resp3, &mut out);
-                    close = true;
-                    break;
-                }
-                Step::Keys(keys, reply) => {
-                    if wave.conflicts(&keys) {
-                        wave.finish(session.resp3, &mut out).await;
-                    }
-                    match keys {
-                        None => wave.all = true,
-                        Some(ks) => wave.keys.extend(ks),
-                    }
-                    wave.replies.push_back(reply);
-                }
-            }
-            if out.len() >= FLUSH_BYTES && write(&mut wr, &mut out).await.is_err() {
+        match run_input(&shared, &mut session, &mut parser, &mut input, &mut o).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = o.wr.shutdown().await;
                 return;
             }
-        }
-        wave.finish(session.resp3, &mut out).await;
-        if write(&mut wr, &mut out).await.is_err() || close {
-            let _ = wr.shutdown().await;
-            return;
+            Err(End::Gone) => return,
         }
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
+/// Runs every command in `input`; `Ok(false)`: the connection is to close
+/// once answered (`QUIT`, or bytes that are not RESP).
+async fn run_input<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    parser: &mut Parser,
+    input: &mut BytesMut,
+    o: &mut Output<W>,
+) -> Result<bool, End> {
+    let mut open = true;
+    loop {
+        let parsed = match parser.next(input) {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                // Not RESP: answer what came before, say why, close.
+                o.finish(session.resp3).await?;
+                o.answer(Reply::err(format!("ERR {e}")), session.resp3)
+                    .await?;
+                open = false;
+                break;
+            }
+        };
+        let args = match parsed {
+            Parsed::Command(args) if args.is_empty() => continue,
+            Parsed::Command(args) => args,
+            Parsed::Refused(why) => {
+                o.finish(session.resp3).await?;
+                o.answer(Reply::err(why), session.resp3).await?;
+                continue;
+            }
+        };
+        // A connection command sees (and may change) the state after
+        // every command before it.
+        if !session.is_record_command(&args[0]) {
+            o.finish(session.resp3).await?;
+        }
+        match session.run(shared, args) {
+            Step::Now(r) => {
+                o.finish(session.resp3).await?;
+                o.answer(r, session.resp3).await?;
+            }
+            Step::Close(r) => {
+                o.finish(session.resp3).await?;
+                o.answer(r, session.resp3).await?;
+                open = false;
+                break;
+            }
+            Step::Keys(keys, reply) => {
+                if o.wave.conflicts(&keys) {
+                    o.finish(session.resp3).await?;
+                }
+                match keys {
+                    None => o.wave.all = true,
+                    Some(ks) => o.wave.keys.extend(ks),
+                }
+                o.wave.replies.push_back(reply);
+            }
+        }
     }
-    wr.write_all(out).await?;
-    wr.flush().await?;
-    out.clear();
-    Ok(())
+    o.finish(session.resp3).await?;
+    o.flush().await?;
+    Ok(open)
 }

@@ -4,7 +4,10 @@
 //! resume after, shared by every connection of the port: a client with a
 //! connection pool may send the next `SCAN` on another connection. The
 //! table is bounded; a cursor past [`CURSOR_TTL`] or pushed out by newer
-//! ones is refused, and the client starts again from 0.
+//! ones is refused, and the client starts again from 0. A cursor stays
+//! valid until then, so a `SCAN` that failed (an election, a timeout) can be
+//! sent again with the same cursor. Cursors are random, so one client
+//! cannot guess another's.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -23,7 +26,6 @@ pub struct Cursors {
 
 #[derive(Default)]
 struct Inner {
-    next: u64,
     by_id: HashMap<u64, (String, String, Instant)>,
     /// Ids in the order they were handed out.
     order: VecDeque<u64>,
@@ -45,25 +47,24 @@ impl Cursors {
             i.order.pop_front();
             i.by_id.remove(&old);
         }
-        // Not guessable from the previous one, never 0 (0 starts a scan).
-        i.next = i.next.wrapping_add(1);
-        let id = (i.next.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1).max(1);
+        // Random, never 0 (0 starts a scan), below 2^63 (some clients
+        // parse cursors as signed), not one in use.
+        let id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 && !i.by_id.contains_key(&id) {
+                break id;
+            }
+        };
         i.by_id.insert(id, (prefix.to_string(), after, now));
         i.order.push_back(id);
         id
     }
 
-    /// The key to resume after, if `id` is a live cursor of `prefix`. A
-    /// cursor can be used once; the page it returns hands out the next.
-    pub fn take(&self, id: u64, prefix: &str) -> Option<String> {
-        let mut i = self.inner.lock();
+    /// The key to resume after, if `id` is a live cursor of `prefix`.
+    pub fn resume(&self, id: u64, prefix: &str) -> Option<String> {
+        let i = self.inner.lock();
         let (p, after, at) = i.by_id.get(&id)?;
-        if p != prefix || at.elapsed() > CURSOR_TTL {
-            return None;
-        }
-        let after = after.clone();
-        i.by_id.remove(&id);
-        Some(after)
+        (p == prefix && at.elapsed() <= CURSOR_TTL).then(|| after.clone())
     }
 }
 
@@ -72,17 +73,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cursor_resumes_its_own_prefix_once() {
+    fn a_cursor_resumes_its_own_prefix_and_can_be_sent_again() {
         let c = Cursors::default();
         let a = c.put("call/", "call/7".into());
         let b = c.put("sms/", "sms/1".into());
         assert_ne!(a, b);
         assert_ne!(a, 0);
-        assert_eq!(c.take(a, "sms/"), None, "another prefix");
-        assert_eq!(c.take(a, "call/"), Some("call/7".into()));
-        assert_eq!(c.take(a, "call/"), None, "used");
-        assert_eq!(c.take(b, "sms/"), Some("sms/1".into()));
-        assert_eq!(c.take(12345, ""), None);
+        assert!(a < 1 << 63);
+        assert_eq!(c.resume(a, "sms/"), None, "another prefix");
+        assert_eq!(c.resume(a, "call/"), Some("call/7".into()));
+        assert_eq!(c.resume(a, "call/"), Some("call/7".into()), "a retry");
+        assert_eq!(c.resume(b, "sms/"), Some("sms/1".into()));
+        assert_eq!(c.resume(12345, ""), None);
     }
 
     #[test]
@@ -92,7 +94,7 @@ mod tests {
         for _ in 0..MAX_CURSORS {
             c.put("", "b".into());
         }
-        assert_eq!(c.take(first, ""), None);
+        assert_eq!(c.resume(first, ""), None);
         assert!(c.inner.lock().by_id.len() <= MAX_CURSORS);
     }
 }

@@ -1,8 +1,8 @@
 //! The RESP port (`--resp-listen`): the Redis protocol, RESP2 and RESP3, so
 //! that any Redis client reads and writes records.
 //!
-//! Flow: `connections::limited` accepts (shared `--max-connections` bound,
-//! `TCP_NODELAY`) → the client port's TLS, when it has one (the caller is
+//! Flow: `connections::limited` accepts (at most `--max-connections` open on
+//! this port, `TCP_NODELAY`) → the client port's TLS, when it has one (the caller is
 //! the client certificate's identity, checked against the same roles as a
 //! gRPC call) → `conn.rs` reads and pipelines commands → `session.rs`
 //! (connection commands) and `records.rs` map each to the record API (`api::InFlightService`), which validates,
@@ -76,7 +76,7 @@ pub async fn serve(
                         let peer = peer_of(&c);
                         spawn(Box::new(c) as Box<dyn Io>, Caller::Anonymous, peer);
                     }
-                    Err(e) => tracing::debug!(error = %e, "RESP accept failed"),
+                    Err(e) => accept_failed(e).await,
                 }
             }
         }
@@ -94,11 +94,18 @@ pub async fn serve(
                         let peer = peer_of(c.get_ref().0);
                         spawn(Box::new(c) as Box<dyn Io>, caller, peer);
                     }
-                    Err(e) => tracing::debug!(error = %e, "RESP accept failed"),
+                    Err(e) => accept_failed(e).await,
                 }
             }
         }
     }
+}
+
+/// An accept that failed (out of file descriptors, say) is logged and
+/// tried again after a pause, not at once in a loop.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "RESP port: accepting a connection failed; retrying in 100 ms");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}

@@ -88,7 +88,7 @@ impl Parser {
                     return Ok(None);
                 }
                 if buf[0] != b'*' {
-                    return inline(buf);
+                    return inline(buf, &self.limits);
                 }
                 let Some(line) = take_line(buf)? else {
                     return Ok(None);
@@ -188,7 +188,7 @@ impl Parser {
 }
 
 /// An inline command: words separated by spaces, up to the end of the line.
-fn inline(buf: &mut BytesMut) -> Result<Option<Parsed>, ProtocolError> {
+fn inline(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
     let Some(pos) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_LINE_BYTES {
             return Err(ProtocolError("too big inline request".into()));
@@ -205,6 +205,13 @@ fn inline(buf: &mut BytesMut) -> Result<Option<Parsed>, ProtocolError> {
         .filter(|w| !w.is_empty())
         .map(|w| text.slice_ref(w))
         .collect();
+    if args.len() > limits.max_args {
+        return Ok(Some(Parsed::Refused(format!(
+            "ERR too many arguments: {}, at most {} in one command",
+            args.len(),
+            limits.max_args
+        ))));
+    }
     // An empty line (telnet's Enter) is an empty command, which the
     // connection passes over without an answer.
     Ok(Some(Parsed::Command(args)))
@@ -329,11 +336,13 @@ mod tests {
 
     #[test]
     fn too_many_arguments_or_bytes_refuse_the_command_only() {
-        let (out, end, _) = all(b"*5\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\ne\r\n*4\r\n$4\r\nMGET\r\n$8\r\n12345678\r\n$1\r\nx\r\n$1\r\ny\r\nPING\r\n");
+        let (out, end, _) = all(b"A B C D E\r\n*5\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\ne\r\n*4\r\n$4\r\nMGET\r\n$8\r\n12345678\r\n$1\r\nx\r\n$1\r\ny\r\nPING\r\n");
         assert_eq!(end, Ok(()));
+        // Inline, then as an array.
         assert!(matches!(&out[0], Parsed::Refused(m) if m.contains("too many arguments: 5")));
-        assert!(matches!(&out[1], Parsed::Refused(m) if m.contains("more than 12 bytes")));
-        assert_eq!(out[2], cmd(&["PING"]));
+        assert!(matches!(&out[1], Parsed::Refused(m) if m.contains("too many arguments: 5")));
+        assert!(matches!(&out[2], Parsed::Refused(m) if m.contains("more than 12 bytes")));
+        assert_eq!(out[3], cmd(&["PING"]));
     }
 
     #[test]

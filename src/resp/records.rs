@@ -12,7 +12,7 @@ use futures::FutureExt;
 use super::reply::Reply;
 use super::session::{Session, Shared, Step};
 use crate::api::{ApiError, InFlightService};
-use crate::auth::{Caller, Operation};
+use crate::auth::{Caller, Operation, Target};
 use crate::pb;
 use crate::raft::LeaderWait;
 use crate::state::Rejection;
@@ -64,8 +64,16 @@ impl Session {
                                 Err(e) => return error(e),
                             }
                         }
+                        let total: usize = out.iter().flatten().map(|r| r.value.len()).sum();
                         if exists {
                             Reply::Int(out.iter().filter(|r| r.is_some()).count() as i64)
+                        } else if total > crate::wire::RESPONSE_BYTES {
+                            // As a gRPC answer is bounded: the node does not
+                            // build an answer of any size for a short request.
+                            Reply::err(format!(
+                                "ERR MGET: the values total {total} bytes, over the answer limit of {} bytes; read fewer keys at once",
+                                crate::wire::RESPONSE_BYTES
+                            ))
                         } else {
                             Reply::Array(
                                 out.into_iter()
@@ -89,6 +97,12 @@ impl Session {
                     self.no_request_id("DEL of several keys")?;
                     String::new()
                 };
+                // Every key is authorized before any is deleted.
+                for k in &keys {
+                    sh.svc
+                        .authorize(&caller, Operation::Write, Target::Key(k))
+                        .map_err(error)?;
+                }
                 let ks = keys.clone();
                 Step::Keys(
                     Some(ks),
@@ -109,7 +123,11 @@ impl Session {
                         for d in done {
                             match d {
                                 Ok(_) => n += 1,
-                                Err(ApiError::Rejected(Rejection::NotFound { .. })) => {}
+                                // Absent, or COMPLETED/EXPIRED and waiting for
+                                // hand-off: not deleted, as DEL counts.
+                                Err(ApiError::Rejected(
+                                    Rejection::NotFound { .. } | Rejection::NotLive { .. },
+                                )) => {}
                                 Err(e) => return error(e),
                             }
                         }
@@ -196,7 +214,8 @@ impl Session {
                             None => Reply::Int(-1),
                             Some(at) => {
                                 let left = at.saturating_sub(now);
-                                Reply::Int(if millis { left } else { left.div_ceil(1000) } as i64)
+                                // Redis rounds to the nearest second.
+                                Reply::Int(if millis { left } else { (left + 500) / 1000 } as i64)
                             }
                         },
                         Err(e) => error(e),
@@ -222,9 +241,10 @@ impl Session {
                 self.no_request_id(name)?;
                 let k = key(k)?;
                 let linear = self.get_request(k.clone());
-                one(
-                    k,
-                    async move { change_ttl(&sh.svc, &caller, linear, ttl).await },
+                // A read-then-write: it runs alone (`conn.rs`).
+                Step::Keys(
+                    None,
+                    async move { change_ttl(&sh.svc, &caller, linear, ttl).await }.boxed(),
                 )
             }
             "SCAN" => self.scan(sh, a)?,
@@ -252,12 +272,20 @@ impl Session {
             _ => {}
         }
         let id = self.take_request_id();
-        Ok(one(o.key.clone(), async move {
-            match set(&sh.svc, &caller, linear, o, id).await {
-                Ok(r) => r,
-                Err(e) => error(e),
+        // A read-then-write runs alone (`conn.rs`); an insert or an update
+        // is one write and joins the others.
+        let alone = o.mode == SetMode::Upsert || o.get;
+        let keys = (!alone).then(|| vec![o.key.clone()]);
+        Ok(Step::Keys(
+            keys,
+            async move {
+                match set(&sh.svc, &caller, linear, o, id).await {
+                    Ok(r) => r,
+                    Err(e) => error(e),
+                }
             }
-        }))
+            .boxed(),
+        ))
     }
 
     /// `SCAN cursor [MATCH prefix*] [COUNT n]`.
@@ -295,7 +323,7 @@ impl Session {
         }
         let after_key = match cursor {
             0 => String::new(),
-            c => match sh.cursors.take(c, &prefix) {
+            c => match sh.cursors.resume(c, &prefix) {
                 Some(after) => after,
                 None => {
                     return Err(Reply::err(
@@ -326,6 +354,8 @@ impl Session {
                             Reply::Array(
                                 page.records
                                     .into_iter()
+                                    // As GET reads them: EXPIRED is gone.
+                                    .filter(|r| r.state != pb::RecordState::Expired as i32)
                                     .map(|r| Reply::text(r.key))
                                     .collect(),
                             ),
@@ -488,7 +518,15 @@ async fn set(
         } else {
             Operation::Write
         };
-        let old = read(svc, caller, as_op, consistent.clone()).await?;
+        let old = fetch(svc, caller, as_op, consistent.clone()).await?;
+        // A COMPLETED or EXPIRED record takes no write until it is handed
+        // off and gone: no attempt can succeed, so none is made.
+        if let Some(state) = old.as_ref().and_then(immutable_state) {
+            return Err(ApiError::Rejected(Rejection::NotLive {
+                key: o.key.clone(),
+                state,
+            }));
+        }
         let written = match (&old, o.mode) {
             (None, SetMode::Update) | (Some(_), SetMode::Insert) => return Ok(failed(old)),
             (None, _) => {
@@ -594,15 +632,34 @@ async fn read(
     as_op: Operation,
     req: pb::GetRequest,
 ) -> Result<Option<pb::Record>, ApiError> {
+    Ok(fetch(svc, caller, as_op, req)
+        .await?
+        .filter(|r| r.state != pb::RecordState::Expired as i32))
+}
+
+/// The record in any state, or `None` if there is none.
+async fn fetch(
+    svc: &InFlightService,
+    caller: &Caller,
+    as_op: Operation,
+    req: pb::GetRequest,
+) -> Result<Option<pb::Record>, ApiError> {
     match svc
         .get_as(caller, as_op, LeaderWait::Answer, None, req)
         .await
     {
-        Ok(r) => Ok(r
-            .record
-            .filter(|r| r.state != pb::RecordState::Expired as i32)),
+        Ok(r) => Ok(r.record),
         Err(ApiError::Rejected(Rejection::NotFound { .. })) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// The state of a record that takes no more writes, if it is one.
+fn immutable_state(r: &pb::Record) -> Option<crate::state::RecordState> {
+    match pb::RecordState::try_from(r.state) {
+        Ok(pb::RecordState::Completed) => Some(crate::state::RecordState::Completed),
+        Ok(pb::RecordState::Expired) => Some(crate::state::RecordState::Expired),
+        _ => None,
     }
 }
 

@@ -39,9 +39,33 @@ pub struct Session {
     pub(super) max_staleness_ms: Option<u64>,
     /// `REQID`: the request id of the next write.
     pub(super) request_id: Option<String>,
-    /// Commands queued by `MULTI`, and whether one was refused.
-    pub(super) multi: Option<(Vec<pb::BatchOp>, Vec<Kind>, bool)>,
+    /// Commands queued by `MULTI`.
+    pub(super) multi: Option<Multi>,
+    /// The `REQID` of the write command being run: taken from `request_id`
+    /// as the command starts, so that a command that fails (or is refused
+    /// before it reaches the log) uses it up rather than leaving it for the
+    /// next write.
+    pub(super) pending_id: Option<String>,
 }
+
+/// A `MULTI` block being queued: one atomic batch, within the batch limits
+/// as it grows (not only at `EXEC`), so queuing cannot hold more than a
+/// batch may.
+#[derive(Default)]
+pub(super) struct Multi {
+    ops: Vec<pb::BatchOp>,
+    kinds: Vec<Kind>,
+    value_bytes: usize,
+    /// A command was refused while queuing: `EXEC` answers EXECABORT, and
+    /// nothing more is kept.
+    failed: bool,
+}
+
+/// Commands that write, or end a `MULTI` block: each uses up the `REQID`
+/// before it, whether it succeeds or not.
+const WRITES: &[&str] = &[
+    "SET", "DEL", "IF.SET", "IF.DEL", "COMPLETE", "EXPIRE", "PEXPIRE", "PERSIST", "EXEC", "DISCARD",
+];
 
 /// What a command turned into.
 pub enum Step {
@@ -73,6 +97,7 @@ impl Session {
             max_staleness_ms: None,
             request_id: None,
             multi: None,
+            pending_id: None,
         }
     }
 
@@ -99,8 +124,14 @@ impl Session {
                 "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT"
             )
         {
-            return Step::Now(self.queue(&name, a));
+            let max_value_bytes = shared.svc.limits().max_value_bytes;
+            return Step::Now(self.queue(&name, a, max_value_bytes));
         }
+        self.pending_id = if WRITES.contains(&name.as_str()) {
+            self.request_id.take()
+        } else {
+            None
+        };
         match self.connection_command(shared, &name, a) {
             Some(step) => step,
             None => match self.record_command(shared, &name, a) {
@@ -155,7 +186,7 @@ impl Session {
             },
             "MULTI" if self.multi.is_some() => Reply::err("ERR MULTI calls can not be nested"),
             "MULTI" => {
-                self.multi = Some((Vec::new(), Vec::new(), false));
+                self.multi = Some(Multi::default());
                 Reply::OK
             }
             "DISCARD" => match self.multi.take() {
@@ -172,12 +203,16 @@ impl Session {
         Some(Step::Now(reply))
     }
 
+    /// `HELLO [2|3 [AUTH ...] [SETNAME name]]`: nothing changes unless the
+    /// whole command is valid.
     fn hello(&mut self, shared: &Arc<Shared>, a: &[Bytes]) -> Reply {
         let mut rest = a;
+        let mut resp3 = self.resp3;
+        let mut name = None;
         if let [v, tail @ ..] = a {
             match v.as_ref() {
-                b"2" => self.resp3 = false,
-                b"3" => self.resp3 = true,
+                b"2" => resp3 = false,
+                b"3" => resp3 = true,
                 _ => return Reply::err("NOPROTO unsupported protocol version"),
             }
             rest = tail;
@@ -185,7 +220,10 @@ impl Session {
         while let [opt, tail @ ..] = rest {
             match (opt.to_ascii_uppercase().as_slice(), tail) {
                 (b"SETNAME", [n, tail @ ..]) => {
-                    self.name = Some(n.clone());
+                    if let Err(e) = check_name(n) {
+                        return e;
+                    }
+                    name = Some(n.clone());
                     rest = tail;
                 }
                 (b"AUTH", _) => {
@@ -195,6 +233,10 @@ impl Session {
                 }
                 _ => return Reply::err("ERR syntax error in HELLO"),
             }
+        }
+        self.resp3 = resp3;
+        if name.is_some() {
+            self.name = name.filter(|n| !n.is_empty());
         }
         let node = shared.svc.node();
         Reply::Map(vec![
@@ -226,15 +268,13 @@ impl Session {
             return arity("CLIENT");
         };
         match (sub.to_ascii_uppercase().as_slice(), &a[1..]) {
-            (b"SETNAME", [n]) => {
-                if n.iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return Reply::err(
-                        "ERR Client names cannot contain spaces, newlines or special characters.",
-                    );
+            (b"SETNAME", [n]) => match check_name(n) {
+                Ok(()) => {
+                    self.name = (!n.is_empty()).then(|| n.clone());
+                    Reply::OK
                 }
-                self.name = (!n.is_empty()).then(|| n.clone());
-                Reply::OK
-            }
+                Err(e) => e,
+            },
             (b"GETNAME", []) => self.name.clone().map(Reply::Bulk).unwrap_or(Reply::Null),
             (b"ID", []) => Reply::Int(self.id as i64),
             (b"INFO", []) => Reply::text(format!(
@@ -279,12 +319,12 @@ impl Session {
 
     /// The request id for the next write, taken.
     pub(super) fn take_request_id(&mut self) -> String {
-        self.request_id.take().unwrap_or_default()
+        self.pending_id.take().unwrap_or_default()
     }
 
     /// A command that may not carry a request id (it is more than one write).
     pub(super) fn no_request_id(&mut self, name: &str) -> Result<(), Reply> {
-        match self.request_id.take() {
+        match self.pending_id.take() {
             None => Ok(()),
             Some(_) => Err(Reply::err(format!(
                 "ERR REQID: {name} reads and then writes conditionally, so a retry could differ \
@@ -304,26 +344,57 @@ impl Session {
 
     /// A command inside `MULTI`: checked and queued as an op of the batch
     /// that `EXEC` proposes.
-    fn queue(&mut self, name: &str, a: &[Bytes]) -> Reply {
+    fn queue(&mut self, name: &str, a: &[Bytes], max_value_bytes: usize) -> Reply {
         let op = queued_op(name, a);
-        let Some((ops, kinds, failed)) = self.multi.as_mut() else {
+        let Some(m) = self.multi.as_mut() else {
             return Reply::err("ERR internal: no MULTI");
+        };
+        let refuse = |m: &mut Multi, e: Reply| {
+            // Nothing more is kept: EXEC will only say EXECABORT.
+            *m = Multi {
+                failed: true,
+                ..Multi::default()
+            };
+            e
         };
         match op {
             Ok((op, kind)) => {
-                ops.push(op);
-                kinds.push(kind);
+                if m.failed {
+                    return Reply::Simple("QUEUED");
+                }
+                let bytes = m.value_bytes + batch_op_value_bytes(&op);
+                let max_bytes = max_value_bytes.saturating_mul(crate::api::BATCH_VALUE_FACTOR);
+                if m.ops.len() >= crate::api::MAX_BATCH_OPS {
+                    return refuse(
+                        m,
+                        Reply::err(format!(
+                            "ERR MULTI: more than {} commands in one block (a block is one batch)",
+                            crate::api::MAX_BATCH_OPS
+                        )),
+                    );
+                }
+                if bytes > max_bytes {
+                    return refuse(
+                        m,
+                        Reply::err(format!(
+                            "ERR MULTI: values total {bytes} bytes, over the batch limit of {max_bytes} bytes"
+                        )),
+                    );
+                }
+                m.ops.push(op);
+                m.kinds.push(kind);
+                m.value_bytes = bytes;
                 Reply::Simple("QUEUED")
             }
-            Err(e) => {
-                *failed = true;
-                e
-            }
+            Err(e) => refuse(m, e),
         }
     }
 
     fn exec(&mut self, shared: &Arc<Shared>) -> Step {
-        let Some((ops, kinds, failed)) = self.multi.take() else {
+        let Some(Multi {
+            ops, kinds, failed, ..
+        }) = self.multi.take()
+        else {
             return Step::Now(Reply::err("ERR EXEC without MULTI"));
         };
         if failed {
@@ -449,4 +520,24 @@ fn queued_op(name: &str, a: &[Bytes]) -> Result<(pb::BatchOp, Kind), Reply> {
             }
         };
     Ok((pb::BatchOp { op: Some(op) }, kind))
+}
+
+fn batch_op_value_bytes(op: &pb::BatchOp) -> usize {
+    use pb::batch_op::Op;
+    match &op.op {
+        Some(Op::Insert(r)) => r.value.len(),
+        Some(Op::Update(r)) => r.value.len(),
+        Some(Op::Complete(r)) => r.value.as_ref().map_or(0, Vec::len),
+        Some(Op::Delete(_)) | None => 0,
+    }
+}
+
+/// A client name, as Redis allows them: printable ASCII without spaces.
+fn check_name(n: &[u8]) -> Result<(), Reply> {
+    if n.iter().any(|b| *b <= b' ' || *b > b'~') {
+        return Err(Reply::err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    Ok(())
 }
