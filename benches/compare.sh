@@ -31,6 +31,10 @@
 #                   a second 3-node inflight cluster, --durability memory,
 #                   running those of insert,update,get,lifecycle,mixed that are
 #                   selected (all five if none is); up only for its own runs
+#       resp        redis-benchmark (the same binary and flags for both: SET
+#                   and GET, 256-byte values, 1,000,000 random keys, --clients
+#                   connections, -P 1 and -P 16) against the inflight
+#                   leader's RESP port and against Redis
 #       memory      memory per record: --records records into inflight and Redis
 #       failover    kill -9 the inflight leader under writes, --failover-rounds times
 #
@@ -45,7 +49,7 @@ DURATION=10
 CPUS_PER_NODE=
 CLIENTS=64
 CONNECTIONS=8
-ALL_WORKLOADS=insert,update,get,spread,lifecycle,mixed,single,memory-durability,memory,failover
+ALL_WORKLOADS=insert,update,get,spread,lifecycle,mixed,single,resp,memory-durability,memory,failover
 WORKLOADS=$ALL_WORKLOADS
 RECORDS=1000000
 ROUNDS=10
@@ -83,6 +87,7 @@ fi
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "== installing ${missing[*]}" >&2
@@ -158,7 +163,8 @@ trap 'exit 130' INT TERM
 # A block of free loopback ports: inflight (disk) +1..3 gRPC, +5..7 peer,
 # +11..13 HTTP; etcd +21..23 client, +31..33 peer; Redis +39; inflight
 # (memory) +41..43 gRPC, +45..47 peer, +51..53 HTTP; inflight (5 nodes, the
-# spread runs) +14..18 gRPC, +24..28 peer, +34..38 HTTP.
+# spread runs) +14..18 gRPC, +24..28 peer, +34..38 HTTP; RESP ports of the
+# inflight clusters: disk +48..50, memory +8..10, 5 nodes +54..58.
 BASE=$(( 31000 + (RANDOM % 150) * 60 ))
 port() { echo $(( BASE + $1 )); }
 
@@ -168,8 +174,8 @@ port() { echo $(( BASE + $1 )); }
 # DIR/postflight), so this script builds no serve flags itself, the failover
 # run can kill and restart single nodes by pid, and the pid in DIR/node-ID.pid
 # is the server's own (for its CPU time).
-inflight_cluster() { # dir durability grpc-port http-port peer-port [nodes]: writes dir/start-node.sh
-    local dir=$1 durability=$2 grpc=$3 http=$4 peer=$5 nodes=${6:-3} cap=":"
+inflight_cluster() { # dir durability grpc-port http-port peer-port resp-port [nodes]: writes dir/start-node.sh
+    local dir=$1 durability=$2 grpc=$3 http=$4 peer=$5 resp=$6 nodes=${7:-3} cap=":"
     mkdir -p "$dir"
     if [ -n "$CGROUP_BASE" ]; then
         cap="d=$CGROUP_BASE-$(basename "$dir")-\$id; mkdir -p \$d"
@@ -185,7 +191,7 @@ inflight_cluster() { # dir durability grpc-port http-port peer-port [nodes]: wri
 # Starts (or restarts) inflight node \$1 in the background; its pid goes to node-\$1.pid.
 id=\$1
 setsid "$INFLIGHT" dev --nodes $nodes --dir "$dir" --durability $durability \\
-    --grpc-port $grpc --http-port $http --peer-port $peer --node "\$id" < /dev/null &
+    --grpc-port $grpc --http-port $http --peer-port $peer --resp-port $resp --node "\$id" < /dev/null &
 pid=\$!
 echo \$pid > "$dir/node-\$id.pid"
 # --cpus-per-node (nothing without it)
@@ -199,11 +205,11 @@ for i in 1 2 3; do
     IF_EPS="$IF_EPS${IF_EPS:+,}127.0.0.1:$(port $i)"
     IFM_EPS="$IFM_EPS${IFM_EPS:+,}127.0.0.1:$(port $((40 + i)))"
 done
-inflight_cluster "$WORK/inflight" disk "$(port 1)" "$(port 11)" "$(port 5)"
+inflight_cluster "$WORK/inflight" disk "$(port 1)" "$(port 11)" "$(port 5)" "$(port 48)"
 for i in 1 2 3; do "$WORK/inflight/start-node.sh" $i; done
 # The memory-durability cluster is started only for its own runs (below), so
 # it takes no CPU from the others.
-inflight_cluster "$WORK/inflight-memory" memory "$(port 41)" "$(port 51)" "$(port 45)"
+inflight_cluster "$WORK/inflight-memory" memory "$(port 41)" "$(port 51)" "$(port 45)" "$(port 8)"
 
 # --- etcd: 3 members ---------------------------------------------------------
 ETCD_EPS=""
@@ -357,7 +363,7 @@ if has spread; then
     # The same two runs on 5 members: a cluster started for them only, so
     # that it takes no CPU from the other runs.
     echo "== starting a 5-node inflight cluster (disk) for the spread runs" >&2
-    inflight_cluster "$WORK/inflight5" disk "$(port 14)" "$(port 34)" "$(port 24)" 5
+    inflight_cluster "$WORK/inflight5" disk "$(port 14)" "$(port 34)" "$(port 24)" "$(port 54)" 5
     IF5_EPS=""
     for i in 1 2 3 4 5; do
         "$WORK/inflight5/start-node.sh" $i
@@ -401,6 +407,24 @@ EOF
     for wl in insert get; do
         run single-inflight inflight "$IF_EPS" $wl linearizable 1 1
         run single-etcd etcd "$ETCD_LEADER_EP" $wl linearizable 1 1
+    done
+fi
+
+if has resp; then
+    # The leader's RESP port: writes are served there (followers answer
+    # READONLY, which redis-benchmark would count as errors).
+    leader=$("$INFLIGHT" --endpoints "$IF_EPS" status --json | python3 -c \
+        'import json,sys; print(json.load(sys.stdin)["leader"])')
+    IF_RESP_PORT=$(( $(port 48) + leader - 1 ))
+    for pipeline in 1 16; do
+        for sys in inflight redis; do
+            p=$IF_RESP_PORT
+            [ $sys = redis ] && p=$REDIS_PORT
+            echo "== redis-benchmark $sys -P $pipeline: SET, GET, $CLIENTS connections" >&2
+            redis-benchmark -h 127.0.0.1 -p "$p" -t set,get -n $(( 20000 * pipeline )) \
+                -c "$CLIENTS" -P "$pipeline" -r 1000000 -d 256 --csv \
+                > "$RESULTS/resp-$sys-P$pipeline.csv"
+        done
     done
 fi
 

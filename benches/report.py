@@ -15,6 +15,8 @@ Files read from RESULTS_DIR (each optional; what is missing is left out):
   inflight-spread-get-linearizable.json, inflight5[-spread]-get-linearizable.json
                                      linearizable gets on any member (follower
                                      reads), and on a 5-node cluster
+  resp-SYSTEM-PN.csv                 redis-benchmark --csv against inflight's
+                                     RESP port and Redis, pipeline N
 """
 import argparse
 import datetime
@@ -84,6 +86,19 @@ def cpu(results, label):
         "servers_us": servers / n * 1e6 if n else None,
         "client_us": client / n * 1e6 if n else None,
     }
+
+
+def resp_bench(results, system, pipeline):
+    """{test: {"rps": float, "p50": float, "p99": float}} from a redis-benchmark
+    --csv file, or None."""
+    path = os.path.join(results, f"resp-{system}-P{pipeline}.csv")
+    if not os.path.exists(path):
+        return None
+    import csv
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {r["test"]: {"rps": float(r["rps"]), "p50": float(r["p50_latency_ms"]),
+                        "p99": float(r["p99_latency_ms"])} for r in rows}
 
 
 def main():
@@ -196,6 +211,12 @@ def main():
     if i and r:
         x = ratio(i, r)
         target("stale get", f"{x:.2f}× Redis GET", "≥ 0.5×", x >= 0.5)
+    for test, goal in (("GET", 0.5), ("SET", 0.25)):
+        i = (resp_bench(a.results, "inflight", 16) or {}).get(test)
+        r = (resp_bench(a.results, "redis", 16) or {}).get(test)
+        if i and r and r["rps"]:
+            x = i["rps"] / r["rps"]
+            target(f"redis-benchmark {test} -P 16", f"{x:.2f}× Redis", f"≥ {goal}×", x >= goal)
     i, e = R("inflight-mixed-linearizable.json"), R("etcd-mixed-linearizable.json")
     if i and e:
         x = ratio(i, e)
@@ -288,6 +309,26 @@ def main():
                   f"| {fmt_ratio(ratio(sp, e))} |")
                 for x in errors(l, sp):
                     w(f"| | {n} members: {x} | | | | | |")
+    resp = {(s, n): resp_bench(a.results, s, n) for s in ("inflight", "redis") for n in (1, 16)}
+    if any(resp.values()):
+        w("")
+        w("## The Redis protocol (redis-benchmark)")
+        w("")
+        w(f"`redis-benchmark -t set,get -c {a.clients} -P N -r 1000000 -d 256`, the same binary and flags against "
+          "the inflight leader's RESP port (disk durability) and against Redis. inflight's `SET` is an upsert: a "
+          "linearizable read, then a conditional write, and it runs alone in a connection's pipeline; its `GET` "
+          "is linearizable.")
+        w("")
+        w("| test | pipeline | inflight ops/s | p50 | p99 | Redis ops/s | p50 | p99 | inflight/Redis |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for test in ("SET", "GET"):
+            for n in (1, 16):
+                i, r = resp[("inflight", n)], resp[("redis", n)]
+                i, r = (i or {}).get(test), (r or {}).get(test)
+                f = lambda x, k, d=2: "–" if not x else f"{x[k]:,.{d}f}"  # noqa: E731
+                x = i["rps"] / r["rps"] if i and r and r["rps"] else None
+                w(f"| {test} | {n} | {f(i, 'rps', 0)} | {f(i, 'p50')} | {f(i, 'p99')} | {f(r, 'rps', 0)} "
+                  f"| {f(r, 'p50')} | {f(r, 'p99')} | {fmt_ratio(x)} |")
     if any(cpus.values()):
         w("")
         w("## CPU per insert")
