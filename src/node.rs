@@ -110,22 +110,8 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
     let peer_listener = TcpListener::bind(o.peer_listen)
         .await
         .with_context(|| format!("--peer-listen: cannot listen on {}", o.peer_listen))?;
-    let http_listener = match o.http {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--http: cannot listen on {addr}"))?,
-        ),
-        None => None,
-    };
-    let resp_listener = match o.resp_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--resp-listen: cannot listen on {addr}"))?,
-        ),
-        None => None,
-    };
+    let http_listener = bind_optional("--http", o.http).await?;
+    let resp_listener = bind_optional("--resp-listen", o.resp_listen).await?;
     // Open the sinks first: a sink that cannot even be opened (a directory
     // that cannot be created) is a configuration error, reported at startup.
     let ca = o.handoff.sink_ca_file.as_deref();
@@ -406,6 +392,21 @@ fn grpc_server() -> tonic::transport::Server {
 }
 
 /// Runs a gRPC server to its end, logging why if it failed.
+/// The listener of an optional port, or `None` when its flag is not given.
+async fn bind_optional(
+    flag: &str,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => {
+            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("{flag}: cannot listen on {addr}")
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
 async fn log_end(
     what: &'static str,
     server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use testkit::resp::{RespConn, Value};
 
 use crate::history::{Call, Operation, Outcome, Refusal};
-use crate::workload::{Recorded, KEYS};
+use crate::workload::{next_op, Recorded, KEYS};
 
 /// How long one operation may take, attempts on another node included.
 const DEADLINE: Duration = Duration::from_millis(1_000);
@@ -162,10 +162,7 @@ pub async fn run(
     let ns = |epoch: Instant| epoch.elapsed().as_nanos() as u64;
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
-        let k = rng.random_range(0..KEYS);
-        let key = format!("k{k}");
-        let value = format!("r{client_id}-{seq}");
-        let roll = rng.random_range(0..100);
+        let (k, key, value, roll) = next_op(&mut rng, "r", client_id, seq);
         let called_at = ns(epoch);
         let mut n = Counts::default();
         let (call, outcome) = match roll {

@@ -188,10 +188,7 @@ async fn run_client(
     let mut seen = [None::<u64>; KEYS as usize];
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
-        let k = rng.random_range(0..KEYS);
-        let key = format!("k{k}");
-        let value = format!("c{client_id}-{seq}");
-        let roll = rng.random_range(0..100);
+        let (k, key, value, roll) = next_op(&mut rng, "c", client_id, seq);
         // Reads: 40% (LINEARIZABLE through the leader or from the home node,
         // LEASE, STALE with and without a bound); writes: 60%.
         let call = match roll {
@@ -275,6 +272,19 @@ async fn run_client(
             returned_at,
         });
     }
+}
+
+/// The next operation's key index, key, unique value (`PREFIX<client>-<seq>`)
+/// and roll of the dice (0..100), for every recording client.
+pub fn next_op(
+    rng: &mut StdRng,
+    prefix: &str,
+    client_id: u32,
+    seq: u64,
+) -> (u64, String, String, u32) {
+    let k = rng.random_range(0..KEYS);
+    let value = format!("{prefix}{client_id}-{seq}");
+    (k, format!("k{k}"), value, rng.random_range(0..100))
 }
 
 /// A STALE get from the home node, with or without a bound: the serving
