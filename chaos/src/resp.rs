@@ -60,7 +60,10 @@ struct Client {
 
 enum Reply {
     Value(Value),
-    /// No answer, or the connection broke: the outcome is unknown.
+    /// No connection: nothing was sent, so nothing can have applied.
+    NotSent,
+    /// No answer, or the connection broke after sending: the outcome is
+    /// unknown.
     Lost,
 }
 
@@ -68,14 +71,14 @@ impl Client {
     async fn call(&mut self, node: u64, commands: &[&[&[u8]]], deadline: Instant) -> Reply {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(addr) = self.ports.addrs.get(&node).cloned() else {
-            return Reply::Lost;
+            return Reply::NotSent;
         };
         let tls = self.ports.tls.clone();
         let mut conn = match self.conns.remove(&node) {
             Some(c) => c,
             None => match tokio::time::timeout(left, RespConn::connect(&addr, tls)).await {
                 Ok(Ok(c)) => c,
-                _ => return Reply::Lost,
+                _ => return Reply::NotSent,
             },
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -98,16 +101,39 @@ impl Client {
         }
     }
 
+    /// The next node to try as leader, after `node`.
+    fn next_node(&self, node: u64) -> u64 {
+        let ids: Vec<u64> = self.ports.addrs.keys().copied().collect();
+        let i = ids.iter().position(|&id| id == node).unwrap_or(0);
+        ids[(i + 1) % ids.len()]
+    }
+
     /// A write on the node believed to lead, following `READONLY` to the
-    /// leader it names until the deadline. `None`: nothing was proposed
-    /// (no leader to send it to), so there is nothing to record.
+    /// leader it names, and past a node it cannot connect to, until the
+    /// deadline. `None`: nothing was proposed (no leader to send it to), so
+    /// there is nothing to record.
     async fn write(&mut self, commands: &[&[&[u8]]], counts: &mut Counts) -> Option<Reply> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let node = self.leader;
             let reply = self.call(node, commands, deadline).await;
-            let Reply::Value(Value::Error(e)) = &reply else {
-                return Some(reply);
+            let e = match &reply {
+                Reply::NotSent => {
+                    // Down, or cut off from us: try the next node.
+                    self.leader = self.next_node(node);
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Reply::Lost => {
+                    // It may have applied; the next write starts elsewhere.
+                    self.leader = self.next_node(node);
+                    return Some(reply);
+                }
+                Reply::Value(Value::Error(e)) => e,
+                Reply::Value(_) => return Some(reply),
             };
             if !e.starts_with("READONLY") {
                 return Some(reply);
@@ -125,9 +151,7 @@ impl Client {
                 }
                 // No leader known yet: try the next node after a pause.
                 _ => {
-                    let ids: Vec<u64> = self.ports.addrs.keys().copied().collect();
-                    let i = ids.iter().position(|&id| id == node).unwrap_or(0);
-                    self.leader = ids[(i + 1) % ids.len()];
+                    self.leader = self.next_node(node);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -173,14 +197,19 @@ pub async fn run(
                     .await;
                 match read_outcome(reply) {
                     Some(o) => (Call::GET, o),
-                    // A read that failed changed nothing: not recorded.
-                    None => continue,
+                    // A read that failed changed nothing: not recorded. A
+                    // pause, so that a home node that is down is not
+                    // hammered with connection attempts.
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                 }
             }
             40..=59 => {
                 let cmd: &[&[u8]] = &[b"SET", key.as_bytes(), value.as_bytes(), b"NX"];
                 let Some(reply) = c.write(&[cmd], &mut n).await else {
-                    continue;
+                    continue; // not sent: `write` paused already
                 };
                 let outcome = match reply {
                     Reply::Value(Value::Simple(s)) if s == "OK" => Outcome::Written { version: 1 },
@@ -200,7 +229,7 @@ pub async fn run(
                 let update: &[&[u8]] =
                     &[b"IF.SET", key.as_bytes(), at_s.as_bytes(), value.as_bytes()];
                 let Some(reply) = c.write(&[&[b"MULTI"], update, &[b"EXEC"]], &mut n).await else {
-                    continue;
+                    continue; // not sent: `write` paused already
                 };
                 let outcome = match reply {
                     Reply::Value(Value::Array(Some(v))) => match v.as_slice() {
@@ -225,7 +254,7 @@ pub async fn run(
             _ => {
                 let cmd: &[&[u8]] = &[b"COMPLETE", key.as_bytes(), value.as_bytes()];
                 let Some(reply) = c.write(&[cmd], &mut n).await else {
-                    continue;
+                    continue; // not sent: `write` paused already
                 };
                 let outcome = match reply {
                     Reply::Value(Value::Int(version)) => Outcome::Written {
@@ -281,7 +310,8 @@ fn refused(refusal: Refusal) -> Outcome {
     Outcome::Refused { refusal }
 }
 
-/// A `RECORD` reply: the record, or NotFound; `None` for a read that failed.
+/// A `RECORD` reply: the record, or NotFound; `None` for a read that failed
+/// or was not sent.
 fn read_outcome(reply: Reply) -> Option<Outcome> {
     let Reply::Value(v) = reply else {
         return None;
