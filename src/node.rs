@@ -391,7 +391,6 @@ fn grpc_server() -> tonic::transport::Server {
         .max_concurrent_streams(Some(crate::connections::MAX_STREAMS_PER_CONNECTION))
 }
 
-/// Runs a gRPC server to its end, logging why if it failed.
 /// The listener of an optional port, or `None` when its flag is not given.
 async fn bind_optional(
     flag: &str,
@@ -407,6 +406,7 @@ async fn bind_optional(
     }
 }
 
+/// Runs a gRPC server to its end, logging why if it failed.
 async fn log_end(
     what: &'static str,
     server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,

@@ -5,6 +5,7 @@
 //! and redis-py.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -714,7 +715,7 @@ write = ["sms/"]
     let addr = resp_addr(&c, leader);
     let pki = c.pki.as_ref().unwrap();
     let me = pki.client("sms-dispatcher");
-    let tls = resp::client_config(&pki.ca(), Some((&me.cert, &me.key)));
+    let tls = Arc::new(testkit::tls::client_config(&pki.ca(), Some(&me)));
     let mut s = RespConn::connect(&addr, Some(tls)).await.unwrap();
     let commands: &[&[&[u8]]] = &[
         &[b"SET", b"sms/1", b"queued"],
@@ -764,7 +765,7 @@ write = ["sms/"]
     );
 
     // No certificate, or no TLS at all: no answer.
-    let anonymous = resp::client_config(&pki.ca(), None);
+    let anonymous = Arc::new(testkit::tls::client_config(&pki.ca(), None));
     let answered = match RespConn::connect(&addr, Some(anonymous)).await {
         Ok(mut s) => s.call(&[b"PING"]).await.is_ok(),
         Err(_) => false,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use inflight::tls::{PemFile, Port, PortFiles, ServerTls, TlsIncoming};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use testkit::tls::{CertFiles, Pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,26 +59,7 @@ async fn serve(tls: ServerTls) -> SocketAddr {
 }
 
 fn client_config(ca: &Path, identity: Option<&CertFiles>, alpn: &[u8]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(inflight::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut cfg = match identity {
-        Some(id) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(&id.cert)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_file(&id.key).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
+    let mut cfg = testkit::tls::client_config(ca, identity);
     cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg
 }

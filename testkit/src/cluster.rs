@@ -361,10 +361,10 @@ impl Cluster {
     /// certificate), for [`crate::resp::RespConn::connect`]; `None`: plaintext.
     pub fn resp_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
         let (pki, me) = (self.pki.as_ref()?, self.harness_cert.as_ref()?);
-        Some(crate::resp::client_config(
+        Some(std::sync::Arc::new(crate::tls::client_config(
             &pki.ca(),
-            Some((&me.cert, &me.key)),
-        ))
+            Some(me),
+        )))
     }
 
     /// Starts node `id` on its data directory; does nothing if it runs.

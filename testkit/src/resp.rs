@@ -140,33 +140,3 @@ async fn read_value<R: tokio::io::AsyncBufRead + Unpin + Send>(
         _ => return Err(bad(format!("not a RESP2 reply: {l:?}"))),
     })
 }
-
-/// A rustls client configuration trusting `ca` and presenting `identity`
-/// (certificate and key files), if any.
-pub fn client_config(
-    ca: &std::path::Path,
-    identity: Option<(&std::path::Path, &std::path::Path)>,
-) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(c.expect("CA certificate")).expect("add CA");
-    }
-    let b = rustls::ClientConfig::builder_with_provider(inflight::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots);
-    Arc::new(match identity {
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(cert)
-                    .expect("certificate file")
-                    .map(|c| c.expect("certificate"))
-                    .collect(),
-                PrivateKeyDer::from_pem_file(key).expect("key file"),
-            )
-            .expect("client certificate"),
-        None => b.with_no_client_auth(),
-    })
-}

@@ -152,3 +152,31 @@ fn write_atomically(path: &Path, data: &[u8]) {
     std::fs::write(&tmp, data).expect("write certificate");
     std::fs::rename(&tmp, path).expect("rename certificate");
 }
+
+/// A rustls client configuration trusting the CA certificates in `ca` and
+/// presenting `identity`, if any (no ALPN: a caller that needs it sets
+/// `alpn_protocols`).
+pub fn client_config(ca: &Path, identity: Option<&CertFiles>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA certificate")).expect("add CA");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(inflight::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    match identity {
+        Some(id) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&id.cert)
+                    .expect("certificate file")
+                    .map(|c| c.expect("certificate"))
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&id.key).expect("key file"),
+            )
+            .expect("client certificate"),
+        None => b.with_no_client_auth(),
+    }
+}
