@@ -50,6 +50,13 @@ pub struct Recorded {
 /// Recording clients that speak the Redis protocol (`crate::resp`).
 pub const RESP_CLIENTS: u32 = 2;
 
+/// The ids of the LEASE readers (one per client address), apart from the
+/// other clients'.
+const LEASE_READER_IDS: u32 = 2_000;
+
+/// How often a LEASE reader reads.
+const LEASE_READ_EVERY: Duration = Duration::from_millis(10);
+
 /// The bound of the bounded STALE reads.
 pub const MAX_STALENESS_MS: u64 = 300;
 
@@ -135,6 +142,14 @@ impl Workload {
                 },
             )
             .expect("client");
+            tasks.push(tokio::spawn(lease_reader(
+                LEASE_READER_IDS + c as u32,
+                client.clone(),
+                seed,
+                epoch,
+                recorded.clone(),
+                stop.clone(),
+            )));
             for j in 0..CLIENTS_PER_HOST {
                 let (recorded, stop) = (recorded.clone(), stop.clone());
                 tasks.push(tokio::spawn(run_client(
@@ -270,6 +285,49 @@ async fn run_client(
             outcome,
             called_at,
             returned_at,
+        });
+    }
+}
+
+/// A client that only reads, with LEASE, through the address's `Client`
+/// (the leader, as far as that client can see), one read every
+/// `LEASE_READ_EVERY`. The mixed clients beside it spend a cut-off side's
+/// time waiting on writes that cannot commit, so they issue few reads
+/// there; this one keeps asking. When a partition cuts the leader off with
+/// this address on its side, it is the deposed leader that answers, and
+/// every answer must come from a lease still held: one served from old
+/// state while the majority writes on is a linearizability violation (the
+/// `lease-reads` planted bug).
+async fn lease_reader(
+    client_id: u32,
+    client: Client,
+    seed: u64,
+    epoch: Instant,
+    recorded: Arc<Mutex<Recorded>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(client_id) << 32));
+    let mut pace = tokio::time::interval(LEASE_READ_EVERY);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let call = Call::Get {
+        level: ReadLevel::Lease,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        pace.tick().await;
+        let key = format!("k{}", rng.random_range(0..KEYS));
+        let called_at = ns(epoch);
+        let outcome = execute(&client, &key, &call).await.outcome;
+        // A read that failed did nothing; the checker drops it anyway.
+        if outcome == Outcome::Unknown {
+            continue;
+        }
+        recorded.lock().ops.push(Operation {
+            client: client_id,
+            key,
+            call: call.clone(),
+            outcome,
+            called_at,
+            returned_at: Some(ns(epoch)),
         });
     }
 }
