@@ -72,6 +72,7 @@ pub struct Metrics {
     pub proposal_batch_size: Histogram,
     pub read_batch_size: Histogram,
     pub follower_read_batch_size: Histogram,
+    pub writes_forwarded: Counter,
     pub frame_ops: Histogram,
     pub wal_fsync_seconds: Histogram,
     pub grpc_seconds: Family<GrpcLabels, Histogram>,
@@ -121,6 +122,7 @@ impl Metrics {
             proposal_batch_size: batch_histogram(),
             read_batch_size: batch_histogram(),
             follower_read_batch_size: batch_histogram(),
+            writes_forwarded: Counter::default(),
             frame_ops: batch_histogram(),
             wal_fsync_seconds: latency_histogram(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
@@ -191,6 +193,11 @@ impl Metrics {
             "follower_read_batch_size",
             "Linearizable reads on this follower or learner served by one read-index request to the leader",
             m.follower_read_batch_size.clone(),
+        );
+        r.register(
+            "writes_forwarded",
+            "Writes this follower's RESP clients sent, passed on to the leader",
+            m.writes_forwarded.clone(),
         );
         r.register(
             "frame_ops",

@@ -175,13 +175,16 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
             "resp",
             crate::resp::serve(
                 l,
-                records_service.clone(),
+                // A Redis client does not follow redirects: its writes to
+                // a follower go on to the leader (api::forward).
+                records_service.clone().forwarding_writes(),
                 tls.client_port.clone(),
                 o.max_connections,
                 listeners.signal(),
             ),
         );
     }
+    let forward = records_service.forward_handler();
     let records = pb::in_flight_server::InFlightServer::new(records_service)
         .max_decoding_message_size(max_msg.max(16 << 20))
         .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);
@@ -215,9 +218,10 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
     // The peer port serves nothing but the Raft service: a client that
     // reaches it cannot call InFlight or Cluster, and the client port cannot
     // be used to send Raft messages.
-    let peers = pb::raft_server::RaftServer::new(node.peer_service(peer_listener_task.signal()))
-        .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
+    let peers =
+        pb::raft_server::RaftServer::new(node.peer_service(peer_listener_task.signal(), forward))
+            .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
     let mut peer_stop = peer_listener_task.signal();
     let peer_grpc = grpc_server().add_service(peers);
     let peer_stop = async move { peer_stop.requested().await };

@@ -4,11 +4,14 @@
 //!
 //! Each reads with `RECORD` (LINEARIZABLE, the connection's default) from
 //! its home node, which a follower serves through the leader's read index,
-//! and writes through the node it believes leads: `SET NX` (insert),
-//! `MULTI` + `IF.SET` + `EXEC` (a conditional update through the atomic
-//! batch, whose error names why it was refused) and `COMPLETE`. A write
-//! answered `READONLY` names the leader; the client moves there and sends
-//! it again, which is safe because `READONLY` means nothing was proposed.
+//! and writes there too: `SET NX` (insert), `MULTI` + `IF.SET` + `EXEC` (a
+//! conditional update through the atomic batch, whose error names why it
+//! was refused) and `COMPLETE`. A follower forwards them to the leader
+//! (`api::forward`), so a fault that cuts the follower from the leader, or
+//! kills the leader, strikes between the two. A write answered `READONLY`
+//! (no leader to forward to) names the leader if one is known; the client
+//! sends it there, which is safe because `READONLY` means nothing was
+//! proposed.
 //! Every reply the model cannot tell apart from "may have applied" (a
 //! timeout, a broken connection, `TRYAGAIN`, `UNKNOWN`) is recorded as
 //! unknown, as the gRPC clients record theirs.
@@ -108,12 +111,13 @@ impl Client {
         ids[(i + 1) % ids.len()]
     }
 
-    /// A write on the node believed to lead, following `READONLY` to the
-    /// leader it names, and past a node it cannot connect to, until the
-    /// deadline. `None`: nothing was proposed (no leader to send it to), so
-    /// there is nothing to record.
+    /// A write on the home node, following `READONLY` to the leader it
+    /// names, and past a node it cannot connect to, until the deadline.
+    /// `None`: nothing was proposed (no leader to send it to), so there is
+    /// nothing to record.
     async fn write(&mut self, commands: &[&[&[u8]]], counts: &mut Counts) -> Option<Reply> {
         let deadline = Instant::now() + DEADLINE;
+        self.leader = self.home;
         loop {
             let node = self.leader;
             let reply = self.call(node, commands, deadline).await;

@@ -7,7 +7,9 @@ use crate::raft::{self, leader_hint};
 use crate::state::{Failure, Rejection};
 use crate::wire::{FAILED_OP_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
 
-#[derive(Debug, thiserror::Error)]
+/// Its serde form crosses the peer port: a leader's answer to a forwarded
+/// write (`api::forward`). Add variants at the end only.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ApiError {
     /// The request is malformed; the message names the field and the limit.
     #[error("{0}")]

@@ -14,6 +14,7 @@
 mod budget;
 mod cluster;
 mod errors;
+mod forward;
 mod grpc_metrics;
 mod records;
 mod response;
@@ -23,11 +24,13 @@ mod watch;
 
 pub use cluster::{node_status, ClusterService};
 pub use errors::ApiError;
+pub use forward::FORWARD_TIMEOUT;
 pub use grpc_metrics::GrpcMetricsLayer;
 pub use records::{InFlightService, Retention};
 pub use validate::{
     Limits, BATCH_VALUE_FACTOR, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_REQUEST_ID_BYTES, MAX_SCAN_LIMIT,
 };
+pub use watch::WatchStream;
 
 use crate::pb;
 use crate::state::{Record, RecordState};

@@ -61,6 +61,8 @@ pub struct InFlightService {
     retention: Retention,
     handoff: Arc<HandoffState>,
     auth: Arc<Authorizer>,
+    /// Writes that reach a follower go to the leader (`forward`).
+    forward_writes: bool,
 }
 
 impl InFlightService {
@@ -79,11 +81,46 @@ impl InFlightService {
             retention,
             handoff,
             auth,
+            forward_writes: false,
         }
     }
 
-    /// Proposes `ops` as one log entry and returns one `Applied` per op.
+    /// This service with writes that reach a follower forwarded to the
+    /// leader (`forward`), for the RESP port, whose clients do not follow
+    /// redirects.
+    pub fn forwarding_writes(mut self) -> Self {
+        self.forward_writes = true;
+        self
+    }
+
+    /// Proposes `ops` (authorized for `caller`) as one log entry and returns
+    /// one `Applied` per op. On a follower: the leader's name, or with
+    /// `forward_writes` the leader's answer.
     async fn propose(
+        &self,
+        caller: &Caller,
+        ops: Vec<Op>,
+        request_id: String,
+        batch: bool,
+        wait: LeaderWait,
+    ) -> Result<Vec<Applied>, ApiError> {
+        if !self.forward_writes {
+            return self.propose_on_leader(ops, request_id, batch, wait).await;
+        }
+        if !request_id.is_empty() {
+            self.limits.request_id(&request_id)?;
+        }
+        match self.node.leader_only(wait).await {
+            Err(raft::Error::NotLeader { .. }) => {
+                self.forward(caller, ops, request_id, batch).await
+            }
+            _ => self.propose_on_leader(ops, request_id, batch, wait).await,
+        }
+    }
+
+    /// `propose` on this node: the leader's own proposal, or, elsewhere,
+    /// the error that names the leader.
+    pub(super) async fn propose_on_leader(
         &self,
         ops: Vec<Op>,
         request_id: String,
@@ -130,11 +167,14 @@ impl InFlightService {
 
     async fn propose_one(
         &self,
+        caller: &Caller,
         op: Op,
         request_id: String,
         wait: LeaderWait,
     ) -> Result<pb::MutationResponse, ApiError> {
-        let applied = self.propose(vec![op], request_id, false, wait).await?;
+        let applied = self
+            .propose(caller, vec![op], request_id, false, wait)
+            .await?;
         let a = applied
             .into_iter()
             .next()
@@ -155,7 +195,7 @@ impl InFlightService {
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = insert_op(&self.limits, r, "")?;
-        self.propose_one(op, id, wait).await
+        self.propose_one(caller, op, id, wait).await
     }
 
     pub(crate) async fn update(
@@ -168,7 +208,7 @@ impl InFlightService {
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = update_op(&self.limits, r, "")?;
-        self.propose_one(op, id, wait).await
+        self.propose_one(caller, op, id, wait).await
     }
 
     pub(crate) async fn delete(
@@ -181,7 +221,7 @@ impl InFlightService {
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = delete_op(&self.limits, r, "")?;
-        self.propose_one(op, id, wait).await
+        self.propose_one(caller, op, id, wait).await
     }
 
     pub(crate) async fn complete(
@@ -194,7 +234,7 @@ impl InFlightService {
             .check(caller, Operation::Write, Target::Key(&r.key))?;
         let id = r.request_id.clone();
         let op = complete_op(&self.limits, r, "")?;
-        self.propose_one(op, id, wait).await
+        self.propose_one(caller, op, id, wait).await
     }
 
     /// `timeout`: the caller's deadline, if it sent one (`grpc-timeout`).
@@ -236,6 +276,43 @@ impl InFlightService {
         }
     }
 
+    /// Every op's write, before anything is proposed: one op outside the
+    /// grant refuses them all (in a `batch`, naming that op).
+    pub(super) fn authorize_ops(
+        &self,
+        caller: &Caller,
+        ops: &[Op],
+        batch: bool,
+    ) -> Result<(), ApiError> {
+        for (i, op) in ops.iter().enumerate() {
+            self.auth
+                .check(caller, Operation::Write, Target::Key(op.key()))
+                .map_err(|denied| ApiError::PermissionDenied {
+                    op: batch.then_some(i),
+                    denied,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// A watch of the records under a prefix for `caller` (the gRPC
+    /// `Watch`, and the RESP port's `SUBSCRIBE`); it ends when the node
+    /// stops.
+    pub(crate) fn watch_as(
+        &self,
+        caller: &Caller,
+        r: pb::WatchRequest,
+    ) -> Result<WatchStream, Status> {
+        self.auth
+            .check(caller, Operation::Watch, Target::Prefix(&r.prefix))
+            .map_err(ApiError::from)?;
+        self.limits.prefix("prefix", &r.prefix)?;
+        let events = watch_stream(self.node.table().clone(), r)?;
+        Ok(Box::pin(
+            events.take_until(self.stop.clone().into_requested()),
+        ))
+    }
+
     /// An atomic batch: every op is authorized before anything is proposed.
     pub(crate) async fn batch(
         &self,
@@ -243,18 +320,9 @@ impl InFlightService {
         r: pb::BatchRequest,
     ) -> Result<pb::BatchResponse, ApiError> {
         let ops = batch_ops(&self.limits, r.ops)?;
-        // All or nothing, like the batch itself: one op outside the grant
-        // refuses the whole batch, before anything is proposed.
-        for (i, op) in ops.iter().enumerate() {
-            self.auth
-                .check(caller, Operation::Write, Target::Key(op.key()))
-                .map_err(|denied| ApiError::PermissionDenied {
-                    op: Some(i),
-                    denied,
-                })?;
-        }
+        self.authorize_ops(caller, &ops, true)?;
         let applied = self
-            .propose(ops, r.request_id, true, LeaderWait::Answer)
+            .propose(caller, ops, r.request_id, true, LeaderWait::Answer)
             .await?;
         let revision = applied.first().map(|a| a.revision).unwrap_or(0);
         let mut results: Vec<_> = applied.into_iter().map(mutation_response).collect();
@@ -560,15 +628,7 @@ impl pb::in_flight_server::InFlight for InFlightService {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = Caller::of(&req);
-        let r = req.into_inner();
-        self.auth
-            .check(&caller, Operation::Watch, Target::Prefix(&r.prefix))
-            .map_err(ApiError::from)?;
-        self.limits.prefix("prefix", &r.prefix)?;
-        let events = watch_stream(self.node.table().clone(), r)?;
-        Ok(Response::new(Box::pin(
-            events.take_until(self.stop.clone().into_requested()),
-        )))
+        Ok(Response::new(self.watch_as(&caller, req.into_inner())?))
     }
 
     type SessionStream = SessionStream;

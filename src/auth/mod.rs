@@ -51,7 +51,7 @@ pub use policy::{within, Operation, Policy, Role, Roles};
 use crate::shutdown::Shutdown;
 
 /// A refused call; the message names the identity, the operation and the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{0}")]
 pub struct Denied(pub String);
 

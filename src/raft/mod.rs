@@ -48,8 +48,9 @@ mod wal;
 pub use crate::wire::MemberAddr;
 pub use bootstrap::RaftSettings;
 pub use error::{leader_hint, Error};
+pub use network::UnaryError;
 pub use node::{Consistency, LeaderChange, LeaderWait, Member, Node, Role, Status};
-pub use peer_service::PeerService;
+pub use peer_service::{ForwardHandler, PeerService};
 pub use timing::Timing;
 
 use crate::state::{Command, Outcome};

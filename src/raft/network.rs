@@ -139,21 +139,78 @@ impl PeerNetwork {
         req: &super::follower_read::ReadIndexRequest,
         timeout: Duration,
     ) -> Result<super::follower_read::ReadIndexResponse, String> {
-        let channel = self.channel(addr)?;
         let payload = codec::encode(req).map_err(|e| e.to_string())?;
+        let reply = self
+            .unary(addr, payload, timeout, |mut c, r| async move {
+                c.read_index(r).await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        codec::decode(&reply).map_err(|e| format!("bad reply: {e}"))
+    }
+
+    /// Sends a forwarded write (opaque here, see `api::forward`) to the
+    /// leader at peer address `addr`; its answer, also opaque.
+    pub(super) async fn forward(
+        &self,
+        addr: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, UnaryError> {
+        self.unary(addr, payload, timeout, |mut c, r| async move {
+            c.forward(r).await
+        })
+        .await
+    }
+
+    /// One unary peer RPC with `payload`, answered within `timeout` (which
+    /// holds even while the connection is still being made).
+    async fn unary<F, Fut>(
+        &self,
+        addr: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+        rpc: F,
+    ) -> Result<Vec<u8>, UnaryError>
+    where
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let channel = self.channel(addr).map_err(UnaryError::Address)?;
         let mut request = tonic::Request::new(RaftMessage {
             payload,
             ..Default::default()
         });
         request.set_timeout(timeout);
-        let mut client = RaftClient::new(channel);
-        // The deadline holds even while the connection is still being made.
-        let resp = match tokio::time::timeout(timeout, client.read_index(request)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
-            Err(_) => return Err(format!("no answer within {timeout:?}")),
-        };
-        codec::decode(&resp.into_inner().payload).map_err(|e| format!("bad reply: {e}"))
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(crate::raft::PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::raft::PEER_MESSAGE_BYTES);
+        match tokio::time::timeout(timeout, rpc(client, request)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().payload),
+            Ok(Err(s)) => Err(UnaryError::Status(s)),
+            Err(_) => Err(UnaryError::Timeout(timeout)),
+        }
+    }
+}
+
+/// Why a unary peer RPC got no answer.
+#[derive(Debug)]
+pub enum UnaryError {
+    /// The peer address does not parse: nothing was sent.
+    Address(String),
+    /// The peer (or the transport on the way) answered with an error.
+    Status(tonic::Status),
+    /// No answer in time: the request may or may not have arrived.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for UnaryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnaryError::Address(e) => f.write_str(e),
+            UnaryError::Status(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+            UnaryError::Timeout(t) => write!(f, "no answer within {t:?}"),
+        }
     }
 }
 

@@ -167,6 +167,8 @@ struct Inner {
     /// LINEARIZABLE reads on a follower or learner, waiting for a read
     /// index from the leader (`follower_read`).
     remote_reads: mpsc::UnboundedSender<Waiter>,
+    /// Outgoing peer RPCs of this node's own (forwarded writes).
+    network: PeerNetwork,
     batchers: Mutex<Vec<JoinHandle<()>>>,
     /// Bytes of writes admitted under the memory budget and not yet
     /// answered (see `api::budget`).
@@ -259,7 +261,7 @@ impl Node {
         let remote = RemoteReads {
             id: s.id,
             raft: raft.clone(),
-            network,
+            network: network.clone(),
             local: read_index.clone(),
         };
         let batchers = vec![
@@ -299,6 +301,7 @@ impl Node {
                 read_index,
                 lease,
                 remote_reads,
+                network,
                 batchers: Mutex::new(batchers),
                 reservations: Reservations::default(),
             }),
@@ -354,14 +357,48 @@ impl Node {
 
     /// The peer RPC service that feeds incoming Raft messages to this node;
     /// its replication streams end on `stop`.
-    pub fn peer_service(&self, stop: crate::shutdown::Shutdown) -> PeerService {
+    /// `forward` serves the writes followers forward to it while it leads.
+    pub fn peer_service(
+        &self,
+        stop: crate::shutdown::Shutdown,
+        forward: super::ForwardHandler,
+    ) -> PeerService {
         PeerService::new(
             self.inner.raft.clone(),
             self.inner.contact.clone(),
             self.inner.sm.snapshot_reservations(),
             stop,
             self.inner.read_index.clone(),
+            forward,
         )
+    }
+
+    /// Sends a write that a client gave this follower (opaque here, see
+    /// `api::forward`) to the leader this node knows, waiting at most
+    /// `timeout`: the leader's answer. `Err(None)`: no leader is known, so
+    /// nothing was sent.
+    pub async fn forward_to_leader(
+        &self,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(NodeId, Vec<u8>), Option<(NodeId, super::UnaryError)>> {
+        let (leader, peer) = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow_watched();
+            let Some(id) = m.current_leader.filter(|l| *l != self.inner.id) else {
+                return Err(None);
+            };
+            let Some(node) = m.membership_config.membership().get_node(&id) else {
+                return Err(None);
+            };
+            (id, super::MemberAddr::stored(&node.addr).peer)
+        };
+        self.inner
+            .network
+            .forward(&peer, payload, timeout)
+            .await
+            .map(|reply| (leader, reply))
+            .map_err(|e| Some((leader, e)))
     }
 
     /// Proposes `cmd` through the log and returns what applying it produced.
@@ -661,6 +698,12 @@ impl Node {
                 _ = tokio::time::sleep_until(next) => {}
             }
         }
+    }
+
+    /// The leader this node believes in and its client address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let (id, address) = self.known_leader();
+        id.zip(address)
     }
 
     /// The leader this node believes in, and its client address.

@@ -43,7 +43,15 @@ pub struct PeerService {
     /// This node's batched ReadIndex queue, which followers' read-index
     /// requests join (`follower_read`).
     reads: tokio::sync::mpsc::UnboundedSender<Reply<u64>>,
+    /// Serves the writes followers forward (`Raft.Forward`).
+    forward: ForwardHandler,
 }
+
+/// What serves a forwarded write: its payload and its answer are the API
+/// layer's (`api::forward`); this layer only carries them.
+pub type ForwardHandler = Arc<
+    dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, Result<Vec<u8>, Status>> + Send + Sync,
+>;
 
 impl PeerService {
     pub fn new(
@@ -52,6 +60,7 @@ impl PeerService {
         snapshots: Reservations,
         stop: Shutdown,
         reads: tokio::sync::mpsc::UnboundedSender<Reply<u64>>,
+        forward: ForwardHandler,
     ) -> Self {
         PeerService {
             raft,
@@ -59,6 +68,7 @@ impl PeerService {
             snapshots,
             stop,
             reads,
+            forward,
         }
     }
 }
@@ -246,6 +256,17 @@ impl crate::pb::raft_server::Raft for PeerService {
             term,
             index,
         })
+    }
+
+    /// A write a follower's client sent: served by the API layer, which
+    /// answers with its own encoding (a refusal included, so that the
+    /// follower tells its client what this node would have told it).
+    async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let payload = (self.forward)(req.into_inner().payload).await?;
+        Ok(Response::new(RaftMessage {
+            payload,
+            ..Default::default()
+        }))
     }
 }
 

@@ -117,4 +117,8 @@ impl Raft for TestPeer {
     async fn read_index(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         unimplemented()
     }
+
+    async fn forward(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        unimplemented()
+    }
 }

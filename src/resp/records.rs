@@ -725,8 +725,8 @@ pub(super) fn error(e: ApiError) -> Reply {
     };
     let text = match &e {
         ApiError::NotLeader { .. } => format!(
-            "{e}; this RESP port serves writes on the leader only (reads at every level but LEASE \
-             are served here)"
+            "{e}; this node passes writes on to the leader it knows and serves reads at every level \
+             but LEASE, so send this to the leader"
         ),
         ApiError::OutcomeUnknown(_) => {
             format!("{e}; the write may have applied: retry with the same REQID to find out")
