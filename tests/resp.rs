@@ -12,7 +12,7 @@ use redis::Value;
 use testkit::cluster::refusing_sink;
 use testkit::http::metric;
 use testkit::resp::{self, RespConn};
-use testkit::{Cluster, ClusterOptions};
+use testkit::{Addresses, Cluster, ClusterOptions};
 
 fn resp_addr(c: &Cluster, id: u64) -> String {
     c.nodes[&id]
@@ -576,7 +576,9 @@ async fn every_node_answers_reads_and_names_the_leader() {
         };
         assert!(text.contains(role), "{text}");
         if id != leader {
-            let e = cmd(&mut r, &["SET", "shared", "w"]).await.unwrap_err();
+            // Only the leader holds a lease: a LEASE read names it.
+            ok(&mut r, &["CONSISTENCY", "lease"]).await;
+            let e = cmd(&mut r, &["GET", "shared"]).await.unwrap_err();
             assert_eq!(code(&e), "READONLY", "{e}");
             assert!(
                 e.to_string().contains(&c.nodes[&leader].grpc),
@@ -584,6 +586,167 @@ async fn every_node_answers_reads_and_names_the_leader() {
             );
         }
     }
+}
+
+/// A write sent to a follower's RESP port is forwarded to the leader and
+/// answered as the leader answers it: every kind of write, a refusal, a
+/// request id's replay, a MULTI block, and a pipeline that still shares
+/// proposals on the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_forwards_writes_to_the_leader() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = c.members().into_iter().find(|id| *id != leader).unwrap();
+    let mut f = connect(&resp_addr(&c, follower), false).await;
+    let mut l = connect(&resp_addr(&c, leader), false).await;
+    let forwarded =
+        || async { metric(&c.nodes[&follower].http, "inflight_writes_forwarded_total").await };
+    let before = forwarded().await;
+
+    // Each kind of write, seen on the leader.
+    assert_eq!(
+        ok(&mut f, &["SET", "call/1", "ringing", "NX"]).await,
+        Value::Okay
+    );
+    assert_eq!(ok(&mut l, &["GET", "call/1"]).await, bulk("ringing"));
+    assert_eq!(
+        ok(&mut f, &["SET", "call/1", "answered"]).await,
+        Value::Okay
+    );
+    assert_eq!(
+        ok(&mut f, &["IF.SET", "call/1", "2", "held"]).await,
+        Value::Int(3)
+    );
+    assert_eq!(ok(&mut l, &["GET", "call/1"]).await, bulk("held"));
+    // The leader's refusal, as the leader gives it.
+    assert_eq!(
+        ok(&mut f, &["SET", "call/1", "again", "NX"]).await,
+        Value::Nil
+    );
+    assert_eq!(
+        ok(&mut f, &["IF.SET", "call/1", "1", "stale"]).await,
+        Value::Nil,
+        "a version mismatch on the leader"
+    );
+    assert_eq!(
+        ok(&mut f, &["PEXPIRE", "call/1", "600000"]).await,
+        Value::Int(1)
+    );
+    assert!(int(&ok(&mut l, &["PTTL", "call/1"]).await) > 500_000);
+    assert_eq!(ok(&mut f, &["COMPLETE", "call/1"]).await, Value::Int(5));
+    let e = cmd(&mut f, &["SET", "call/1", "late", "XX"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "IMMUTABLE", "{e}");
+
+    // A request id travels with the write: its retry is answered from the
+    // leader's id table, and applies once.
+    ok(&mut f, &["REQID", "sms-7"]).await;
+    assert_eq!(
+        ok(&mut f, &["SET", "sms/7", "queued", "NX"]).await,
+        Value::Okay
+    );
+    ok(&mut l, &["SET", "sms/7", "sent", "XX"]).await;
+    ok(&mut f, &["REQID", "sms-7"]).await;
+    assert_eq!(
+        ok(&mut f, &["SET", "sms/7", "queued", "NX"]).await,
+        Value::Okay
+    );
+    assert_eq!(
+        ok(&mut l, &["GET", "sms/7"]).await,
+        bulk("sent"),
+        "the retry applied again"
+    );
+
+    // A MULTI block is one atomic batch on the leader, refused whole.
+    ok(&mut f, &["MULTI"]).await;
+    ok(&mut f, &["SET", "sms/8", "a", "NX"]).await;
+    ok(&mut f, &["SET", "sms/7", "b", "NX"]).await;
+    let e = cmd(&mut f, &["EXEC"]).await.unwrap_err();
+    assert_eq!(code(&e), "EXECFAILED", "{e}");
+    assert_eq!(ok(&mut l, &["EXISTS", "sms/8"]).await, Value::Int(0));
+    assert_eq!(ok(&mut f, &["DEL", "sms/7"]).await, Value::Int(1));
+    assert_eq!(ok(&mut l, &["EXISTS", "sms/7"]).await, Value::Int(0));
+    assert!(
+        forwarded().await - before >= 10.0,
+        "the writes went through Raft.Forward"
+    );
+
+    // 200 pipelined inserts on the follower still meet in few proposals.
+    let http = &c.nodes[&leader].http;
+    let proposals_before = metric(http, "inflight_proposal_batch_size_count").await;
+    let mut raw = Raw::open(&resp_addr(&c, follower));
+    let mut p = Vec::new();
+    for i in 0..200 {
+        p.extend(resp::encode(&[
+            b"SET",
+            format!("pipe/{i}").as_bytes(),
+            b"v",
+            b"NX",
+        ]));
+    }
+    p.extend(resp::encode(&[b"ECHO", b"end"]));
+    raw.send(&p);
+    let got = raw.read_until("$3\r\nend\r\n");
+    assert_eq!(got.matches("+OK\r\n").count(), 200, "{got}");
+    let proposals = metric(http, "inflight_proposal_batch_size_count").await - proposals_before;
+    assert!(
+        proposals <= 40.0,
+        "200 forwarded writes took {proposals} proposals"
+    );
+    assert_eq!(
+        ok(&mut l, &["EXISTS", "pipe/0", "pipe/100", "pipe/199"]).await,
+        Value::Int(3)
+    );
+}
+
+/// A follower cut off from the leader answers a write within the forward
+/// timeout, never hangs, and nothing is applied; once healed it forwards
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_follower_answers_a_write_and_applies_nothing() {
+    let c = Cluster::start(ClusterOptions {
+        addresses: Addresses::DistinctIps,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = c.members().into_iter().find(|id| *id != leader).unwrap();
+    let mut f = connect(&resp_addr(&c, follower), false).await;
+    ok(&mut f, &["SET", "before", "1", "NX"]).await;
+    let fw = c.isolate(follower);
+    let started = std::time::Instant::now();
+    let e = cmd(&mut f, &["SET", "during", "1", "NX"])
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        ["UNKNOWN", "READONLY", "TRYAGAIN"].contains(&code(&e).as_str()),
+        "{e}"
+    );
+    assert!(
+        took < inflight::api::FORWARD_TIMEOUT + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    drop(fw);
+    let mut l = connect(
+        &resp_addr(&c, c.wait_leader(Duration::from_secs(20)).await),
+        false,
+    )
+    .await;
+    assert_eq!(ok(&mut l, &["EXISTS", "during"]).await, Value::Int(0));
+    // Healed: the follower forwards again (after an election, perhaps). A
+    // plain SET, so that a try whose answer was lost does not fail the next.
+    testkit::wait_for(
+        Duration::from_secs(20),
+        "the healed follower to forward a write",
+        || {
+            let mut f = f.clone();
+            async move { cmd(&mut f, &["SET", "after", "1"]).await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(ok(&mut l, &["GET", "after"]).await, bulk("1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -777,4 +940,149 @@ write = ["sms/"]
         matches!(answer, Ok(Err(_))),
         "plaintext on the TLS port: {answer:?}"
     );
+}
+
+/// `SUBSCRIBE prefix` through the `redis` crate's pub/sub API: every change
+/// under the prefix, in order, as one JSON object each; nothing from other
+/// prefixes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_delivers_every_change_under_a_prefix() {
+    use futures::StreamExt;
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = c.members().into_iter().find(|id| *id != leader).unwrap();
+    // A follower's watch: its window holds what it applied.
+    let mut sub = redis::Client::open(format!("redis://{}/", resp_addr(&c, follower)))
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    sub.subscribe("call/").await.unwrap();
+    let mut w = connect(&resp_addr(&c, leader), false).await;
+    ok(&mut w, &["SET", "sms/1", "queued", "NX"]).await;
+    ok(&mut w, &["SET", "call/1", "ringing", "NX"]).await;
+    ok(&mut w, &["SET", "call/1", "answered", "XX"]).await;
+    ok(&mut w, &["SET", "call/2", "ringing", "NX"]).await;
+    ok(&mut w, &["DEL", "call/2"]).await;
+    ok(&mut w, &["COMPLETE", "call/1"]).await;
+    let mut messages = sub.on_message();
+    let mut seen = Vec::new();
+    let mut last_revision = 0;
+    while seen.len() < 5 {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the subscription is open");
+        assert_eq!(m.get_channel_name(), "call/");
+        let j: serde_json::Value = serde_json::from_slice(m.get_payload_bytes()).unwrap();
+        let revision = j["revision"].as_u64().unwrap();
+        assert!(revision > last_revision, "in revision order: {j}");
+        last_revision = revision;
+        seen.push(format!(
+            "{} {} {}",
+            j["type"].as_str().unwrap(),
+            j["key"].as_str().unwrap(),
+            j["value"].as_str().unwrap_or("-")
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "inserted call/1 ringing",
+            "updated call/1 answered",
+            "inserted call/2 ringing",
+            "deleted call/2 ringing",
+            "completed call/1 answered",
+        ]
+    );
+}
+
+/// `WATCH.PREFIX prefix from` replays from a revision (a subscriber that
+/// reconnects misses nothing); RESP3 delivers pushes beside ordinary
+/// replies; RESP2 keeps a subscribed connection to the subscription
+/// commands; `UNSUBSCRIBE` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_prefix_resumes_and_both_protocols_carry_the_messages() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let addr = resp_addr(&c, leader);
+    let mut w = connect(&addr, false).await;
+    ok(&mut w, &["SET", "call/1", "ringing", "NX"]).await;
+    let first = match ok(&mut w, &["RECORD", "call/1"]).await {
+        Value::Array(a) => a
+            .chunks(2)
+            .find(|p| p[0] == bulk("mod_revision"))
+            .map(|p| int(&p[1]))
+            .unwrap(),
+        other => panic!("{other:?}"),
+    };
+    ok(&mut w, &["SET", "call/1", "answered", "XX"]).await;
+
+    // RESP2: the replay from `first`, then only subscription commands.
+    let mut raw = Raw::open(&addr);
+    raw.send(&resp::encode(&[
+        b"WATCH.PREFIX",
+        b"call/",
+        first.to_string().as_bytes(),
+    ]));
+    let mut got = raw.read_until("}\r\n");
+    while got.matches("$7\r\nmessage\r\n").count() < 2 {
+        got += &raw.read_until("}\r\n");
+    }
+    assert!(
+        got.starts_with("*3\r\n$9\r\nsubscribe\r\n$5\r\ncall/\r\n:1\r\n*3\r\n$7\r\nmessage\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("\"type\":\"inserted\"")
+            && got.contains("\"value\":\"ringing\"")
+            && got.contains("\"value\":\"answered\""),
+        "{got}"
+    );
+    raw.send(&resp::encode(&[b"GET", b"call/1"]));
+    let got = raw.read_until("\r\n");
+    assert!(got.starts_with("-ERR Can't execute 'get'"), "{got}");
+    raw.send(&resp::encode(&[b"PING"]));
+    assert_eq!(
+        raw.read_until("$0\r\n\r\n"),
+        "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    );
+    raw.send(&resp::encode(&[b"UNSUBSCRIBE"]));
+    assert_eq!(
+        raw.read_until(":0\r\n"),
+        "*3\r\n$11\r\nunsubscribe\r\n$5\r\ncall/\r\n:0\r\n"
+    );
+    raw.send(&resp::encode(&[b"GET", b"call/1"]));
+    assert_eq!(raw.read_until("answered\r\n"), "$8\r\nanswered\r\n");
+
+    // RESP3: pushes, and ordinary commands on the same connection.
+    let mut raw = Raw::open(&addr);
+    raw.send(&resp::encode(&[b"HELLO", b"3"]));
+    // The map ends with `modules`, an empty array.
+    raw.read_until("$7\r\nmodules\r\n*0\r\n");
+    raw.send(&resp::encode(&[b"SUBSCRIBE", b"sms/"]));
+    assert_eq!(
+        raw.read_until(":1\r\n"),
+        ">3\r\n$9\r\nsubscribe\r\n$4\r\nsms/\r\n:1\r\n"
+    );
+    ok(&mut w, &["SET", "sms/9", "sent", "NX"]).await;
+    let got = raw.read_until("}\r\n");
+    assert!(
+        got.starts_with(">3\r\n$7\r\nmessage\r\n$4\r\nsms/\r\n"),
+        "{got}"
+    );
+    assert!(got.contains("\"key\":\"sms/9\""), "{got}");
+    raw.send(&resp::encode(&[b"GET", b"sms/9"]));
+    assert_eq!(raw.read_until("sent\r\n"), "$4\r\nsent\r\n");
+
+    // A revision that is not a number, a pattern, a publish: errors.
+    let mut r = connect(&addr, false).await;
+    for (args, says) in [
+        (&["WATCH.PREFIX", "call/", "x"][..], "non-negative integer"),
+        (&["PSUBSCRIBE", "call/*"][..], "not patterns"),
+        (&["PUBLISH", "call/", "x"][..], "write a record"),
+    ] {
+        let e = cmd(&mut r, args).await.unwrap_err();
+        assert!(e.to_string().contains(says), "{args:?}: {e}");
+    }
 }

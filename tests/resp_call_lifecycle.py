@@ -1,6 +1,7 @@
 """A second-language check of the RESP port: redis-py (Debian's python3-redis)
 runs the lifecycle of a call the way a routing service would. Run by
 tests/resp.rs with the leader's RESP host and port."""
+import json
 import sys
 
 import redis
@@ -10,6 +11,10 @@ r = redis.Redis(host=host, port=port, decode_responses=True)
 
 assert r.ping()
 key = "call/py-42"
+# A dispatcher watches every call: a subscription to the key prefix.
+watcher = r.pubsub()
+watcher.subscribe("call/")
+assert watcher.get_message(timeout=5)["type"] == "subscribe"
 # The call starts ringing: an insert (NX) that expires if nobody finishes it.
 assert r.set(key, "ringing", nx=True, ex=3600) is True
 assert r.set(key, "ringing", nx=True) is None, "a second insert is refused"
@@ -45,4 +50,20 @@ with r.pipeline(transaction=True) as p:
     p.set("sms/py-2", "queued", nx=True)
     assert p.execute() == [True, True]
 assert sorted(r.scan_iter(match="sms/py-*", count=1)) == ["sms/py-1", "sms/py-2"]
+
+# The dispatcher saw the call's changes, in order, one JSON object each.
+changes = []
+while len(changes) < 3:
+    m = watcher.get_message(timeout=10)
+    assert m is not None, f"no message after {changes}"
+    if m["type"] == "message":
+        change = json.loads(m["data"])
+        if change["key"] == key:
+            changes.append((change["type"], change["value"]))
+assert changes == [
+    ("inserted", "ringing"),
+    ("updated", "answered"),
+    ("completed", "ended"),
+], changes
+watcher.close()
 print("call lifecycle: ok")

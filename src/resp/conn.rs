@@ -25,6 +25,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::parse::{Limits, Parsed, Parser};
+use super::pubsub::{Delivery, Subscriptions};
 use super::reply::Reply;
 use super::session::{Session, Shared, Step};
 use crate::shutdown::Shutdown;
@@ -151,9 +152,29 @@ pub async fn serve<S>(
         wave: Wave::new(),
         stop: stop.clone(),
     };
+    let mut subs = Subscriptions::default();
     loop {
         let read = tokio::select! {
             r = rd.read_buf(&mut input) => r,
+            d = subs.next(), if !subs.is_empty() => {
+                let open = match d {
+                    Delivery::Messages(m) => {
+                        let mut r = Ok(());
+                        for reply in m {
+                            r = r.and(o.answer(reply, session.resp3).await);
+                        }
+                        r.is_ok()
+                    }
+                    Delivery::Ended(e) => {
+                        let _ = o.answer(e, session.resp3).await;
+                        false
+                    }
+                };
+                if o.flush().await.is_err() || !open {
+                    return;
+                }
+                continue;
+            }
             _ = stop.requested() => return,
         };
         match read {
@@ -164,7 +185,16 @@ pub async fn serve<S>(
                 return;
             }
         }
-        match run_input(&shared, &mut session, &mut parser, &mut input, &mut o).await {
+        match run_input(
+            &shared,
+            &mut session,
+            &mut subs,
+            &mut parser,
+            &mut input,
+            &mut o,
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 let _ = o.wr.shutdown().await;
@@ -180,6 +210,7 @@ pub async fn serve<S>(
 async fn run_input<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     session: &mut Session,
+    subs: &mut Subscriptions,
     parser: &mut Parser,
     input: &mut BytesMut,
     o: &mut Output<W>,
@@ -212,6 +243,14 @@ async fn run_input<W: AsyncWrite + Unpin>(
         if !session.is_record_command(&args[0]) {
             o.finish(session.resp3).await?;
         }
+        // Redis's rule for a RESP2 connection with subscriptions: its input
+        // is about them, since every reply would be mixed with messages.
+        if !session.resp3 && !subs.is_empty() {
+            if let Some(r) = subscribed_only(&args) {
+                o.answer(r, false).await?;
+                continue;
+            }
+        }
         match session.run(shared, args) {
             Step::Now(r) => {
                 o.finish(session.resp3).await?;
@@ -222,6 +261,18 @@ async fn run_input<W: AsyncWrite + Unpin>(
                 o.answer(r, session.resp3).await?;
                 open = false;
                 break;
+            }
+            Step::Subscribe(prefixes, from) => {
+                o.finish(session.resp3).await?;
+                for r in subs.subscribe(shared, session, prefixes, from) {
+                    o.answer(r, session.resp3).await?;
+                }
+            }
+            Step::Unsubscribe(prefixes) => {
+                o.finish(session.resp3).await?;
+                for r in subs.unsubscribe(prefixes) {
+                    o.answer(r, session.resp3).await?;
+                }
             }
             Step::Keys(keys, reply) => {
                 if o.wave.conflicts(&keys) {
@@ -238,4 +289,23 @@ async fn run_input<W: AsyncWrite + Unpin>(
     o.finish(session.resp3).await?;
     o.flush().await?;
     Ok(open)
+}
+
+/// On a RESP2 connection with subscriptions: the answer to a command that
+/// is not about them (a refusal, or `PING`'s subscribed form), or `None`
+/// to run it.
+fn subscribed_only(args: &[bytes::Bytes]) -> Option<Reply> {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+    match name.as_str() {
+        "SUBSCRIBE" | "UNSUBSCRIBE" | "WATCH.PREFIX" | "QUIT" => None,
+        "PING" => Some(Reply::Array(vec![
+            Reply::text("pong"),
+            Reply::Bulk(args.get(1).cloned().unwrap_or_default()),
+        ])),
+        _ => Some(Reply::err(format!(
+            "ERR Can't execute '{}': only SUBSCRIBE / UNSUBSCRIBE / WATCH.PREFIX / PING / QUIT \
+             are allowed in this context",
+            name.to_ascii_lowercase()
+        ))),
+    }
 }

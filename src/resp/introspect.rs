@@ -42,6 +42,9 @@ pub(super) fn command_info(a: &[Bytes]) -> Reply {
         ("info", -1, "loading", 0, 0),
         ("dbsize", 1, "readonly", 0, 0),
         ("quit", 1, "fast", 0, 0),
+        ("subscribe", -2, "pubsub", 0, 0),
+        ("unsubscribe", -1, "pubsub", 0, 0),
+        ("watch.prefix", -2, "pubsub", 0, 0),
     ];
     let entry = |&(name, arity, flag, first, last): &(&str, i64, &'static str, i64, i64)| {
         Reply::Array(vec![

@@ -13,6 +13,7 @@ mod conn;
 mod cursors;
 mod introspect;
 mod parse;
+mod pubsub;
 mod records;
 mod reply;
 mod session;

@@ -18,6 +18,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3; in RESP2 a flat array of keys and values.
     Map(Vec<(Reply, Reply)>),
+    /// Out-of-band data (a subscription's messages): a push (`>`) in RESP3,
+    /// an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -54,6 +57,11 @@ impl Reply {
             Reply::Null => out.put_slice(b"$-1\r\n"),
             Reply::Array(items) => {
                 line(out, b'*', items.len().to_string().as_bytes());
+                items.iter().for_each(|r| r.encode(resp3, out));
+            }
+            Reply::Push(items) => {
+                let kind = if resp3 { b'>' } else { b'*' };
+                line(out, kind, items.len().to_string().as_bytes());
                 items.iter().for_each(|r| r.encode(resp3, out));
             }
             Reply::Map(pairs) => {
@@ -96,6 +104,9 @@ mod tests {
         assert_eq!(enc(&Reply::Null, false), "$-1\r\n");
         assert_eq!(enc(&Reply::Null, true), "_\r\n");
         assert_eq!(enc(&Reply::OK, true), "+OK\r\n");
+        let p = Reply::Push(vec![Reply::text("message"), Reply::Int(1)]);
+        assert_eq!(enc(&p, false), "*2\r\n$7\r\nmessage\r\n:1\r\n");
+        assert_eq!(enc(&p, true), ">2\r\n$7\r\nmessage\r\n:1\r\n");
         assert_eq!(
             enc(
                 &Reply::Array(vec![Reply::bulk(&b"x\r\n"[..]), Reply::Null]),

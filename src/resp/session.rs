@@ -75,6 +75,11 @@ pub enum Step {
     Close(Reply),
     /// Work on these keys (all of them, for a scan or `EXEC`: `None`).
     Keys(Option<Vec<String>>, BoxFuture<'static, Reply>),
+    /// Watch these prefixes from this revision (0: the next change) on
+    /// (`pubsub`).
+    Subscribe(Vec<String>, u64),
+    /// Stop watching these prefixes (all, if none).
+    Unsubscribe(Vec<String>),
 }
 
 /// The reply shape of a write queued in `MULTI`.
@@ -193,6 +198,44 @@ impl Session {
                 Some(_) => Reply::OK,
                 None => Reply::err("ERR DISCARD without MULTI"),
             },
+            "SUBSCRIBE" if a.is_empty() => arity(name),
+            "SUBSCRIBE" | "UNSUBSCRIBE" => {
+                let prefixes = match a.iter().map(|p| prefix(name, p)).collect() {
+                    Ok(p) => p,
+                    Err(e) => return Some(Step::Now(e)),
+                };
+                return Some(if name == "SUBSCRIBE" {
+                    Step::Subscribe(prefixes, 0)
+                } else {
+                    Step::Unsubscribe(prefixes)
+                });
+            }
+            "WATCH.PREFIX" => {
+                let (p, from) = match a {
+                    [p] => (p, 0),
+                    [p, from] => match number(from) {
+                        Some(n) if n >= 0 => (p, n as u64),
+                        _ => {
+                            return Some(Step::Now(Reply::err(
+                                "ERR WATCH.PREFIX: the revision must be a non-negative integer",
+                            )))
+                        }
+                    },
+                    _ => return Some(Step::Now(arity(name))),
+                };
+                return Some(match prefix(name, p) {
+                    Ok(p) => Step::Subscribe(vec![p], from),
+                    Err(e) => Step::Now(e),
+                });
+            }
+            "PSUBSCRIBE" | "PUNSUBSCRIBE" | "SSUBSCRIBE" | "SUNSUBSCRIBE" => Reply::err(format!(
+                "ERR {name}: channels here are key prefixes, not patterns; SUBSCRIBE call/ gets \
+                 every change of a record under call/"
+            )),
+            "PUBLISH" | "SPUBLISH" => Reply::err(format!(
+                "ERR {name}: a channel here carries the changes of the records under its prefix; \
+                 write a record to publish"
+            )),
             "WATCH" | "UNWATCH" => Reply::err(
                 "ERR WATCH is not supported: make a MULTI block conditional with IF.SET and \
                  IF.DEL, which apply only at the version you read (all or nothing)",
@@ -540,4 +583,13 @@ fn check_name(n: &[u8]) -> Result<(), Reply> {
         ));
     }
     Ok(())
+}
+
+/// A channel name: a key prefix, which must be UTF-8 text.
+fn prefix(command: &str, p: &Bytes) -> Result<String, Reply> {
+    String::from_utf8(p.to_vec()).map_err(|_| {
+        Reply::err(format!(
+            "ERR {command}: a channel is a key prefix and must be UTF-8 text"
+        ))
+    })
 }
