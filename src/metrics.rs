@@ -73,6 +73,7 @@ pub struct Metrics {
     pub read_batch_size: Histogram,
     pub follower_read_batch_size: Histogram,
     pub writes_forwarded: Counter,
+    pub forward_batch_size: Histogram,
     pub frame_ops: Histogram,
     pub wal_fsync_seconds: Histogram,
     pub grpc_seconds: Family<GrpcLabels, Histogram>,
@@ -123,6 +124,7 @@ impl Metrics {
             read_batch_size: batch_histogram(),
             follower_read_batch_size: batch_histogram(),
             writes_forwarded: Counter::default(),
+            forward_batch_size: batch_histogram(),
             frame_ops: batch_histogram(),
             wal_fsync_seconds: latency_histogram(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
@@ -198,6 +200,11 @@ impl Metrics {
             "writes_forwarded",
             "Writes this follower's RESP clients sent, passed on to the leader",
             m.writes_forwarded.clone(),
+        );
+        r.register(
+            "forward_batch_size",
+            "Writes this follower forwarded to the leader in one request",
+            m.forward_batch_size.clone(),
         );
         r.register(
             "frame_ops",

@@ -184,7 +184,7 @@ pub async fn serve(mut o: ServeOptions) -> anyhow::Result<()> {
             ),
         );
     }
-    let forward = records_service.forward_handler();
+    let forward = records_service.forward_handler(tls.client_port.is_some());
     let records = pb::in_flight_server::InFlightServer::new(records_service)
         .max_decoding_message_size(max_msg.max(16 << 20))
         .max_encoding_message_size(crate::wire::MAX_WATCH_MESSAGE_BYTES);

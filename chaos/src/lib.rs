@@ -13,6 +13,7 @@ pub mod linearizability;
 pub mod model;
 pub mod nemesis;
 pub mod resp;
+pub mod resp_watch;
 pub mod staleness;
 pub mod ttl;
 pub mod workload;

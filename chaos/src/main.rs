@@ -379,6 +379,23 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         ),
     });
 
+    // The RESP watchers: every change in order, none made up, none missed.
+    let w = &recorded.watched;
+    let watch_violations = inflight_chaos::resp_watch::check(w, &recorded.ops, &recorded.acks);
+    checks.push(Check {
+        name: "resp watches: in order, no gaps, no change that was not written".into(),
+        passed: !w.events.is_empty() && watch_violations.is_empty(),
+        detail: format!(
+            "{} change messages checked against {} acknowledged writes; {} resumed and {} \
+             restarted subscriptions; violations: {:?}",
+            w.events.len(),
+            recorded.acks.len(),
+            w.resumed,
+            w.restarted,
+            &watch_violations[..watch_violations.len().min(5)]
+        ),
+    });
+
     // Linearizability, key by key.
     let mut by_key: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
     for op in &recorded.ops {

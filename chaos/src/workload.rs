@@ -45,10 +45,15 @@ pub struct Recorded {
     pub ttl: Vec<ttl::Probe>,
     /// What the RESP clients did (their operations are in `ops`).
     pub resp: crate::resp::Counts,
+    /// What the RESP watchers saw (`resp_watch`).
+    pub watched: crate::resp_watch::Watched,
 }
 
 /// Recording clients that speak the Redis protocol (`crate::resp`).
 pub const RESP_CLIENTS: u32 = 2;
+
+/// Watchers on the RESP port (`crate::resp_watch`).
+pub const RESP_WATCHERS: u32 = 2;
 
 /// The ids of the LEASE readers (one per client address), apart from the
 /// other clients'.
@@ -64,6 +69,7 @@ pub struct Workload {
     pub recorded: Arc<Mutex<Recorded>>,
     ttl: Arc<Mutex<Vec<ttl::Probe>>>,
     resp: Arc<Mutex<crate::resp::Counts>>,
+    watched: Arc<Mutex<crate::resp_watch::Watched>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -98,6 +104,17 @@ impl Workload {
                 epoch,
                 recorded.clone(),
                 resp_counts.clone(),
+                stop.clone(),
+            )));
+        }
+        let watched = Arc::new(Mutex::new(crate::resp_watch::Watched::default()));
+        for i in 0..RESP_WATCHERS {
+            tasks.push(tokio::spawn(crate::resp_watch::run(
+                i,
+                resp.clone(),
+                // Other nodes than the RESP clients'.
+                homes[(RESP_CLIENTS + i) as usize % homes.len()],
+                watched.clone(),
                 stop.clone(),
             )));
         }
@@ -167,6 +184,7 @@ impl Workload {
             recorded,
             ttl: probes,
             resp: resp_counts,
+            watched,
             stop,
             tasks,
         }
@@ -180,6 +198,7 @@ impl Workload {
         let mut r = std::mem::take(&mut *self.recorded.lock());
         r.ttl = std::mem::take(&mut *self.ttl.lock());
         r.resp = self.resp.lock().clone();
+        r.watched = std::mem::take(&mut *self.watched.lock());
         r
     }
 }

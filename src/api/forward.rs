@@ -10,15 +10,19 @@
 //!
 //! What the leader receives is the write after this node has validated and
 //! authorized it: the ops, the request id, whether they are an atomic batch,
-//! and the caller's certificate names. The leader authorizes the ops again
-//! against its own policy (an auth file may be reloaded on one node before
-//! another), admits them under its own memory budget, and proposes them the
-//! way it proposes its own clients' writes: one batch with them. Its answer
-//! is what it would have answered its own client (`ApiError` included), so
-//! that the RESP port's replies do not depend on where the client
-//! connected. Peers are trusted with callers' identities as they are with
-//! log entries: with peer TLS only a member's certificate opens the peer
-//! port.
+//! and the caller's certificate names. Writes wait in one queue per node
+//! and go out together, one request at a time, in the order they were
+//! queued (`raft::forward`); the leader proposes them in that order, so a
+//! pipeline's writes apply in the order sent on a follower too. The leader
+//! authorizes each again against its own policy (an auth file may be
+//! reloaded on one node before another), refuses an anonymous one if its
+//! own client port requires certificates, admits it under its own memory
+//! budget, and proposes it the way it proposes its own clients' writes. Its
+//! answer is what it would have answered its own client (`ApiError`
+//! included), so that the RESP port's replies do not depend on where the
+//! client connected; only the records' values are left out. Peers are
+//! trusted with callers' identities as they are with log entries: with peer
+//! TLS only a member's certificate opens the peer port.
 //!
 //! One hop at most: a leader that has lost its place answers "not the
 //! leader" (naming the one it knows) instead of forwarding again, and the
@@ -30,10 +34,11 @@
 //! An answer that does not come back (the leader dies, the link is cut, no
 //! answer within `FORWARD_TIMEOUT`) leaves the write's outcome unknown,
 //! exactly as a lost answer from the leader itself would; a retry with the
-//! same request id (`REQID`) is safe.
+//! same request id (`REQID`) is safe. A request that never reached the
+//! leader (no connection could be made) is `Unavailable`: nothing was
+//! proposed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -43,15 +48,12 @@ use super::records::InFlightService;
 use super::ApiError;
 use crate::auth::Caller;
 use crate::codec;
-use crate::raft::{ForwardHandler, LeaderWait, UnaryError};
+use crate::raft::{ForwardError, ForwardHandler, LeaderWait, UnaryError};
 use crate::state::{Applied, Op};
 
-/// How long a follower waits for the leader's answer to a forwarded write.
-/// A proposal normally commits within milliseconds; past this the leader
-/// is cut off or overloaded and the client is better told so.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::raft::FORWARD_TIMEOUT;
 
-/// A forwarded write (`Raft.Forward`'s payload).
+/// A forwarded write (one payload of `Raft.Forward`).
 #[derive(Debug, Serialize, Deserialize)]
 struct ForwardedWrite {
     /// The caller's certificate names, CN first; `None`: no client TLS on
@@ -63,12 +65,17 @@ struct ForwardedWrite {
     batch: bool,
 }
 
-/// The leader's answer: what its own client would have got.
+/// The leader's answer: what its own client would have got, but without
+/// the records' values (the RESP port's write replies use versions only,
+/// and a batch of completes of large records must not make an answer of
+/// any size).
 type ForwardedAnswer = Result<Vec<Applied>, ApiError>;
 
 impl InFlightService {
     /// On a follower: sends validated, authorized `ops` to the leader and
-    /// returns its answer.
+    /// returns its answer. The write is queued for the leader when this is
+    /// first polled, so the writes of a pipeline, polled in order, reach
+    /// the leader in order (`raft::forward`).
     pub(super) async fn forward(
         &self,
         caller: &Caller,
@@ -93,16 +100,21 @@ impl InFlightService {
                  or may not have been applied"
             ))
         };
-        match self
-            .node()
-            .forward_to_leader(payload, FORWARD_TIMEOUT)
-            .await
-        {
-            Ok((leader, reply)) => codec::decode::<ForwardedAnswer>(&reply)
-                .map_err(|e| unknown(leader, format!("its answer does not decode ({e})")))?,
-            Err(None) => Err(ApiError::NotLeader { leader: None }),
-            Err(Some((leader, e))) => Err(match e {
-                UnaryError::Address(e) => ApiError::Unavailable(format!(
+        match self.node().forward_to_leader(payload).await {
+            Ok((leader, reply)) => codec::decode::<ForwardedAnswer>(&reply).map_err(|e| {
+                unknown(leader, format!("its answer does not decode ({e})"))
+            })?,
+            Err(ForwardError::NoLeader) => Err(ApiError::NotLeader { leader: None }),
+            Err(ForwardError::Busy) => Err(ApiError::Unavailable(format!(
+                "{} writes are waiting to be forwarded to the leader already; retry, or write to the \
+                 leader",
+                crate::raft::FORWARD_QUEUE
+            ))),
+            Err(ForwardError::Stopped) => {
+                Err(ApiError::Unavailable("this node is stopping".into()))
+            }
+            Err(ForwardError::Failed { leader, error }) => Err(match error {
+                UnaryError::NotSent(e) => ApiError::Unavailable(format!(
                     "cannot forward the write to the leader, node {leader}: {e}"
                 )),
                 // A leader without forwarding (an older version, during an
@@ -110,13 +122,14 @@ impl InFlightService {
                 UnaryError::Status(s) if s.code() == Code::Unimplemented => ApiError::NotLeader {
                     leader: self.node().leader(),
                 },
-                // The leader could not read it: nothing was proposed.
-                UnaryError::Status(s) if s.code() == Code::InvalidArgument => {
-                    ApiError::Internal(format!(
-                        "the leader, node {leader}, refused a forwarded write: {}",
-                        s.message()
-                    ))
-                }
+                // The leader could not read the request: nothing was proposed.
+                UnaryError::Status(s) if s.code() == Code::InvalidArgument => ApiError::Internal(
+                    format!("the leader, node {leader}, refused a forwarded write: {}", s.message()),
+                ),
+                UnaryError::Status(s) if never_arrived(&s) => ApiError::Unavailable(format!(
+                    "cannot reach the leader, node {leader}, to forward the write: {}",
+                    s.message()
+                )),
                 e @ (UnaryError::Status(_) | UnaryError::Timeout(_)) => {
                     unknown(leader, format!("no answer came back ({e})"))
                 }
@@ -125,32 +138,81 @@ impl InFlightService {
     }
 
     /// What serves the writes followers forward to this node: give it to
-    /// the peer port (`raft::Node::peer_service`).
-    pub fn forward_handler(&self) -> ForwardHandler {
+    /// the peer port (`raft::Node::peer_service`). `client_certs`: this
+    /// node's client port requires client certificates, so an anonymous
+    /// forwarded write (from a node without them) is refused.
+    pub fn forward_handler(&self, client_certs: bool) -> ForwardHandler {
         let svc = self.clone();
-        Arc::new(move |payload| {
+        Arc::new(move |writes| {
             let svc = svc.clone();
-            async move { svc.serve_forwarded(payload).await }.boxed()
+            async move { Ok(svc.serve_forwarded(writes, client_certs).await) }.boxed()
         })
     }
 
-    /// On the leader: authorizes and proposes a forwarded write; the answer
-    /// is encoded whether it succeeded or not.
-    async fn serve_forwarded(&self, payload: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let w: ForwardedWrite = codec::decode(&payload)
-            .map_err(|e| Status::invalid_argument(format!("forwarded write: {e}")))?;
-        let caller = match w.caller {
-            None => Caller::Anonymous,
-            Some(names) => Caller::Certified(names.into()),
-        };
-        let answer: ForwardedAnswer = async {
-            self.authorize_ops(&caller, &w.ops, w.batch)?;
-            self.propose_on_leader(w.ops, w.request_id, w.batch, LeaderWait::Answer)
-                .await
-        }
+    /// On the leader: authorizes and proposes forwarded writes, in their
+    /// order; one encoded answer each, whether it succeeded or not.
+    async fn serve_forwarded(&self, writes: Vec<Vec<u8>>, client_certs: bool) -> Vec<Vec<u8>> {
+        // Each write is polled for the first time in order, and a write
+        // reaches the proposer on its first poll: so they are proposed in
+        // the order the follower queued them.
+        let answers = futures::future::join_all(
+            writes
+                .into_iter()
+                .map(|payload| self.serve_one(payload, client_certs)),
+        )
         .await;
-        codec::encode(&answer).map_err(|e| Status::internal(e.to_string()))
+        answers
+            .into_iter()
+            .map(|a| {
+                codec::encode(&a).unwrap_or_else(|e| {
+                    let refused: ForwardedAnswer = Err(ApiError::Internal(e.to_string()));
+                    codec::encode(&refused).unwrap_or_default()
+                })
+            })
+            .collect()
     }
+
+    async fn serve_one(&self, payload: Vec<u8>, client_certs: bool) -> ForwardedAnswer {
+        let w: ForwardedWrite = codec::decode(&payload)
+            .map_err(|e| ApiError::Internal(format!("a forwarded write does not decode: {e}")))?;
+        let caller =
+            match w.caller {
+                Some(names) => Caller::Certified(names.into()),
+                None if client_certs => return Err(ApiError::PermissionDenied {
+                    op: None,
+                    denied: crate::auth::Denied(
+                        "a write forwarded without a client certificate, but the leader's client \
+                         port requires one: give every node the same TLS flags"
+                            .into(),
+                    ),
+                }),
+                None => Caller::Anonymous,
+            };
+        self.authorize_ops(&caller, &w.ops, w.batch)?;
+        let mut applied = self
+            .propose_on_leader(w.ops, w.request_id, w.batch, LeaderWait::Answer)
+            .await?;
+        for a in &mut applied {
+            a.record.value = Default::default();
+        }
+        Ok(applied)
+    }
+}
+
+/// An error from the transport that says the request never reached the
+/// leader: the connection could not be made, or the leader refused the
+/// stream before reading it. tonic reports both as `UNAVAILABLE` with the
+/// cause in the text only.
+fn never_arrived(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        && [
+            "tcp connect error",
+            "error trying to connect",
+            "refused stream",
+            "REFUSED_STREAM",
+        ]
+        .iter()
+        .any(|m| s.message().contains(m))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ mod contact;
 mod durable_file;
 mod error;
 mod follower_read;
+mod forward;
 mod heartbeat;
 mod log_store;
 mod network;
@@ -48,6 +49,7 @@ mod wal;
 pub use crate::wire::MemberAddr;
 pub use bootstrap::RaftSettings;
 pub use error::{leader_hint, Error};
+pub use forward::{ForwardError, QUEUE as FORWARD_QUEUE};
 pub use network::UnaryError;
 pub use node::{Consistency, LeaderChange, LeaderWait, Member, Node, Role, Status};
 pub use peer_service::{ForwardHandler, PeerService};
@@ -67,6 +69,12 @@ openraft::declare_raft_types!(
 type PeerNode = openraft::BasicNode;
 
 pub type NodeId = u64;
+
+/// How long a follower waits for the leader's answer to the writes it
+/// forwarded (`forward`). A proposal normally commits within milliseconds;
+/// past this the leader is cut off or overloaded and the client is better
+/// told so.
+pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 type SnapshotData = Vec<u8>;
 type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
 

@@ -176,7 +176,7 @@ impl PeerNetwork {
         F: FnOnce(RaftClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
-        let channel = self.channel(addr).map_err(UnaryError::Address)?;
+        let channel = self.channel(addr).map_err(UnaryError::NotSent)?;
         let mut request = tonic::Request::new(RaftMessage {
             payload,
             ..Default::default()
@@ -194,10 +194,11 @@ impl PeerNetwork {
 }
 
 /// Why a unary peer RPC got no answer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum UnaryError {
-    /// The peer address does not parse: nothing was sent.
-    Address(String),
+    /// Nothing was sent (the peer address does not parse, the request
+    /// could not be encoded).
+    NotSent(String),
     /// The peer (or the transport on the way) answered with an error.
     Status(tonic::Status),
     /// No answer in time: the request may or may not have arrived.
@@ -207,7 +208,7 @@ pub enum UnaryError {
 impl std::fmt::Display for UnaryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UnaryError::Address(e) => f.write_str(e),
+            UnaryError::NotSent(e) => f.write_str(e),
             UnaryError::Status(s) => write!(f, "{:?}: {}", s.code(), s.message()),
             UnaryError::Timeout(t) => write!(f, "no answer within {t:?}"),
         }

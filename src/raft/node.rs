@@ -31,6 +31,7 @@ use super::bootstrap::check_identity;
 use super::clock::LeaderClock;
 pub use super::contact::LeaderContact;
 use super::follower_read::{self, RemoteReads, Waiter};
+use super::forward::{Forward, ForwardError};
 use super::log_store::LogStore;
 use super::network::PeerNetwork;
 use super::peer_service::PeerService;
@@ -167,8 +168,8 @@ struct Inner {
     /// LINEARIZABLE reads on a follower or learner, waiting for a read
     /// index from the leader (`follower_read`).
     remote_reads: mpsc::UnboundedSender<Waiter>,
-    /// Outgoing peer RPCs of this node's own (forwarded writes).
-    network: PeerNetwork,
+    /// Writes waiting to be forwarded to the leader (`forward`).
+    forwards: mpsc::Sender<Forward>,
     batchers: Mutex<Vec<JoinHandle<()>>>,
     /// Bytes of writes admitted under the memory budget and not yet
     /// answered (see `api::budget`).
@@ -258,13 +259,22 @@ impl Node {
         let (read_index, read_index_rx) = mpsc::unbounded_channel();
         let (lease, lease_rx) = mpsc::unbounded_channel();
         let (remote_reads, remote_reads_rx) = mpsc::unbounded_channel();
+        let (forwards, forwards_rx) = mpsc::channel(super::forward::QUEUE);
+        let forwarder = super::forward::forward_loop(
+            s.id,
+            raft.clone(),
+            network.clone(),
+            crate::raft::FORWARD_TIMEOUT,
+            forwards_rx,
+        );
         let remote = RemoteReads {
             id: s.id,
             raft: raft.clone(),
-            network: network.clone(),
+            network,
             local: read_index.clone(),
         };
         let batchers = vec![
+            tokio::spawn(forwarder),
             tokio::spawn(follower_read::remote_read_loop(remote, remote_reads_rx)),
             tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx)),
             tokio::spawn(batch::read_loop(
@@ -301,7 +311,7 @@ impl Node {
                 read_index,
                 lease,
                 remote_reads,
-                network,
+                forwards,
                 batchers: Mutex::new(batchers),
                 reservations: Reservations::default(),
             }),
@@ -373,32 +383,24 @@ impl Node {
         )
     }
 
-    /// Sends a write that a client gave this follower (opaque here, see
-    /// `api::forward`) to the leader this node knows, waiting at most
-    /// `timeout`: the leader's answer. `Err(None)`: no leader is known, so
-    /// nothing was sent.
-    pub async fn forward_to_leader(
+    /// Queues a write that a client gave this follower (opaque here, see
+    /// `api::forward`) for the leader this node knows (`forward`): queued
+    /// when called, in the order of the calls, and answered with the
+    /// leader's answer.
+    pub fn forward_to_leader(
         &self,
         payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<(NodeId, Vec<u8>), Option<(NodeId, super::UnaryError)>> {
-        let (leader, peer) = {
-            let rx = self.inner.raft.metrics();
-            let m = rx.borrow_watched();
-            let Some(id) = m.current_leader.filter(|l| *l != self.inner.id) else {
-                return Err(None);
-            };
-            let Some(node) = m.membership_config.membership().get_node(&id) else {
-                return Err(None);
-            };
-            (id, super::MemberAddr::stored(&node.addr).peer)
-        };
-        self.inner
-            .network
-            .forward(&peer, payload, timeout)
-            .await
-            .map(|reply| (leader, reply))
-            .map_err(|e| Some((leader, e)))
+    ) -> impl std::future::Future<Output = Result<(NodeId, Vec<u8>), ForwardError>> + Send + 'static
+    {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.inner.forwards.try_send(Forward { payload, reply });
+        async move {
+            match queued {
+                Ok(()) => answer.await.unwrap_or(Err(ForwardError::Stopped)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(ForwardError::Busy),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(ForwardError::Stopped),
+            }
+        }
     }
 
     /// Proposes `cmd` through the log and returns what applying it produced.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::batch::Reply;
 use super::follower_read::{ReadIndexRequest, ReadIndexResponse};
+use super::forward::ForwardBatch;
 use super::node::LeaderContact;
 use super::snapshot_stream;
 use super::state_machine::decode_snapshot;
@@ -47,10 +48,14 @@ pub struct PeerService {
     forward: ForwardHandler,
 }
 
-/// What serves a forwarded write: its payload and its answer are the API
-/// layer's (`api::forward`); this layer only carries them.
+/// What serves forwarded writes: given their payloads in the order the
+/// follower queued them, it proposes them in that order and answers one
+/// payload per write. Payloads and answers are the API layer's
+/// (`api::forward`); this layer only carries them.
 pub type ForwardHandler = Arc<
-    dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, Result<Vec<u8>, Status>> + Send + Sync,
+    dyn Fn(Vec<Vec<u8>>) -> futures::future::BoxFuture<'static, Result<Vec<Vec<u8>>, Status>>
+        + Send
+        + Sync,
 >;
 
 impl PeerService {
@@ -258,15 +263,21 @@ impl crate::pb::raft_server::Raft for PeerService {
         })
     }
 
-    /// A write a follower's client sent: served by the API layer, which
-    /// answers with its own encoding (a refusal included, so that the
-    /// follower tells its client what this node would have told it).
+    /// Writes a follower's clients sent (`forward`): served by the API
+    /// layer, which answers each with its own encoding (a refusal
+    /// included, so that the follower tells its client what this node
+    /// would have told it).
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let payload = (self.forward)(req.into_inner().payload).await?;
-        Ok(Response::new(RaftMessage {
-            payload,
-            ..Default::default()
-        }))
+        let ForwardBatch(writes) = decode(req)?;
+        let n = writes.len();
+        let answers = (self.forward)(writes).await?;
+        if answers.len() != n {
+            return Err(Status::internal(format!(
+                "{} answers to {n} forwarded writes",
+                answers.len()
+            )));
+        }
+        encode(&ForwardBatch(answers))
     }
 }
 

@@ -36,6 +36,10 @@ use crate::shutdown::Shutdown;
 const MAX_WAVE: usize = 128;
 /// Answers buffered before they are written, whatever is still to come.
 const FLUSH_BYTES: usize = 64 * 1024;
+/// A client that takes none of its answers (or subscription messages) for
+/// this long is cut off: the connection closes, and what was held for it
+/// is freed.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The commands of a pipeline that run together.
 struct Wave {
@@ -122,7 +126,7 @@ impl<W: AsyncWrite + Unpin> Output<W> {
             self.wr.flush().await
         };
         let done = tokio::select! {
-            r = written => r.is_ok(),
+            r = tokio::time::timeout(WRITE_TIMEOUT, written) => matches!(r, Ok(Ok(()))),
             _ = self.stop.requested() => false,
         };
         self.out.clear();

@@ -7,7 +7,8 @@
 //! window, with the guarantees of the gRPC `Watch` (`api::watch`): in
 //! revision order, no gaps, no duplicates. `SUBSCRIBE` starts with the next
 //! change, as Redis's does; `WATCH.PREFIX` can start at an older revision
-//! (the one after the last message a watcher saw), so a subscriber that
+//! (the last one a watcher saw, dropping the events of it that it already
+//! has, since one revision can hold several), so a subscriber that
 //! reconnects misses nothing the window still holds.
 //!
 //! Every Redis client's pub/sub API reads the messages: RESP2 `message`
@@ -91,9 +92,15 @@ impl Subscriptions {
                 progress_interval_ms: 0,
                 max_message_bytes: 0,
             };
+            // A second SUBSCRIBE to a prefix changes nothing, as in Redis
+            // (its watch goes on, with what it has queued); a WATCH.PREFIX
+            // from a revision starts it over from there.
+            if from_revision == 0 && self.streams.contains_key(&prefix) {
+                out.push(confirmation("subscribe", Some(prefix), self.streams.len()));
+                continue;
+            }
             match shared.svc.watch_as(&session.caller, req) {
                 Ok(stream) => {
-                    // A second SUBSCRIBE to a prefix replaces its watch.
                     self.streams.insert(prefix.clone(), stream);
                     out.push(confirmation("subscribe", Some(prefix), self.streams.len()));
                 }
