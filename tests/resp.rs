@@ -62,6 +62,36 @@ fn int(v: &Value) -> i64 {
     }
 }
 
+/// The revision of the last change of `key`, from `RECORD` (RESP2).
+async fn mod_revision(c: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    match ok(c, &["RECORD", key]).await {
+        Value::Array(a) => a
+            .chunks(2)
+            .find(|p| p[0] == bulk("mod_revision"))
+            .map(|p| int(&p[1]))
+            .unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends `SET pipe/<i> v NX` for i in 0..n in one pipeline on `raw` and
+/// checks that every one was answered `OK`.
+fn pipelined_inserts(raw: &mut Raw, n: usize) {
+    let mut p = Vec::new();
+    for i in 0..n {
+        p.extend(resp::encode(&[
+            b"SET",
+            format!("pipe/{i}").as_bytes(),
+            b"v",
+            b"NX",
+        ]));
+    }
+    p.extend(resp::encode(&[b"ECHO", b"end"]));
+    raw.send(&p);
+    let got = raw.read_until("$3\r\nend\r\n");
+    assert_eq!(got.matches("+OK\r\n").count(), n, "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_command_answers_as_redis_would_in_resp2_and_resp3() {
     // Completed records stay in memory (immutable) instead of leaving it.
@@ -514,34 +544,14 @@ async fn a_pipeline_answers_in_order_and_its_writes_share_proposals() {
     raw.send(&p);
     assert_eq!(raw.read_until("+OK\r\n+OK\r\n"), "+OK\r\n+OK\r\n");
     let mut r = connect(&addr, false).await;
-    let revision = |v: Value| match v {
-        Value::Array(a) => a
-            .chunks(2)
-            .find(|p| p[0] == bulk("mod_revision"))
-            .map(|p| int(&p[1]))
-            .unwrap(),
-        other => panic!("{other:?}"),
-    };
-    let data = revision(ok(&mut r, &["RECORD", "data"]).await);
-    let flag = revision(ok(&mut r, &["RECORD", "flag"]).await);
+    let data = mod_revision(&mut r, "data").await;
+    let flag = mod_revision(&mut r, "flag").await;
     assert!(data < flag, "data at {data}, flag at {flag}");
 
     // 200 inserts of distinct keys in one pipeline: far fewer proposals.
     let http = &c.nodes[&leader].http;
     let before = metric(http, "inflight_proposal_batch_size_count").await;
-    let mut p = Vec::new();
-    for i in 0..200 {
-        p.extend(resp::encode(&[
-            b"SET",
-            format!("pipe/{i}").as_bytes(),
-            b"v",
-            b"NX",
-        ]));
-    }
-    p.extend(resp::encode(&[b"ECHO", b"end"]));
-    raw.send(&p);
-    let got = raw.read_until("$3\r\nend\r\n");
-    assert_eq!(got.matches("+OK\r\n").count(), 200, "{got}");
+    pipelined_inserts(&mut raw, 200);
     let proposals = metric(http, "inflight_proposal_batch_size_count").await - before;
     assert!(
         proposals <= 20.0,
@@ -679,19 +689,7 @@ async fn a_follower_forwards_writes_to_the_leader() {
     let follower_http = &c.nodes[&follower].http;
     let requests_before = metric(follower_http, "inflight_forward_batch_size_count").await;
     let mut raw = Raw::open(&resp_addr(&c, follower));
-    let mut p = Vec::new();
-    for i in 0..200 {
-        p.extend(resp::encode(&[
-            b"SET",
-            format!("pipe/{i}").as_bytes(),
-            b"v",
-            b"NX",
-        ]));
-    }
-    p.extend(resp::encode(&[b"ECHO", b"end"]));
-    raw.send(&p);
-    let got = raw.read_until("$3\r\nend\r\n");
-    assert_eq!(got.matches("+OK\r\n").count(), 200, "{got}");
+    pipelined_inserts(&mut raw, 200);
     let proposals = metric(http, "inflight_proposal_batch_size_count").await - proposals_before;
     assert!(
         proposals <= 40.0,
@@ -705,14 +703,7 @@ async fn a_follower_forwards_writes_to_the_leader() {
     );
     let mut last = 0;
     for i in 0..200 {
-        let revision = match ok(&mut l, &["RECORD", &format!("pipe/{i}")]).await {
-            Value::Array(a) => a
-                .chunks(2)
-                .find(|p| p[0] == bulk("mod_revision"))
-                .map(|p| int(&p[1]))
-                .unwrap(),
-            other => panic!("{other:?}"),
-        };
+        let revision = mod_revision(&mut l, &format!("pipe/{i}")).await;
         assert!(
             revision > last,
             "pipe/{i} at {revision}, after {last}: out of order"
@@ -1029,14 +1020,7 @@ async fn watch_prefix_resumes_and_both_protocols_carry_the_messages() {
     let addr = resp_addr(&c, leader);
     let mut w = connect(&addr, false).await;
     ok(&mut w, &["SET", "call/1", "ringing", "NX"]).await;
-    let first = match ok(&mut w, &["RECORD", "call/1"]).await {
-        Value::Array(a) => a
-            .chunks(2)
-            .find(|p| p[0] == bulk("mod_revision"))
-            .map(|p| int(&p[1]))
-            .unwrap(),
-        other => panic!("{other:?}"),
-    };
+    let first = mod_revision(&mut w, "call/1").await;
     ok(&mut w, &["SET", "call/1", "answered", "XX"]).await;
 
     // RESP2: the replay from `first`, then only subscription commands.

@@ -101,9 +101,18 @@ async fn propose_batch(raft: Raft, batch: Vec<Proposal>) {
 /// index a reader must have applied before it reads), or why there is none.
 /// Local readers then wait for their own state machine; followers' requests
 /// (`follower_read`) join the same rounds.
+///
+/// A round that no quorum confirmed in time is tried again, up to `rounds`
+/// in all, before the reads are refused: on a loaded node one heartbeat
+/// answered late is not a lost leadership, and a healthy cluster should not
+/// answer TRYAGAIN for it (etcd also retries its read index until the
+/// request's timeout). A leader that was deposed answers "not the leader"
+/// at once, and one cut off from its quorum is refused after `rounds`
+/// rounds.
 pub(super) async fn read_loop(
     raft: Raft,
     option: LinearizerOption,
+    rounds: u32,
     mut rx: mpsc::UnboundedReceiver<Reply<u64>>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -114,11 +123,19 @@ pub(super) async fn read_loop(
         crate::metrics::METRICS
             .read_batch_size
             .observe(waiting.len() as f64);
-        let result = raft
-            .get_read_linearizer(option.clone())
-            .await
-            .map(|l| l.read_log_id().index())
-            .map_err(Error::from);
+        let round = || async {
+            raft.get_read_linearizer(option.clone())
+                .await
+                .map(|l| l.read_log_id().index())
+                .map_err(Error::from)
+        };
+        let mut result = round().await;
+        for _ in 1..rounds {
+            if !matches!(result, Err(Error::Unavailable(_))) {
+                break;
+            }
+            result = round().await;
+        }
         for w in waiting {
             let _ = w.send(result.clone());
         }

@@ -176,6 +176,9 @@ struct Inner {
     reservations: Reservations,
 }
 
+/// ReadIndex rounds tried before LINEARIZABLE reads are refused (`batch::read_loop`).
+const READ_INDEX_ROUNDS: u32 = 3;
+
 impl Node {
     /// Opens storage (recovering it in `disk` mode) and starts the Raft node.
     pub async fn start(s: &RaftSettings) -> anyhow::Result<Node> {
@@ -280,6 +283,7 @@ impl Node {
             tokio::spawn(batch::read_loop(
                 raft.clone(),
                 ReadPolicy::ReadIndex.into(),
+                READ_INDEX_ROUNDS,
                 read_index_rx,
             )),
             tokio::spawn(batch::read_loop(
@@ -290,6 +294,7 @@ impl Node {
                 // most MIN: a leader cut off from its quorum answers soon.
                 LinearizerOption::new(Some(s.timing.lease_read_age()), true)
                     .with_wait_timeout(s.timing.leader_suspect_after()),
+                1,
                 lease_rx,
             )),
         ];
