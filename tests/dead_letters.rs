@@ -275,8 +275,11 @@ async fn postgres_refuses_one_record_of_1000_the_other_999_are_delivered_and_it_
             r#"inflight_handoff_batches_total{role="primary",result="refused"}"#
         )
         .await
-            >= 2.0,
-        "the batch holding it was refused, then split"
+            >= 1.0,
+        // At least once: alone, or in a batch with others that was then
+        // split (which batch the record lands in depends on when the
+        // hand-off worker wakes among eight concurrent writers).
+        "the batch holding it was refused"
     );
     let primary = h.sinks.iter().find(|s| s.role == "primary").unwrap();
     assert!(
