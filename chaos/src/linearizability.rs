@@ -15,6 +15,19 @@
 //!
 //! Unknown outcomes never return: they may be linearized at any point after
 //! their call, or not take effect at all.
+//!
+//! A configuration's set of linearized operations is remembered by a 128-bit
+//! Zobrist hash (the XOR of a random word per operation), not by a bitset:
+//! a bitset per remembered configuration costs n/8 bytes, and a long soak
+//! has hundreds of thousands of operations per key, so remembering one
+//! configuration per operation took tens of gigabytes. A hash collision can
+//! only make the search skip a configuration it has not seen, that is report
+//! a violation that is not there (at odds of about m²/2¹²⁸ for m remembered
+//! configurations); it can never let a violation pass, because a
+//! `Linearizable` verdict is a complete order the model has stepped through.
+//!
+//! The search is bounded in time and in remembered configurations; running
+//! out of either gives `Unknown`, which fails a run like a violation.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -28,7 +41,8 @@ pub enum Verdict {
     Linearizable,
     /// No order explains the outcomes.
     Violation,
-    /// The search ran out of time: counts as a failure, never as a pass.
+    /// The search ran out of time or of memory (`MAX_REMEMBERED`): counts
+    /// as a failure, never as a pass.
     Unknown,
 }
 
@@ -43,6 +57,26 @@ struct Event {
 }
 
 const HEAD: usize = usize::MAX;
+
+/// Configurations remembered before the search gives up: each costs about
+/// 150 bytes (hash, state set and its strings, table slot), so this bounds
+/// one key's search to about 3 GB.
+pub const MAX_REMEMBERED: usize = 20_000_000;
+
+/// A random 128-bit word per operation, the same for every run (splitmix64).
+fn zobrist(n: usize) -> Vec<u128> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (0..n)
+        .map(|_| (u128::from(next()) << 64) | u128::from(next()))
+        .collect()
+}
 
 /// Checks one key's operations within `budget`.
 pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
@@ -88,10 +122,11 @@ pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
     }
     let mut head = 0usize;
 
-    let words = ops.len().div_ceil(64);
-    let mut linearized = vec![0u64; words];
+    let word = zobrist(ops.len());
+    // The hash of the set of linearized operations.
+    let mut linearized: u128 = 0;
     let mut states: Vec<State> = vec![State::Absent];
-    let mut seen: HashSet<(Vec<u64>, Vec<State>)> = HashSet::new();
+    let mut seen: HashSet<(u128, Vec<State>)> = HashSet::new();
     // (call event lifted, states before it)
     let mut stack: Vec<(usize, Vec<State>)> = Vec::new();
     let started = Instant::now();
@@ -129,7 +164,8 @@ pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
 
     while head != HEAD {
         steps += 1;
-        if steps.is_multiple_of(4096) && started.elapsed() > budget {
+        if steps.is_multiple_of(4096) && (started.elapsed() > budget || seen.len() > MAX_REMEMBERED)
+        {
             return Verdict::Unknown;
         }
         if entry != HEAD && events[entry].is_call {
@@ -142,11 +178,9 @@ pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
                     }
                 }
             }
-            let i = events[entry].op;
-            let mut marked = linearized.clone();
-            marked[i / 64] |= 1 << (i % 64);
+            let marked = linearized ^ word[events[entry].op];
             next.sort();
-            if !next.is_empty() && seen.insert((marked.clone(), next.clone())) {
+            if !next.is_empty() && seen.insert((marked, next.clone())) {
                 stack.push((entry, std::mem::replace(&mut states, next)));
                 linearized = marked;
                 lift(&mut events, &mut head, entry);
@@ -160,8 +194,7 @@ pub fn check_key(ops: &[Operation], budget: Duration) -> Verdict {
                 return Verdict::Violation;
             };
             states = before;
-            let i = events[call].op;
-            linearized[i / 64] &= !(1 << (i % 64));
+            linearized ^= word[events[call].op];
             unlift(&mut events, &mut head, call);
             entry = events[call].next;
         }
@@ -353,6 +386,48 @@ mod tests {
         h.pop();
         h.push(op(3, Call::GET, read("b", 2), 40, Some(50)));
         assert_eq!(check_key(&h, T), Verdict::Linearizable);
+    }
+
+    /// A soak-sized history of one key: a writer's updates, each with a
+    /// read overlapping it and one after it, and every 500th update
+    /// unanswered (it may apply late or never). `stale_at_end` adds a read
+    /// of an overwritten value after everything returned.
+    fn soak(updates: u64, stale_at_end: bool) -> Vec<Operation> {
+        let mut h = vec![op(0, insert("v0"), written(1), 0, Some(5))];
+        let mut version = 1;
+        let mut t = 10;
+        for i in 1..=updates {
+            let v = format!("v{i}");
+            if i % 500 == 0 {
+                h.push(op(1, update(&v), Outcome::Unknown, t, None));
+                // Settle it: a read that sees it applied.
+                version += 1;
+                h.push(op(2, Call::GET, read(&v, version), t + 20, Some(t + 25)));
+            } else {
+                version += 1;
+                h.push(op(1, update(&v), written(version), t, Some(t + 10)));
+                h.push(op(2, Call::GET, read(&v, version), t + 5, Some(t + 15)));
+            }
+            t += 30;
+        }
+        if stale_at_end {
+            h.push(op(3, Call::GET, read("v1", 2), t, Some(t + 5)));
+        }
+        h
+    }
+
+    #[test]
+    fn a_soak_sized_history_is_checked_in_bounded_memory() {
+        // 600,001 operations on one key: a bitset per remembered
+        // configuration would need 600,001 × 75 KB.
+        assert_eq!(
+            check_key(&soak(200_000, false), Duration::from_secs(120)),
+            Verdict::Linearizable
+        );
+        assert_eq!(
+            check_key(&soak(200_000, true), Duration::from_secs(120)),
+            Verdict::Violation
+        );
     }
 
     #[test]

@@ -54,6 +54,84 @@ struct Args {
     /// the run folder): the faults then also cut TLS sessions mid-stream.
     #[arg(long)]
     tls: bool,
+    /// Start no cluster: run the linearizability checks on a recorded
+    /// history (a run's history.jsonl or failed-KEY.jsonl) and exit.
+    #[arg(long, value_name = "FILE")]
+    check_history: Option<PathBuf>,
+}
+
+/// Linearizability, key by key: a check per key, and whether any found a
+/// violation (not merely ran out of time or memory). A failing key's
+/// operations go to `failed-KEY.jsonl` in `dir`.
+fn check_linearizability(
+    ops: &[Operation],
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Vec<Check>, bool)> {
+    let mut by_key: BTreeMap<&str, Vec<Operation>> = BTreeMap::new();
+    for op in ops {
+        by_key.entry(&op.key).or_default().push(op.clone());
+    }
+    let mut checks = Vec::new();
+    let mut violation = false;
+    for (key, ops) in by_key {
+        let started = Instant::now();
+        let v = check_key(&ops, Duration::from_secs(60));
+        if v != Verdict::Linearizable {
+            violation |= v == Verdict::Violation;
+            if let Some(dir) = dir {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(
+                    dir.join(format!("failed-{key}.jsonl")),
+                )?);
+                for op in &ops {
+                    writeln!(f, "{}", serde_json::to_string(op)?)?;
+                }
+                f.flush()?;
+            }
+        }
+        checks.push(Check {
+            name: format!("linearizable: {key}"),
+            passed: v == Verdict::Linearizable,
+            detail: format!(
+                "{} operations: {v:?} in {:.1} s",
+                ops.len(),
+                started.elapsed().as_secs_f64()
+            ),
+        });
+    }
+    Ok((checks, violation))
+}
+
+/// `--check-history FILE`: the linearizability checks alone, on a recorded
+/// history (a run's `history.jsonl` or a `failed-KEY.jsonl`).
+fn check_history(path: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut ops = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        ops.push(
+            serde_json::from_str::<Operation>(line)
+                .with_context(|| format!("{} line {}: not an operation", path.display(), n + 1))?,
+        );
+    }
+    let (checks, _) = check_linearizability(&ops, None)?;
+    for c in &checks {
+        println!(
+            "chaos: {} {}: {}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    println!("{} passed, {failed} failed", checks.len() - failed);
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 struct Check {
@@ -75,6 +153,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(path) = &args.check_history {
+        return check_history(path);
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let (extra, hold, gap) = match args.profile {
         Profile::Ci => (4, Duration::from_secs(6), Duration::from_secs(3)),
@@ -396,32 +477,16 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         ),
     });
 
-    // Linearizability, key by key.
-    let mut by_key: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
-    for op in &recorded.ops {
-        by_key.entry(op.key.clone()).or_default().push(op.clone());
-    }
-    let mut violation = false;
-    for (key, ops) in &by_key {
-        let v = check_key(ops, Duration::from_secs(60));
-        if v != Verdict::Linearizable {
-            violation |= v == Verdict::Violation;
-            let mut f = std::fs::File::create(dir.join(format!("failed-{key}.jsonl")))?;
-            for op in ops {
-                writeln!(f, "{}", serde_json::to_string(op)?)?;
-            }
-        }
-        checks.push(Check {
-            name: format!("linearizable: {key}"),
-            passed: v == Verdict::Linearizable,
-            detail: format!("{} operations: {v:?}", ops.len()),
-        });
-    }
-
-    let mut hist = std::fs::File::create(dir.join("history.jsonl"))?;
+    // The history goes to disk before the search, so that a search that
+    // fails or is killed leaves it to check again (`--check-history`).
+    let mut hist = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
     for op in &recorded.ops {
         writeln!(hist, "{}", serde_json::to_string(op)?)?;
     }
+    hist.flush()?;
+    drop(hist);
+    let (key_checks, violation) = check_linearizability(&recorded.ops, Some(&dir))?;
+    checks.extend(key_checks);
     let passed = checks.iter().filter(|c| c.passed).count();
     let failed = checks.len() - passed;
     let verdict = json!({

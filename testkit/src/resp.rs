@@ -93,9 +93,15 @@ fn bad(what: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
 }
 
+/// The longest reply line read (a simple string, an error, a header).
+const MAX_LINE: u64 = 64 << 10;
+/// The longest bulk string read: a length past it means the stream is not
+/// a reply stream (or is out of step), and allocating it would only hurt.
+const MAX_BULK: i64 = 64 << 20;
+
 async fn line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<String> {
     let mut l = String::new();
-    if r.read_line(&mut l).await? == 0 {
+    if (&mut *r).take(MAX_LINE).read_line(&mut l).await? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     l.strip_suffix("\r\n")
@@ -118,6 +124,11 @@ async fn read_value<R: tokio::io::AsyncBufRead + Unpin + Send>(
         ":" => Value::Int(number()?),
         "$" => match number()? {
             -1 => Value::Bulk(None),
+            n if n > MAX_BULK => {
+                return Err(bad(format!(
+                    "a bulk string longer than {MAX_BULK} bytes: {l:?}"
+                )))
+            }
             n if n >= 0 => {
                 let mut data = vec![0; n as usize + 2];
                 r.read_exact(&mut data).await?;
