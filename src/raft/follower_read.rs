@@ -23,14 +23,13 @@
 
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::batch::Reply;
 use super::network::PeerNetwork;
-use super::{Error, NodeId, Raft};
+use super::{known_leader, Error, KnownLeader, NodeId, Raft};
 
 /// A follower's request for the leader's read index (the peer RPC's payload).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,35 +67,15 @@ pub(super) struct RemoteReads {
     pub local: mpsc::UnboundedSender<Reply<u64>>,
 }
 
-/// The leader as this node knows it.
-enum Leader {
-    ThisNode,
-    Peer { id: NodeId, peer_address: String },
-}
-
 impl RemoteReads {
-    fn leader(&self) -> Option<Leader> {
-        let rx = self.raft.metrics();
-        let m = rx.borrow_watched();
-        let id = m.current_leader?;
-        if id == self.id {
-            return Some(Leader::ThisNode);
-        }
-        let node = m.membership_config.membership().get_node(&id)?;
-        Some(Leader::Peer {
-            id,
-            peer_address: super::MemberAddr::stored(&node.addr).peer,
-        })
-    }
-
     /// One round: the leader's read index, asked for until `deadline`.
     async fn round(&self, deadline: Instant) -> Result<u64, Error> {
         let mut why;
         loop {
             // Each arm returns the read index, or says why there is none yet.
-            why = match self.leader() {
+            why = match known_leader(&self.raft, self.id) {
                 None => "no leader is known (election in progress?)".to_string(),
-                Some(Leader::ThisNode) => {
+                Some(KnownLeader::ThisNode) => {
                     let (reply, answer) = oneshot::channel();
                     if self.local.send(reply).is_err() {
                         return Err(Error::Stopped("the read batcher has stopped".into()));
@@ -110,7 +89,7 @@ impl RemoteReads {
                         Err(_) => "as the leader: no quorum confirmed it in time".to_string(),
                     }
                 }
-                Some(Leader::Peer { id, peer_address }) => {
+                Some(KnownLeader::Peer { id, peer_address }) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let req = ReadIndexRequest { from: self.id };
                     match self.network.read_index(&peer_address, &req, left).await {

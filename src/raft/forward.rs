@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::network::{PeerNetwork, UnaryError};
-use super::{NodeId, Raft};
+use super::{known_leader, KnownLeader, NodeId, Raft};
 
 /// Writes waiting to be forwarded, at most.
 pub const QUEUE: usize = 4_096;
@@ -49,16 +48,6 @@ pub(super) struct Forward {
     pub reply: oneshot::Sender<Result<(NodeId, Vec<u8>), ForwardError>>,
 }
 
-/// The leader as this node knows it, with its peer address; `None` when
-/// unknown or this node.
-fn leader(raft: &Raft, me: NodeId) -> Option<(NodeId, String)> {
-    let rx = raft.metrics();
-    let m = rx.borrow_watched();
-    let id = m.current_leader.filter(|l| *l != me)?;
-    let node = m.membership_config.membership().get_node(&id)?;
-    Some((id, super::MemberAddr::stored(&node.addr).peer))
-}
-
 /// Forwards queued writes until the node stops: one request at a time,
 /// each with every write that is waiting, answered within `timeout`.
 pub(super) async fn forward_loop(
@@ -82,7 +71,11 @@ pub(super) async fn forward_loop(
         }
         let (payloads, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|f| (f.payload, f.reply)).unzip();
-        let Some((id, addr)) = leader(&raft, me) else {
+        let Some(KnownLeader::Peer {
+            id,
+            peer_address: addr,
+        }) = known_leader(&raft, me)
+        else {
             for r in replies {
                 let _ = r.send(Err(ForwardError::NoLeader));
             }

@@ -70,6 +70,28 @@ type PeerNode = openraft::BasicNode;
 
 pub type NodeId = u64;
 
+/// The leader as a node's Raft knows it, for the paths that reach it over
+/// the peer port (forwarded writes, a follower's read index).
+enum KnownLeader {
+    ThisNode,
+    Peer { id: NodeId, peer_address: String },
+}
+
+/// `None` while no leader is known, or its address is not in the membership.
+fn known_leader(raft: &Raft, me: NodeId) -> Option<KnownLeader> {
+    let rx = raft.metrics();
+    let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
+    let id = m.current_leader?;
+    if id == me {
+        return Some(KnownLeader::ThisNode);
+    }
+    let node = m.membership_config.membership().get_node(&id)?;
+    Some(KnownLeader::Peer {
+        id,
+        peer_address: MemberAddr::stored(&node.addr).peer,
+    })
+}
+
 /// How long a follower waits for the leader's answer to the writes it
 /// forwarded (`forward`). A proposal normally commits within milliseconds;
 /// past this the leader is cut off or overloaded and the client is better
