@@ -103,7 +103,10 @@ fn check_linearizability(
 
 /// `--check-history FILE`: the linearizability checks alone, on a recorded
 /// history (a run's `history.jsonl` or a `failed-KEY.jsonl`).
-fn check_history(path: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+fn check_history(
+    path: &std::path::Path,
+    expect_violation: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut ops = Vec::new();
     for (n, line) in text
@@ -116,8 +119,24 @@ fn check_history(path: &std::path::Path) -> anyhow::Result<std::process::ExitCod
                 .with_context(|| format!("{} line {}: not an operation", path.display(), n + 1))?,
         );
     }
-    let (checks, _) = check_linearizability(&ops, None)?;
-    for c in &checks {
+    let (checks, violation) = check_linearizability(&ops, None)?;
+    print_checks(&checks);
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    println!("{} passed, {failed} failed", checks.len() - failed);
+    let ok = if expect_violation {
+        violation
+    } else {
+        failed == 0
+    };
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+fn print_checks(checks: &[Check]) {
+    for c in checks {
         println!(
             "chaos: {} {}: {}",
             if c.passed { "PASS" } else { "FAIL" },
@@ -125,13 +144,6 @@ fn check_history(path: &std::path::Path) -> anyhow::Result<std::process::ExitCod
             c.detail
         );
     }
-    let failed = checks.iter().filter(|c| !c.passed).count();
-    println!("{} passed, {failed} failed", checks.len() - failed);
-    Ok(if failed == 0 {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
 }
 
 struct Check {
@@ -154,7 +166,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     if let Some(path) = &args.check_history {
-        return check_history(path);
+        return check_history(path, args.expect_violation);
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     let (extra, hold, gap) = match args.profile {
@@ -508,14 +520,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         dir.join("verdict.json"),
         serde_json::to_string_pretty(&verdict)?,
     )?;
-    for c in &checks {
-        println!(
-            "chaos: {} {}: {}",
-            if c.passed { "PASS" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-    }
+    print_checks(&checks);
     println!(
         "chaos: {} operations ({} unknown); run folder {}",
         recorded.ops.len(),
