@@ -104,15 +104,15 @@ impl InFlightService {
         batch: bool,
         wait: LeaderWait,
     ) -> Result<Vec<Applied>, ApiError> {
-        if !request_id.is_empty() {
-            self.limits.request_id(&request_id)?;
-        }
         if self.forward_writes {
             if let Err(raft::Error::NotLeader { .. }) = self.node.leader_only(wait).await {
+                if !request_id.is_empty() {
+                    self.limits.request_id(&request_id)?;
+                }
                 return self.forward(caller, ops, request_id, batch).await;
             }
         }
-        self.propose_here(ops, request_id, batch, wait).await
+        self.propose_on_leader(ops, request_id, batch, wait).await
     }
 
     /// `propose` on this node: the leader's own proposal, or, elsewhere,
@@ -127,17 +127,6 @@ impl InFlightService {
         if !request_id.is_empty() {
             self.limits.request_id(&request_id)?;
         }
-        self.propose_here(ops, request_id, batch, wait).await
-    }
-
-    /// `propose_on_leader` for a request id already checked.
-    async fn propose_here(
-        &self,
-        ops: Vec<Op>,
-        request_id: String,
-        batch: bool,
-        wait: LeaderWait,
-    ) -> Result<Vec<Applied>, ApiError> {
         // Only the leader's proposals commit, so only its account admits: a
         // follower names the leader instead of judging by its own memory.
         self.node.leader_only(wait).await?;
