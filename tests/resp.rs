@@ -113,6 +113,39 @@ async fn every_command_answers_as_redis_would_in_resp2_and_resp3() {
             Value::SimpleString("PONG".into())
         );
         assert_eq!(ok(&mut r, &["ECHO", "hi"]).await, bulk("hi"));
+        // COMMAND: an entry per command, COUNT agrees, INFO looks names up
+        // in any case and answers nil for one it does not know.
+        let Value::Array(all) = ok(&mut r, &["COMMAND"]).await else {
+            panic!("COMMAND is not an array")
+        };
+        assert!(all.len() >= 30, "{} commands listed", all.len());
+        assert_eq!(
+            int(&ok(&mut r, &["COMMAND", "COUNT"]).await),
+            all.len() as i64
+        );
+        let entry = |name: &str, arity: i64, flag: &str, key: i64| {
+            Value::Array(vec![
+                bulk(name),
+                Value::Int(arity),
+                Value::Array(vec![Value::SimpleString(flag.into())]),
+                Value::Int(key),
+                Value::Int(key),
+                Value::Int(key),
+            ])
+        };
+        assert_eq!(
+            ok(
+                &mut r,
+                &["COMMAND", "INFO", "Get", "if.set", "ping", "nosuch"]
+            )
+            .await,
+            Value::Array(vec![
+                entry("get", 2, "readonly", 1),
+                entry("if.set", 4, "write", 1),
+                entry("ping", -1, "fast", 0),
+                Value::Nil,
+            ])
+        );
         // SET: upsert, NX (insert), XX (update), GET.
         assert_eq!(ok(&mut r, &["SET", &k("a"), "1"]).await, ok_reply);
         assert_eq!(ok(&mut r, &["GET", &k("a")]).await, bulk("1"));

@@ -5,72 +5,31 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 
+use super::commands::{find, Spec, COMMANDS};
 use super::reply::Reply;
 use crate::api::InFlightService;
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`, `COMMAND INFO name...`:
 /// enough for redis-cli's hints and clients that look commands up.
 pub(super) fn command_info(a: &[Bytes]) -> Reply {
-    // name, arity (negative: at least), flags, first key, last key, step.
-    const TABLE: &[(&str, i64, &str, i64, i64)] = &[
-        ("get", 2, "readonly", 1, 1),
-        ("mget", -2, "readonly", 1, -1),
-        ("exists", -2, "readonly", 1, -1),
-        ("set", -3, "write", 1, 1),
-        ("del", -2, "write", 1, -1),
-        ("expire", 3, "write", 1, 1),
-        ("pexpire", 3, "write", 1, 1),
-        ("persist", 2, "write", 1, 1),
-        ("ttl", 2, "readonly", 1, 1),
-        ("pttl", 2, "readonly", 1, 1),
-        ("scan", -2, "readonly", 0, 0),
-        ("if.set", 4, "write", 1, 1),
-        ("if.del", 3, "write", 1, 1),
-        ("complete", -2, "write", 1, 1),
-        ("record", 2, "readonly", 1, 1),
-        ("consistency", -2, "fast", 0, 0),
-        ("reqid", 2, "fast", 0, 0),
-        ("multi", 1, "fast", 0, 0),
-        ("exec", 1, "write", 0, 0),
-        ("discard", 1, "fast", 0, 0),
-        ("ping", -1, "fast", 0, 0),
-        ("echo", 2, "fast", 0, 0),
-        ("hello", -1, "fast", 0, 0),
-        ("client", -2, "fast", 0, 0),
-        ("select", 2, "fast", 0, 0),
-        ("command", -1, "loading", 0, 0),
-        ("info", -1, "loading", 0, 0),
-        ("dbsize", 1, "readonly", 0, 0),
-        ("quit", 1, "fast", 0, 0),
-        ("subscribe", -2, "pubsub", 0, 0),
-        ("unsubscribe", -1, "pubsub", 0, 0),
-        ("watch.prefix", -2, "pubsub", 0, 0),
-    ];
-    let entry = |&(name, arity, flag, first, last): &(&str, i64, &'static str, i64, i64)| {
+    let entry = |c: &Spec| {
         Reply::Array(vec![
-            Reply::text(name),
-            Reply::Int(arity),
-            Reply::Array(vec![Reply::Simple(flag)]),
-            Reply::Int(first),
-            Reply::Int(last),
-            Reply::Int(if first == 0 { 0 } else { 1 }),
+            Reply::text(c.name.to_ascii_lowercase()),
+            Reply::Int(c.arity),
+            Reply::Array(vec![Reply::Simple(c.flag)]),
+            Reply::Int(c.first_key),
+            Reply::Int(c.last_key),
+            Reply::Int(if c.first_key == 0 { 0 } else { 1 }),
         ])
     };
     match a.first().map(|s| s.to_ascii_uppercase()) {
-        None => Reply::Array(TABLE.iter().map(entry).collect()),
-        Some(s) if s == b"COUNT" => Reply::Int(TABLE.len() as i64),
+        None => Reply::Array(COMMANDS.iter().map(entry).collect()),
+        Some(s) if s == b"COUNT" => Reply::Int(COMMANDS.len() as i64),
         Some(s) if s == b"DOCS" => Reply::Array(Vec::new()),
         Some(s) if s == b"INFO" => Reply::Array(
             a[1..]
                 .iter()
-                .map(|n| {
-                    let n = String::from_utf8_lossy(n).to_ascii_lowercase();
-                    TABLE
-                        .iter()
-                        .find(|e| e.0 == n)
-                        .map(entry)
-                        .unwrap_or(Reply::Null)
-                })
+                .map(|n| find(n).map(entry).unwrap_or(Reply::Null))
                 .collect(),
         ),
         Some(_) => {

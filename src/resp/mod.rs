@@ -9,6 +9,7 @@
 //! authorizes and proposes exactly as it does for gRPC → `reply.rs` writes
 //! the answers. `parse.rs` says why the request parser is ours.
 
+mod commands;
 mod conn;
 mod cursors;
 mod introspect;

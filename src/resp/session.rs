@@ -61,12 +61,6 @@ pub(super) struct Multi {
     failed: bool,
 }
 
-/// Commands that write, or end a `MULTI` block: each uses up the `REQID`
-/// before it, whether it succeeds or not.
-const WRITES: &[&str] = &[
-    "SET", "DEL", "IF.SET", "IF.DEL", "COMPLETE", "EXPIRE", "PEXPIRE", "PERSIST", "EXEC", "DISCARD",
-];
-
 /// What a command turned into.
 pub enum Step {
     /// Answered already.
@@ -109,14 +103,7 @@ impl Session {
     /// Whether `name` is a record command that may join a pipeline's wave
     /// (outside `MULTI`, every other command waits for the wave before it).
     pub fn is_record_command(&self, name: &[u8]) -> bool {
-        const RECORD: &[&str] = &[
-            "GET", "MGET", "EXISTS", "SET", "DEL", "IF.SET", "IF.DEL", "COMPLETE", "RECORD", "TTL",
-            "PTTL", "EXPIRE", "PEXPIRE", "PERSIST", "SCAN", "EXEC",
-        ];
-        self.multi.is_none()
-            && RECORD
-                .iter()
-                .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+        self.multi.is_none() && super::commands::find(name).is_some_and(|c| c.record)
     }
 
     /// Turns one command into a [`Step`].
@@ -132,11 +119,12 @@ impl Session {
             let max_value_bytes = shared.svc.limits().max_value_bytes;
             return Step::Now(self.queue(&name, a, max_value_bytes));
         }
-        self.pending_id = if WRITES.contains(&name.as_str()) {
-            self.request_id.take()
-        } else {
-            None
-        };
+        self.pending_id =
+            if super::commands::find(name.as_bytes()).is_some_and(|c| c.takes_request_id) {
+                self.request_id.take()
+            } else {
+                None
+            };
         match self.connection_command(shared, &name, a) {
             Some(step) => step,
             None => match self.record_command(shared, &name, a) {
