@@ -165,7 +165,10 @@ trap 'exit 130' INT TERM
 # (memory) +41..43 gRPC, +45..47 peer, +51..53 HTTP; inflight (5 nodes, the
 # spread runs) +14..18 gRPC, +24..28 peer, +34..38 HTTP; RESP ports of the
 # inflight clusters: disk +48..50, memory +8..10, 5 nodes +54..58.
-BASE=$(( 31000 + (RANDOM % 150) * 60 ))
+# Below Linux's ephemeral range (32768-60999 by default): a listener there
+# can find its port taken by an outgoing connection of an earlier run's
+# clients, and the cluster does not come up.
+BASE=$(( 20000 + (RANDOM % 210) * 60 ))
 port() { echo $(( BASE + $1 )); }
 
 # --- inflight: 3 nodes, disk durability, file sink ------------------------------
