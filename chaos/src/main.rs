@@ -123,16 +123,22 @@ fn check_history(
     print_checks(&checks);
     let failed = checks.iter().filter(|c| !c.passed).count();
     println!("{} passed, {failed} failed", checks.len() - failed);
+    Ok(exit_code(expect_violation, violation, failed))
+}
+
+/// Success when every check passed, or, with `--expect-violation` (a
+/// planted-bug build), when the linearizability check found a violation.
+fn exit_code(expect_violation: bool, violation: bool, failed: usize) -> std::process::ExitCode {
     let ok = if expect_violation {
         violation
     } else {
         failed == 0
     };
-    Ok(if ok {
+    if ok {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
-    })
+    }
 }
 
 fn print_checks(checks: &[Check]) {
@@ -539,16 +545,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     println!("{passed} passed, {failed} failed");
     cluster.kill_all();
-    let ok = if args.expect_violation {
-        violation
-    } else {
-        failed == 0
-    };
-    Ok(if ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
+    Ok(exit_code(args.expect_violation, violation, failed))
 }
 
 /// Every member answers, agrees on the leader, has applied the same index,
